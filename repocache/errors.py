@@ -1,0 +1,133 @@
+"""The exception tree of repocache.
+
+Every error the library raises on purpose is a :class:`RepoCacheError`. Each subclass is also the builtin
+exception a caller would naturally catch, so ``except ValueError`` still works for a bad URL::
+
+    RepoCacheError (Exception)
+    ├── InvalidURLError (ValueError)      the URL cannot be cached: malformed, unsupported or unsafe
+    ├── ConfigError (ValueError)          a bad setting or pin file
+    ├── LockTimeoutError (TimeoutError)   another worker held the repository longer than ``lock_timeout``
+    ├── GitError                          git or libgit2 failed
+    │   ├── CloneError                    a miss could not be cloned
+    │   └── FetchError                    a hit could not be refreshed
+    ├── BudgetError                       the repository cannot fit in the byte budget
+    └── ColdStoreError                    the cold storage tier failed
+
+Errors carry their data as attributes and pickle, so they cross process pools intact. Messages never contain
+credentials: URLs in them are the normalized, credential-free form.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetError",
+    "CloneError",
+    "ColdStoreError",
+    "ConfigError",
+    "FetchError",
+    "GitError",
+    "InvalidURLError",
+    "LockTimeoutError",
+    "RepoCacheError",
+]
+
+
+class RepoCacheError(Exception):
+    """Base class of every error repocache raises on purpose."""
+
+
+class InvalidURLError(RepoCacheError, ValueError):
+    """The URL cannot be cached: it is malformed, uses an unsupported transport, or is unsafe.
+
+    Attributes:
+        url: the offending URL with any credentials removed.
+        reason: what is wrong and what would be accepted.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url = url
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"invalid repository URL {self.url!r}: {self.reason}"
+
+
+class ConfigError(RepoCacheError, ValueError):
+    """A setting or a pin file is invalid; the message names the value and what would be accepted."""
+
+
+class LockTimeoutError(RepoCacheError, TimeoutError):
+    """Another worker held a repository's lock for longer than ``lock_timeout`` seconds.
+
+    Attributes:
+        url: the repository's normalized URL.
+        timeout: the number of seconds waited.
+        purpose: what the lock was wanted for ("checkout", "clone", "fetch", "evict").
+    """
+
+    def __init__(self, url: str, timeout: float, purpose: str) -> None:
+        super().__init__(url, timeout, purpose)
+        self.url = url
+        self.timeout = timeout
+        self.purpose = purpose
+
+    def __str__(self) -> str:
+        return (
+            f"timed out after {self.timeout:g}s waiting for the {self.purpose} lock of {self.url}; "
+            "another worker holds it (raise lock_timeout to wait longer)"
+        )
+
+
+class GitError(RepoCacheError):
+    """git or libgit2 failed. ``url`` is credential-free; ``detail`` is git's own message, scrubbed."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(url, detail)
+        self.url = url
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self._action} {self.url} failed: {self.detail}"
+
+    _action = "git operation on"
+
+
+class CloneError(GitError):
+    """A missing repository could not be cloned; nothing was left in the cache."""
+
+    _action = "clone of"
+
+
+class FetchError(GitError):
+    """A cached repository could not be refreshed from upstream; the cached copy is unchanged."""
+
+    _action = "fetch of"
+
+
+class BudgetError(RepoCacheError):
+    """The repository cannot fit in the byte budget even after evicting everything evictable.
+
+    Raised before anything is downloaded when the size is known in advance.
+
+    Attributes:
+        url: the repository's normalized URL.
+        needed: bytes the repository needs.
+        available: bytes that could be made available.
+    """
+
+    def __init__(self, url: str, needed: int, available: int) -> None:
+        super().__init__(url, needed, available)
+        self.url = url
+        self.needed = needed
+        self.available = available
+
+    def __str__(self) -> str:
+        return (
+            f"{self.url} needs {self.needed} bytes but at most {self.available} bytes can be freed "
+            "(the rest is pinned or in use); raise max_bytes or unpin repositories"
+        )
+
+
+class ColdStoreError(RepoCacheError):
+    """The cold storage tier failed: unreachable, corrupt artifact, or misconfigured."""

@@ -1,0 +1,203 @@
+"""URL normalization and the on-disk key of a repository.
+
+One repository, one entry: ``https://Host/a/b.git/``, ``https://user:token@host/a/b`` and ``https://host/a/b``
+are the same repository; so are ``git@host:a/b`` and ``ssh://git@host/a/b``. The normalized URL is the identity
+shown to users and matched by pins; the key is a file name derived from it that cannot name a path outside the
+cache root (it contains no separator, never starts with a dot, and ends with a hash of the URL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from repocache.errors import InvalidURLError
+
+__all__ = ["RepoURL", "normalize_url", "scrub"]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22}
+_SCHEME_ALIASES = {"git+ssh": "ssh", "ssh+git": "ssh"}
+_REMOTE_SCHEMES = ("http", "https", "git", "ssh")
+_TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:\[\]]+|\[[0-9A-Fa-f:.]+\]):(?P<path>.*)$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KEY_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+_HOST_OK = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^@/\s]*@")
+_ACCEPTED = (
+    "accepted forms are https://host/path, http://host/path, git://host/path, ssh://[user@]host/path, "
+    "user@host:path, file:///absolute/path and local paths"
+)
+
+
+@dataclass(frozen=True)
+class RepoURL:
+    """A parsed, normalized repository URL.
+
+    Attributes:
+        url: the normalized identity: lower-case host, no default port, no credentials or ssh user, no trailing
+            slash, no ``.git`` suffix (kept for local paths, where it names a different directory).
+        fetch_url: what git is given: credential-free, with the ssh user kept. Safe to write to disk.
+        key: the repository's file name inside the cache root.
+        scheme: one of ``http``, ``https``, ``git``, ``ssh``, ``file``.
+        username: the HTTP user from the URL, if any (never written to disk).
+        password: the HTTP password or token from the URL, if any (never written to disk).
+    """
+
+    url: str
+    fetch_url: str
+    key: str
+    scheme: str
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def is_local(self) -> bool:
+        """True when the upstream is a path on this machine."""
+        return self.scheme == "file"
+
+    @property
+    def has_credentials(self) -> bool:
+        """True when the caller's URL carried HTTP credentials."""
+        return self.username is not None or self.password is not None
+
+
+def scrub(text: str) -> str:
+    """Remove the user-info part of every URL in ``text`` (for messages and logs)."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
+def _reject(url: str, reason: str) -> InvalidURLError:
+    return InvalidURLError(scrub(url), reason)
+
+
+def _make_key(url: str, hint: str) -> str:
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    readable = _KEY_UNSAFE.sub("-", hint.lower()).strip("-.")[:60].strip("-.")
+    return f"{readable}-{digest}" if readable else digest
+
+
+def _clean_path(raw: str, url: str) -> tuple[str, str]:
+    """Return (identity path, fetch path): both without empty segments; the identity drops ``.git``."""
+    segments = [s for s in raw.split("/") if s]
+    for segment in segments:
+        if unquote(segment) in (".", ".."):
+            raise _reject(url, "path segments '.' and '..' are not allowed")
+    fetch_path = "/" + "/".join(segments)
+    path = fetch_path
+    while path.endswith(".git") and path != "/.git":
+        path = path[: -len(".git")].rstrip("/") or "/"
+    if path in ("", "/"):
+        raise _reject(url, "the URL names no repository path; " + _ACCEPTED)
+    return path, fetch_path
+
+
+def _normalize_host(host: str, url: str) -> str:
+    host = host.rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        return host.lower()
+    try:
+        ascii_host = host.encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise _reject(url, f"host {host!r} is not a valid host name") from exc
+    if not _HOST_OK.match(ascii_host):
+        raise _reject(url, f"host {host!r} is not a valid host name")
+    return ascii_host
+
+
+def _local(path: str, original: str) -> RepoURL:
+    if not path:
+        raise _reject(original, "empty path")
+    absolute = os.path.abspath(os.path.expanduser(path))
+    if len(absolute) > 1:
+        absolute = absolute.rstrip("/")
+    url = "file://" + absolute
+    return RepoURL(
+        url=url, fetch_url=absolute, key=_make_key(url, "local-" + os.path.basename(absolute)), scheme="file"
+    )
+
+
+def normalize_url(url: str | os.PathLike[str]) -> RepoURL:
+    """Parse and normalize a repository URL or local path.
+
+    Args:
+        url: an http(s), git, ssh or file URL, an scp-like ``user@host:path``, or a local path.
+
+    Returns:
+        The normalized form with its key.
+
+    Raises:
+        InvalidURLError: the URL is empty, malformed, uses a transport helper (``ext::``, ``fd::``), starts with
+            ``-`` (option injection), contains control characters or ``..`` segments, or has an unsupported scheme.
+    """
+    if isinstance(url, os.PathLike):
+        return _local(os.fspath(url), os.fspath(url))
+    if not isinstance(url, str):
+        raise InvalidURLError(repr(url), f"expected a str or os.PathLike, got {type(url).__name__}")
+    text = url.strip()
+    if not text:
+        raise InvalidURLError(url, "the URL is empty; " + _ACCEPTED)
+    if _CONTROL.search(text):
+        raise _reject(text.encode("unicode_escape").decode("ascii"), "control characters are not allowed")
+    if text.startswith("-"):
+        raise _reject(text, "a URL may not start with '-' (it would be read as a git option)")
+    if _TRANSPORT_HELPER.match(text):
+        raise _reject(text, "git transport helpers such as ext:: and fd:: are not allowed; " + _ACCEPTED)
+
+    scheme_match = _SCHEME.match(text)
+    if scheme_match is None:
+        scp = _SCP_LIKE.match(text)
+        if scp and not os.path.exists(text) and not text.startswith(("/", ".", "~")) and len(scp["host"]) > 1:
+            user = f"{scp['user']}@" if scp["user"] else ""
+            path = scp["path"]
+            if not path.startswith("/") and not path.startswith("~"):
+                path = "/" + path
+            return normalize_url(f"ssh://{user}{scp['host']}{path}")
+        return _local(text, text)
+
+    scheme = _SCHEME_ALIASES.get(scheme_match.group(1).lower(), scheme_match.group(1).lower())
+    if scheme == "file":
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise _reject(text, "file:// URLs must name a local absolute path (file:///path)")
+        return _local(unquote(parts.path), text)
+    if scheme not in _REMOTE_SCHEMES:
+        raise _reject(text, f"unsupported scheme {scheme!r}; " + _ACCEPTED)
+
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise _reject(text, f"malformed URL ({exc})") from exc
+    if parts.query or parts.fragment:
+        raise _reject(text, "query strings and fragments are not part of a repository URL")
+    if not parts.hostname:
+        raise _reject(text, "the URL has no host; " + _ACCEPTED)
+    raw_host = parts.netloc.rpartition("@")[2]
+    raw_host = raw_host.rsplit(":", 1)[0] if not raw_host.endswith("]") and ":" in raw_host else raw_host
+    host = _normalize_host(raw_host if raw_host.startswith("[") else parts.hostname, text)
+    path, fetch_path = _clean_path(parts.path, text)
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    normalized = f"{scheme}://{netloc}{path}"
+
+    username = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    fetch_url = f"{scheme}://{netloc}{fetch_path}"
+    if scheme == "ssh":
+        if username:
+            fetch_url = f"ssh://{parts.username}@{netloc}{fetch_path}"
+        username = password = None  # ssh authenticates with keys; a password in the URL is dropped
+    elif scheme == "git":
+        username = password = None
+    return RepoURL(
+        url=normalized,
+        fetch_url=fetch_url,
+        key=_make_key(normalized, f"{host}{path}"),
+        scheme=scheme,
+        username=username,
+        password=password,
+    )
