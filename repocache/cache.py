@@ -1,0 +1,626 @@
+"""RepoCache: the facade users hold. It orchestrates keys, locks, the index, pins, git and the cold store.
+
+Layout of a cache root::
+
+    <root>/index.sqlite          the LRU index (WAL), shared by every process
+    <root>/repos/<key>/          bare mirrors, each published by one atomic rename
+    <root>/staging/<key>.<id>/   clones and restores in progress (swept under the repository's lock)
+    <root>/trash/<key>.<id>/     evicted mirrors being deleted (renamed out first, so nobody sees half a repo)
+    <root>/locks/<key>.lock      shared by readers, exclusive for clone and eviction
+    <root>/locks/<key>.fetch     one fetch at a time per repository
+    <root>/locks/budget.lock     one budget decision (room-making or enforcement) at a time
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+
+from repocache import gitops, locks
+from repocache.checkout import Checkout
+from repocache.errors import (
+    BudgetError,
+    ConfigError,
+    FetchError,
+    InvalidURLError,
+    LockTimeoutError,
+    RepoCacheError,
+)
+from repocache.index import Index, Row
+from repocache.keys import RepoURL, normalize_url
+from repocache.models import Entry, Problem, Stats
+from repocache.pins import Pins
+from repocache.settings import default_root, parse_bytes, parse_seconds
+
+__all__ = ["RepoCache"]
+
+logger = logging.getLogger("repocache")
+
+_ON_FETCH_ERROR = ("warn", "raise")
+_MAX_ATTEMPTS = 8
+
+
+class RepoCache:
+    """An on-disk LRU cache of bare git mirrors under a byte budget, safe to share between threads and processes.
+
+    A hit fetches from upstream (unless fetched within ``fetch_ttl``) and hands the mirror out; a miss clones it
+    (or restores it from the cold store), first evicting the least recently used repositories that are neither
+    pinned nor held by any process. See ``DESIGN.md`` for the guarantees.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        max_bytes: int | str | None = None,
+        min_free_bytes: int | str = 0,
+        pins: str | os.PathLike[str] | Iterable[str] | None = None,
+        fetch_ttl: float = 0.0,
+        cold_store: Any = None,
+        lock_timeout: float = 600.0,
+        on_fetch_error: str = "warn",
+        progress: gitops.ProgressCallback | None = None,
+        allow_local: bool = True,
+        connect_timeout: float = 30.0,
+        idle_timeout: float = 300.0,
+    ) -> None:
+        """Open (creating if needed) the cache at ``root``.
+
+        Args:
+            root: the cache directory; ``$REPOCACHE_DIR`` or the platform's user cache directory when None.
+            max_bytes: budget for all mirrors together (int or a string such as ``"20GB"``); None for no limit.
+            min_free_bytes: keep at least this much free on the cache's filesystem.
+            pins: a never-evict YAML file, or an iterable of URLs / glob patterns.
+            fetch_ttl: a hit fetched less than this many seconds ago does not contact upstream.
+            cold_store: None, ``"file:///dir"``, an fsspec URL such as ``"s3://bucket/prefix"``, or a ColdStore.
+            lock_timeout: seconds to wait for another worker's clone, fetch or eviction of the same repository.
+            on_fetch_error: ``"warn"`` serves the cached copy (``co.stale``) when a fetch fails; ``"raise"``
+                raises :class:`FetchError` instead.
+            progress: default progress callback for clones, fetches and restores.
+            allow_local: whether local paths and ``file://`` URLs may be cached.
+            connect_timeout: seconds to wait for a connection to upstream.
+            idle_timeout: seconds a transfer may make no progress before it is abandoned.
+
+        Raises:
+            ConfigError: a setting is invalid; the message names it and what is accepted.
+        """
+        self.max_bytes = parse_bytes("max_bytes", max_bytes, allow_none=True)
+        self.min_free_bytes = parse_bytes("min_free_bytes", min_free_bytes, allow_none=False) or 0
+        self.fetch_ttl = parse_seconds("fetch_ttl", fetch_ttl)
+        self.lock_timeout = parse_seconds("lock_timeout", lock_timeout)
+        if on_fetch_error not in _ON_FETCH_ERROR:
+            raise ConfigError(f"on_fetch_error={on_fetch_error!r} is not accepted; expected 'warn' or 'raise'")
+        self.on_fetch_error = on_fetch_error
+        if progress is not None and not callable(progress):
+            raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
+        self.progress = progress
+        self._git = gitops.GitOptions(
+            git=gitops.find_git(),
+            allow_local=bool(allow_local),
+            connect_timeout=parse_seconds("connect_timeout", connect_timeout, positive=True),
+            idle_timeout=parse_seconds("idle_timeout", idle_timeout, positive=True),
+        )
+        self.pins = Pins(pins)
+        self.root = Path(root) if root is not None else default_root()
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"root={str(self.root)!r} exists and is not a directory")
+        self._repos = self.root / "repos"
+        self._staging = self.root / "staging"
+        self._trash = self.root / "trash"
+        self._locks = self.root / "locks"
+        try:
+            for directory in (self._repos, self._staging, self._trash, self._locks):
+                directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
+        self._index = Index(self.root / "index.sqlite")
+        self._cold = self._open_cold_store(cold_store)
+        self._closed = False
+        self._empty_trash()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op."""
+        if not self._closed:
+            self._closed = True
+            self._index.close()
+
+    def __enter__(self) -> RepoCache:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RepoCache(root={str(self.root)!r}, max_bytes={self.max_bytes!r}, fetch_ttl={self.fetch_ttl!r})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RepoCacheError("this RepoCache is closed")
+
+    # -- paths and parsing --------------------------------------------------------------------------------
+
+    def _parse(self, url: str | os.PathLike[str]) -> RepoURL:
+        self._check_open()
+        parsed = normalize_url(url)
+        if parsed.is_local and not self._git.allow_local:
+            raise InvalidURLError(parsed.url, "local paths are not allowed by this cache (allow_local=False)")
+        return parsed
+
+    def _mirror(self, key: str) -> Path:
+        return self._repos / key
+
+    def _lock_path(self, key: str, kind: str = "lock") -> Path:
+        return self._locks / f"{key}.{kind}"
+
+    def _remaining(self, deadline: float) -> float:
+        return max(0.0, deadline - time.monotonic())
+
+    # -- public API -----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def checkout(
+        self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None
+    ) -> Iterator[Checkout]:
+        """Hold the repository's bare mirror for the ``with`` block, cloning or refreshing it first.
+
+        Yields:
+            A :class:`Checkout`; the mirror is not evicted by any process until the block exits.
+
+        Raises:
+            InvalidURLError: the URL cannot be cached.
+            CloneError: a miss could not be cloned (nothing is left behind).
+            FetchError: the fetch failed and ``on_fetch_error="raise"``.
+            BudgetError: the repository cannot fit in the budget.
+            LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
+        """
+        parsed = self._parse(url)
+        hold, checkout = self._acquire(parsed, progress or self.progress)
+        try:
+            yield checkout
+        finally:
+            checkout._close()
+            hold.release()
+            self._enforce_if_over()
+
+    def ensure(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
+        """Clone or refresh the repository now without holding it (pre-warming); counts as a use.
+
+        Returns:
+            The repository's entry after the operation.
+        """
+        parsed = self._parse(url)
+        hold, _checkout = self._acquire(parsed, progress or self.progress)
+        try:
+            entry = self._entry_of(parsed.key)
+        finally:
+            hold.release()
+        self._enforce_if_over()
+        if entry is None:  # pragma: no cover - the row is written before the hold is released
+            raise RepoCacheError(f"{parsed.url} vanished from the index while held")
+        return entry
+
+    def info(self, url: str | os.PathLike[str]) -> Entry | None:
+        """The repository's entry if it is on disk, else None. No network, no recency update."""
+        parsed = self._parse(url)
+        if not self._mirror(parsed.key).is_dir():
+            return None
+        return self._entry_of(parsed.key)
+
+    def entries(self) -> list[Entry]:
+        """Every repository on disk, most recently used first."""
+        self._check_open()
+        return [self._entry(row) for row in self._index.rows()]
+
+    def evict(self, url: str | os.PathLike[str], *, force: bool = False) -> bool:
+        """Remove the repository from disk now (offloading it to the cold store when one is configured).
+
+        Args:
+            url: the repository.
+            force: evict even if it is pinned.
+
+        Returns:
+            True if it was evicted; False if it was not on disk, is held by a reader (in any process), or is
+            pinned and ``force`` is False.
+        """
+        parsed = self._parse(url)
+        if not force and self.pins.matches(parsed.url):
+            return False
+        handle = locks.acquire(self._lock_path(parsed.key), shared=False, timeout=0)
+        if handle is None:
+            return False
+        with handle:
+            if not self._mirror(parsed.key).is_dir():
+                self._index.remove(parsed.key, counter=None)
+                return False
+            row = self._index.get(parsed.key)
+            self._evict_locked(parsed.key, row)
+            return True
+
+    def enforce(self) -> list[Entry]:
+        """Evict least recently used repositories until the budget and ``min_free_bytes`` hold.
+
+        Pinned repositories and repositories held by any process are skipped, never waited for.
+
+        Returns:
+            The entries evicted, least recently used first.
+        """
+        self._check_open()
+        with self._budget_lock():
+            evicted, _ = self._free(0, reserved=self._index.reserved_bytes())
+        return evicted
+
+    def stats(self) -> Stats:
+        """Counters shared by all processes using this root, and the bytes used."""
+        self._check_open()
+        counters = self._index.counters()
+        used, count = self._index.totals()
+        return Stats(
+            hits=counters.get("hits", 0),
+            misses=counters.get("misses", 0),
+            clones=counters.get("clones", 0),
+            fetches=counters.get("fetches", 0),
+            restores=counters.get("restores", 0),
+            evictions=counters.get("evictions", 0),
+            fetch_errors=counters.get("fetch_errors", 0),
+            bytes_used=used,
+            bytes_limit=self.max_bytes,
+            entries=count,
+        )
+
+    def verify(self, repair: bool = False) -> list[Problem]:
+        """Compare the index with the disk.
+
+        Finds indexed repositories missing from disk, mirrors on disk the index does not know, mirrors that are not
+        usable, recorded sizes that are wrong, and debris of interrupted clones or evictions. Repositories held
+        by other workers are skipped.
+
+        Args:
+            repair: fix what is found: drop rows of missing mirrors, adopt valid orphans, delete invalid mirrors,
+                correct sizes, delete debris.
+
+        Returns:
+            The problems found, each with ``repaired`` set when it was fixed.
+        """
+        self._check_open()
+        problems: list[Problem] = []
+        indexed = {row.key: row for row in self._index.rows()}
+        on_disk = {p.name for p in self._repos.iterdir() if p.is_dir()} if self._repos.is_dir() else set()
+        for key, row in indexed.items():
+            handle = locks.acquire(self._lock_path(key), shared=False, timeout=0)
+            if handle is None:
+                continue  # held or being cloned: its state is in flux, not broken
+            with handle:
+                problems.extend(self._verify_one(key, row, repair))
+        for key in sorted(on_disk - set(indexed)):
+            handle = locks.acquire(self._lock_path(key), shared=False, timeout=0)
+            if handle is None:
+                continue
+            with handle:
+                problems.extend(self._verify_one(key, None, repair))
+        problems.extend(self._verify_debris(repair))
+        return problems
+
+    # -- acquiring ------------------------------------------------------------------------------------------
+
+    def _acquire(
+        self, parsed: RepoURL, progress: gitops.ProgressCallback | None
+    ) -> tuple[locks.FileLockHandle, Checkout]:
+        """Hold ``parsed`` shared, cloning or refreshing as needed; returns the hold and the checkout."""
+        started = time.time()
+        deadline = time.monotonic() + self.lock_timeout
+        key = parsed.key
+        mirror = self._mirror(key)
+        source = "hit"
+        fetched = False
+        counted_miss = False
+        for _attempt in range(_MAX_ATTEMPTS):
+            hold = locks.acquire(self._lock_path(key), shared=True, timeout=self._remaining(deadline))
+            if hold is None:
+                raise LockTimeoutError(parsed.url, self.lock_timeout, "checkout")
+            try:
+                if mirror.is_dir():
+                    stale = False
+                    if source == "hit":
+                        fetched, stale = self._refresh(parsed, started, deadline, progress)
+                    self._index.touch(key, time.time(), counter="hits" if source == "hit" else None)
+                    checkout = Checkout(
+                        path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
+                    )
+                    return hold, checkout
+            except BaseException:
+                hold.release()
+                raise
+            hold.release()
+            if not counted_miss:
+                counted_miss = True
+                self._index.count("misses")
+            exclusive = locks.acquire(self._lock_path(key), shared=False, timeout=self._remaining(deadline))
+            if exclusive is None:
+                raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
+            with exclusive:
+                if not mirror.is_dir():
+                    source = self._materialize(parsed, progress)
+                    fetched = True
+        raise RepoCacheError(
+            f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
+            "the budget is too small for the working set"
+        )
+
+    def _refresh(
+        self, parsed: RepoURL, started: float, deadline: float, progress: gitops.ProgressCallback | None
+    ) -> tuple[bool, bool]:
+        """Fetch a hit unless fresh enough; returns (fetched, stale). The caller holds the repository shared."""
+        key = parsed.key
+        row = self._index.get(key)
+        if row is None:
+            row = self._adopt(parsed)
+        if self._fresh(row, started):
+            return False, False
+        fetch_lock = locks.acquire(self._lock_path(key, "fetch"), shared=False, timeout=self._remaining(deadline))
+        if fetch_lock is None:
+            raise LockTimeoutError(parsed.url, self.lock_timeout, "fetch")
+        with fetch_lock:
+            row = self._index.get(key) or row
+            if self._fresh(row, started):
+                return False, False  # coalesced with a fetch that finished after this request began
+            try:
+                gitops.fetch_mirror(parsed, self._mirror(key), self._git, progress=progress)
+            except FetchError as exc:
+                self._index.count("fetch_errors")
+                if self.on_fetch_error == "raise":
+                    raise
+                logger.warning("serving a stale copy of %s: %s", parsed.url, exc.detail)
+                warnings.warn(f"serving a stale copy: {exc}", RuntimeWarning, stacklevel=4)
+                return False, True
+            self._index.fetched(key, gitops.disk_usage(self._mirror(key)), time.time())
+        return True, False
+
+    def _fresh(self, row: Row, started: float) -> bool:
+        if row.last_fetched is None:
+            return False
+        return row.last_fetched >= started or time.time() - row.last_fetched < self.fetch_ttl
+
+    def _adopt(self, parsed: RepoURL) -> Row:
+        """Index a mirror found on disk without a row (a process died between rename and index update)."""
+        size = gitops.disk_usage(self._mirror(parsed.key))
+        now = time.time()
+        self._index.put(parsed.key, parsed.url, size, now, counter=None)
+        logger.info("adopted %s found on disk without an index entry", parsed.url)
+        row = self._index.get(parsed.key)
+        assert row is not None
+        return Row(row.key, row.url, row.size_bytes, row.last_used, None, row.in_cold_store)
+
+    # -- materializing a miss --------------------------------------------------------------------------------
+
+    def _materialize(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> str:
+        """Clone (or restore) ``parsed`` into place; the caller holds its exclusive lock. Returns the source."""
+        key = parsed.key
+        self._sweep_staging(key)
+        known = self._index.known_size(key)
+        reservation = self._make_room(parsed, known)
+        staging = self._staging / f"{key}.{uuid.uuid4().hex[:12]}"
+        try:
+            source = "clone"
+            gitops.clone_mirror(parsed, staging, self._git, progress=progress)
+            size = gitops.disk_usage(staging)
+            os.rename(staging, self._mirror(key))
+            self._index.put(key, parsed.url, size, time.time(), counter="clones")
+            logger.info("cloned %s (%d bytes)", parsed.url, size)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+            if reservation is not None:
+                self._index.unreserve(reservation)
+        self._enforce_if_over()
+        return source
+
+    def _sweep_staging(self, key: str) -> None:
+        """Delete staging debris of ``key``; the caller holds its exclusive lock, so the debris is dead."""
+        prefix = key + "."
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._staging) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix):
+                    logger.info("removing leftover staging directory %s", entry.path)
+                    shutil.rmtree(entry.path, ignore_errors=True)
+
+    # -- budget ---------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _budget_lock(self) -> Iterator[None]:
+        handle = locks.acquire(self._locks / "budget.lock", shared=False, timeout=self.lock_timeout)
+        if handle is None:
+            raise LockTimeoutError(str(self.root), self.lock_timeout, "budget")
+        with handle:
+            yield
+
+    def _budgeted(self) -> bool:
+        return self.max_bytes is not None or self.min_free_bytes > 0
+
+    def _deficit(self, needed: int, reserved: int) -> int:
+        """Bytes that must be freed so that ``needed`` more bytes fit the budget and the free-space floor."""
+        used, _count = self._index.totals()
+        deficit = 0
+        if self.max_bytes is not None:
+            deficit = used + reserved + needed - self.max_bytes
+        if self.min_free_bytes:
+            free = psutil.disk_usage(str(self.root)).free
+            deficit = max(deficit, self.min_free_bytes + needed + reserved - free)
+        return max(0, deficit)
+
+    def _make_room(self, parsed: RepoURL, needed: int) -> int | None:
+        """Evict so that ``needed`` bytes fit, then reserve them; BudgetError if they cannot fit."""
+        if not self._budgeted():
+            return None
+        if self.max_bytes is not None and needed > self.max_bytes:
+            raise BudgetError(parsed.url, needed, self.max_bytes)
+        with self._budget_lock():
+            reserved = self._index.reserved_bytes()
+            _evicted, deficit = self._free(needed, reserved=reserved, all_or_nothing=True, url=parsed.url)
+            if deficit > 0:
+                raise BudgetError(parsed.url, needed, needed - deficit)
+            return self._index.reserve(parsed.key, needed) if needed else None
+
+    def _free(
+        self, needed: int, *, reserved: int, all_or_nothing: bool = False, url: str = ""
+    ) -> tuple[list[Entry], int]:
+        """Evict LRU repositories (not pinned, not held) until ``needed`` fits; the caller holds the budget lock.
+
+        With ``all_or_nothing``, nothing is evicted unless enough can be. Returns (evicted, remaining deficit).
+        """
+        deficit = self._deficit(needed, reserved)
+        if deficit <= 0:
+            return [], 0
+        self.pins.refresh()
+        chosen: list[tuple[Row, locks.FileLockHandle]] = []
+        freeable = 0
+        try:
+            for row in self._index.lru():
+                if freeable >= deficit:
+                    break
+                if self.pins.matches(row.url):
+                    continue
+                handle = locks.acquire(self._lock_path(row.key), shared=False, timeout=0)
+                if handle is None:
+                    continue  # held by a reader or being cloned/evicted by another worker: skip, never wait
+                chosen.append((row, handle))
+                freeable += row.size_bytes
+                if not all_or_nothing:
+                    self._evict_locked(row.key, row)
+                    handle.release()
+            if all_or_nothing:
+                if freeable < deficit:
+                    return [], deficit - freeable
+                for row, handle in chosen:
+                    self._evict_locked(row.key, row)
+                    handle.release()
+            evicted = [self._entry(row) for row, _handle in chosen]
+            return evicted, max(0, deficit - freeable)
+        finally:
+            for _row, handle in chosen:
+                handle.release()
+
+    def _enforce_if_over(self) -> None:
+        if self._closed or not self._budgeted():
+            return
+        if self._deficit(0, 0) > 0:
+            self.enforce()
+
+    def _evict_locked(self, key: str, row: Row | None) -> None:
+        """Remove ``key`` from disk; the caller holds its exclusive lock."""
+        mirror = self._mirror(key)
+        if mirror.is_dir():
+            trash = self._trash / f"{key}.{uuid.uuid4().hex[:12]}"
+            os.rename(mirror, trash)
+            self._index.remove(key)
+            shutil.rmtree(trash, ignore_errors=True)
+            logger.info("evicted %s (%d bytes)", row.url if row else key, row.size_bytes if row else 0)
+        else:
+            self._index.remove(key, counter=None)
+
+    def _empty_trash(self) -> None:
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._trash) as entries:
+            for entry in entries:
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+    # -- entries and verification ----------------------------------------------------------------------------
+
+    def _entry(self, row: Row) -> Entry:
+        return Entry(
+            url=row.url,
+            key=row.key,
+            path=self._mirror(row.key),
+            size_bytes=row.size_bytes,
+            last_used=row.last_used,
+            last_fetched=row.last_fetched,
+            pinned=self.pins.matches(row.url),
+            in_cold_store=row.in_cold_store,
+        )
+
+    def _entry_of(self, key: str) -> Entry | None:
+        row = self._index.get(key)
+        return None if row is None else self._entry(row)
+
+    def _verify_one(self, key: str, row: Row | None, repair: bool) -> list[Problem]:
+        """Check one repository; the caller holds its exclusive lock."""
+        mirror = self._mirror(key)
+        if row is not None and not mirror.is_dir():
+            if repair:
+                self._index.remove(key, counter=None)
+            return [Problem("missing", key, mirror, f"{row.url} is indexed but not on disk", repair)]
+        problem = gitops.validate_mirror(mirror)
+        if problem is not None:
+            if repair:
+                self._evict_locked(key, row)
+            return [Problem("invalid", key, mirror, f"the mirror {problem}", repair)]
+        if row is None:
+            url = self._mirror_url(mirror)
+            if repair and url is not None:
+                self._index.put(key, url, gitops.disk_usage(mirror), time.time(), counter=None)
+            elif repair:
+                shutil.rmtree(mirror, ignore_errors=True)
+            return [Problem("orphan", key, mirror, "a mirror on disk has no index entry", repair)]
+        size = gitops.disk_usage(mirror)
+        if size != row.size_bytes:
+            if repair:
+                self._index.set_size(key, size)
+            return [Problem("size", key, mirror, f"recorded {row.size_bytes} bytes, disk has {size}", repair)]
+        return []
+
+    def _mirror_url(self, mirror: Path) -> str | None:
+        """The normalized upstream URL of a mirror, read from its config (which never holds credentials)."""
+        try:
+            repo = gitops.open_repository(mirror)
+        except Exception:
+            return None
+        try:
+            parsed = normalize_url(str(repo.config["remote.origin.url"]))
+        except (KeyError, InvalidURLError):
+            return None
+        finally:
+            repo.free()
+        return parsed.url if self._mirror(parsed.key) == mirror else None
+
+    def _verify_debris(self, repair: bool) -> list[Problem]:
+        problems: list[Problem] = []
+        for directory in (self._staging, self._trash):
+            with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+                for entry in sorted(entries, key=lambda e: e.name):
+                    key = entry.name.rsplit(".", 1)[0]
+                    # A staging dir is debris only if no clone of its key is running: hold the key's lock.
+                    handle = None
+                    if directory == self._staging:
+                        handle = locks.acquire(self._lock_path(key), shared=False, timeout=0)
+                        if handle is None:
+                            continue
+                    try:
+                        if repair:
+                            shutil.rmtree(entry.path, ignore_errors=True)
+                    finally:
+                        if handle is not None:
+                            handle.release()
+                    problems.append(
+                        Problem("leftover", key, Path(entry.path), "debris of an interrupted operation", repair)
+                    )
+        return problems
+
+    # -- cold store (wired in by the cold storage tier) -----------------------------------------------------
+
+    def _open_cold_store(self, spec: Any) -> Any:
+        if spec is None:
+            return None
+        raise ConfigError(f"cold_store={spec!r} is not supported yet; expected None")

@@ -1,0 +1,72 @@
+"""The objects handed to callers inside ``with cache.checkout(url)`` and ``with cache.worktree(url)`` blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from repocache import gitops
+
+__all__ = ["Checkout", "Worktree"]
+
+
+class Checkout:
+    """A shared hold on a cached bare mirror, valid inside its ``with`` block.
+
+    While the block runs, no process evicts the mirror; fetches by other callers may move its refs.
+
+    Attributes:
+        path: the bare mirror (every ref, as ``git clone --mirror``).
+        url: the normalized URL (no credentials).
+        key: the mirror's directory name in the cache.
+        source: ``"hit"`` (was on disk), ``"clone"`` (cloned by this call) or ``"restore"`` (from cold storage).
+        fetched: True if this call contacted upstream (a clone, or a fetch on a hit).
+        stale: True if the fetch failed and the cached copy is being served.
+    """
+
+    def __init__(self, *, path: Path, url: str, key: str, source: str, fetched: bool, stale: bool) -> None:
+        self.path = path
+        self.url = url
+        self.key = key
+        self.source = source
+        self.fetched = fetched
+        self.stale = stale
+        self._repo: Any = None
+
+    @property
+    def repo(self) -> Any:
+        """A ``pygit2.Repository`` opened on :attr:`path` on first use and freed when the block exits."""
+        if self._repo is None:
+            self._repo = gitops.open_repository(self.path)
+        return self._repo
+
+    def _close(self) -> None:
+        repo, self._repo = self._repo, None
+        if repo is not None:
+            repo.free()
+
+    def __repr__(self) -> str:
+        return (
+            f"Checkout(url={self.url!r}, path={str(self.path)!r}, source={self.source!r}, "
+            f"fetched={self.fetched}, stale={self.stale})"
+        )
+
+
+class Worktree:
+    """A temporary working tree checked out from a cached mirror, removed when its ``with`` block exits.
+
+    Attributes:
+        path: the working tree's directory.
+        commit: the hex id of the checked-out commit.
+        ref: the ref or commit the caller asked for.
+        url: the normalized URL.
+    """
+
+    def __init__(self, *, path: Path, commit: str, ref: str, url: str) -> None:
+        self.path = path
+        self.commit = commit
+        self.ref = ref
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"Worktree(url={self.url!r}, ref={self.ref!r}, commit={self.commit!r}, path={str(self.path)!r})"

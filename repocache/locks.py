@@ -1,0 +1,94 @@
+"""Per-repository locks shared by threads and processes.
+
+Each repository has a lock file in ``<root>/locks/``. Readers (``checkout``, ``worktree``) hold it shared; clone
+and eviction take it exclusive; a second file serializes fetches, so readers are never blocked by a fetch.
+
+These are whole-file ``flock(2)`` locks on a descriptor opened per acquisition. That gives what the cache needs:
+shared and exclusive modes, contention between threads of one process (each acquisition is its own open file
+description), and release by the kernel when the holder dies, even by SIGKILL. filelock's ``FileLock`` is
+exclusive only and its ``ReadWriteLock`` is SQLite-based and refuses to make two threads of one instance wait for
+each other, so the primitive is used directly. Lock files are never deleted: unlinking a lock file while another
+process waits on it would let two holders in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["FileLockHandle", "acquire"]
+
+_POLL_START = 0.001
+_POLL_MAX = 0.05
+
+
+class FileLockHandle:
+    """A held lock; release it with :meth:`release` or by leaving its ``with`` block. Releasing twice is a no-op."""
+
+    __slots__ = ("_fd", "path", "shared")
+
+    def __init__(self, fd: int, path: Path, shared: bool) -> None:
+        self._fd: int | None = fd
+        self.path = path
+        self.shared = shared
+
+    @property
+    def held(self) -> bool:
+        """True until released."""
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Release the lock (closing the descriptor releases the flock)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __enter__(self) -> FileLockHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def acquire(path: Path, *, shared: bool, timeout: float) -> FileLockHandle | None:
+    """Take the lock at ``path``.
+
+    Args:
+        path: the lock file; created if missing (its directory must exist).
+        shared: shared (reader) mode when True, exclusive otherwise.
+        timeout: seconds to wait; 0 makes one attempt; a negative value waits forever.
+
+    Returns:
+        The held lock, or None if it could not be taken within ``timeout``.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+    deadline = None if timeout < 0 else time.monotonic() + timeout
+    delay = _POLL_START
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, operation)
+                return FileLockHandle(fd, path, shared)
+            except BlockingIOError:
+                pass
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    os.close(fd)
+                    return None
+                time.sleep(min(delay, remaining))
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX)
+    except BaseException:
+        os.close(fd)
+        raise

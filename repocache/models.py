@@ -1,0 +1,103 @@
+"""Value objects handed to callers: entries, statistics, progress events and verification problems."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Entry", "Problem", "Progress", "Stats"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A repository held in the cache.
+
+    Attributes:
+        url: the normalized URL (never with credentials).
+        key: the repository's directory name under ``<root>/repos``.
+        path: the bare mirror's directory.
+        size_bytes: allocated bytes of the mirror, measured after the last clone, fetch or restore.
+        last_used: epoch seconds of the last checkout, worktree or ensure.
+        last_fetched: epoch seconds when the mirror last matched upstream (clone or successful fetch), or None.
+        pinned: True when a never-evict pin matches the URL.
+        in_cold_store: True when the cold store holds an artifact of this repository.
+    """
+
+    url: str
+    key: str
+    path: Path
+    size_bytes: int
+    last_used: float
+    last_fetched: float | None
+    pinned: bool
+    in_cold_store: bool
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters shared by every process using the cache root, and the current budget.
+
+    Attributes:
+        hits: checkouts served from disk.
+        misses: checkouts that found nothing on disk.
+        clones: successful clones from upstream.
+        fetches: fetches that contacted upstream successfully.
+        restores: repositories restored from the cold store.
+        evictions: repositories removed from disk.
+        fetch_errors: fetches that failed (stale copies served or errors raised).
+        bytes_used: allocated bytes of all mirrors on disk.
+        bytes_limit: ``max_bytes``, or None when there is no limit.
+        entries: number of repositories on disk.
+    """
+
+    hits: int
+    misses: int
+    clones: int
+    fetches: int
+    restores: int
+    evictions: int
+    fetch_errors: int
+    bytes_used: int
+    bytes_limit: int | None
+    entries: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One throttled progress report of a clone, fetch or restore.
+
+    Attributes:
+        url: the normalized URL.
+        operation: ``"clone"``, ``"fetch"`` or ``"restore"``.
+        phase: what git reports it is doing, e.g. ``"receiving"``, ``"resolving"``, ``"counting"``, ``"done"``.
+        objects: objects processed so far in this phase.
+        total_objects: objects expected in this phase (0 when unknown).
+        bytes: bytes received so far (0 when unknown).
+    """
+
+    url: str
+    operation: str
+    phase: str
+    objects: int
+    total_objects: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A disagreement between the index and the disk found by :meth:`RepoCache.verify`.
+
+    Attributes:
+        kind: ``"missing"`` (indexed, not on disk), ``"orphan"`` (on disk, not indexed), ``"invalid"`` (on disk
+            but not a usable mirror), ``"size"`` (recorded size is wrong), ``"leftover"`` (staging or trash debris).
+        key: the repository key or leftover name.
+        path: the path concerned.
+        detail: a sentence describing the problem.
+        repaired: True when ``verify(repair=True)`` fixed it.
+    """
+
+    kind: str
+    key: str
+    path: Path
+    detail: str
+    repaired: bool = False

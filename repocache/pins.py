@@ -1,0 +1,159 @@
+"""Never-evict pins: URLs and glob patterns read from a YAML file or given directly.
+
+The canonical file has a top-level ``never_evict:`` list. pizza's spellings, ``never-evict-repos:`` and
+``config: cache: neverEvict:``, are read too, so its configuration files drop in. A plain URL pins exactly that
+repository (normalized, so ``https://host/a/b.git`` pins ``https://host/a/b``); an entry containing ``*``, ``?`` or
+``[`` is a glob matched against normalized URLs (``https://github.com/open-sauced/*``). The file is read again
+when it changes; a file that becomes invalid keeps the last good pins and logs an error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from repocache.errors import ConfigError, InvalidURLError
+from repocache.keys import normalize_url
+
+__all__ = ["Pins", "load_pin_file"]
+
+logger = logging.getLogger("repocache")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_FORMATS = "a top-level 'never_evict:' list (or pizza's 'never-evict-repos:' / 'config: cache: neverEvict:')"
+
+
+def _compile(patterns: Iterable[object], source: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    urls: set[str] = set()
+    globs: list[str] = []
+    for item in patterns:
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{source}: pin {item!r} is not a URL or glob pattern (expected a non-empty string)")
+        text = item.strip()
+        if _GLOB_CHARS.search(text):
+            while text.endswith(("/", ".git")):
+                text = text[:-1] if text.endswith("/") else text[: -len(".git")]
+            globs.append(text)
+            continue
+        try:
+            urls.add(normalize_url(text).url)
+        except InvalidURLError as exc:
+            raise ConfigError(f"{source}: pin {text!r} is not a valid repository URL: {exc.reason}") from exc
+    return frozenset(urls), tuple(globs)
+
+
+def _extract(document: Any, source: str) -> list[object]:
+    if document is None:
+        return []
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: expected a mapping with {_FORMATS}, got {type(document).__name__}")
+    found: Any = None
+    if "never_evict" in document:
+        found = document["never_evict"]
+    elif "never-evict-repos" in document:
+        found = document["never-evict-repos"]
+    elif isinstance(document.get("config"), dict) and isinstance(document["config"].get("cache"), dict):
+        found = document["config"]["cache"].get("neverEvict")
+    else:
+        raise ConfigError(f"{source}: no pin list found; expected {_FORMATS}")
+    if found is None:
+        return []
+    if not isinstance(found, list):
+        raise ConfigError(f"{source}: the pin list must be a YAML list, got {type(found).__name__}")
+    return list(found)
+
+
+def load_pin_file(path: Path) -> list[object]:
+    """Read the pin entries of a never-evict YAML file.
+
+    Raises:
+        ConfigError: the file cannot be read, is not YAML, or has none of the accepted shapes.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read pin file {str(path)!r}: {exc}") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pin file {str(path)!r} is not valid YAML: {exc}") from exc
+    return _extract(document, repr(str(path)))
+
+
+class Pins:
+    """The never-evict set; :meth:`matches` answers for a normalized URL and reloads a changed file."""
+
+    def __init__(self, source: str | os.PathLike[str] | Iterable[str] | None) -> None:
+        """Load pins.
+
+        Args:
+            source: None (nothing pinned), a path to a YAML pin file, or an iterable of URLs / glob patterns.
+
+        Raises:
+            ConfigError: the file or a pattern is invalid.
+        """
+        self._lock = threading.Lock()
+        self.path: Path | None = None
+        self._stamp: tuple[int, int, int] | None = None
+        self._urls: frozenset[str] = frozenset()
+        self._globs: tuple[str, ...] = ()
+        if source is None:
+            return
+        if isinstance(source, (str, os.PathLike)):
+            self.path = Path(source)
+            if not self.path.is_file():
+                raise ConfigError(f"pins file {str(self.path)!r} does not exist (expected a YAML file path)")
+            self._reload(strict=True)
+        elif isinstance(source, Iterable):
+            self._urls, self._globs = _compile(list(source), "pins")
+        else:
+            raise ConfigError(
+                f"pins={source!r} is not accepted: give a YAML file path, a list of URLs or globs, or None"
+            )
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        assert self.path is not None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _reload(self, *, strict: bool) -> None:
+        assert self.path is not None
+        stamp = self._file_stamp()
+        if stamp == self._stamp and self._stamp is not None:
+            return
+        try:
+            self._urls, self._globs = _compile(load_pin_file(self.path), repr(str(self.path)))
+            self._stamp = stamp
+        except ConfigError:
+            if strict:
+                raise
+            self._stamp = stamp  # do not re-parse a broken file on every call
+            logger.exception("pin file %s is invalid; keeping the previous pins", self.path)
+
+    def refresh(self) -> None:
+        """Reload the pin file if it changed since it was last read."""
+        if self.path is not None:
+            with self._lock:
+                self._reload(strict=False)
+
+    def matches(self, url: str) -> bool:
+        """True when the normalized ``url`` is pinned (reloading the file first if it changed)."""
+        self.refresh()
+        if url in self._urls:
+            return True
+        return any(fnmatch.fnmatchcase(url, pattern) for pattern in self._globs)
+
+    @property
+    def patterns(self) -> list[str]:
+        """The current pins: normalized URLs then glob patterns."""
+        return sorted(self._urls) + list(self._globs)

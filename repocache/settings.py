@@ -1,0 +1,106 @@
+"""Validation of RepoCache settings: each bad value raises ConfigError naming it and what would be accepted.
+
+| setting          | default                      | accepted                                              |
+| ---------------- | ---------------------------- | ----------------------------------------------------- |
+| root             | $REPOCACHE_DIR, else the user cache dir | a directory path                           |
+| max_bytes        | None (no limit)              | int >= 0, or "500MiB", "20GB", "1.5 GiB", "4096"      |
+| min_free_bytes   | 0                            | same forms as max_bytes                               |
+| fetch_ttl        | 0.0                          | finite seconds >= 0                                   |
+| lock_timeout     | 600.0                        | finite seconds >= 0                                   |
+| on_fetch_error   | "warn"                       | "warn" or "raise"                                     |
+| connect_timeout  | 30.0                         | finite seconds > 0                                    |
+| idle_timeout     | 300.0                        | finite seconds > 0                                    |
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import platformdirs
+
+from repocache.errors import ConfigError
+
+__all__ = ["default_root", "parse_bytes", "parse_seconds"]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
+_FACTORS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+    "ti": 1024**4,
+    "p": 1000**5,
+    "pb": 1000**5,
+    "pib": 1024**5,
+    "pi": 1024**5,
+}
+_SIZE_FORMS = 'a non-negative int or a string such as "500MiB", "20GB", "1.5GiB"'
+
+
+def parse_bytes(name: str, value: object, *, allow_none: bool) -> int | None:
+    """Parse a byte count such as ``20GB`` or ``500MiB`` (SI and binary units, case-insensitive).
+
+    Raises:
+        ConfigError: the value is negative, not a number, or has an unknown unit.
+    """
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigError(f"{name}=None is not accepted; expected {_SIZE_FORMS}")
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} is not accepted; expected {_SIZE_FORMS}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{name}={value!r} is negative; expected {_SIZE_FORMS}")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{name}={value!r} is not accepted; expected {_SIZE_FORMS}")
+        return int(value)
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match:
+            factor = _FACTORS.get((match.group(2) or "").lower())
+            if factor is not None:
+                return int(float(match.group(1)) * factor)
+        raise ConfigError(f"{name}={value!r} is not a size; expected {_SIZE_FORMS}")
+    raise ConfigError(f"{name}={value!r} ({type(value).__name__}) is not accepted; expected {_SIZE_FORMS}")
+
+
+def parse_seconds(name: str, value: object, *, positive: bool = False) -> float:
+    """Parse a finite, non-negative (or positive) number of seconds.
+
+    Raises:
+        ConfigError: the value is not a finite number in range.
+    """
+    wanted = "a finite number of seconds " + ("> 0" if positive else ">= 0")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}={value!r} is not accepted; expected {wanted}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0 or (positive and seconds == 0):
+        raise ConfigError(f"{name}={value!r} is out of range; expected {wanted}")
+    return seconds
+
+
+def default_root() -> Path:
+    """``$REPOCACHE_DIR`` if set, else the platform's user cache directory for repocache."""
+    configured = os.environ.get("REPOCACHE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(platformdirs.user_cache_dir("repocache", appauthor=False))
