@@ -27,6 +27,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -242,6 +243,7 @@ def _run_git(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     assert process.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=20)
@@ -279,6 +281,14 @@ def _run_git(
         if any(marker in detail for marker in _PARTIAL_UPSTREAM):
             detail += _HINT_PARTIAL
         raise error(url.url, detail)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
+    """Ask Linux to SIGKILL git when the thread that started it dies, so a killed worker leaves no git behind."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
