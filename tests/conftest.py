@@ -116,3 +116,51 @@ def mirror_refs(path: Path) -> dict[str, str]:
         return refs
     finally:
         repo.free()
+
+
+class Worker:
+    """A real worker process running ``tests._worker`` with a JSON spec."""
+
+    def __init__(self, spec: dict[str, object]) -> None:
+        import json
+        import subprocess
+        import sys
+
+        self.spec = spec
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests._worker", json.dumps(spec)],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def result(self, timeout: float = 60.0) -> dict[str, object]:
+        """Wait for the worker and return its JSON result (failing the test on a crash)."""
+        import json
+
+        out, err = self.process.communicate(timeout=timeout)
+        assert self.process.returncode == 0, err
+        parsed: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+        return parsed
+
+    def kill(self) -> None:
+        """SIGKILL the worker and reap it."""
+        import signal
+
+        self.process.send_signal(signal.SIGKILL)
+        self.process.communicate(timeout=30)
+
+
+def wait_for_file(path: Path, timeout: float = 60.0, worker: Worker | None = None) -> str:
+    """Wait until ``path`` exists and return its text; fail early if ``worker`` died."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if worker is not None and worker.process.poll() is not None:
+            raise AssertionError(f"worker exited early: {worker.process.communicate()}")
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout}s"
+        time.sleep(0.01)
+    time.sleep(0.01)
+    return path.read_text()
