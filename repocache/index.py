@@ -88,6 +88,23 @@ def _process_started(pid: int) -> float:
         return -1.0
 
 
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. The switch ignores the busy timeout, so processes opening a new root together retry it."""
+    delay = 0.005
+    for _attempt in range(200):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    conn.execute("PRAGMA journal_mode=WAL")
+
+
 class Index:
     """Access to ``<root>/index.sqlite``; thread-safe (a connection per thread) and fork-safe."""
 
@@ -108,7 +125,7 @@ class Index:
         if conn is not None and self._local.pid == os.getpid():
             return conn
         conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         # An unbounded WAL grew to 950 MiB under two busy writers in our measurements: cap it.
         conn.execute("PRAGMA journal_size_limit=67108864")

@@ -1,0 +1,171 @@
+"""Many workers, one repository: one clone, coalesced fetches, readers never blocked by a fetch, bounded waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from repocache import Checkout, LockTimeoutError, RepoCache
+from repocache.testing import SmartHTTPServer, UpstreamFactory
+from tests.conftest import Worker, assert_consistent, mirror_refs
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def slow_http(served_dir: Path) -> Iterator[SmartHTTPServer]:
+    """Smart HTTP that waits 0.6 s before answering each request, so transfers overlap."""
+    with SmartHTTPServer(served_dir, delay=0.6) as server:
+        yield server
+
+
+def _upload_packs(server: SmartHTTPServer) -> int:
+    return sum(1 for method, path in server.requests if method == "POST" and path.endswith("git-upload-pack"))
+
+
+def test_concurrent_misses_in_processes_cause_exactly_one_clone(
+    cache_root: Path, served: UpstreamFactory, slow_http: SmartHTTPServer
+) -> None:
+    reference = served.create("one-clone")
+    with RepoCache(cache_root / "reference") as cache:
+        cache.ensure(slow_http.url_for(reference))
+    one_clone = _upload_packs(slow_http)
+    upstream = served.create("stampede")
+    upstream.commits(5, size=20_000)
+    url = slow_http.url_for(upstream)
+    start_at = time.time() + 2.0
+    workers = [
+        Worker({"root": str(cache_root), "url": url, "action": "checkout", "start_at": start_at}) for _ in range(8)
+    ]
+    results = [w.result(timeout=120) for w in workers]
+    assert [r.get("error") for r in results] == [None] * 8
+    assert sorted(str(r["source"]) for r in results) == ["clone"] + ["hit"] * 7
+    assert all(r["refs"] == upstream.refs() for r in results)
+    assert _upload_packs(slow_http) == 2 * one_clone  # the reference clone and one more; no waiter fetched
+    with RepoCache(cache_root) as cache:
+        stats = cache.stats()
+        assert (stats.clones, stats.fetches, stats.misses, stats.hits) == (1, 0, 1, 7)  # 7 waited, then hit
+        assert_consistent(cache)
+
+
+def test_concurrent_misses_in_threads_cause_exactly_one_clone(
+    cache: RepoCache, served: UpstreamFactory, slow_http: SmartHTTPServer
+) -> None:
+    reference = served.create("one-clone-threads")
+    with RepoCache(cache.root / "reference") as other:
+        other.ensure(slow_http.url_for(reference))
+    one_clone = _upload_packs(slow_http)
+    upstream = served.create("threads")
+    url = slow_http.url_for(upstream)
+    barrier = threading.Barrier(6)
+    sources: list[str] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            barrier.wait()
+            with cache.checkout(url) as co:
+                sources.append(co.source)
+                assert mirror_refs(co.path) == upstream.refs()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert sorted(sources) == ["clone"] + ["hit"] * 5
+    assert cache.stats().clones == 1 and _upload_packs(slow_http) == 2 * one_clone
+
+
+def test_concurrent_hits_coalesce_into_one_fetch(
+    cache_root: Path, served: UpstreamFactory, slow_http: SmartHTTPServer
+) -> None:
+    upstream = served.create("coalesce")
+    url = slow_http.url_for(upstream)
+    with RepoCache(cache_root) as cache:
+        cache.ensure(url)
+    with RepoCache(cache_root) as cache:  # one fetch alone, to count what a fetch costs the server
+        upstream.commit({"first": "1"})
+        packs_before = _upload_packs(slow_http)
+        assert cache.ensure(url).last_fetched
+        one_fetch = _upload_packs(slow_http) - packs_before
+    upstream.commits(3, size=5_000)
+    packs_before = _upload_packs(slow_http)
+    start_at = time.time() + 2.0
+    workers = [
+        Worker({"root": str(cache_root), "url": url, "action": "checkout", "start_at": start_at}) for _ in range(6)
+    ]
+    results = [w.result(timeout=120) for w in workers]
+    assert [r.get("error") for r in results] == [None] * 6
+    assert sum(1 for r in results if r["fetched"]) == 1
+    assert all(r["source"] == "hit" and not r["stale"] for r in results)
+    expected = upstream.refs()
+    assert all(r["refs"] == expected for r in results)  # the coalesced callers see the fetched state
+    assert _upload_packs(slow_http) - packs_before == one_fetch
+    with RepoCache(cache_root) as cache:
+        assert cache.stats().fetches == 2
+
+
+def test_readers_are_not_blocked_by_a_fetch(
+    cache_root: Path, served: UpstreamFactory, served_dir: Path, tmp_path: Path
+) -> None:
+    upstream = served.create("nonblocking")
+    with SmartHTTPServer(served_dir, delay=3.0) as very_slow:
+        url = very_slow.url_for(upstream)
+        with RepoCache(cache_root) as cache:
+            cache.ensure(url)
+        upstream.commit({"new": "x"})
+        fetcher = Worker({"root": str(cache_root), "url": url, "action": "checkout"})
+        deadline = time.monotonic() + 30
+        while len(very_slow.requests) < 3 and time.monotonic() < deadline:  # clone made 2; the fetch's first
+            time.sleep(0.02)
+        assert fetcher.process.poll() is None
+        with RepoCache(cache_root, fetch_ttl=3600) as cache:
+            started = time.monotonic()
+            with cache.checkout(url) as co:
+                assert co.source == "hit" and not co.fetched
+            assert time.monotonic() - started < 1.5
+        assert fetcher.process.poll() is None, "the fetch ended before the reader was tested"
+        result = fetcher.result(timeout=60)
+        assert result["fetched"] is True
+
+
+def test_waiting_for_another_workers_clone_is_bounded_by_lock_timeout(
+    cache_root: Path, served: UpstreamFactory, served_dir: Path
+) -> None:
+    upstream = served.create("bounded")
+    with SmartHTTPServer(served_dir, delay=4.0) as very_slow:
+        url = very_slow.url_for(upstream)
+        cloner = Worker({"root": str(cache_root), "url": url, "action": "checkout"})
+        deadline = time.monotonic() + 30
+        while not very_slow.requests and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with RepoCache(cache_root, lock_timeout=0.5) as cache:
+            started = time.monotonic()
+            with pytest.raises(LockTimeoutError) as caught, cache.checkout(url):
+                pass
+            assert 0.4 < time.monotonic() - started < 3
+        assert "bounded" in str(caught.value) and caught.value.timeout == 0.5
+        assert isinstance(caught.value, TimeoutError)
+        assert cloner.result(timeout=60)["source"] == "clone"
+
+
+def test_a_checkout_held_across_threads_keeps_its_mirror(cache: RepoCache, upstreams: UpstreamFactory) -> None:
+    upstream = upstreams.create("held")
+    held: list[Checkout] = []
+    with cache.checkout(upstream.url) as co:
+        held.append(co)
+        result: list[bool] = []
+        thread = threading.Thread(target=lambda: result.append(cache.evict(upstream.url)))
+        thread.start()
+        thread.join(30)
+        assert result == [False]
+        assert co.path.is_dir()
+    assert cache.evict(upstream.url) is True
