@@ -399,11 +399,11 @@ class RepoCache:
         """Index a mirror found on disk without a row (a process died between rename and index update)."""
         size = gitops.disk_usage(self._mirror(parsed.key))
         now = time.time()
-        self._index.put(parsed.key, parsed.url, size, now, counter=None)
+        self._index.put(parsed.key, parsed.url, size, now, counter=None, fetched=False)
         logger.info("adopted %s found on disk without an index entry", parsed.url)
         row = self._index.get(parsed.key)
         assert row is not None
-        return Row(row.key, row.url, row.size_bytes, row.last_used, None, row.in_cold_store)
+        return row
 
     # -- materializing a miss --------------------------------------------------------------------------------
 
@@ -570,7 +570,7 @@ class RepoCache:
         if row is None:
             url = self._mirror_url(mirror)
             if repair and url is not None:
-                self._index.put(key, url, gitops.disk_usage(mirror), time.time(), counter=None)
+                self._index.put(key, url, gitops.disk_usage(mirror), time.time(), counter=None, fetched=False)
             elif repair:
                 shutil.rmtree(mirror, ignore_errors=True)
             return [Problem("orphan", key, mirror, "a mirror on disk has no index entry", repair)]

@@ -242,15 +242,20 @@ class Index:
         with self._transaction() as db:
             db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (amount, name))
 
-    def put(self, key: str, url: str, size_bytes: int, now: float, *, counter: str | None) -> None:
-        """Record a freshly cloned or restored repository and count it under ``counter``."""
+    def put(
+        self, key: str, url: str, size_bytes: int, now: float, *, counter: str | None, fetched: bool = True
+    ) -> None:
+        """Record a repository now on disk and count it under ``counter``.
+
+        ``fetched`` says whether it matches upstream as of ``now`` (a clone) or not (an adopted orphan).
+        """
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO entries (key, url, size_bytes, last_used, last_fetched, created) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET url = excluded.url, "
                 "size_bytes = excluded.size_bytes, last_used = excluded.last_used, "
                 "last_fetched = excluded.last_fetched",
-                (key, url, size_bytes, now, now, now),
+                (key, url, size_bytes, now, now if fetched else None, now),
             )
             if counter:
                 db.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (counter,))

@@ -48,7 +48,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                     result.update(source=co.source, fetched=co.fetched, stale=co.stale, path=str(co.path))
                     if action == "checkout":
                         references = co.repo.references
-                        result["refs"] = {n: str(references[n].resolve().target) for n in references if n.startswith("refs/")}
+                        result["refs"] = {
+                            n: str(references[n].resolve().target) for n in references if n.startswith("refs/")
+                        }
                     if spec.get("ready"):
                         Path(spec["ready"]).write_text(json.dumps(result))
                     if action == "hold":

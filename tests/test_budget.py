@@ -143,9 +143,7 @@ def test_a_clone_that_cannot_fit_raises_before_downloading(
             assert_consistent(cache)
 
 
-def test_pinned_and_held_bytes_that_leave_no_room_raise_budget_error(
-    cache_root: Path, three: list[Upstream]
-) -> None:
+def test_pinned_and_held_bytes_that_leave_no_room_raise_budget_error(cache_root: Path, three: list[Upstream]) -> None:
     sizes = _sizes(cache_root, three)
     with RepoCache(cache_root, max_bytes=sizes[0] + sizes[1] + 4096, pins=[three[0].url]) as cache:
         cache.ensure(three[0].url)

@@ -86,7 +86,9 @@ def test_hit_follows_a_moved_upstream_head(cache: RepoCache, served: UpstreamFac
         assert str(co.repo.head.target) == upstream.refs()["refs/heads/trunk"]
 
 
-def test_fetch_ttl_skips_upstream_until_it_expires(cache_root: Path, served: UpstreamFactory, daemon: GitDaemon) -> None:
+def test_fetch_ttl_skips_upstream_until_it_expires(
+    cache_root: Path, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
     upstream = served.create("ttl")
     url = daemon.url_for(upstream)
     with RepoCache(cache_root, fetch_ttl=3600) as cache:
@@ -197,7 +199,7 @@ def test_entries_info_evict_and_stats(cache: RepoCache, upstreams: UpstreamFacto
     assert cache.info(first.url) == info_before  # info does not touch recency
     with cache.checkout(first.url):
         pass
-    assert [e.url for e in cache.entries()][0] == f"file://{first.path}"
+    assert cache.entries()[0].url == f"file://{first.path}"
     assert cache.evict(first.url) is True
     assert cache.evict(first.url) is False
     assert cache.info(first.url) is None
@@ -275,7 +277,9 @@ def test_mirror_config_is_a_real_mirror(cache: RepoCache, upstreams: UpstreamFac
         ({"idle_timeout": 0}, "idle_timeout=0"),
     ],
 )
-def test_bad_settings_raise_config_errors_naming_the_value(cache_root: Path, kwargs: dict[str, object], message: str) -> None:
+def test_bad_settings_raise_config_errors_naming_the_value(
+    cache_root: Path, kwargs: dict[str, object], message: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         RepoCache(cache_root, **kwargs)  # type: ignore[arg-type]
     assert message in str(caught.value)

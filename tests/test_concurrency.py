@@ -117,14 +117,16 @@ def test_readers_are_not_blocked_by_a_fetch(
     cache_root: Path, served: UpstreamFactory, served_dir: Path, tmp_path: Path
 ) -> None:
     upstream = served.create("nonblocking")
-    with SmartHTTPServer(served_dir, delay=3.0) as very_slow:
+    with SmartHTTPServer(served_dir) as very_slow:
         url = very_slow.url_for(upstream)
         with RepoCache(cache_root) as cache:
             cache.ensure(url)
         upstream.commit({"new": "x"})
+        very_slow.delay = 3.0
+        cloned = len(very_slow.requests)
         fetcher = Worker({"root": str(cache_root), "url": url, "action": "checkout"})
         deadline = time.monotonic() + 30
-        while len(very_slow.requests) < 3 and time.monotonic() < deadline:  # clone made 2; the fetch's first
+        while len(very_slow.requests) == cloned and time.monotonic() < deadline:  # the fetch has begun
             time.sleep(0.02)
         assert fetcher.process.poll() is None
         with RepoCache(cache_root, fetch_ttl=3600) as cache:
@@ -141,7 +143,7 @@ def test_waiting_for_another_workers_clone_is_bounded_by_lock_timeout(
     cache_root: Path, served: UpstreamFactory, served_dir: Path
 ) -> None:
     upstream = served.create("bounded")
-    with SmartHTTPServer(served_dir, delay=4.0) as very_slow:
+    with SmartHTTPServer(served_dir, delay=2.0) as very_slow:
         url = very_slow.url_for(upstream)
         cloner = Worker({"root": str(cache_root), "url": url, "action": "checkout"})
         deadline = time.monotonic() + 30
