@@ -1,22 +1,56 @@
-"""repocache: an on-disk LRU cache of git mirrors that many threads and processes share safely."""
+"""repocache: an on-disk LRU cache of git mirrors that many threads and processes share safely.
 
-from repocache.cache import RepoCache
-from repocache.checkout import Checkout, Worktree
-from repocache.errors import (
-    BudgetError,
-    CloneError,
-    ColdStoreError,
-    ConfigError,
-    FetchError,
-    GitError,
-    InvalidURLError,
-    LockTimeoutError,
-    RepoCacheError,
-)
-from repocache.keys import RepoURL, normalize_url
-from repocache.models import Entry, Problem, Progress, Stats
+The names below are loaded on first use, so ``import repocache.cli`` or the pytest plugin does not pay for pygit2.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from repocache.cache import RepoCache
+    from repocache.checkout import Checkout, Worktree
+    from repocache.errors import (
+        BudgetError,
+        CloneError,
+        ColdStoreError,
+        ConfigError,
+        FetchError,
+        GitError,
+        InvalidRefError,
+        InvalidURLError,
+        LockTimeoutError,
+        RefNotFoundError,
+        RepoCacheError,
+    )
+    from repocache.keys import RepoURL, normalize_url
+    from repocache.models import Entry, Problem, Progress, Stats
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "BudgetError": "repocache.errors",
+    "Checkout": "repocache.checkout",
+    "CloneError": "repocache.errors",
+    "ColdStoreError": "repocache.errors",
+    "ConfigError": "repocache.errors",
+    "Entry": "repocache.models",
+    "FetchError": "repocache.errors",
+    "GitError": "repocache.errors",
+    "InvalidRefError": "repocache.errors",
+    "InvalidURLError": "repocache.errors",
+    "LockTimeoutError": "repocache.errors",
+    "Problem": "repocache.models",
+    "Progress": "repocache.models",
+    "RefNotFoundError": "repocache.errors",
+    "RepoCache": "repocache.cache",
+    "RepoCacheError": "repocache.errors",
+    "RepoURL": "repocache.keys",
+    "Stats": "repocache.models",
+    "Worktree": "repocache.checkout",
+    "normalize_url": "repocache.keys",
+}
 
 __all__ = [
     "BudgetError",
@@ -27,10 +61,12 @@ __all__ = [
     "Entry",
     "FetchError",
     "GitError",
+    "InvalidRefError",
     "InvalidURLError",
     "LockTimeoutError",
     "Problem",
     "Progress",
+    "RefNotFoundError",
     "RepoCache",
     "RepoCacheError",
     "RepoURL",
@@ -39,3 +75,16 @@ __all__ = [
     "__version__",
     "normalize_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'repocache' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -28,13 +28,15 @@ from typing import Any
 import psutil
 
 from repocache import gitops, locks
-from repocache.checkout import Checkout
+from repocache.checkout import Checkout, Worktree
 from repocache.errors import (
     BudgetError,
     ConfigError,
     FetchError,
+    InvalidRefError,
     InvalidURLError,
     LockTimeoutError,
+    RefNotFoundError,
     RepoCacheError,
 )
 from repocache.index import Index, Row
@@ -119,8 +121,9 @@ class RepoCache:
         self._staging = self.root / "staging"
         self._trash = self.root / "trash"
         self._locks = self.root / "locks"
+        self._worktrees = self.root / "worktrees"
         try:
-            for directory in (self._repos, self._staging, self._trash, self._locks):
+            for directory in (self._repos, self._staging, self._trash, self._locks, self._worktrees):
                 directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
@@ -196,6 +199,69 @@ class RepoCache:
             checkout._close()
             hold.release()
             self._enforce_if_over()
+
+    @contextlib.contextmanager
+    def worktree(
+        self,
+        url: str | os.PathLike[str],
+        ref: str = "HEAD",
+        *,
+        path: str | os.PathLike[str] | None = None,
+        submodules: bool = False,
+        progress: gitops.ProgressCallback | None = None,
+    ) -> Iterator[Worktree]:
+        """A temporary working tree of the repository at ``ref``, removed when the block exits.
+
+        The tree borrows the mirror's objects through git alternates, so nothing is copied and the mirror is not
+        modified; the mirror is held (never evicted) while the tree exists. Worktrees do not count against
+        ``max_bytes``.
+
+        Args:
+            url: the repository.
+            ref: a branch, tag, full ref name or commit id (anything ``git rev-parse`` accepts).
+            path: where to create the tree (must not exist or be empty); a directory under the root by default.
+                It is deleted when the block exits either way.
+            submodules: also initialise and check out submodules (from their own upstreams).
+            progress: progress callback for the clone or fetch.
+
+        Yields:
+            A :class:`Worktree` with ``path`` and ``commit``.
+
+        Raises:
+            RefNotFoundError: ``ref`` does not exist in the repository (after the fetch).
+            GitError: the checkout failed.
+            and everything :meth:`checkout` raises.
+        """
+        if not isinstance(ref, str) or not ref or ref.startswith("-") or any(c in ref for c in "\n\r\x00"):
+            raise InvalidRefError(repr(ref), "expected a branch, tag, ref name or commit id")
+        with self.checkout(url, progress=progress) as co:
+            try:
+                commit, branch = gitops.resolve_commit(co.path, ref)
+            except KeyError:
+                raise RefNotFoundError(co.url, ref) from None
+            dest, owner = self._worktree_dir(co.key, path)
+            try:
+                gitops.make_worktree(co.path, dest, commit, branch, self._parse(url), self._git, submodules=submodules)
+                yield Worktree(path=dest, commit=commit, ref=ref, url=co.url)
+            finally:
+                shutil.rmtree(dest, ignore_errors=True)
+                if owner is not None:
+                    owner.release()
+                    with contextlib.suppress(FileNotFoundError):
+                        owner.path.unlink()
+
+    def _worktree_dir(self, key: str, path: str | os.PathLike[str] | None) -> tuple[Path, locks.FileLockHandle | None]:
+        """Choose the worktree directory; default ones carry a lock file so ``verify`` can tell dead from live."""
+        if path is not None:
+            dest = Path(path)
+            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+                raise ConfigError(f"path={str(dest)!r} exists and is not an empty directory")
+            return dest, None
+        self._worktrees.mkdir(exist_ok=True)
+        dest = self._worktrees / f"{key}.{uuid.uuid4().hex[:12]}"
+        owner = locks.acquire(dest.with_name(dest.name + ".lock"), shared=False, timeout=0)
+        assert owner is not None  # a fresh random name
+        return dest, owner
 
     def ensure(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
         """Clone or refresh the repository now without holding it (pre-warming); counts as a use.
@@ -418,6 +484,10 @@ class RepoCache:
             source = "clone"
             gitops.clone_mirror(parsed, staging, self._git, progress=progress)
             size = gitops.disk_usage(staging)
+            if self.max_bytes is not None and size > self.max_bytes and not self.pins.matches(parsed.url):
+                # Its size was unknown before the download; remember it so the next miss is refused up front.
+                self._index.remember_size(key, parsed.url, size)
+                raise BudgetError(parsed.url, size, self.max_bytes)
             os.rename(staging, self._mirror(key))
             self._index.put(key, parsed.url, size, time.time(), counter="clones")
             logger.info("cloned %s (%d bytes)", parsed.url, size)
@@ -597,6 +667,21 @@ class RepoCache:
 
     def _verify_debris(self, repair: bool) -> list[Problem]:
         problems: list[Problem] = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self._worktrees) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.endswith(".lock"):
+                    continue
+                owner = locks.acquire(Path(entry.path + ".lock"), shared=False, timeout=0)
+                if owner is None:
+                    continue  # its process is alive and using it
+                with owner:
+                    if repair:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path + ".lock")
+                problems.append(
+                    Problem("leftover", entry.name, Path(entry.path), "worktree of a process that died", repair)
+                )
         for directory in (self._staging, self._trash):
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):

@@ -6,6 +6,8 @@ exception a caller would naturally catch, so ``except ValueError`` still works f
     RepoCacheError (Exception)
     ├── InvalidURLError (ValueError)      the URL cannot be cached: malformed, unsupported or unsafe
     ├── ConfigError (ValueError)          a bad setting or pin file
+    ├── InvalidRefError (ValueError)      a ref argument that cannot name anything (empty, starts with '-')
+    ├── RefNotFoundError (LookupError)    the ref does not exist in the repository
     ├── LockTimeoutError (TimeoutError)   another worker held the repository longer than ``lock_timeout``
     ├── GitError                          git or libgit2 failed
     │   ├── CloneError                    a miss could not be cloned
@@ -26,8 +28,10 @@ __all__ = [
     "ConfigError",
     "FetchError",
     "GitError",
+    "InvalidRefError",
     "InvalidURLError",
     "LockTimeoutError",
+    "RefNotFoundError",
     "RepoCacheError",
 ]
 
@@ -55,6 +59,40 @@ class InvalidURLError(RepoCacheError, ValueError):
 
 class ConfigError(RepoCacheError, ValueError):
     """A setting or a pin file is invalid; the message names the value and what would be accepted."""
+
+
+class InvalidRefError(RepoCacheError, ValueError):
+    """A ref argument that cannot name anything: not a string, empty, starting with ``-`` or with control chars.
+
+    Attributes:
+        ref: the offending value (as repr).
+        reason: what would be accepted.
+    """
+
+    def __init__(self, ref: str, reason: str) -> None:
+        super().__init__(ref, reason)
+        self.ref = ref
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"invalid ref {self.ref}: {self.reason}"
+
+
+class RefNotFoundError(RepoCacheError, LookupError):
+    """The ref (branch, tag or commit) does not exist in the repository, even after a fetch.
+
+    Attributes:
+        url: the repository's normalized URL.
+        ref: the ref asked for.
+    """
+
+    def __init__(self, url: str, ref: str) -> None:
+        super().__init__(url, ref)
+        self.url = url
+        self.ref = ref
+
+    def __str__(self) -> str:
+        return f"{self.ref!r} is not a branch, tag or commit of {self.url}"
 
 
 class LockTimeoutError(RepoCacheError, TimeoutError):

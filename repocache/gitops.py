@@ -559,3 +559,105 @@ def _packed_ref_exists(path: Path, name: str) -> bool:
             return any(line.rstrip("\n").endswith(" " + name) for line in packed)
     except FileNotFoundError:
         return False
+
+
+# -- worktrees ----------------------------------------------------------------------------------------------
+
+
+def resolve_commit(path: Path, ref: str) -> tuple[str, str | None]:
+    """Resolve ``ref`` (branch, tag, full ref name, commit id or any revision) in the mirror at ``path``.
+
+    Returns:
+        (commit id, branch name when ``ref`` names a branch, else None).
+
+    Raises:
+        KeyError: nothing in the mirror is called ``ref``, or it does not lead to a commit.
+    """
+    repo = open_repository(path)
+    try:
+        try:
+            obj = repo.revparse_single(ref)
+            commit = obj.peel(pygit2.Commit)
+        except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError) as exc:
+            raise KeyError(ref) from exc
+        branch = None
+        for candidate in (ref, f"refs/heads/{ref}"):
+            if candidate.startswith("refs/heads/") and repo.references.get(candidate) is not None:
+                branch = candidate[len("refs/heads/") :]
+                break
+        if ref == "HEAD" and not repo.head_is_detached:
+            head_target = repo.references["HEAD"].target
+            if isinstance(head_target, str) and head_target.startswith("refs/heads/"):
+                branch = head_target[len("refs/heads/") :]
+        return str(commit.id), branch
+    finally:
+        repo.free()
+
+
+def make_worktree(
+    mirror: Path,
+    dest: Path,
+    commit: str,
+    branch: str | None,
+    url: RepoURL,
+    options: GitOptions,
+    *,
+    submodules: bool = False,
+) -> None:
+    """Check ``commit`` out into the empty directory ``dest``, borrowing the mirror's objects through alternates.
+
+    Nothing is written to the mirror: the new repository's ``objects/info/alternates`` points at it, so objects
+    are read in place and never copied. ``origin`` is set to the upstream URL (credential-free). Submodules are
+    left uninitialised unless ``submodules`` is True.
+
+    Raises:
+        GitError: the checkout failed; ``dest`` may hold debris the caller removes.
+    """
+    git_dir = dest / ".git"
+    if options.git is not None:
+        throttle = _Throttle(None, url.url, "worktree", options.progress_interval)
+        _run_git(["init", "-q", "--template=", "--", str(dest)], url, options, throttle, GitError)
+        (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+        (git_dir / "objects" / "info" / "alternates").write_text(str(mirror / "objects") + "\n", encoding="utf-8")
+        args = ["-c", f"remote.origin.url={url.fetch_url}", "checkout", "-q"]
+        args += ["-B", branch, commit] if branch else ["--detach", commit]
+        _run_git(args, url, options, throttle, GitError, cwd=dest)
+        subprocess.run(
+            [options.git, "config", "remote.origin.url", url.fetch_url],
+            cwd=dest,
+            env=_environment(url, options),
+            check=False,
+            capture_output=True,
+        )
+        if submodules:
+            _run_git(
+                ["submodule", "update", "--init", "--recursive", "--progress"],
+                url,
+                options,
+                throttle,
+                GitError,
+                cwd=dest,
+            )
+        return
+    try:
+        repo = pygit2.init_repository(str(dest), bare=False)
+        try:
+            (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+            (git_dir / "objects" / "info" / "alternates").write_text(str(mirror / "objects") + "\n", encoding="utf-8")
+            repo = pygit2.Repository(str(dest))
+            target = repo[commit].peel(pygit2.Commit)
+            repo.config["remote.origin.url"] = url.fetch_url
+            repo.checkout_tree(target, strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+            if branch:
+                repo.branches.local.create(branch, target, force=True)
+                repo.set_head(f"refs/heads/{branch}")
+            else:
+                repo.set_head(target.id)
+            if submodules:
+                for submodule in repo.submodules:
+                    submodule.init()
+                repo.submodules.update(init=True)
+        finally:
+            repo.free()
+    except (pygit2.GitError, KeyError, OSError) as exc:
+        raise GitError(url.url, f"checkout of {commit} failed: {scrub(str(exc))}") from None

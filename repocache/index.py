@@ -289,6 +289,15 @@ class Index:
             if counter:
                 db.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (counter,))
 
+    def remember_size(self, key: str, url: str, size_bytes: int) -> None:
+        """Remember the size of a repository that is not on disk, so a later clone can make room first."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO history (key, url, last_size) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                "url = excluded.url, last_size = excluded.last_size",
+                (key, url, size_bytes),
+            )
+
     def set_in_cold_store(self, key: str, url: str, value: bool, *, size_bytes: int | None = None) -> None:
         """Remember whether the cold store holds ``key`` (and the mirror size its manifest gives)."""
         with self._transaction() as db:
