@@ -56,8 +56,10 @@ from repocache.errors import (
     BudgetError,
     ConfigError,
     GitError,
+    InvalidRefError,
     InvalidURLError,
     LockTimeoutError,
+    RefNotFoundError,
     RepoCacheError,
 )
 
@@ -129,7 +131,7 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(error, BrokenPipeError):
         return EXIT_PIPE
-    if isinstance(error, (InvalidURLError, ConfigError)):
+    if isinstance(error, (InvalidURLError, ConfigError, InvalidRefError, RefNotFoundError)):
         return EXIT_USAGE
     if isinstance(error, GitError):
         return EXIT_GIT
