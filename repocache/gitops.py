@@ -405,6 +405,10 @@ def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: Pro
         CloneError: git failed or the result is not a usable mirror; ``dest`` may hold debris the caller removes.
     """
     throttle = _Throttle(progress, url.url, "clone", options.progress_interval)
+    if url.is_local and _is_partial_clone(Path(url.fetch_url)):
+        # A local clone hard-links objects without checking them, so a partial upstream would yield a mirror
+        # with missing objects that looks whole: refuse it, as git and libgit2 do over the network.
+        raise CloneError(url.url, "the upstream is a partial clone" + _HINT_PARTIAL)
     if options.git is not None:
         _run_git(
             ["clone", "--mirror", "--progress", "--", url.fetch_url, str(dest)],
@@ -446,6 +450,15 @@ def _clone_libgit2(url: RepoURL, dest: Path, options: GitOptions, throttle: _Thr
         if any(marker in detail for marker in _PARTIAL_UPSTREAM):
             detail += _HINT_PARTIAL
         raise CloneError(url.url, detail) from None
+
+
+def _is_partial_clone(path: Path) -> bool:
+    """True when the local repository at ``path`` is a partial clone (it has promisor packs)."""
+    for objects in (path / "objects", path / ".git" / "objects"):
+        with contextlib.suppress(OSError), os.scandir(objects / "pack") as entries:
+            if any(entry.name.endswith(".promisor") for entry in entries):
+                return True
+    return False
 
 
 def _adopt_upstream_head(repo: pygit2.Repository, remote: pygit2.Remote) -> bool:

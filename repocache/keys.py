@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -25,6 +26,7 @@ _TRANSPORT_HELPER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*::")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _SCP_LIKE = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>[^@/:\[\]]+|\[[0-9A-Fa-f:.]+\]):(?P<path>.*)$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_INVISIBLE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")  # control, format (bidi overrides), separators, surrogates
 _KEY_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 _HOST_OK = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^@/\s]*@")
@@ -141,8 +143,10 @@ def normalize_url(url: str | os.PathLike[str]) -> RepoURL:
     text = url.strip()
     if not text:
         raise InvalidURLError(url, "the URL is empty; " + _ACCEPTED)
-    if _CONTROL.search(text):
-        raise _reject(text.encode("unicode_escape").decode("ascii"), "control characters are not allowed")
+    if _CONTROL.search(text) or any(unicodedata.category(c) in _INVISIBLE for c in text):
+        raise _reject(
+            text.encode("unicode_escape").decode("ascii"), "control characters and invisible formatting are not allowed"
+        )
     if text.startswith("-"):
         raise _reject(text, "a URL may not start with '-' (it would be read as a git option)")
     if _TRANSPORT_HELPER.match(text):

@@ -1,0 +1,346 @@
+"""Hostile and malformed input, stalled upstreams and full disks: a clear error or correct behaviour, nothing lost."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from repocache import (
+    BudgetError,
+    CloneError,
+    ConfigError,
+    InvalidURLError,
+    RepoCache,
+    RepoCacheError,
+)
+from repocache.testing import GitDaemon, HangingServer, UpstreamFactory
+from tests.conftest import assert_consistent, mirror_refs
+
+pytestmark = pytest.mark.timeout(120)
+
+HOSTILE_URLS = [
+    "ext::sh -c touch% {canary}",
+    "ext::sh -c 'touch {canary}'",
+    "fd::0",
+    "fd::3,4",
+    "-uhelp",
+    "--upload-pack=touch {canary}",
+    "--config=core.sshCommand=touch {canary}",
+    "-c protocol.ext.allow=always",
+    "ssh://-oProxyCommand=touch%20{canary}/x",
+    "ssh://host/x\n--upload-pack=touch {canary}",
+    "https://h/a\x00.git",
+    "https://h/a\rb",
+    "https://h/a\u202eb",
+    "https://h/a\u200bb",
+    "https://h/../../../{canary}",
+    "https://h/a/%2e%2e/%2e%2e/b",
+    "git://h/./x",
+    "https:///nohost",
+    "https://",
+    "http://[::1/x",
+    "https://h:0x50/x",
+    "https://h:-1/x",
+    "https://h:70000/x",
+    "mailto:a@b.c",
+    "javascript:alert(1)",
+    "data:text/plain,hello",
+    "ftp://h/x",
+    "gopher://h/x",
+    "svn://h/x",
+    "file://remote-host/etc",
+    "https://h/x?upload-pack=touch",
+    "https://h/x#frag",
+    "",
+    " ",
+    "\t",
+    "https://exa mple.com/x",
+    "https://ex_ample..com/x",
+    "https://h/",
+]
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Path:
+    """A file that must never come to exist: injected commands would create it."""
+    return tmp_path / "pwned"
+
+
+@pytest.mark.parametrize("template", HOSTILE_URLS)
+def test_hostile_urls_are_refused_without_side_effects(
+    cache_root: Path, tmp_path: Path, canary: Path, template: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = template.format(canary=canary)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    caplog.set_level(logging.DEBUG, "repocache")
+    with RepoCache(cache_root) as cache:
+        with pytest.raises((InvalidURLError, CloneError)) as caught:
+            cache.ensure(url)
+        assert str(caught.value)
+        assert cache.entries() == []
+        assert list((cache_root / "repos").iterdir()) == []
+        assert list((cache_root / "staging").iterdir()) == []
+    assert not canary.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p != cache_root) == before  # nothing outside the root
+
+
+def test_ext_transport_stays_refused_even_if_git_would_allow_it(
+    cache_root: Path, canary: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_ALLOW_PROTOCOL", "ext:file:git:http:https")
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "protocol.ext.allow")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "always")
+    with RepoCache(cache_root) as cache, pytest.raises(InvalidURLError):
+        cache.ensure(f"ext::sh -c touch% {canary}")
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://h/ünïcødé/ŕëpø",
+        "https://例子.测试/repo",
+        "https://h/" + "a/" * 200 + "x",
+        "https://h/a%20b/c",
+        "git@h:~user/repo.git",
+        "ssh://git@h:2222/a/b",
+        "https://h/-leading-dash-in-path",
+    ],
+)
+def test_exotic_but_valid_urls_get_a_safe_key_and_a_clear_clone_error(cache_root: Path, url: str) -> None:
+    with RepoCache(cache_root, connect_timeout=2, idle_timeout=2) as cache:
+        with pytest.raises(CloneError) as caught:  # these hosts do not exist: resolution fails fast, offline
+            cache.ensure(url)
+        assert "clone of" in str(caught.value)
+        assert list((cache_root / "repos").iterdir()) == []
+        assert all("/" not in p.name for p in (cache_root / "locks").iterdir())
+
+
+def test_local_reads_can_be_forbidden_in_every_spelling(cache_root: Path, upstreams: UpstreamFactory) -> None:
+    upstream = upstreams.create("private-local")
+    with RepoCache(cache_root, allow_local=False) as cache:
+        for url in (upstream.url, f"file://{upstream.path}", str(upstream.path) + "/", "./relative"):
+            with pytest.raises(InvalidURLError, match="allow_local"):
+                cache.ensure(url)
+
+
+def test_credentials_never_reach_logs_or_errors_of_a_failed_clone(
+    cache_root: Path, daemon: GitDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, "repocache")
+    secret = "hunter2-very-secret"
+    with RepoCache(cache_root, connect_timeout=2, idle_timeout=2) as cache:
+        for url in (f"http://bob:{secret}@127.0.0.1:{daemon.port}/nothing", f"https://bob:{secret}@127.0.0.1:1/x"):
+            with pytest.raises(CloneError) as caught:
+                cache.ensure(url)
+            assert secret not in str(caught.value) and secret not in repr(caught.value.args)
+    assert secret not in caplog.text
+    for path in cache_root.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes()
+
+
+# -- upstreams that are not what they claim -----------------------------------------------------------------------
+
+
+def test_empty_upstream_is_a_clear_clone_error(cache: RepoCache, tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "empty.git")], check=True)
+    with pytest.raises(CloneError, match="no refs"):
+        cache.ensure(str(tmp_path / "empty.git"))
+    assert list((cache.root / "repos").iterdir()) == []
+
+
+@pytest.mark.parametrize("transport", ["local", "git"])
+def test_partial_clone_upstream_with_missing_objects_says_so(
+    cache: RepoCache, served: UpstreamFactory, served_dir: Path, daemon: GitDaemon, transport: str
+) -> None:
+    full = served.create("full", files={"big.bin": os.urandom(10_000)})
+    subprocess.run(["git", "-C", str(full.path), "config", "uploadpack.allowFilter", "true"], check=True)
+    partial = served_dir / f"partial-{transport}.git"
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", "--filter=blob:none", f"file://{full.path}", str(partial)], check=True
+    )
+    shutil.rmtree(full.path)  # the promisor is gone: the missing blobs can never be fetched
+    url = str(partial) if transport == "local" else daemon.url_for(partial)
+    with pytest.raises(CloneError) as caught:
+        cache.ensure(url)
+    assert "partial clone" in str(caught.value)
+    assert list((cache.root / "repos").iterdir()) == []
+
+
+def test_upstream_head_naming_a_missing_branch_still_mirrors(cache: RepoCache, upstreams: UpstreamFactory) -> None:
+    upstream = upstreams.create("dangling-head")
+    upstream.branch("other")
+    (upstream.path / "HEAD").write_text("ref: refs/heads/nowhere\n")
+    with cache.checkout(upstream.url) as co:
+        assert mirror_refs(co.path) == upstream.refs()
+
+
+# -- bad pins and settings ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("never_evict: [", "not valid YAML"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("something_else: []\n", "no pin list found"),
+        ("never_evict: https://h/a\n", "must be a YAML list"),
+        ("never_evict:\n  - 42\n", "is not a URL or glob"),
+        ("never_evict:\n  - ''\n", "is not a URL or glob"),
+        ("never_evict:\n  - {a: b}\n", "is not a URL or glob"),
+        ("never_evict:\n  - ext::sh -c x\n", "not a valid repository URL"),
+        ('never_evict:\n  - "https://h/a\\tb"\n', "not a valid repository URL"),
+        ("config:\n  cache: nope\n", "no pin list found"),
+        ("\xff\xfe", "cannot read"),
+    ],
+)
+def test_bad_pin_files_raise_config_errors(cache_root: Path, tmp_path: Path, text: str, message: str) -> None:
+    pin_file = tmp_path / "pins.yaml"
+    pin_file.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+    with pytest.raises(ConfigError, match=message):
+        RepoCache(cache_root, pins=pin_file)
+
+
+def test_missing_pin_file_is_a_config_error(cache_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        RepoCache(cache_root, pins=tmp_path / "absent.yaml")
+
+
+def test_a_pin_file_broken_later_keeps_the_last_good_pins(
+    cache_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pin_file = tmp_path / "pins.yaml"
+    pin_file.write_text("never_evict:\n  - https://h/a\n")
+    with RepoCache(cache_root, pins=pin_file) as cache:
+        pin_file.write_text("never_evict: [\n")
+        later = time.time() + 5
+        os.utime(pin_file, (later, later))
+        assert cache.pins.matches("https://h/a")
+        assert "invalid" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_bytes": "1.5.5GB"},
+        {"max_bytes": "-5MB"},
+        {"max_bytes": "10 parsecs"},
+        {"max_bytes": True},
+        {"max_bytes": []},
+        {"max_bytes": float("inf")},
+        {"min_free_bytes": "lots"},
+        {"fetch_ttl": float("inf")},
+        {"fetch_ttl": "60"},
+        {"lock_timeout": -1},
+        {"connect_timeout": 0},
+        {"idle_timeout": -3},
+        {"on_fetch_error": "RAISE"},
+    ],
+)
+def test_bad_sizes_and_settings(cache_root: Path, kwargs: dict[str, object]) -> None:
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(ConfigError, match=name):
+        RepoCache(cache_root, **kwargs)  # type: ignore[arg-type]
+    del value
+
+
+def test_root_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        RepoCache(tmp_path / "file")
+
+
+# -- stalled upstreams -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hanging() -> Iterator[HangingServer]:
+    with HangingServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+@pytest.mark.parametrize("scheme", ["git", "http"])
+def test_a_stalled_upstream_times_out_and_frees_the_lock(
+    cache_root: Path, hanging: HangingServer, monkeypatch: pytest.MonkeyPatch, engine: str, scheme: str
+) -> None:
+    if engine == "libgit2":
+        monkeypatch.setenv("REPOCACHE_GIT", "")
+    url = hanging.git_url if scheme == "git" else hanging.http_url
+    with RepoCache(cache_root, connect_timeout=1, idle_timeout=1.5, lock_timeout=5) as cache:
+        started = time.monotonic()
+        with pytest.raises(CloneError):
+            cache.ensure(url)
+        assert time.monotonic() - started < 6
+        started = time.monotonic()
+        with pytest.raises(CloneError):  # the lock was released: the second caller is not stuck behind the first
+            cache.ensure(url)
+        assert time.monotonic() - started < 6
+        assert list((cache_root / "staging").iterdir()) == []
+
+
+def test_a_fetch_from_an_upstream_that_stalls_serves_the_stale_copy(
+    cache_root: Path, served: UpstreamFactory, served_dir: Path
+) -> None:
+    from repocache.testing import SmartHTTPServer
+
+    upstream = served.create("stalls-later")
+    with SmartHTTPServer(served_dir) as server:
+        url = server.url_for(upstream)
+        with RepoCache(cache_root) as cache:
+            cache.ensure(url)
+        server.delay = 30.0
+        with RepoCache(cache_root, idle_timeout=1, connect_timeout=1) as cache:
+            started = time.monotonic()
+            with pytest.warns(RuntimeWarning), cache.checkout(url) as co:
+                assert co.stale and mirror_refs(co.path) == upstream.refs()
+            assert time.monotonic() - started < 10
+        server.delay = 0
+
+
+# -- full disks ------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("transport", ["local", "git"])
+def test_clone_that_fills_the_disk_fails_cleanly_and_spares_other_repos(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, transport: str
+) -> None:
+    small = served.create("fits")
+    huge = served.create("overflows")
+    huge.commits(8, size=400_000)
+    with _small_filesystem(tmp_path / "fs", "1500k") as mount:
+        url_of = (lambda u: u.url) if transport == "local" else daemon.url_for
+        with RepoCache(mount / "cache") as cache:
+            cache.ensure(url_of(small))
+            with pytest.raises((CloneError, BudgetError, OSError)) as caught:
+                cache.ensure(url_of(huge))
+            assert isinstance(caught.value, RepoCacheError), caught.value
+            assert "space" in str(caught.value).lower() or "write" in str(caught.value).lower()
+            assert list((mount / "cache" / "staging").iterdir()) == []
+            with cache.checkout(url_of(small)) as co:
+                assert mirror_refs(co.path) == small.refs()
+            assert_consistent(cache)
