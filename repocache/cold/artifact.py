@@ -1,0 +1,266 @@
+"""Packing a bare mirror into an artifact, unpacking it safely, and choosing a cold store from a setting.
+
+An artifact is a tar stream of the mirror's directory (members relative to it, regular files and directories
+only, owners cleared), optionally compressed as one zstd frame with a content checksum. Both directions stream:
+memory stays at a few buffers of 1 MiB whatever the size of the repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import tarfile
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+from urllib.parse import unquote
+
+from repocache.cold.base import ColdStore, _HashingReader, _HashingWriter, artifact_suffix
+from repocache.cold.fsspec_store import FsspecStore
+from repocache.cold.local import LocalDirStore
+from repocache.errors import ColdStoreError, ConfigError
+from repocache.keys import scrub
+
+__all__ = ["ColdStoreSpec", "open_cold_store", "pack_mirror", "unpack_artifact"]
+
+ColdStoreSpec = ColdStore | str | os.PathLike[str] | None
+"""What ``RepoCache(cold_store=...)`` accepts."""
+
+_CHUNK = 256 * 1024
+_ZSTD_LEVEL = 3
+_ZSTD_HINT = "pip install 'git-repocache[zstd]'"
+# Leftovers of interrupted git operations: never part of a consistent mirror.
+_SKIPPED_PREFIXES = ("tmp_pack_", "tmp_idx_", "tmp_obj_", "pack_git2_", "incoming-")
+_SKIPPED_SUFFIXES = (".lock",)
+
+
+def _zstandard() -> Any:
+    try:
+        return importlib.import_module("zstandard")
+    except ImportError as exc:
+        raise ConfigError(
+            f"compression 'zstd' needs the zstandard package, which is not installed: {_ZSTD_HINT}"
+        ) from exc
+
+
+def _skipped(name: str) -> bool:
+    return name.startswith(_SKIPPED_PREFIXES) or name.endswith(_SKIPPED_SUFFIXES)
+
+
+def pack_mirror(
+    mirror_dir: str | os.PathLike[str], out_fileobj: BinaryIO, *, compression: str = "none"
+) -> tuple[str, int]:
+    """Write a tar of the bare mirror ``mirror_dir`` to ``out_fileobj``, streaming, and hash what is written.
+
+    Members are the mirror's directories and regular files, relative to ``mirror_dir``, in sorted order, with
+    owners cleared. Leftovers of interrupted git operations (``*.lock``, ``tmp_pack_*``, ``pack_git2_*``, ...)
+    are left out. ``out_fileobj`` is only written to, sequentially, and is neither flushed nor closed. The caller
+    must keep the mirror from changing while it is packed (hold its lock).
+
+    Args:
+        mirror_dir: the bare mirror's directory.
+        out_fileobj: where the artifact's bytes go.
+        compression: ``"none"`` for a plain tar, ``"zstd"`` for one zstd frame with a content checksum.
+
+    Returns:
+        (lower-case hex SHA-256, size in bytes) of exactly the bytes written to ``out_fileobj``.
+
+    Raises:
+        ConfigError: ``compression`` is unknown, or ``"zstd"`` without the zstandard package installed.
+        ColdStoreError: the mirror is missing, contains a symlink or special file, or cannot be read.
+    """
+    artifact_suffix(compression)  # validates the name
+    zstandard = _zstandard() if compression == "zstd" else None
+    root = Path(mirror_dir)
+    if not root.is_dir():
+        raise ColdStoreError(f"cannot pack {root}: not a directory")
+    hashing = _HashingWriter(out_fileobj)
+    try:
+        if zstandard is not None:
+            compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
+            with compressor.stream_writer(hashing, closefd=False) as sink:
+                _write_tar(root, sink)
+        else:
+            _write_tar(root, hashing)
+    except ColdStoreError:
+        raise
+    except (OSError, tarfile.TarError) as exc:
+        raise ColdStoreError(f"cannot pack {root}: {exc}") from exc
+    return hashing.digest.hexdigest(), hashing.size
+
+
+def _write_tar(root: Path, sink: Any) -> None:
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for directory, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
+            base = Path(directory)
+            for name in dirnames + sorted(f for f in filenames if not _skipped(f)):
+                path = base / name
+                info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
+                if not (info.isreg() or info.isdir()):
+                    raise ColdStoreError(f"cannot pack {root}: {path} is not a regular file or directory")
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = int(info.mtime)
+                if info.isreg():
+                    with open(path, "rb") as source:
+                        tar.addfile(info, source)
+                else:
+                    tar.addfile(info)
+
+
+def unpack_artifact(
+    in_fileobj: BinaryIO,
+    dest_dir: str | os.PathLike[str],
+    *,
+    expected_sha256: str,
+    compression: str = "none",
+    expected_size: int | None = None,
+    max_bytes: int | None = None,
+) -> None:
+    """Unpack an artifact from ``in_fileobj`` into ``dest_dir``, streaming, and verify its SHA-256.
+
+    ``in_fileobj`` is read to its end and every byte is hashed; the artifact is accepted only if the hash (and
+    ``expected_size``, when given) match. Members are refused unless they are regular files or directories whose
+    path stays inside ``dest_dir`` (no absolute paths, no ``..``, no links of any kind); tarfile's ``data``
+    filter is applied on top where Python has it. On any failure ``dest_dir`` is emptied (and removed if this
+    call created it), so a corrupt, truncated or hostile artifact never leaves anything to serve.
+
+    Args:
+        in_fileobj: the artifact's bytes, e.g. from :meth:`ColdStore.open_artifact`; not closed.
+        dest_dir: a staging directory that does not exist or is empty.
+        expected_sha256: the manifest's ``sha256``.
+        compression: the manifest's ``compression``.
+        expected_size: the manifest's ``size_bytes``, or None not to check it.
+        max_bytes: refuse the artifact if its files total more than this many bytes (a guard against
+            decompression bombs), or None for no limit.
+
+    Raises:
+        ColdStoreError: the artifact is corrupt, truncated, does not match, escapes ``dest_dir``, exceeds
+            ``max_bytes``, or cannot be read or written.
+        ConfigError: ``compression`` is unknown, or ``"zstd"`` without the zstandard package installed.
+    """
+    artifact_suffix(compression)
+    zstandard = _zstandard() if compression == "zstd" else None
+    dest = Path(dest_dir)
+    created = not dest.exists()
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        if any(dest.iterdir()):
+            raise ColdStoreError(f"cannot unpack into {dest}: the directory is not empty")
+    except OSError as exc:
+        raise ColdStoreError(f"cannot unpack into {dest}: {exc}") from exc
+    hashing = _HashingReader(in_fileobj)
+    errors: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError, ValueError)
+    if zstandard is not None:
+        errors += (zstandard.ZstdError,)
+    try:
+        try:
+            if zstandard is not None:
+                decompressor = zstandard.ZstdDecompressor()
+                with decompressor.stream_reader(hashing, read_size=_CHUNK, closefd=False) as source:
+                    _extract(source, dest, max_bytes)
+                    while source.read(_CHUNK):  # the rest of the frame, so its checksum is verified
+                        pass
+            else:
+                _extract(hashing, dest, max_bytes)
+            hashing.drain()
+        except errors as exc:
+            raise ColdStoreError(f"corrupt or unreadable cold store artifact: {type(exc).__name__}: {exc}") from exc
+        actual = hashing.digest.hexdigest()
+        if expected_size is not None and hashing.size != expected_size:
+            raise ColdStoreError(
+                f"truncated or corrupt cold store artifact: {hashing.size} bytes, expected {expected_size}"
+            )
+        if actual != expected_sha256:
+            raise ColdStoreError(
+                f"corrupt cold store artifact: sha256 {actual} ({hashing.size} bytes), expected {expected_sha256}"
+            )
+    except BaseException:
+        _discard(dest, remove_dir=created)
+        raise
+
+
+def _extract(source: Any, dest: Path, max_bytes: int | None) -> None:
+    root = os.path.realpath(dest)
+    total = 0
+    data_filter = getattr(tarfile, "data_filter", None)
+    with tarfile.open(fileobj=source, mode="r|", bufsize=_CHUNK) as tar:
+        for member in tar:
+            _check_member(member, root)
+            if member.isreg():
+                total += member.size
+                if max_bytes is not None and total > max_bytes:
+                    raise ColdStoreError(f"cold store artifact unpacks to more than {max_bytes} bytes; refused")
+            if data_filter is not None:
+                tar.extract(member, root, filter=data_filter)
+            else:  # pragma: no cover - Python without PEP 706; _check_member already refused what it would
+                member.mode &= 0o755
+                member.uid = member.gid = 0
+                tar.extract(member, root, numeric_owner=True)
+
+
+def _check_member(member: tarfile.TarInfo, root: str) -> None:
+    name = member.name
+    if not (member.isreg() or member.isdir()):
+        kind = "link" if member.issym() or member.islnk() else "special file"
+        raise ColdStoreError(f"cold store artifact member {name!r} is a {kind}; refused")
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or "\\" in name or "\x00" in name or not path.parts:
+        raise ColdStoreError(f"cold store artifact member {name!r} escapes the destination; refused")
+    target = os.path.realpath(os.path.join(root, *path.parts))
+    if os.path.commonpath([root, target]) != root:
+        raise ColdStoreError(f"cold store artifact member {name!r} escapes the destination; refused")
+
+
+def _discard(dest: Path, *, remove_dir: bool) -> None:
+    if remove_dir:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        for child in dest.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    child.unlink()
+
+
+def open_cold_store(spec: ColdStoreSpec) -> ColdStore | None:
+    """Turn the ``cold_store`` setting into a store.
+
+    Accepted values: None (no cold tier); ``"file:///absolute/dir"`` or a plain directory path (``str`` or
+    ``os.PathLike``) for a :class:`LocalDirStore`; any other ``scheme://`` URL fsspec knows, such as
+    ``s3://bucket/prefix``, for an :class:`FsspecStore` (configured from the environment; construct one yourself
+    to pass storage options); or an object implementing :class:`ColdStore`, returned as is.
+
+    Raises:
+        ConfigError: the value is none of the above, names a non-directory, or needs a package that is not
+            installed (the message says which extra to install, e.g. ``git-repocache[s3]``).
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, ColdStore):
+        return spec
+    if isinstance(spec, os.PathLike):
+        return LocalDirStore(spec)
+    if not isinstance(spec, str):
+        raise ConfigError(
+            f"invalid cold_store {spec!r} of type {type(spec).__name__}: expected None, a directory path, "
+            "'file:///dir', an fsspec URL such as 's3://bucket/prefix', or a ColdStore object"
+        )
+    value = spec.strip()
+    if not value:
+        raise ConfigError("invalid cold_store '': expected None, a directory path, 'file:///dir' or an fsspec URL")
+    if value.lower().startswith("file://"):
+        rest = value[len("file://") :]
+        host, slash, path = rest.partition("/")
+        if host not in ("", "localhost") or not slash:
+            raise ConfigError(
+                f"invalid cold_store {scrub(value)!r}: a file URL must name an absolute local path, e.g. file:///dir"
+            )
+        return LocalDirStore("/" + unquote(path))
+    if "://" in value:
+        return FsspecStore(value)
+    return LocalDirStore(value)

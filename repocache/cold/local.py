@@ -1,0 +1,164 @@
+"""A cold store in a local (or network-mounted) directory."""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from repocache.cold.base import _GenerationStore
+from repocache.errors import ColdStoreError, ConfigError
+
+__all__ = ["LocalDirStore"]
+
+_TEMP_PREFIX = ".tmp-"
+_TEMP_MAX_AGE = 24 * 3600.0  # an upload still writing after a day has crashed
+_CHUNK = 256 * 1024
+
+
+class LocalDirStore(_GenerationStore):
+    """A :class:`~repocache.cold.ColdStore` in a directory, shared safely by processes and by hosts mounting it.
+
+    Objects follow the layout of :mod:`repocache.cold.base`. Each object is written to a temporary file in its
+    final directory (``<key>/.tmp-*``), flushed with ``fsync`` and renamed into place with :func:`os.replace`, and
+    the directory is synced, so after a crash a file is either complete or absent. Temporary files left by
+    crashed uploads are swept after a day. The directory is created on the first upload.
+
+    Args:
+        path: the store's directory (``~`` is expanded, relative paths are made absolute).
+
+    Attributes:
+        root: the store's absolute directory.
+
+    Raises:
+        ConfigError: ``path`` exists and is not a directory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"cold_store {str(self.root)!r} exists and is not a directory")
+
+    def __repr__(self) -> str:
+        return f"LocalDirStore({str(self.root)!r})"
+
+    def _describe(self, key: str, name: str = "") -> str:
+        return str(self.root / key / name) if name else str(self.root / key)
+
+    def _fail(self, action: str, key: str, name: str, exc: OSError) -> ColdStoreError:
+        return ColdStoreError(f"cold store: cannot {action} {self._describe(key, name)}: {exc}")
+
+    def _names(self, key: str) -> builtins.list[str]:
+        try:
+            names = os.listdir(self.root / key)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise self._fail("list", key, "", exc) from exc
+        return [name for name in names if not name.startswith(".")]
+
+    def _all_names(self) -> Iterator[tuple[str, builtins.list[str]]]:
+        try:
+            keys = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ColdStoreError(f"cold store: cannot list {self.root}: {exc}") from exc
+        for key in keys:
+            if not key.startswith("."):
+                yield key, self._names(key)
+
+    def _publish(self, key: str, name: str, source: BinaryIO) -> None:
+        directory = self.root / key
+        temp = directory / f"{_TEMP_PREFIX}{secrets.token_hex(8)}-{name}"
+        try:
+            with _create(temp) as out:
+                shutil.copyfileobj(source, out, _CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, directory / name)
+            _fsync_directory(directory)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise self._fail("write", key, name, exc) from exc
+        self._sweep_temporaries(key)
+
+    def _sweep_temporaries(self, key: str) -> None:
+        directory = self.root / key
+        cutoff = time.time() - _TEMP_MAX_AGE
+        with contextlib.suppress(OSError), os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(_TEMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+
+    def _read(self, key: str, name: str, limit: int) -> bytes:
+        try:
+            with open(self.root / key / name, "rb") as source:
+                return source.read(limit + 1)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._fail("read", key, name, exc) from exc
+
+    def _open(self, key: str, name: str) -> BinaryIO:
+        try:
+            return open(self.root / key / name, "rb", buffering=_CHUNK)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._fail("open", key, name, exc) from exc
+
+    def _size(self, key: str, name: str) -> int:
+        try:
+            return (self.root / key / name).stat().st_size
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise self._fail("stat", key, name, exc) from exc
+
+    def _remove(self, key: str, names: Iterable[str]) -> None:
+        for name in names:
+            try:
+                os.unlink(self.root / key / name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise self._fail("delete", key, name, exc) from exc
+
+    def _forget_key(self, key: str) -> None:
+        self._sweep_temporaries(key)
+        with contextlib.suppress(OSError):  # not empty: a concurrent upload is writing; leave it be
+            (self.root / key).rmdir()
+
+
+def _create(path: Path) -> BinaryIO:
+    """Create ``path`` exclusively, with its directory; retried once if a concurrent delete() removes the latter."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "xb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "xb")
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
