@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -31,6 +32,7 @@ from repocache import gitops, locks
 from repocache.checkout import Checkout, Worktree
 from repocache.errors import (
     BudgetError,
+    ColdStoreError,
     ConfigError,
     FetchError,
     InvalidRefError,
@@ -41,7 +43,7 @@ from repocache.errors import (
 )
 from repocache.index import Index, Row
 from repocache.keys import RepoURL, normalize_url
-from repocache.models import Entry, Problem, Stats
+from repocache.models import Entry, Problem, Progress, Stats
 from repocache.pins import Pins
 from repocache.settings import default_root, parse_bytes, parse_seconds
 
@@ -50,6 +52,7 @@ __all__ = ["RepoCache"]
 logger = logging.getLogger("repocache")
 
 _ON_FETCH_ERROR = ("warn", "raise")
+_STAGED_KEY = re.compile(r"\.[0-9a-f]{12}(\.upload)?$")  # staging and trash names: <key>.<id>[.upload]
 _MAX_ATTEMPTS = 8
 
 
@@ -76,6 +79,9 @@ class RepoCache:
         allow_local: bool = True,
         connect_timeout: float = 30.0,
         idle_timeout: float = 300.0,
+        cold_min_bytes: int | str = 0,
+        cold_compression: str = "none",
+        cold_retention: float | None = None,
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
@@ -93,6 +99,10 @@ class RepoCache:
             allow_local: whether local paths and ``file://`` URLs may be cached.
             connect_timeout: seconds to wait for a connection to upstream.
             idle_timeout: seconds a transfer may make no progress before it is abandoned.
+            cold_min_bytes: only evicted repositories at least this large go to the cold store (0: all of them).
+            cold_compression: ``"none"`` (a plain tar, fastest to restore) or ``"zstd"`` (needs ``zstandard``).
+            cold_retention: seconds an artifact is kept in the cold store; older ones are pruned after uploads
+                (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
@@ -128,6 +138,12 @@ class RepoCache:
         except OSError as exc:
             raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
         self._index = Index(self.root / "index.sqlite")
+        self.cold_min_bytes = parse_bytes("cold_min_bytes", cold_min_bytes, allow_none=False) or 0
+        if cold_compression not in ("none", "zstd"):
+            raise ConfigError(f"cold_compression={cold_compression!r} is not accepted; expected 'none' or 'zstd'")
+        self.cold_compression = cold_compression
+        self.cold_retention = None if cold_retention is None else parse_seconds("cold_retention", cold_retention)
+        self._last_prune = 0.0
         self._cold = self._open_cold_store(cold_store)
         self._closed = False
         self._empty_trash()
@@ -401,7 +417,7 @@ class RepoCache:
             try:
                 if mirror.is_dir():
                     stale = False
-                    if source == "hit":
+                    if source in ("hit", "restore"):  # a restored mirror is as old as its artifact: fetch it
                         fetched, stale = self._refresh(parsed, started, deadline, progress)
                     self._index.touch(key, time.time(), counter="hits" if source == "hit" else None)
                     checkout = Checkout(
@@ -421,7 +437,7 @@ class RepoCache:
             with exclusive:
                 if not mirror.is_dir():
                     source = self._materialize(parsed, progress)
-                    fetched = True
+                    fetched = source == "clone"
         raise RepoCacheError(
             f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
             "the budget is too small for the working set"
@@ -474,23 +490,28 @@ class RepoCache:
     # -- materializing a miss --------------------------------------------------------------------------------
 
     def _materialize(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> str:
-        """Clone (or restore) ``parsed`` into place; the caller holds its exclusive lock. Returns the source."""
+        """Restore or clone ``parsed`` into place; the caller holds its exclusive lock. Returns the source."""
         key = parsed.key
         self._sweep_staging(key)
-        known = self._index.known_size(key)
+        manifest = self._cold_manifest(parsed)
+        known = max(self._index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
         reservation = self._make_room(parsed, known)
         staging = self._staging / f"{key}.{uuid.uuid4().hex[:12]}"
         try:
             source = "clone"
-            gitops.clone_mirror(parsed, staging, self._git, progress=progress)
+            if manifest is not None and self._restore(parsed, manifest, staging, progress):
+                source = "restore"
+            else:
+                gitops.clone_mirror(parsed, staging, self._git, progress=progress)
             size = gitops.disk_usage(staging)
             if self.max_bytes is not None and size > self.max_bytes and not self.pins.matches(parsed.url):
                 # Its size was unknown before the download; remember it so the next miss is refused up front.
                 self._index.remember_size(key, parsed.url, size)
                 raise BudgetError(parsed.url, size, self.max_bytes)
             os.rename(staging, self._mirror(key))
-            self._index.put(key, parsed.url, size, time.time(), counter="clones")
-            logger.info("cloned %s (%d bytes)", parsed.url, size)
+            counter = "restores" if source == "restore" else "clones"
+            self._index.put(key, parsed.url, size, time.time(), counter=counter, fetched=source == "clone")
+            logger.info("%s %s (%d bytes)", "restored" if source == "restore" else "cloned", parsed.url, size)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
@@ -591,8 +612,10 @@ class RepoCache:
             self.enforce()
 
     def _evict_locked(self, key: str, row: Row | None) -> None:
-        """Remove ``key`` from disk; the caller holds its exclusive lock."""
+        """Offload ``key`` to the cold store (if configured) and remove it from disk; the caller holds its lock."""
         mirror = self._mirror(key)
+        if mirror.is_dir() and row is not None:
+            self._offload(row, mirror)
         if mirror.is_dir():
             trash = self._trash / f"{key}.{uuid.uuid4().hex[:12]}"
             os.rename(mirror, trash)
@@ -685,7 +708,7 @@ class RepoCache:
         for directory in (self._staging, self._trash):
             with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
                 for entry in sorted(entries, key=lambda e: e.name):
-                    key = entry.name.rsplit(".", 1)[0]
+                    key = _STAGED_KEY.sub("", entry.name)
                     # A staging dir is debris only if no clone of its key is running: hold the key's lock.
                     handle = None
                     if directory == self._staging:
@@ -703,9 +726,131 @@ class RepoCache:
                     )
         return problems
 
-    # -- cold store (wired in by the cold storage tier) -----------------------------------------------------
+    # -- cold store -----------------------------------------------------------------------------------------------
 
     def _open_cold_store(self, spec: Any) -> Any:
         if spec is None:
             return None
-        raise ConfigError(f"cold_store={spec!r} is not supported yet; expected None")
+        from repocache.cold import open_cold_store
+
+        return open_cold_store(spec)
+
+    def cold_entries(self) -> list[Any]:
+        """The manifests in the cold store (one per repository), newest first; empty without a cold store.
+
+        Raises:
+            ColdStoreError: the store cannot be listed.
+        """
+        self._check_open()
+        if self._cold is None:
+            return []
+        return sorted(self._cold.list(), key=lambda m: m.created, reverse=True)
+
+    def prune_cold(self, *, older_than: float | None = None, keep_bytes: int | str | None = None) -> list[Any]:
+        """Delete artifacts from the cold store: those older than ``older_than`` seconds (default: the cache's
+        ``cold_retention``), then the oldest while the total exceeds ``keep_bytes``.
+
+        Returns:
+            The manifests deleted, oldest first.
+        """
+        self._check_open()
+        if self._cold is None:
+            return []
+        limit = parse_bytes("keep_bytes", keep_bytes, allow_none=True)
+        age = self.cold_retention if older_than is None else parse_seconds("older_than", older_than)
+        deleted: list[Any] = self._cold.prune(older_than=age, keep_bytes=limit)
+        for manifest in deleted:
+            self._index.set_in_cold_store(manifest.key, manifest.url, False)
+        self._last_prune = time.monotonic()
+        return deleted
+
+    def _cold_manifest(self, parsed: RepoURL) -> Any:
+        """The cold store's manifest for ``parsed``, or None (also when the store cannot be reached)."""
+        if self._cold is None:
+            return None
+        try:
+            manifest = self._cold.get_manifest(parsed.key)
+        except ColdStoreError as exc:
+            logger.warning("cold store unavailable for %s, cloning instead: %s", parsed.url, exc)
+            return None
+        if manifest is not None and manifest.url != parsed.url:
+            logger.warning("cold store artifact of %s names %s; ignoring it", parsed.url, manifest.url)
+            return None
+        return manifest
+
+    def _restore(
+        self,
+        parsed: RepoURL,
+        manifest: Any,
+        staging: Path,
+        progress: gitops.ProgressCallback | None,
+        *,
+        retry: bool = True,
+    ) -> bool:
+        """Unpack the cold artifact into ``staging`` and validate it; False (reported) when it is unusable."""
+        from repocache.cold import unpack_artifact
+
+        if progress is not None:
+            progress(Progress(parsed.url, "restore", "downloading", 0, 0, manifest.size_bytes))
+        try:
+            with self._cold.open_artifact(manifest) as artifact:
+                unpack_artifact(
+                    artifact,
+                    staging,
+                    expected_sha256=manifest.sha256,
+                    compression=manifest.compression,
+                    expected_size=manifest.size_bytes,
+                    max_bytes=max(manifest.mirror_bytes * 4, 1 << 20),
+                )
+            problem = gitops.validate_mirror(staging)
+            if problem is not None:
+                raise ColdStoreError(f"the restored mirror {problem}")
+        except (ColdStoreError, OSError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            newer = self._cold_manifest(parsed) if retry else None
+            if newer is not None and newer.generation != manifest.generation:
+                # Another host uploaded a newer artifact meanwhile and the old one was deleted: use the new one.
+                return self._restore(parsed, newer, staging, progress, retry=False)
+            logger.warning("cannot restore %s from the cold store, cloning instead: %s", parsed.url, exc)
+            warnings.warn(f"cold store artifact of {parsed.url} is unusable ({exc}); cloning", RuntimeWarning, 2)
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+        if progress is not None:
+            progress(Progress(parsed.url, "restore", "done", 0, 0, manifest.size_bytes))
+        return True
+
+    def _offload(self, row: Row, mirror: Path) -> None:
+        """Upload the mirror to the cold store before it is deleted; failures are logged, never fatal."""
+        if self._cold is None or row.size_bytes < self.cold_min_bytes:
+            return
+        from repocache.cold import Manifest, pack_mirror
+
+        upload = self._staging / f"{row.key}.{uuid.uuid4().hex[:12]}.upload"
+        try:
+            with open(upload, "wb") as out:
+                sha256, size = pack_mirror(mirror, out, compression=self.cold_compression)
+            ref_count, head = gitops.describe_mirror(mirror)
+            manifest = Manifest(
+                url=row.url,
+                key=row.key,
+                sha256=sha256,
+                size_bytes=size,
+                mirror_bytes=row.size_bytes,
+                ref_count=ref_count,
+                head=head,
+                created=time.time(),
+                compression=self.cold_compression,
+            )
+            self._cold.put(row.key, manifest, upload)
+            self._index.set_in_cold_store(row.key, row.url, True, size_bytes=row.size_bytes)
+            logger.info("offloaded %s to the cold store (%d bytes)", row.url, size)
+        except (ColdStoreError, OSError, ValueError) as exc:
+            logger.warning("could not offload %s to the cold store: %s", row.url, exc)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                upload.unlink()
+        if self.cold_retention is not None and time.monotonic() - self._last_prune > 3600:
+            try:
+                self.prune_cold()
+            except ColdStoreError as exc:
+                logger.warning("could not prune the cold store: %s", exc)

@@ -335,6 +335,17 @@ def validate_mirror(path: Path) -> str | None:
         repo.free()
 
 
+def describe_mirror(path: Path) -> tuple[int, str]:
+    """(number of refs, where HEAD points) of the mirror at ``path``."""
+    repo = open_repository(path)
+    try:
+        head = repo.references.get("HEAD")
+        target = head.target if head is not None else ""
+        return sum(1 for _ in repo.references.iterator()), str(target)
+    finally:
+        repo.free()
+
+
 def disk_usage(path: Path) -> int:
     """Allocated bytes of everything under ``path`` (blocks, not apparent sizes; hard links counted once)."""
     total = 0

@@ -10,6 +10,7 @@ import pytest
 
 from repocache import RepoCache
 from repocache.testing import GitDaemon, SmartHTTPServer, UpstreamFactory
+from tests._s3 import s3_endpoint  # noqa: F401  (a real S3 endpoint, moto_server on 127.0.0.1)
 
 
 @pytest.fixture(scope="session", autouse=True)
