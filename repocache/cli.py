@@ -97,6 +97,7 @@ environment:
   REPOCACHE_DIR        cache root when --root is not given (else the platform's user cache directory)
   REPOCACHE_MAX_BYTES  budget when --max-bytes is not given
   REPOCACHE_PINS       never-evict YAML file when --pins is not given
+  REPOCACHE_COLD_STORE cold storage URL when --cold-store is not given
 
 exit codes:
   0    success
@@ -328,6 +329,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) ->
         help="never-evict YAML file (default: $REPOCACHE_PINS, else nothing is pinned)",
     )
     group.add_argument(
+        "--cold-store",
+        metavar="URL",
+        default=default(None),
+        help="cold storage for evicted repositories: file:///dir, a directory, or s3://bucket/prefix "
+        "(default: $REPOCACHE_COLD_STORE, else none)",
+    )
+    group.add_argument(
         "--fetch-ttl",
         metavar="SECONDS",
         type=_seconds,
@@ -447,7 +455,10 @@ def _open_cache(context: _Context, *, pins_fallback: str | None = None) -> RepoC
         if from_env:
             max_bytes = parse_bytes("REPOCACHE_MAX_BYTES", from_env, allow_none=False)
     pins = args.pins or os.environ.get("REPOCACHE_PINS") or pins_fallback or None
-    return RepoCache(args.root, max_bytes=max_bytes, pins=pins, fetch_ttl=args.fetch_ttl, progress=context.bar)
+    cold_store = args.cold_store or os.environ.get("REPOCACHE_COLD_STORE") or None
+    return RepoCache(
+        args.root, max_bytes=max_bytes, pins=pins, fetch_ttl=args.fetch_ttl, cold_store=cold_store, progress=context.bar
+    )
 
 
 def _cmd_get(context: _Context) -> int:

@@ -399,6 +399,19 @@ def test_ls_table_shows_url_size_recency_pinned_and_cold(run: Run, make_upstream
     assert "KiB" in lines[1] and ("ago" in lines[1] or "just now" in lines[1])
 
 
+def test_cold_store_option_offloads_and_restores(run: Run, upstream: Path, tmp_path: Path) -> None:
+    cold = f"file://{tmp_path / 'cold'}"
+    run("--cold-store", cold, "get", str(upstream), check=0)
+    run("--cold-store", cold, "evict", str(upstream), check=0)
+    assert list((tmp_path / "cold").rglob("*.json"))
+    run("get", str(upstream), env={"REPOCACHE_COLD_STORE": cold}, check=0)
+    (entry,) = ls_json(run)
+    assert entry["in_cold_store"] is True
+    assert run("stats", "--json", check=0).stdout.count('"restores": 1') == 1
+    lines = run("ls", check=0).stdout.splitlines()
+    assert lines[1].split()[-1] == "yes"
+
+
 def test_ls_of_an_empty_cache(run: Run) -> None:
     assert ls_json(run) == []
     result = run("ls", check=0)
