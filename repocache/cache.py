@@ -56,6 +56,24 @@ _STAGED_KEY = re.compile(r"\.[0-9a-f]{12}(\.upload)?$")  # staging and trash nam
 _MAX_ATTEMPTS = 8
 
 
+def _listing(directory: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``directory`` sorted by name (empty when it does not exist)."""
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or a directory tree, whichever ``path`` is; a missing path is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
 class RepoCache:
     """An on-disk LRU cache of bare git mirrors under a byte budget, safe to share between threads and processes.
 
@@ -262,9 +280,11 @@ class RepoCache:
             finally:
                 shutil.rmtree(dest, ignore_errors=True)
                 if owner is not None:
-                    owner.release()
+                    # Unlink while still holding it: whoever takes a lock at this path later finds no file, or a
+                    # file with no tree, and never mistakes a live worktree for a dead one.
                     with contextlib.suppress(FileNotFoundError):
                         owner.path.unlink()
+                    owner.release()
 
     def _worktree_dir(self, key: str, path: str | os.PathLike[str] | None) -> tuple[Path, locks.FileLockHandle | None]:
         """Choose the worktree directory; default ones carry a lock file so ``verify`` can tell dead from live."""
@@ -526,8 +546,8 @@ class RepoCache:
         with contextlib.suppress(FileNotFoundError), os.scandir(self._staging) as entries:
             for entry in entries:
                 if entry.name.startswith(prefix):
-                    logger.info("removing leftover staging directory %s", entry.path)
-                    shutil.rmtree(entry.path, ignore_errors=True)
+                    logger.info("removing leftover %s", entry.path)
+                    _remove(Path(entry.path))
 
     # -- budget ---------------------------------------------------------------------------------------------
 
@@ -626,9 +646,12 @@ class RepoCache:
             self._index.remove(key, counter=None)
 
     def _empty_trash(self) -> None:
-        with contextlib.suppress(FileNotFoundError), os.scandir(self._trash) as entries:
-            for entry in entries:
-                shutil.rmtree(entry.path, ignore_errors=True)
+        """Finish deleting what evictions of dead processes left in trash/ (live evictions hold the key's lock)."""
+        for entry in _listing(self._trash):
+            handle = locks.acquire(self._lock_path(_STAGED_KEY.sub("", entry.name)), shared=False, timeout=0)
+            if handle is not None:
+                with handle:
+                    _remove(Path(entry.path))
 
     # -- entries and verification ----------------------------------------------------------------------------
 
@@ -689,41 +712,45 @@ class RepoCache:
         return parsed.url if self._mirror(parsed.key) == mirror else None
 
     def _verify_debris(self, repair: bool) -> list[Problem]:
+        """Staging, trash and worktree debris whose owner is dead; anything whose owner holds its lock is skipped."""
         problems: list[Problem] = []
-        with contextlib.suppress(FileNotFoundError), os.scandir(self._worktrees) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                if entry.name.endswith(".lock"):
+        for directory in (self._staging, self._trash):
+            for entry in _listing(directory):
+                # Staging and trash entries belong to the clone, restore, upload or eviction holding the key's
+                # exclusive lock: they are debris only if that lock is free.
+                handle = locks.acquire(self._lock_path(_STAGED_KEY.sub("", entry.name)), shared=False, timeout=0)
+                if handle is None:
                     continue
-                owner = locks.acquire(Path(entry.path + ".lock"), shared=False, timeout=0)
+                with handle:
+                    if not os.path.lexists(entry.path):
+                        continue  # finished and cleaned up while we looked
+                    if repair:
+                        _remove(Path(entry.path))
+                problems.append(
+                    Problem("leftover", entry.name, Path(entry.path), "debris of an interrupted operation", repair)
+                )
+        worktree_names = {e.name.removesuffix(".lock") for e in _listing(self._worktrees)}
+        for name in sorted(worktree_names):
+            tree, lock_file = self._worktrees / name, self._worktrees / (name + ".lock")
+            try:
+                owner = locks.acquire(lock_file, shared=False, timeout=0, create=False)
+            except FileNotFoundError:
+                owner = None  # no lock file: either removed by its owner just now, or a tree whose owner died
+                if not tree.exists():
+                    continue
+            else:
                 if owner is None:
                     continue  # its process is alive and using it
-                with owner:
-                    if repair:
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(entry.path + ".lock")
-                problems.append(
-                    Problem("leftover", entry.name, Path(entry.path), "worktree of a process that died", repair)
-                )
-        for directory in (self._staging, self._trash):
-            with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
-                for entry in sorted(entries, key=lambda e: e.name):
-                    key = _STAGED_KEY.sub("", entry.name)
-                    # A staging dir is debris only if no clone of its key is running: hold the key's lock.
-                    handle = None
-                    if directory == self._staging:
-                        handle = locks.acquire(self._lock_path(key), shared=False, timeout=0)
-                        if handle is None:
-                            continue
-                    try:
-                        if repair:
-                            shutil.rmtree(entry.path, ignore_errors=True)
-                    finally:
-                        if handle is not None:
-                            handle.release()
-                    problems.append(
-                        Problem("leftover", key, Path(entry.path), "debris of an interrupted operation", repair)
-                    )
+            try:
+                if repair:
+                    _remove(tree)
+                    with contextlib.suppress(FileNotFoundError):
+                        lock_file.unlink()
+            finally:
+                if owner is not None:
+                    owner.release()
+            detail = "worktree of a process that died" if tree.exists() or repair else "lock file of a dead worktree"
+            problems.append(Problem("leftover", name, tree, detail, repair))
         return problems
 
     # -- cold store -----------------------------------------------------------------------------------------------

@@ -58,18 +58,19 @@ class FileLockHandle:
         self.release()
 
 
-def acquire(path: Path, *, shared: bool, timeout: float) -> FileLockHandle | None:
+def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) -> FileLockHandle | None:
     """Take the lock at ``path``.
 
     Args:
         path: the lock file; created if missing (its directory must exist).
         shared: shared (reader) mode when True, exclusive otherwise.
         timeout: seconds to wait; 0 makes one attempt; a negative value waits forever.
+        create: create the lock file if it is missing; with False a missing file raises FileNotFoundError.
 
     Returns:
         The held lock, or None if it could not be taken within ``timeout``.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
     operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     deadline = None if timeout < 0 else time.monotonic() + timeout
     delay = _POLL_START
