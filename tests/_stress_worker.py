@@ -157,7 +157,7 @@ class LoadWorker:
         self.sources: dict[str, int] = {}
         self.fscks = 0
         self.pinned_seen: set[str] = set()
-        self.trash_reports = 0
+        self.worktree_races = 0
 
     def violation(self, text: str) -> None:
         self.violations.append(f"worker {self.worker}: {text}")
@@ -177,7 +177,7 @@ class LoadWorker:
             "errors": self.errors,
             "sources": self.sources,
             "fscks": self.fscks,
-            "trash_reports": self.trash_reports,
+            "worktree_races": self.worktree_races,
         }
 
     def one(self, cache: RepoCache) -> None:
@@ -195,6 +195,8 @@ class LoadWorker:
             getattr(self, "op_" + op)(cache, repo, record)
         except (BudgetError, RefNotFoundError) as exc:  # expected under a tight budget / a deleted branch
             record["error"] = type(exc).__name__
+            if isinstance(exc, BudgetError):
+                record["needed"] = exc.needed
             self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
         except Exception as exc:
             record["error"] = type(exc).__name__
@@ -277,14 +279,13 @@ class LoadWorker:
         self.judge(cache.verify(repair=True), record, "verify(repair=True)")
 
     def judge(self, problems: list[Problem], record: dict[str, Any], call: str) -> None:
-        """Nobody crashed, so verify must find nothing (a known false report is counted apart, see below)."""
+        """Nobody crashed, so verify must find nothing: a live operation's staging, trash or worktree is not debris."""
         record["problems"] = [f"{p.kind}:{p.key}" for p in problems]
-        trash = self.root / "trash"
-        # Known bug (test_verify_does_not_report_the_trash_of_a_live_eviction): the trash directory of an
-        # eviction still running in another worker is reported as "leftover" debris.
-        live_trash = [p for p in problems if p.kind == "leftover" and p.path.parent == trash]
-        self.trash_reports += len(live_trash)
-        others = [p for p in problems if p not in live_trash]
+        # Known race (test_verify_does_not_report_a_worktree_removed_while_it_locked, xfail): a worktree removed by
+        # its live owner between verify's open() and flock() of its lock file is reported. Counted apart.
+        raced = [p for p in problems if p.detail == "lock file of a dead worktree" and not p.path.exists()]
+        self.worktree_races += len(raced)
+        others = [p for p in problems if p not in raced]
         if others:
             self.violation(f"{call} found problems in a cache nobody crashed in: {others}")
 
