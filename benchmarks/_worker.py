@@ -1,0 +1,183 @@
+"""A process that runs one caching library for the benchmarks, driven by JSON lines on stdin.
+
+Usage: ``python _worker.py ENGINE ROOT OPTIONS_JSON`` where ENGINE is ``ours`` (repocache) or ``peer``
+(git-cache-clone, run with the interpreter of its own virtualenv). The worker imports its library and opens the
+cache at ROOT, answers ``{"ready": true, ...}``, then executes commands and answers each with one JSON line:
+
+* ``{"op": "clone", "url": U}``: a miss; repocache ``checkout(U)``, git-cache-clone ``add(U)`` (mirror mode).
+* ``{"op": "fetch", "url": U}``: a hit that contacts upstream; repocache ``checkout(U)`` with ``fetch_ttl=0``,
+  git-cache-clone ``refresh(U)``.
+* ``{"op": "hit", "url": U, "n": N}``: N hits that must not contact upstream; repocache ``checkout(U)`` with a
+  long ``fetch_ttl``, git-cache-clone ``add(U)`` of a cached repository (which answers "already exists").
+* ``{"op": "evict", "urls": [...]}``: repocache ``evict(U)``, git-cache-clone ``clean(U)`` for each.
+* ``{"op": "stats"}`` (repocache only) and ``{"op": "quit"}``.
+
+Replies carry ``seconds`` measured in this process around the library call alone, and ``end``, the
+``time.monotonic()`` at which the call returned (a system-wide clock on Linux, comparable between processes).
+This file imports only the standard library at module level, so either engine's interpreter can run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Ours:
+    """repocache."""
+
+    def __init__(self, root: Path, options: dict[str, Any]) -> None:
+        from repocache import RepoCache
+
+        extra: dict[str, Any] = {}
+        if options.get("cold_store"):
+            extra["cold_store"] = options["cold_store"]
+        self.fetching = RepoCache(root, fetch_ttl=0, **extra)
+        self.fresh = RepoCache(root, fetch_ttl=1e9, **extra)
+
+    def clone(self, url: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        with self.fetching.checkout(url) as co:
+            source, fetched = co.source, co.fetched
+        return {"seconds": time.perf_counter() - started, "source": source, "fetched": fetched}
+
+    def fetch(self, url: str) -> dict[str, Any]:
+        return self.clone(url)
+
+    def hit(self, url: str, n: int) -> dict[str, Any]:
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            with self.fresh.checkout(url) as co:
+                pass
+            samples.append(time.perf_counter() - started)
+            if co.fetched or co.source != "hit":
+                raise RuntimeError(f"expected a hit without a fetch, got {co!r}")
+        return {"samples": samples}
+
+    def evict(self, urls: list[str]) -> dict[str, Any]:
+        started = time.perf_counter()
+        evicted = sum(1 for url in urls if self.fetching.evict(url))
+        return {"seconds": time.perf_counter() - started, "evicted": evicted}
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.fetching.stats()
+        return {name: getattr(stats, name) for name in ("hits", "misses", "clones", "fetches", "restores")}
+
+
+class Peer:
+    """git-cache-clone (its ``core`` API, which its command line calls)."""
+
+    def __init__(self, root: Path, options: dict[str, Any]) -> None:
+        from git_cache_clone import core  # type: ignore[import-not-found]
+        from git_cache_clone.config import GitCacheConfig  # type: ignore[import-not-found]
+
+        self.core = core
+        self.config = GitCacheConfig(
+            root_dir=root, use_lock=True, lock_wait_timeout=-1, clone_mode="mirror", metadata_store_mode="sqlite"
+        )
+
+    def _check(self, error: Any, allowed: tuple[str, ...] = ()) -> str:
+        if error is None:
+            return "ok"
+        kind = str(getattr(getattr(error, "type", None), "name", error))
+        if kind.lower() not in allowed:
+            raise RuntimeError(f"git-cache-clone failed: {error}")
+        return kind.lower()
+
+    def clone(self, url: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        error = self.core.add(self.config, url)
+        seconds = time.perf_counter() - started
+        outcome = self._check(error, ("repo_already_exists",))
+        return {"seconds": seconds, "source": "clone" if outcome == "ok" else "hit", "fetched": outcome == "ok"}
+
+    def fetch(self, url: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        error = self.core.refresh(self.config, url)
+        seconds = time.perf_counter() - started
+        self._check(error)
+        return {"seconds": seconds, "source": "hit", "fetched": True}
+
+    def hit(self, url: str, n: int) -> dict[str, Any]:
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            error = self.core.add(self.config, url)
+            samples.append(time.perf_counter() - started)
+            self._check(error, ("repo_already_exists",))
+        return {"samples": samples}
+
+    def evict(self, urls: list[str]) -> dict[str, Any]:
+        started = time.perf_counter()
+        for url in urls:
+            self._check(self.core.clean(self.config, url))
+        return {"seconds": time.perf_counter() - started, "evicted": len(urls)}
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+def main() -> int:
+    engine, root, options = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    # Answers go to the original stdout; anything a library or git prints goes to stderr instead.
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+    def answer(payload: dict[str, Any]) -> None:
+        payload.setdefault("end", time.monotonic())
+        protocol.write(json.dumps(payload) + "\n")
+
+    try:
+        whatif = os.environ.get("REPOCACHE_BENCH_WHATIF", "")
+        if whatif and engine == "ours":  # proposed library fixes, measured by benchmarks.profiles
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import _whatif
+
+            _whatif.apply(whatif)
+        library = Ours(root, options) if engine == "ours" else Peer(root, options)
+    except BaseException:
+        answer({"error": traceback.format_exc()})
+        return 1
+    answer({"ready": True, "pid": os.getpid(), "rss": _rss()})
+    for line in sys.stdin:
+        command = json.loads(line)
+        op = command.pop("op")
+        if op == "quit":
+            break
+        try:
+            if op == "clone":
+                reply = library.clone(command["url"])
+            elif op == "fetch":
+                reply = library.fetch(command["url"])
+            elif op == "hit":
+                reply = library.hit(command["url"], int(command["n"]))
+            elif op == "evict":
+                reply = library.evict(list(command["urls"]))
+            elif op == "stats":
+                reply = library.stats()
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            reply["end"] = time.monotonic()
+            reply["rss"] = _rss()
+            answer(reply)
+        except BaseException:
+            answer({"error": traceback.format_exc()})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
