@@ -741,6 +741,9 @@ class RepoCache:
             else:
                 if owner is None:
                     continue  # its process is alive and using it
+                if not owner.is_current():  # its owner removed the tree and unlinked the file while we opened it
+                    owner.release()
+                    continue
             try:
                 if repair:
                     _remove(tree)

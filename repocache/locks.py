@@ -43,6 +43,16 @@ class FileLockHandle:
         """True until released."""
         return self._fd is not None
 
+    def is_current(self) -> bool:
+        """True while ``path`` still names the locked file (False once a holder unlinked or replaced it)."""
+        if self._fd is None:
+            return False
+        try:
+            here, there = os.fstat(self._fd), os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
     def release(self) -> None:
         """Release the lock (closing the descriptor releases the flock)."""
         fd, self._fd = self._fd, None
