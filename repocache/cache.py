@@ -14,6 +14,7 @@ Layout of a cache root::
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -32,6 +33,7 @@ from repocache import gitops, locks
 from repocache.checkout import Checkout, Worktree
 from repocache.errors import (
     BudgetError,
+    CloneError,
     ColdStoreError,
     ConfigError,
     FetchError,
@@ -63,6 +65,16 @@ def _listing(directory: Path) -> list[os.DirEntry[str]]:
             return sorted(entries, key=lambda e: e.name)
     except FileNotFoundError:
         return []
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The ENOSPC or EDQUOT error in ``exc`` or its causes, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _remove(path: Path) -> None:
@@ -837,6 +849,11 @@ class RepoCache:
                 raise ColdStoreError(f"the restored mirror {problem}")
         except (ColdStoreError, OSError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            full = _disk_full(exc)
+            if full is not None:  # the artifact is fine; a clone would fill the disk the same way
+                raise CloneError(
+                    parsed.url, f"cannot restore from the cold store into {self.root}: {full.strerror}"
+                ) from None
             newer = self._cold_manifest(parsed) if retry else None
             if newer is not None and newer.generation != manifest.generation:
                 # Another host uploaded a newer artifact meanwhile and the old one was deleted: use the new one.

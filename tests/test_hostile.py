@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -344,3 +345,33 @@ def test_clone_that_fills_the_disk_fails_cleanly_and_spares_other_repos(
             with cache.checkout(url_of(small)) as co:
                 assert mirror_refs(co.path) == small.refs()
             assert_consistent(cache)
+
+
+def test_restore_that_fills_the_disk_fails_cleanly_and_keeps_the_cold_copy(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    small = served.create("fits-restore")
+    huge = served.create("overflows-restore")
+    huge.commits(8, size=400_000)
+    store = tmp_path / "cold"
+    with RepoCache(tmp_path / "roomy", cold_store=store) as roomy:
+        roomy.ensure(daemon.url_for(huge))
+        assert roomy.evict(daemon.url_for(huge))
+    (manifest,) = RepoCache(tmp_path / "roomy", cold_store=store).cold_entries()
+    assert manifest.size_bytes > 1_500_000
+    with _small_filesystem(tmp_path / "fs", "1500k") as mount:
+        with RepoCache(mount / "cache", cold_store=store) as cache:
+            cache.ensure(daemon.url_for(small))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # the artifact is fine: no "unusable artifact, cloning" warning
+                with pytest.raises(CloneError, match=r"cannot restore from the cold store.*No space left"):
+                    cache.ensure(daemon.url_for(huge))
+            assert list((mount / "cache" / "staging").iterdir()) == []
+            assert cache.info(daemon.url_for(huge)) is None
+            with cache.checkout(daemon.url_for(small)) as co:
+                assert mirror_refs(co.path) == small.refs()
+            assert_consistent(cache)
+            assert [m.sha256 for m in cache.cold_entries()] == [manifest.sha256]  # the cold copy is untouched
+    with RepoCache(tmp_path / "roomy-again", cold_store=store) as again:
+        with again.checkout(daemon.url_for(huge)) as co:
+            assert co.source == "restore" and mirror_refs(co.path) == huge.refs()
