@@ -82,8 +82,8 @@ class Peer:
     """git-cache-clone (its ``core`` API, which its command line calls)."""
 
     def __init__(self, root: Path, options: dict[str, Any]) -> None:
-        from git_cache_clone import core  # type: ignore[import-not-found]
-        from git_cache_clone.config import GitCacheConfig  # type: ignore[import-not-found]
+        from git_cache_clone import core
+        from git_cache_clone.config import GitCacheConfig
 
         self.core = core
         self.config = GitCacheConfig(
@@ -142,12 +142,6 @@ def main() -> int:
         protocol.write(json.dumps(payload) + "\n")
 
     try:
-        whatif = os.environ.get("REPOCACHE_BENCH_WHATIF", "")
-        if whatif and engine == "ours":  # proposed library fixes, measured by benchmarks.profiles
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
-            import _whatif
-
-            _whatif.apply(whatif)
         library = Ours(root, options) if engine == "ours" else Peer(root, options)
     except BaseException:
         answer({"error": traceback.format_exc()})

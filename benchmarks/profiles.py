@@ -1,15 +1,17 @@
-"""Profiles behind the targets the benchmark misses, and the measured effect of the proposed library fixes.
+"""Profiles of repocache's slow paths: a miss, a stampede on one missing repository, a restore.
 
 ``python -m benchmarks.profiles {miss,swarm,restore} [--size S] [--reps N]``
 
-* ``miss``: where a repocache clone spends its time beyond ``git clone --mirror`` (cProfile), the cost of
-  starting git with the library's ``preexec_fn``, and the miss with the ``spawn`` fix applied.
-* ``swarm``: when each of 16 processes asking for one missing repository gets it, with the library's lock polling
-  and with the ``poll`` fix (and ``poll,spawn``).
-* ``restore``: where a restore from the cold store spends its time (cProfile), and the restore with the ``tarbuf``
-  fix.
+* ``miss``: a repocache miss against ``git clone --mirror`` of the same upstream, the time ``subprocess.Popen()``
+  takes to start git the way ``gitops`` does (``setpriv --pdeathsig`` when it works) against a ``preexec_fn``
+  (which makes every spawn fork the interpreter), and where an in-process miss spends its time (cProfile).
+* ``swarm``: when each of 16 processes asking for one missing repository gets it, against one
+  ``git clone --mirror``.
+* ``restore``: a restore from a ``file://`` cold store against the clone it replaces, and where an in-process
+  restore spends its time (cProfile).
 
-The fixes are applied by monkeypatching (see ``benchmarks/_whatif.py``); the library's files are not changed.
+Each run serves a generated upstream (``benchmarks.datagen``) with ``git daemon`` on loopback and measures the
+library through the benchmark's worker processes; nothing is patched.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -57,16 +59,9 @@ def _served(size: str) -> Iterator[tuple[str, Path]]:
         shutil.rmtree(run, ignore_errors=True)
 
 
-def _worker(engine: str, root: Path, whatif: str = "", **options: object) -> Worker:
-    env_before = os.environ.get("REPOCACHE_BENCH_WHATIF")
-    os.environ["REPOCACHE_BENCH_WHATIF"] = whatif
-    try:
-        worker = Worker(engine, root, options=dict(options)).start()
-    finally:
-        if env_before is None:
-            os.environ.pop("REPOCACHE_BENCH_WHATIF", None)
-        else:
-            os.environ["REPOCACHE_BENCH_WHATIF"] = env_before
+def _worker(root: Path, **options: object) -> Worker:
+    """A repocache worker process with its cache at ``root``, ready for commands."""
+    worker = Worker("ours", root, options=dict(options)).start()
     worker.wait_ready()
     return worker
 
@@ -86,37 +81,42 @@ def profile_miss(size: str, reps: int) -> None:
     from repocache import RepoCache, gitops
 
     with _served(size) as (url, run):
-        results: dict[str, list[float]] = {"git clone --mirror": [], "repocache": [], "repocache + spawn fix": []}
+        results: dict[str, list[float]] = {"git clone --mirror": [], "repocache": []}
         for rep in range(reps):
             for label in results:
                 root = run / f"{rep}-{label.replace(' ', '_')}"
                 os.sync()
-                if label.startswith("git"):
-                    results[label].append(timed_run(["git", "clone", "--mirror", "--", url, str(root)]))
-                else:
-                    worker = _worker("ours", root, "spawn" if "spawn" in label else "")
+                if label == "repocache":
+                    worker = _worker(root)
                     results[label].append(worker.call("clone", url=url)["seconds"])
                     worker.close()
+                else:
+                    results[label].append(timed_run(["git", "clone", "--mirror", "--", url, str(root)]))
                 shutil.rmtree(root, ignore_errors=True)
         print(f"miss of the {size} upstream, medians of {reps}:")
         base = median(results["git clone --mirror"])
         for label, values in results.items():
             print(f"  {label:28} {_ms(values):>10}  {median(values) / base:.2f}x")
-        # The cost of starting git the way gitops does it, in a process with repocache loaded.
-        spawn: dict[str, list[float]] = {"preexec_fn (library)": [], "setpriv --pdeathsig": [], "no death signal": []}
-        setpriv = shutil.which("setpriv")
+        # The cost of starting git, in a process with repocache loaded: the library's way against the alternatives.
+        git = ["git", "--version"]
+        library_command, library_preexec = gitops._with_death_signal(git)
+        library_label = f"library ({'preexec_fn' if library_preexec else 'setpriv'})"
+        ways: dict[str, tuple[list[str], Callable[[], None] | None]] = {
+            library_label: (library_command, library_preexec),
+            "preexec_fn": (git, gitops._die_with_parent),
+            "no death signal": (git, None),
+        }
+        spawn: dict[str, list[float]] = {label: [] for label in ways}
         for _ in range(30):
-            for label in spawn:
-                command = ["git", "--version"]
-                kwargs: dict[str, object] = {}
-                if label.startswith("preexec"):
-                    kwargs["preexec_fn"] = gitops._die_with_parent
-                elif label.startswith("setpriv") and setpriv:
-                    command = [setpriv, "--pdeathsig", "KILL", "--", *command]
+            for label, (command, preexec) in ways.items():
                 started = time.perf_counter()
                 process = subprocess.Popen(
-                    command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, **kwargs
-                )  # type: ignore[call-overload]
+                    command,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                )
                 spawn[label].append(time.perf_counter() - started)
                 process.communicate()
         print("time for subprocess.Popen() to return (git --version), medians of 30:")
@@ -136,63 +136,59 @@ def profile_miss(size: str, reps: int) -> None:
 
 def profile_swarm(size: str, reps: int, processes: int = 16) -> None:
     with _served(size) as (url, run):
-        variants = ["", "poll", "poll,spawn", "poll,spawn,nocount"]
-        walls: dict[str, list[float]] = {variant or "library as is": [] for variant in variants}
+        walls: list[float] = []
         git: list[float] = []
+        first_run = ""
         for rep in range(reps):
             root = run / f"git-{rep}"
             os.sync()
             git.append(timed_run(["git", "clone", "--mirror", "--", url, str(root)]))
             shutil.rmtree(root, ignore_errors=True)
-            for variant in variants:
-                root = run / f"swarm-{rep}-{variant}"
-                workers = [_worker("ours", root, variant) for _ in range(processes)]
-                os.sync()
-                started = time.monotonic()
-                for worker in workers:
-                    worker.send("clone", url=url)
-                replies = [worker.reply() for worker in workers]
-                for worker in workers:
-                    worker.close()
-                finished = sorted((reply["end"] - started, reply["source"]) for reply in replies)
-                walls[variant or "library as is"].append(finished[-1][0])
-                if rep == 0:
-                    shown = " ".join(f"{seconds * 1e3:.0f}{source[0]}" for seconds, source in finished)
-                    print(f"  [{variant or 'library as is'}] finish times, ms (c = cloned, h = hit): {shown}")
-                shutil.rmtree(root, ignore_errors=True)
+            root = run / f"swarm-{rep}"
+            workers = [_worker(root) for _ in range(processes)]
+            os.sync()
+            started = time.monotonic()
+            for worker in workers:
+                worker.send("clone", url=url)
+            replies = [worker.reply() for worker in workers]
+            for worker in workers:
+                worker.close()
+            finished = sorted((reply["end"] - started, reply["source"]) for reply in replies)
+            walls.append(finished[-1][0])
+            if rep == 0:
+                first_run = " ".join(f"{seconds * 1e3:.0f}{source[0]}" for seconds, source in finished)
+            shutil.rmtree(root, ignore_errors=True)
         print(f"{processes} processes, one missing {size} repository, medians of {reps}:")
         print(f"  {'one git clone --mirror':28} {_ms(git):>10}")
-        for label, values in walls.items():
-            print(f"  {label:28} {_ms(values):>10}  {median(values) / median(git):.2f}x")
+        last = f"last of the {processes} processes"
+        print(f"  {last:28} {_ms(walls):>10}  {median(walls) / median(git):.2f}x")
+        print(f"finish times of the first run, ms (c = cloned, h = hit): {first_run}")
 
 
 def profile_restore(size: str, reps: int) -> None:
     from repocache import RepoCache
 
     with _served(size) as (url, run):
-        restores: dict[str, list[float]] = {"library as is": [], "tarbuf": []}
+        restores: list[float] = []
         clones: list[float] = []
         for rep in range(reps):
-            for variant in restores:
-                root = run / f"{rep}-{variant}"
-                store = root / "store"
-                store.mkdir(parents=True)
-                whatif = "" if variant == "library as is" else variant
-                worker = _worker("ours", root / "cache", whatif, cold_store=store.as_uri())
-                os.sync()
-                clones.append(worker.call("clone", url=url)["seconds"])
-                worker.call("evict", urls=[url])
-                os.sync()
-                reply = worker.call("clone", url=url)
-                worker.close()
-                if reply["source"] != "restore":
-                    raise SystemExit(f"not a restore: {reply}")
-                restores[variant].append(reply["seconds"])
-                shutil.rmtree(root, ignore_errors=True)
+            root = run / f"{rep}"
+            store = root / "store"
+            store.mkdir(parents=True)
+            worker = _worker(root / "cache", cold_store=store.as_uri())
+            os.sync()
+            clones.append(worker.call("clone", url=url)["seconds"])
+            worker.call("evict", urls=[url])
+            os.sync()
+            reply = worker.call("clone", url=url)
+            worker.close()
+            if reply["source"] != "restore":
+                raise SystemExit(f"not a restore: {reply}")
+            restores.append(reply["seconds"])
+            shutil.rmtree(root, ignore_errors=True)
         print(f"restore of the {size} upstream from a file:// cold store, medians of {reps}:")
         print(f"  {'clone (miss)':28} {_ms(clones):>10}")
-        for label, values in restores.items():
-            print(f"  {label:28} {_ms(values):>10}  {median(clones) / median(values):.1f}x faster than the clone")
+        print(f"  {'restore':28} {_ms(restores):>10}  {median(clones) / median(restores):.1f}x faster than the clone")
         profile = cProfile.Profile()
         for rep in range(reps):
             store = run / f"profiled-store-{rep}"
@@ -205,15 +201,28 @@ def profile_restore(size: str, reps: int) -> None:
                 pass
             profile.disable()
             cache.close()
-        print(f"cProfile of {reps} restores (library as is, in-process), by own time:")
+        print(f"cProfile of {reps} restores (in-process), by own time:")
         print(_top(profile))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profiles", description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("miss", "swarm", "restore"))
-    parser.add_argument("--size", default=None, help="tiny, small, medium or large (default: small; restore: medium)")
-    parser.add_argument("--reps", type=int, default=7)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.profiles",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""what:
+  miss     a miss against git clone --mirror; the time to start git; cProfile of misses
+  swarm    16 processes missing one repository at once, against one git clone --mirror
+  restore  a restore from a file:// cold store against the clone; cProfile of restores""",
+    )
+    parser.add_argument("what", choices=("miss", "swarm", "restore"), help="what to profile (see below)")
+    parser.add_argument(
+        "--size",
+        choices=tuple(datagen.SPECS),
+        default=None,
+        help="the generated upstream (default: small; medium for restore)",
+    )
+    parser.add_argument("--reps", metavar="N", type=int, default=7, help="repetitions (default: 7)")
     args = parser.parse_args(argv)
     size = args.size or ("medium" if args.what == "restore" else "small")
     {"miss": profile_miss, "swarm": profile_swarm, "restore": profile_restore}[args.what](size, args.reps)

@@ -43,35 +43,58 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="repocache against plain git (and git-cache-clone), side by side, with targets.",
+        epilog="Profiles of a miss, a stampede and a restore: python -m benchmarks.profiles --help.",
     )
     parser.add_argument(
         "--sizes",
+        metavar="LIST",
         default="small,medium",
-        help="comma-separated size classes: small (~1 MB), medium (~50 MB), large (~500 MB); default small,medium",
+        help="comma-separated size classes: small (~1 MB), medium (~50 MB), large (~500 MB) (default: small,medium)",
     )
     parser.add_argument(
         "--smoke",
         action="store_true",
         help="tiny repositories, one repetition, smaller synthetic index: a quick check that everything runs",
     )
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions for every size (default: by size)")
+    parser.add_argument(
+        "--cases",
+        metavar="LIST",
+        default=",".join(CASES),
+        help=f"comma-separated subset of {','.join(CASES)} (default: all)",
+    )
+    parser.add_argument(
+        "--reps", metavar="N", type=int, default=None, help="repetitions for every size (default: by size)"
+    )
     parser.add_argument(
         "--index-entries",
+        metavar="N",
         type=int,
         default=None,
-        help="synthetic rows of the big index (default 100000; 10000 with --smoke)",
+        help="synthetic rows of the big index (default: 100000; 10000 with --smoke)",
     )
     peer = parser.add_mutually_exclusive_group()
-    peer.add_argument("--peer", dest="peer", action="store_true", default=None, help="measure git-cache-clone too")
+    peer.add_argument(
+        "--peer",
+        dest="peer",
+        action="store_true",
+        default=None,
+        help="measure git-cache-clone too (the default, except with --smoke)",
+    )
     peer.add_argument("--no-peer", dest="peer", action="store_false", help="do not measure git-cache-clone")
     parser.add_argument(
         "--plot",
+        metavar="PNG",
         type=Path,
         default=None,
-        help="where to draw the latency plot (default benchmarks/latency.png; none with --smoke)",
+        help="where to draw the latency plot (default: benchmarks/latency.png; none with --smoke)",
     )
-    parser.add_argument("--output", type=Path, default=None, help="directory for results.md and results.json")
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="directory for results.md and results.json (default: a new one under benchmarks/.work/results/)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's scratch directory")
     args = parser.parse_args(argv)
     args.sizes = [size.strip() for size in args.sizes.split(",") if size.strip()]
