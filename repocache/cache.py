@@ -307,9 +307,8 @@ class RepoCache:
             return dest, None
         self._worktrees.mkdir(exist_ok=True)
         dest = self._worktrees / f"{key}.{uuid.uuid4().hex[:12]}"
-        owner = locks.acquire(dest.with_name(dest.name + ".lock"), shared=False, timeout=0)
-        assert owner is not None  # a fresh random name
-        return dest, owner
+        # Created already locked: verify must never find it unlocked and take the live worktree for a dead one.
+        return dest, locks.create_locked(dest.with_name(dest.name + ".lock"))
 
     def ensure(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
         """Clone or refresh the repository now without holding it (pre-warming); counts as a use.

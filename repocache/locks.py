@@ -13,13 +13,16 @@ process waits on it would let two holders in.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import secrets
 import time
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["FileLockHandle", "acquire"]
+__all__ = ["FileLockHandle", "acquire", "create_locked"]
 
 # A contended lock is polled (flock has no timeout). The pause grows with the time already waited, so a waiter
 # notices the release within about 2% of its wait (plus 1 ms) while a long wait costs a few wake-ups a second.
@@ -106,3 +109,48 @@ def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) ->
     except BaseException:
         os.close(fd)
         raise
+
+
+def create_locked(path: Path) -> FileLockHandle:
+    """Create the lock file ``path`` already locked exclusively: no one can ever see it there unlocked.
+
+    On Linux the file is made with ``O_TMPFILE`` (no name), locked, then linked into place. Elsewhere, or on a
+    filesystem without ``O_TMPFILE``, it is made under a hidden temporary name (``.<name>.<random>.tmp``), locked,
+    hard-linked into place and the temporary name removed.
+
+    Raises:
+        FileExistsError: ``path`` exists already.
+    """
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = os.open(path.parent, os.O_RDWR | os.O_CLOEXEC | tmpfile, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N names the unnamed file; os.link only passes that
+                # flag when a dir_fd is given (without one it calls link(), which fails with EXDEV).
+                proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.link(str(fd), path, src_dir_fd=proc, follow_symlinks=True)
+                finally:
+                    os.close(proc)
+            except BaseException:
+                os.close(fd)
+                raise
+            return FileLockHandle(fd, path, shared=False)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temporary, os.O_RDWR | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.link(temporary, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+    return FileLockHandle(fd, path, shared=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from repocache import Checkout, LockTimeoutError, RepoCache
+from repocache import Checkout, LockTimeoutError, RepoCache, locks
 from repocache.testing import SmartHTTPServer, UpstreamFactory
 from tests.conftest import Worker, assert_consistent, mirror_refs
 
@@ -171,3 +172,26 @@ def test_a_checkout_held_across_threads_keeps_its_mirror(cache: RepoCache, upstr
         assert result == [False]
         assert co.path.is_dir()
     assert cache.evict(upstream.url) is True
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "temporary-name"])
+def test_create_locked_publishes_a_lock_file_that_is_already_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unnamed: bool
+) -> None:
+    if not unnamed:
+        monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    path = tmp_path / "tree.lock"
+    held = locks.create_locked(path)
+    try:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["tree.lock"]  # no temporary name left behind
+        assert locks.acquire(path, shared=False, timeout=0, create=False) is None  # already locked
+        assert locks.acquire(path, shared=True, timeout=0, create=False) is None
+        assert held.is_current()
+        with pytest.raises(FileExistsError):
+            locks.create_locked(path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["tree.lock"]
+    finally:
+        held.release()
+    again = locks.acquire(path, shared=False, timeout=0, create=False)
+    assert again is not None
+    again.release()

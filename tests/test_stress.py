@@ -38,7 +38,7 @@ from typing import Any
 import psutil
 import pytest
 
-from repocache import RepoCache, normalize_url
+from repocache import Problem, RepoCache, normalize_url
 from repocache.cold import LocalDirStore
 from repocache.gitops import validate_mirror
 from repocache.locks import acquire
@@ -835,6 +835,37 @@ def test_verify_does_not_report_a_worktree_removed_while_it_locked(
         monkeypatch.undo()
         assert leave.is_set() and not user.is_alive()
         assert problems == []  # nobody died: there is nothing to report
+        assert _listing(worktrees) == []
+
+
+@pytest.mark.timeout(60)
+def test_verify_between_the_creation_and_the_locking_of_a_worktree_lock_file(
+    cache_root: Path, upstreams: UpstreamFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worktree's lock file must never be visible unlocked: verify(repair=True) running right before its creator
+    locks it would take it for a dead worktree's, unlink it, and leave the live worktree unprotected."""
+    import fcntl
+
+    upstream = upstreams.create("worktree-race-3")
+    worktrees = cache_root / "worktrees"
+    with RepoCache(cache_root) as cache:
+        cache.ensure(upstream.url)
+        real_flock = fcntl.flock
+        found: list[list[Problem]] = []
+
+        def verify_then_flock(fd: int, operation: int) -> None:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if not found and target.startswith(str(worktrees)) and operation & fcntl.LOCK_EX:
+                found.append([])  # once, and not for verify's own flock() calls
+                found[0] = cache.verify(repair=True)
+            real_flock(fd, operation)
+
+        monkeypatch.setattr(fcntl, "flock", verify_then_flock)
+        with cache.worktree(upstream.url) as tree:
+            monkeypatch.undo()
+            assert found == [[]]  # verify ran inside the window and found nothing to repair
+            assert tree.path.is_dir() and tree.path.with_name(tree.path.name + ".lock").exists()
+            assert cache.verify() == []
         assert _listing(worktrees) == []
 
 
