@@ -413,18 +413,16 @@ class RepoCache:
         problems: list[Problem] = []
         indexed = {row.key: row for row in self._index.rows()}
         on_disk = {p.name for p in self._repos.iterdir() if p.is_dir()} if self._repos.is_dir() else set()
-        for key, row in indexed.items():
+        for key in [*indexed, *sorted(on_disk - set(indexed))]:
             handle = locks.acquire(self._lock_path(key), shared=False, timeout=0)
             if handle is None:
                 continue  # held or being cloned: its state is in flux, not broken
             with handle:
+                # Read again under the lock: the listing above may predate a fetch, a clone or an eviction.
+                row = self._index.get(key)
+                if row is None and not self._mirror(key).is_dir():
+                    continue  # evicted since the listing
                 problems.extend(self._verify_one(key, row, repair))
-        for key in sorted(on_disk - set(indexed)):
-            handle = locks.acquire(self._lock_path(key), shared=False, timeout=0)
-            if handle is None:
-                continue
-            with handle:
-                problems.extend(self._verify_one(key, None, repair))
         problems.extend(self._verify_debris(repair))
         return problems
 

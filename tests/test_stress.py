@@ -869,6 +869,53 @@ def test_verify_between_the_creation_and_the_locking_of_a_worktree_lock_file(
         assert _listing(worktrees) == []
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("meanwhile", ["fetch", "clone", "evict"])
+def test_verify_judges_each_repository_as_it_is_once_locked(
+    cache_root: Path, upstreams: UpstreamFactory, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """verify lists the index and the disk, then locks each repository in turn: a fetch, clone or eviction that
+    finishes in between must not be reported as a wrong size, an orphan or a missing mirror."""
+    from repocache import locks
+    from repocache.index import Index
+
+    growing, fresh = upstreams.create("verify-grows"), upstreams.create("verify-fresh")
+    with RepoCache(cache_root) as cache:
+        cache.ensure(growing.url)
+        if meanwhile == "fetch":
+            growing.commits(5, size=60_000)
+        done: list[str] = []
+        if meanwhile == "clone":  # published and indexed between verify's listing of the index and of the disk
+            real_rows = Index.rows
+
+            def rows_then_clone(index: Any) -> Any:
+                rows = real_rows(index)
+                if not done:
+                    done.append(meanwhile)
+                    cache.ensure(fresh.url)
+                return rows
+
+            monkeypatch.setattr(Index, "rows", rows_then_clone)
+        else:  # a fetch or an eviction that finishes between the listings and the locking
+            real_acquire = locks.acquire
+
+            def act_then_acquire(path: Path, **kwargs: Any) -> Any:
+                if not done and path.parent == cache_root / "locks" and not path.name.startswith("budget"):
+                    done.append(meanwhile)
+                    if meanwhile == "fetch":
+                        cache.ensure(growing.url)  # new objects: a bigger mirror, its size recorded by the fetch
+                    else:
+                        assert cache.evict(growing.url)
+                return real_acquire(path, **kwargs)
+
+            monkeypatch.setattr(locks, "acquire", act_then_acquire)
+        problems = cache.verify()
+        monkeypatch.undo()
+        assert done == [meanwhile]
+        assert problems == []
+        assert cache.verify() == []
+
+
 # -- concurrent load ------------------------------------------------------------------------------------------------
 
 
