@@ -539,7 +539,10 @@ class RepoCache:
                 raise BudgetError(parsed.url, size, self.max_bytes)
             os.rename(staging, self._mirror(key))
             counter = "restores" if source == "restore" else "clones"
-            self._index.put(key, parsed.url, size, time.time(), counter=counter, fetched=source == "clone")
+            self._index.put(
+                key, parsed.url, size, time.time(), counter=counter, fetched=source == "clone", reservation=reservation
+            )
+            reservation = None  # dropped with the put: the bytes are now counted by the entry
             logger.info("%s %s (%d bytes)", "restored" if source == "restore" else "cloned", parsed.url, size)
         finally:
             if staging.exists():

@@ -243,13 +243,24 @@ class Index:
             db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (amount, name))
 
     def put(
-        self, key: str, url: str, size_bytes: int, now: float, *, counter: str | None, fetched: bool = True
+        self,
+        key: str,
+        url: str,
+        size_bytes: int,
+        now: float,
+        *,
+        counter: str | None,
+        fetched: bool = True,
+        reservation: int | None = None,
     ) -> None:
         """Record a repository now on disk and count it under ``counter``.
 
         ``fetched`` says whether it matches upstream as of ``now`` (a clone) or not (an adopted orphan).
+        ``reservation`` is dropped in the same transaction, so the bytes are never counted twice.
         """
         with self._transaction() as db:
+            if reservation is not None:
+                db.execute("DELETE FROM reservations WHERE id = ?", (reservation,))
             db.execute(
                 "INSERT INTO entries (key, url, size_bytes, last_used, last_fetched, created) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET url = excluded.url, "

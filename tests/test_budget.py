@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from repocache import BudgetError, Progress, RepoCache
+from repocache import BudgetError, Progress, RepoCache, normalize_url
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests.conftest import Worker, assert_consistent, wait_for_file
 
@@ -222,3 +222,32 @@ def test_every_pin_file_spelling_pins(cache_root: Path, three: list[Upstream], t
     with RepoCache(cache_root, pins=pin_file) as cache:
         assert cache.pins.matches(f"file://{three[0].path}")
         assert cache.pins.matches(f"file://{three[1].path}") == ("*" in text)
+
+
+def test_a_clone_finishing_is_not_counted_twice_by_a_miss_beside_it(
+    cache_root: Path, three: list[Upstream], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The moment a clone is recorded, its reservation must be gone: a miss that fits beside it is not refused."""
+    from repocache.index import Index
+
+    first, second = three[0], three[1]
+    sizes = _sizes(cache_root, [first, second])
+    budget = sizes[0] + sizes[1] + sizes[0] // 2  # both fit; counting the first twice would not
+    real_put = Index.put
+    beside: list[int] = []
+    entered: list[str] = []
+
+    def put_then_miss_beside(index: Index, key: str, url: str, *args: object, **kwargs: object) -> None:
+        real_put(index, key, url, *args, **kwargs)  # type: ignore[arg-type]
+        if not entered:  # the first clone has just been recorded
+            entered.append(url)
+            with RepoCache(cache_root, max_bytes=budget) as other:  # another worker, in the window
+                beside.append(other.ensure(second.url).size_bytes)
+
+    with RepoCache(cache_root, max_bytes=budget) as cache:
+        monkeypatch.setattr(Index, "put", put_then_miss_beside)
+        cache.ensure(first.url)
+        monkeypatch.undo()
+        assert beside == [sizes[1]]
+        assert {e.url for e in cache.entries()} == {normalize_url(first.url).url, normalize_url(second.url).url}
+        assert_consistent(cache)
