@@ -10,6 +10,9 @@ cache at ROOT, answers ``{"ready": true, ...}``, then executes commands and answ
 * ``{"op": "hit", "url": U, "n": N}``: N hits that must not contact upstream; repocache ``checkout(U)`` with a
   long ``fetch_ttl``, git-cache-clone ``add(U)`` of a cached repository (which answers "already exists").
 * ``{"op": "evict", "urls": [...]}``: repocache ``evict(U)``, git-cache-clone ``clean(U)`` for each.
+* ``{"op": "worktree", "url": U, "ref": R}`` (repocache only): ``with cache.worktree(U, R)`` of a cached
+  repository, entered and exited (the tree removed), with the long ``fetch_ttl``; ``seconds`` leaves out the
+  check, made inside the block, that the tree holds files.
 * ``{"op": "stats"}`` (repocache only) and ``{"op": "quit"}``.
 
 Replies carry ``seconds`` measured in this process around the library call alone, and ``end``, the
@@ -68,6 +71,19 @@ class Ours:
                 raise RuntimeError(f"expected a hit without a fetch, got {co!r}")
         return {"samples": samples}
 
+    def worktree(self, url: str, ref: str) -> dict[str, Any]:
+        before = self.fresh.stats()
+        started = time.perf_counter()
+        with self.fresh.worktree(url, ref) as tree:
+            entered = time.perf_counter()
+            populated = any(name != ".git" for name in os.listdir(tree.path))
+            leaving = time.perf_counter()
+        seconds = (entered - started) + (time.perf_counter() - leaving)
+        after = self.fresh.stats()
+        if not populated or after.hits != before.hits + 1 or after.fetches != before.fetches:
+            raise RuntimeError(f"expected a populated tree from a hit without a fetch: {before!r} -> {after!r}")
+        return {"seconds": seconds, "commit": tree.commit}
+
     def evict(self, urls: list[str]) -> dict[str, Any]:
         started = time.perf_counter()
         evicted = sum(1 for url in urls if self.fetching.evict(url))
@@ -121,6 +137,9 @@ class Peer:
             self._check(error, ("repo_already_exists",))
         return {"samples": samples}
 
+    def worktree(self, url: str, ref: str) -> dict[str, Any]:
+        raise NotImplementedError("git-cache-clone has no temporary worktrees")
+
     def evict(self, urls: list[str]) -> dict[str, Any]:
         started = time.perf_counter()
         for url in urls:
@@ -159,6 +178,8 @@ def main() -> int:
                 reply = library.fetch(command["url"])
             elif op == "hit":
                 reply = library.hit(command["url"], int(command["n"]))
+            elif op == "worktree":
+                reply = library.worktree(command["url"], command["ref"])
             elif op == "evict":
                 reply = library.evict(list(command["urls"]))
             elif op == "stats":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -112,14 +113,15 @@ class Context:
         path.mkdir(parents=True)
         return path
 
-    def worker(self, engine: str, root: Path, **options: Any) -> Worker:
-        """A started worker (not yet ready) for ``engine`` with its cache at ``root``."""
+    def worker(self, engine: str, root: Path, *, env: dict[str, str] | None = None, **options: Any) -> Worker:
+        """A started worker (not yet ready) for ``engine`` with its cache at ``root`` (and environment ``env``)."""
         python = self.peer_python if engine == "peer" else None
         if engine == "peer" and python is None:
             raise RuntimeError("git-cache-clone is not installed")
         logs = self.run_dir / "logs"
         logs.mkdir(exist_ok=True)
-        worker = Worker(engine, root, options=options, log=logs / f"{engine}-{uuid.uuid4().hex[:8]}.log")
+        log = logs / f"{engine}-{uuid.uuid4().hex[:8]}.log"
+        worker = Worker(engine, root, options=options, log=log, env=env)
         if python is not None:
             worker.python = python
         return worker.start()
@@ -484,33 +486,137 @@ def no_cache_baseline(ctx: Context, data: SizeData, name: str) -> list[Result]:
 
 
 def cold_restore(ctx: Context, data: SizeData, name: str) -> list[Result]:
-    """A miss served from the cold store (after an eviction offloaded the mirror) against a clone."""
+    """A miss served from the cold store (after an eviction offloaded the mirror) against a clone, for two stores:
+    a local directory (``file://``) and an S3 bucket served by ``moto_server`` on 127.0.0.1.
+
+    Each repetition, for each store, a fresh worker with a new cache and an empty store (a new directory, or a new
+    prefix in the bucket) clones the repository (the baseline: the same miss as the "miss (clone)" case),
+    evicts it, which uploads it to the store, and asks for it again: ``ours`` is the time of that restore, as the
+    worker reports it. The stores alternate from one repetition to the next. The S3 worker reaches the server
+    through ``AWS_ENDPOINT_URL`` (and fake credentials) in its environment, as a user's process would; the server
+    runs for the duration of this case.
+    """
+    from benchmarks.s3endpoint import Unavailable, moto_endpoint
+
     url = ctx.url(name)
-    row = Result("restore from cold storage", data.label, "miss (clone)", "at least 10x faster")
-    if ctx.cold_store_error is not None:
-        row.note = f"not available: {ctx.cold_store_error}"
-        return [row]
-    for _rep in range(data.reps):
-        root = ctx.scratch(f"{data.label}-cold")
-        store = root / "store"
-        store.mkdir()
-        with _ready(ctx.worker("ours", root / "cache", cold_store=store.as_uri())) as worker:
+    target = "at least 10x faster"
+    local = Result("restore from cold storage", data.label, "miss (clone)", target)
+    s3 = Result("restore from cold storage (S3 endpoint on loopback)", data.label, "miss (clone)", target)
+    with ExitStack() as stack:
+        sides: list[tuple[str, Callable[[int], None]]] = []  # each takes the repetition
+        if ctx.cold_store_error is not None:
+            local.note = f"not available: {ctx.cold_store_error}"
+        else:
+
+            def local_store(root: Path, _rep: int) -> str:
+                (root / "store").mkdir()
+                return (root / "store").as_uri()
+
+            sides.append(("local", partial(_restore_once, ctx, data, url, local, local_store, None)))
+        try:
+            endpoint = stack.enter_context(moto_endpoint(ctx.run_dir / "logs" / f"moto-{data.label}.log"))
+        except Unavailable as exc:
+            s3.note = f"not available: {exc}"
+        else:
+
+            def s3_store(_root: Path, rep: int) -> str:
+                return f"s3://{endpoint.bucket}/{data.label}-{rep}"
+
+            sides.append(("s3", partial(_restore_once, ctx, data, url, s3, s3_store, endpoint.environment())))
+        for rep in range(data.reps):
+            _rotate(rep, [(side, partial(run, rep)) for side, run in sides])
+    for row in (local, s3):
+        if row.ours:
+            row.ratio = median(row.base) / median(row.ours)
+            row.met = row.ratio >= 10
+            row.note = f"{row.ratio:.1f}x faster than the clone"
+    return [local, s3]
+
+
+def _restore_once(
+    ctx: Context,
+    data: SizeData,
+    url: str,
+    row: Result,
+    store: Callable[[Path, int], str],
+    env: dict[str, str] | None,
+    rep: int,
+) -> None:
+    """One clone, eviction and restore for :func:`cold_restore`, with the store ``store(root, rep)`` names."""
+    if row.note:  # found not available in an earlier repetition
+        return
+    root = ctx.scratch(f"{data.label}-cold")
+    try:
+        with _ready(ctx.worker("ours", root / "cache", env=env, cold_store=store(root, rep))) as worker:
             _settle()
             cloned = worker.call("clone", url=url)
             worker.call("evict", urls=[url])
             _settle()
             restored = worker.call("clone", url=url)
-        if restored["source"] != "restore":
-            row.note = f"not available: the miss after an eviction was a {restored['source']!r}, not a restore"
-            row.ours, row.base = [], []
-            _rm(root)
-            return [row]
-        row.base.append(cloned["seconds"])
-        row.ours.append(restored["seconds"])
+    finally:
         _rm(root)
-    row.ratio = median(row.base) / median(row.ours)
-    row.met = row.ratio >= 10
-    row.note = f"{row.ratio:.1f}x faster than the clone"
+    if restored["source"] != "restore":
+        row.note = f"not available: the miss after an eviction was a {restored['source']!r}, not a restore"
+        row.ours.clear()
+        row.base.clear()
+        return
+    row.base.append(cloned["seconds"])
+    row.ours.append(restored["seconds"])
+
+
+# -- worktree ------------------------------------------------------------------------------------------------------
+
+
+def worktree(ctx: Context, data: SizeData, name: str) -> list[Result]:
+    """A temporary worktree of a cached repository, created and removed, against ``git worktree add`` and
+    ``git worktree remove --force`` on a ``git clone --mirror`` of the same upstream, on the same disk.
+
+    ``ours`` is the time a fresh worker reports for ``with cache.worktree(url, "HEAD"): ...``, entering and
+    exiting (which deletes the tree), with the repository already in the cache and a long ``fetch_ttl`` (a hit,
+    no network). The baseline is the wall time of the two git commands, each a fresh process, checking out the
+    same commit (the one HEAD resolves to). The sides alternate from one repetition to the next.
+    """
+    url = ctx.url(name)
+    row = Result(
+        "worktree: create and remove",
+        data.label,
+        "`git worktree add` + `git worktree remove --force`",
+        "at most 1.2x",
+    )
+    root = ctx.scratch(f"{data.label}-worktree")
+    mirror = root / "mirror.git"
+    _git_clone(url, mirror)
+    commit = subprocess.run(
+        ["git", "-C", str(mirror), "rev-parse", "--verify", "HEAD^{commit}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    with _ready(ctx.worker("ours", root / "cache")) as worker:
+        assert worker.call("clone", url=url)["source"] == "clone"
+
+    def ours() -> None:
+        with _ready(ctx.worker("ours", root / "cache")) as worker:
+            _settle()
+            reply = worker.call("worktree", url=url, ref="HEAD")
+        if reply["commit"] != commit:
+            raise RuntimeError(f"repocache checked out {reply['commit']}, git's mirror has HEAD at {commit}")
+        row.ours.append(reply["seconds"])
+
+    def git(rep: int) -> None:
+        tree = root / f"git-worktree-{rep}"
+        _settle()
+        seconds = timed_run(["git", "-C", str(mirror), "worktree", "add", str(tree), commit])
+        seconds += timed_run(["git", "-C", str(mirror), "worktree", "remove", "--force", str(tree)])
+        if tree.exists():
+            raise RuntimeError(f"`git worktree remove --force` left {tree}")
+        row.base.append(seconds)
+
+    for rep in range(data.reps):
+        _rotate(rep, [("ours", ours), ("git", partial(git, rep))])
+    row.with_ratio(1.2)
+    row.note = f"commit {commit[:12]}, checked out by both sides"
+    _rm(root)
     return [row]
 
 

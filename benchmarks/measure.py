@@ -183,7 +183,8 @@ class Worker:
     """A process running ``_worker.py`` for one engine (``ours`` or ``peer``), driven with JSON lines.
 
     The worker imports its library and opens its cache before it says it is ready, so what is timed afterwards
-    is the library call alone, as a long-running service would see it.
+    is the library call alone, as a long-running service would see it. ``env`` replaces the environment it
+    inherits (None: this process's).
     """
 
     engine: str
@@ -191,6 +192,7 @@ class Worker:
     python: str = sys.executable
     options: dict[str, Any] = field(default_factory=dict)
     log: Path | None = None
+    env: dict[str, str] | None = None
     process: subprocess.Popen[str] | None = None
     ready_info: dict[str, Any] = field(default_factory=dict)
     _log_handle: IO[bytes] | None = None
@@ -208,6 +210,7 @@ class Worker:
             stderr=stderr,
             text=True,
             bufsize=1,
+            env=self.env,
         )
         return self
 

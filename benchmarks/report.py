@@ -145,7 +145,15 @@ _SERIES = [
     ("git clone --mirror", "miss (clone): time", "base", "tab:red", "--", "D"),
     ("git-cache-clone: add() (clone)", "miss (clone): time", "peer", "tab:red", ":", "D"),
     ("repocache: restore from cold storage", "restore from cold storage", "ours", "tab:orange", "-", "v"),
+    ("repocache: restore from S3", "restore from cold storage (S3", "ours", "darkorange", "-", "<"),
 ]
+
+
+def _in_series(case: str, prefix: str) -> bool:
+    """Whether ``case`` belongs to the series of ``prefix``: the longest series prefix it starts with wins."""
+    if not case.startswith(prefix):
+        return False
+    return not any(len(other) > len(prefix) and case.startswith(other) for _l, other, *_rest in _SERIES)
 
 
 def plot(results: Sequence[Result], sizes: Sequence[SizeData], path: Path) -> str | None:
@@ -163,7 +171,7 @@ def plot(results: Sequence[Result], sizes: Sequence[SizeData], path: Path) -> st
     for label, prefix, side, color, linestyle, marker in _SERIES:
         points = []
         for row in results:
-            if row.case.startswith(prefix) and row.size in size_of:
+            if _in_series(row.case, prefix) and row.size in size_of:
                 samples = getattr(row, side)
                 if samples:
                     points.append((size_of[row.size], median(samples)))

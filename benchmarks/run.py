@@ -31,7 +31,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / ".work"
 PEER_VENV = WORK_DIR / "peer-venv"
 PEER_PACKAGE = "git-cache-clone"
-CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "eviction")
+CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "worktree", "eviction")
 
 # Repetitions, hits per repetition and requests of the no-cache case, by size class.
 _REPS = {"tiny": 1, "small": 7, "medium": 5, "large": 3}
@@ -253,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("concurrent", partial(cases.concurrent_miss, ctx, data, pristine)),
                 ("baseline", partial(cases.no_cache_baseline, ctx, data, pristine)),
                 ("cold", partial(cases.cold_restore, ctx, data, pristine)),
+                ("worktree", partial(cases.worktree, ctx, data, pristine)),
             ]
             for case, run in plan:
                 if case in args.cases:

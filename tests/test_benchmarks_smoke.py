@@ -33,6 +33,8 @@ def test_benchmarks_smoke_prints_the_table(tmp_path: Path) -> None:
         "16 processes, same missing repo",
         "no-cache baseline",
         "restore from cold storage",
+        "restore from cold storage (S3 endpoint on loopback)",
+        "worktree: create and remove",
         "eviction of 10 repos (enforce)",
     ):
         assert f"| {case}" in table, f"{case!r} missing from:\n{table}"
