@@ -671,19 +671,20 @@ def make_worktree(
     git_dir = dest / ".git"
     if options.git is not None:
         throttle = _Throttle(None, url.url, "worktree", options.progress_interval)
-        _run_git(["init", "-q", "--template=", "--", str(dest)], url, options, throttle, GitError)
-        (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
-        (git_dir / "objects" / "info" / "alternates").write_text(str(mirror / "objects") + "\n", encoding="utf-8")
-        args = ["-c", f"remote.origin.url={url.fetch_url}", "checkout", "-q"]
-        args += ["-B", branch, commit] if branch else ["--detach", commit]
+        # The repository is made in-process and git runs once, for the checkout: a `git init` and a `git config`
+        # process cost more than the checkout itself for small trees.
+        try:
+            repo = pygit2.init_repository(str(dest), bare=False)
+            try:
+                repo.config["remote.origin.url"] = url.fetch_url
+            finally:
+                repo.free()
+            (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
+            (git_dir / "objects" / "info" / "alternates").write_text(str(mirror / "objects") + "\n", "utf-8")
+        except (pygit2.GitError, OSError) as exc:
+            raise GitError(url.url, f"cannot create a repository in {dest}: {scrub(str(exc))}") from None
+        args = ["checkout", "-q", *(["-B", branch, commit] if branch else ["--detach", commit])]
         _run_git(args, url, options, throttle, GitError, cwd=dest)
-        subprocess.run(
-            [options.git, "config", "remote.origin.url", url.fetch_url],
-            cwd=dest,
-            env=_environment(url, options),
-            check=False,
-            capture_output=True,
-        )
         if submodules:
             _run_git(
                 ["submodule", "update", "--init", "--recursive", "--progress"],

@@ -63,7 +63,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GENERATION = re.compile(r"^[0-9]{20}-[0-9a-f]{16}$")
 _OBJECT = re.compile(r"^(?P<generation>[0-9]{20}-[0-9a-f]{16})(?P<suffix>\.json|\.tar|\.tar\.zst)$")
 _CHUNK = 256 * 1024
-_HASH_AHEAD = 8  # chunks read ahead of the sha256 helper thread (2 MiB)
+_HASH_AHEAD = 1 << 20  # bytes read ahead of the sha256 helper thread, at most
 
 
 def check_key(key: str) -> str:
@@ -307,7 +307,7 @@ class _HashingReader(io.RawIOBase):
 
     The hashing runs on a helper thread, overlapped with whatever the reader does with the data (hashlib releases
     the GIL): sha256 was the largest cost of a restore (34 of 86 ms for the 50 MB benchmark upstream). At most
-    ``_HASH_AHEAD`` chunks wait to be hashed. Read :attr:`digest` only after the last read.
+    ``_HASH_AHEAD`` bytes wait to be hashed. Read :attr:`digest` only after the last read.
     """
 
     def __init__(self, inner: Any) -> None:
@@ -315,7 +315,8 @@ class _HashingReader(io.RawIOBase):
         self._inner = inner
         self._digest = hashlib.sha256()
         self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
-        self._pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
+        self._pending: collections.deque[tuple[int, concurrent.futures.Future[None]]] = collections.deque()
+        self._pending_bytes = 0
         self.size = 0
 
     @property
@@ -355,13 +356,19 @@ class _HashingReader(io.RawIOBase):
             return
         if self._hasher is None:
             self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="repocache-sha256")
-        self._pending.append(self._hasher.submit(self._digest.update, data))
-        while len(self._pending) > _HASH_AHEAD:
-            self._pending.popleft().result()
+        self._pending.append((len(data), self._hasher.submit(self._digest.update, data)))
+        self._pending_bytes += len(data)
+        while self._pending_bytes > _HASH_AHEAD:
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        size, future = self._pending.popleft()
+        self._pending_bytes -= size
+        future.result()
 
     def _settle(self) -> None:
         while self._pending:
-            self._pending.popleft().result()
+            self._wait_oldest()
         if self._hasher is not None:
             self._hasher.shutdown()
             self._hasher = None
