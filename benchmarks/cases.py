@@ -496,7 +496,7 @@ def cold_restore(ctx: Context, data: SizeData, name: str) -> list[Result]:
     through ``AWS_ENDPOINT_URL`` (and fake credentials) in its environment, as a user's process would; the server
     runs for the duration of this case.
     """
-    from benchmarks.s3endpoint import Unavailable, moto_endpoint
+    from repocache.testing.s3 import Unavailable, moto_endpoint
 
     url = ctx.url(name)
     target = "at least 10x faster"
@@ -515,7 +515,7 @@ def cold_restore(ctx: Context, data: SizeData, name: str) -> list[Result]:
             sides.append(("local", partial(_restore_once, ctx, data, url, local, local_store, None)))
         try:
             endpoint = stack.enter_context(moto_endpoint(ctx.run_dir / "logs" / f"moto-{data.label}.log"))
-        except Unavailable as exc:
+        except (Unavailable, RuntimeError) as exc:
             s3.note = f"not available: {exc}"
         else:
 

@@ -1,8 +1,10 @@
-"""An S3-compatible endpoint for the cold-storage case: ``moto_server`` on 127.0.0.1, one bucket, fake credentials.
+"""An S3-compatible endpoint on loopback for tests and benchmarks: ``moto_server`` on 127.0.0.1, one bucket, fake
+credentials (needs ``pip install 'moto[server]' s3fs``).
 
-The benchmark process itself never takes the fake credentials: they are in :meth:`Endpoint.environment`, which the
-workers that use the store are started with. The endpoint reaches repocache the way a user's would, through
-``AWS_ENDPOINT_URL`` (read by botocore, under s3fs), with ``cold_store="s3://bucket/prefix"``.
+The calling process never takes the fake credentials: they are in :meth:`Endpoint.environment` (or :data:`S3_ENV`),
+for the processes or the test session that use the store. The endpoint reaches repocache the way a user's would,
+through ``AWS_ENDPOINT_URL`` (read by botocore, under s3fs), with ``cold_store="s3://bucket/prefix"``, or through
+an explicit ``endpoint_url``. Nothing here reaches beyond loopback or reads the user's AWS configuration.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Endpoint", "Unavailable", "moto_endpoint"]
+__all__ = ["S3_ENV", "S3_UNSET", "Endpoint", "Unavailable", "moto_endpoint"]
 
-_S3_ENV = {
+S3_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_SESSION_TOKEN": "testing",
@@ -38,13 +40,15 @@ _S3_ENV = {
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
 }
-# Anything that would send botocore elsewhere than the endpoint, or to a real account.
-_UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+"""Fake credentials and settings that keep boto3 and s3fs on loopback, away from any real account."""
+
+S3_UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+"""Variables that would send botocore elsewhere than the endpoint, or to a real account: remove them."""
 _START_TIMEOUT = 30.0
 
 
 class Unavailable(Exception):
-    """The endpoint cannot be had here (a package is missing, or the server did not start); the message says why."""
+    """The endpoint cannot be had here: s3fs, boto3 or moto is not installed; the message says which."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,8 @@ class Endpoint:
 
     def environment(self) -> dict[str, str]:
         """This process's environment with fake credentials and ``AWS_ENDPOINT_URL`` pointing at the server."""
-        env = {name: value for name, value in os.environ.items() if name not in _UNSET}
-        env.update(_S3_ENV)
+        env = {name: value for name, value in os.environ.items() if name not in S3_UNSET}
+        env.update(S3_ENV)
         env["AWS_ENDPOINT_URL"] = self.url
         return env
 
@@ -89,7 +93,9 @@ def _wait_until_serving(process: subprocess.Popen[bytes], url: str, log: Path) -
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise Unavailable(f"moto_server exited with {process.returncode}: {log.read_text(errors='replace')[-500:]}")
+            raise RuntimeError(
+                f"moto_server exited with {process.returncode}: {log.read_text(errors='replace')[-500:]}"
+            )
         try:
             with opener.open(url + "/moto-api/", timeout=1.0):
                 return
@@ -97,7 +103,7 @@ def _wait_until_serving(process: subprocess.Popen[bytes], url: str, log: Path) -
             return  # it answers
         except OSError:
             time.sleep(0.1)
-    raise Unavailable(f"moto_server did not answer on {url} within {_START_TIMEOUT:g}s")
+    raise RuntimeError(f"moto_server did not answer on {url} within {_START_TIMEOUT:g}s")
 
 
 def _create_bucket(endpoint: Endpoint, env: dict[str, str]) -> None:
@@ -118,7 +124,8 @@ def moto_endpoint(log: Path, bucket: str = "repocache-cold") -> Iterator[Endpoin
     """Run ``moto_server`` on 127.0.0.1 (output to ``log``) with ``bucket`` created; killed when the block exits.
 
     Raises:
-        Unavailable: s3fs, boto3 or moto is not installed, or the server did not start.
+        Unavailable: s3fs, boto3 or moto is not installed.
+        RuntimeError: the server did not start.
     """
     why_not = _missing()
     if why_not is not None:
