@@ -84,7 +84,9 @@ def fsck(path: Path) -> str | None:
         text=True,
         check=False,
     )
-    return None if result.returncode == 0 else f"exit {result.returncode}: {result.stderr.strip()[-800:]}"
+    if result.returncode == 0:
+        return None
+    return f"exit {result.returncode}: {(result.stdout + result.stderr).strip()[-800:]}"  # missing objects: stdout
 
 
 # -- crash mode ------------------------------------------------------------------------------------------------
@@ -223,14 +225,17 @@ class LoadWorker:
             self.violation(f"{what}: the mirror {path} vanished while held")
 
     def op_checkout(self, cache: RepoCache, repo: dict[str, Any], record: dict[str, Any]) -> None:
-        with cache.checkout(repo["url"]) as co:
-            record["source"] = co.source
-            self.sources[co.source] = self.sources.get(co.source, 0) + 1
-            if co.stale:
-                self.violation(f"checkout of {repo['url']} served a stale copy (the upstream is up)")
-            if not any(name.startswith("refs/heads/") for name in co.repo.references):
-                self.violation(f"checkout of {repo['url']} handed out a mirror without branches")
-            self.held_checks(cache, repo, co.path, "checkout")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # to say why, if a stale copy is served
+            with cache.checkout(repo["url"]) as co:
+                record["source"] = co.source
+                self.sources[co.source] = self.sources.get(co.source, 0) + 1
+                if co.stale:
+                    why = "; ".join(str(w.message) for w in caught)
+                    self.violation(f"checkout of {repo['url']} served a stale copy (the upstream is up): {why}")
+                if not any(name.startswith("refs/heads/") for name in co.repo.references):
+                    self.violation(f"checkout of {repo['url']} handed out a mirror without branches")
+                self.held_checks(cache, repo, co.path, "checkout")
 
     def op_worktree(self, cache: RepoCache, repo: dict[str, Any], record: dict[str, Any]) -> None:
         ref = self.rng.choice(["HEAD", "HEAD", "main", "side"])
