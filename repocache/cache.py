@@ -55,6 +55,7 @@ logger = logging.getLogger("repocache")
 
 _ON_FETCH_ERROR = ("warn", "raise")
 _STAGED_KEY = re.compile(r"\.[0-9a-f]{12}(\.upload)?$")  # staging and trash names: <key>.<id>[.upload]
+_FETCH_RETRY_WITHIN = 5.0  # seconds: a fetch that failed faster than this is retried once
 _MAX_ATTEMPTS = 8
 
 
@@ -490,7 +491,7 @@ class RepoCache:
             if self._fresh(row, started):
                 return False, False  # coalesced with a fetch that finished after this request began
             try:
-                gitops.fetch_mirror(parsed, self._mirror(key), self._git, progress=progress)
+                self._fetch_with_retry(parsed, progress)
             except FetchError as exc:
                 self._index.count("fetch_errors")
                 if self.on_fetch_error == "raise":
@@ -500,6 +501,23 @@ class RepoCache:
                 return False, True
             self._index.fetched(key, gitops.disk_usage(self._mirror(key)), time.time())
         return True, False
+
+    def _fetch_with_retry(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> None:
+        """Fetch; a fetch that failed quickly is tried once more.
+
+        A live upstream can refuse a fetch that raced with a push: over smart HTTP the refs are advertised in one
+        request and wanted in the next, and upload-pack refuses a want whose branch was deleted in between. A dead
+        upstream fails fast too (connection refused), so the retry costs little; a fetch that failed slowly (a
+        timeout) is not retried, so a stalled upstream does not hold the caller twice as long.
+        """
+        attempt_started = time.monotonic()
+        try:
+            gitops.fetch_mirror(parsed, self._mirror(parsed.key), self._git, progress=progress)
+        except FetchError as exc:
+            if time.monotonic() - attempt_started > _FETCH_RETRY_WITHIN:
+                raise
+            logger.info("fetch of %s failed (%s); trying once more", parsed.url, exc.detail)
+            gitops.fetch_mirror(parsed, self._mirror(parsed.key), self._git, progress=progress)
 
     def _fresh(self, row: Row, started: float) -> bool:
         if row.last_fetched is None:

@@ -195,3 +195,36 @@ def test_create_locked_publishes_a_lock_file_that_is_already_held(
     again = locks.acquire(path, shared=False, timeout=0, create=False)
     assert again is not None
     again.release()
+
+
+@pytest.mark.timeout(60)
+def test_a_branch_deleted_upstream_during_a_fetch_does_not_serve_a_stale_copy(
+    cache_root: Path, served: UpstreamFactory, http: SmartHTTPServer
+) -> None:
+    """Smart HTTP is stateless: a branch deleted between the ref advertisement and the ``want`` makes upload-pack
+    refuse the request. The upstream is alive, so the fetch is retried rather than a stale copy served."""
+    upstream = served.create("deleted-mid-fetch")
+    url = http.url_for(upstream)
+    with RepoCache(cache_root) as cache:
+        cache.ensure(url)
+        upstream.branch("side")
+        upstream.commits(2, branch="side", size=1_000)
+        before = len(http.requests)
+
+        def delete_side_once_the_want_is_in() -> None:
+            while len(http.requests) < before + 2:  # the advertisement is out, the upload-pack POST is waiting
+                time.sleep(0.005)
+            upstream.delete_ref("refs/heads/side")
+
+        deleter = threading.Thread(target=delete_side_once_the_want_is_in)
+        http.delay = 0.3
+        try:
+            deleter.start()
+            with cache.checkout(url) as co:
+                deleter.join(30)
+                assert [method for method, _ in http.requests[before : before + 2]] == ["GET", "POST"]
+                assert not co.stale
+                assert mirror_refs(co.path) == upstream.refs()  # side is gone here too
+        finally:
+            http.delay = 0
+        assert cache.stats().fetch_errors == 0
