@@ -201,6 +201,11 @@ def _environment(url: RepoURL, options: GitOptions) -> dict[str, str]:
         ("http.lowSpeedTime", str(max(1, int(options.idle_timeout)))),
         ("core.askPass", "true"),
         ("credential.helper", ""),
+        # No automatic gc or maintenance after a fetch: git would run it detached, outside the repository's
+        # locks, repacking and deleting packs while readers use the mirror, after its size was measured, and
+        # possibly while it is evicted. (libgit2 fetches never run it either.)
+        ("gc.auto", "0"),
+        ("maintenance.auto", "false"),
     ]
     if url.has_credentials:
         token = base64.b64encode(f"{url.username or ''}:{url.password or ''}".encode()).decode("ascii")

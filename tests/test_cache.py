@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -310,3 +311,20 @@ def test_closed_cache_refuses_work(cache_root: Path) -> None:
     cache.close()
     with pytest.raises(RepoCacheError, match="closed"):
         cache.entries()
+
+
+def test_a_fetch_never_starts_gc_behind_the_locks(cache: RepoCache, upstreams: UpstreamFactory) -> None:
+    """git's automatic gc after a fetch would run detached, outside the repository's locks (repacking under readers,
+    after the size was recorded, maybe during an eviction): the cache's fetches must not start it."""
+    upstream = upstreams.create("no-auto-gc")
+    with cache.checkout(upstream.url) as co:
+        mirror = co.path
+    for key, value in (("fetch.unpackLimit", "1"), ("gc.autoPackLimit", "1"), ("gc.autoDetach", "false")):
+        subprocess.run(["git", "config", key, value], cwd=mirror, check=True)  # each fetch a pack; gc at two
+    for round_number in range(3):
+        upstream.commits(3, size=500 + round_number)
+        with cache.checkout(upstream.url) as co:
+            assert co.fetched and mirror_refs(co.path) == upstream.refs()
+    packs = sorted(p.name for p in (mirror / "objects" / "pack").glob("*.pack"))
+    assert len(packs) == 3, packs  # one per fetch, as they left them: gc would have made them one
+    assert not (mirror / "gc.pid").exists() and not (mirror / "gc.log").exists()
