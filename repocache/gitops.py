@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -288,9 +289,6 @@ def _run_git(
         raise error(url.url, detail)
 
 
-_SETPRIV: list[str | None] = []
-
-
 def _with_death_signal(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
     """The command and ``preexec_fn`` that make git die with the thread that starts it (Linux only).
 
@@ -300,23 +298,23 @@ def _with_death_signal(command: list[str]) -> tuple[list[str], Callable[[], None
     """
     if sys.platform != "linux":
         return command, None
-    if not _SETPRIV:
-        _SETPRIV.append(shutil.which("setpriv") if _setpriv_works() else None)
-    setpriv = _SETPRIV[0]
+    setpriv = _setpriv()
     if setpriv is None:
         return command, _die_with_parent
     return [setpriv, "--pdeathsig", "KILL", "--", *command], None
 
 
-def _setpriv_works() -> bool:
+@functools.cache
+def _setpriv() -> str | None:
+    """The path of a ``setpriv`` that has ``--pdeathsig`` (util-linux 2.33 and later), looked up once."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
-        return False
-    try:  # old util-linux (before 2.33) has no --pdeathsig
+        return None
+    try:
         probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "--", "true"], capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
+        return None
+    return setpriv if probe.returncode == 0 else None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
@@ -673,21 +671,11 @@ def make_worktree(
     Raises:
         GitError: the checkout failed; ``dest`` may hold debris the caller removes.
     """
-    git_dir = dest / ".git"
+    _init_borrowing(dest, mirror, url)
     if options.git is not None:
+        # git runs once, for the checkout: a `git init` and a `git config` process cost more than the checkout
+        # itself for small trees.
         throttle = _Throttle(None, url.url, "worktree", options.progress_interval)
-        # The repository is made in-process and git runs once, for the checkout: a `git init` and a `git config`
-        # process cost more than the checkout itself for small trees.
-        try:
-            repo = pygit2.init_repository(str(dest), bare=False)
-            try:
-                repo.config["remote.origin.url"] = url.fetch_url
-            finally:
-                repo.free()
-            (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
-            (git_dir / "objects" / "info" / "alternates").write_text(str(mirror / "objects") + "\n", "utf-8")
-        except (pygit2.GitError, OSError) as exc:
-            raise GitError(url.url, f"cannot create a repository in {dest}: {scrub(str(exc))}") from None
         args = ["checkout", "-q", *(["-B", branch, commit] if branch else ["--detach", commit])]
         _run_git(args, url, options, throttle, GitError, cwd=dest)
         if submodules:
@@ -701,13 +689,9 @@ def make_worktree(
             )
         return
     try:
-        repo = pygit2.init_repository(str(dest), bare=False)
+        repo = pygit2.Repository(str(dest))  # opened after the alternates exist, so it reads the mirror's objects
         try:
-            (git_dir / "objects" / "info").mkdir(parents=True, exist_ok=True)
-            (git_dir / "objects" / "info" / "alternates").write_text(str(mirror / "objects") + "\n", encoding="utf-8")
-            repo = pygit2.Repository(str(dest))
             target = repo[commit].peel(pygit2.Commit)
-            repo.config["remote.origin.url"] = url.fetch_url
             repo.checkout_tree(target, strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
             if branch:
                 repo.branches.local.create(branch, target, force=True)
@@ -722,3 +706,18 @@ def make_worktree(
             repo.free()
     except (pygit2.GitError, KeyError, OSError) as exc:
         raise GitError(url.url, f"checkout of {commit} failed: {scrub(str(exc))}") from None
+
+
+def _init_borrowing(dest: Path, mirror: Path, url: RepoURL) -> None:
+    """Make an empty repository in ``dest`` whose ``origin`` is ``url`` and whose objects are the mirror's."""
+    try:
+        repo = pygit2.init_repository(str(dest), bare=False)
+        try:
+            repo.config["remote.origin.url"] = url.fetch_url
+        finally:
+            repo.free()
+        info = dest / ".git" / "objects" / "info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "alternates").write_text(str(mirror / "objects") + "\n", encoding="utf-8")
+    except (pygit2.GitError, OSError) as exc:
+        raise GitError(url.url, f"cannot create a repository in {dest}: {scrub(str(exc))}") from None

@@ -350,11 +350,10 @@ class _HashingReader(io.RawIOBase):
 
     def _update(self, data: bytes) -> None:
         self.size += len(data)
-        if len(data) < _CHUNK // 4:  # small pieces are not worth a hand-off
-            self._settle()
-            self._digest.update(data)
-            return
         if self._hasher is None:
+            if len(data) < _CHUNK // 4:  # small streams are not worth a thread
+                self._digest.update(data)
+                return
             self._hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="repocache-sha256")
         self._pending.append((len(data), self._hasher.submit(self._digest.update, data)))
         self._pending_bytes += len(data)
