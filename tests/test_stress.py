@@ -762,6 +762,21 @@ def test_verify_repair_removes_the_file_of_a_killed_cold_upload(cache_root: Path
         assert not leftover.exists()
 
 
+def _worktree_user(cache: RepoCache, url: str) -> tuple[threading.Thread, threading.Event]:
+    """A live owner: a thread inside ``cache.worktree(url)`` until the returned event is set."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def use_a_worktree() -> None:
+        with cache.worktree(url):
+            inside.set()
+            leave.wait(30)
+
+    user = threading.Thread(target=use_a_worktree)
+    user.start()
+    assert inside.wait(30)
+    return user, leave
+
+
 @pytest.mark.timeout(60)
 def test_verify_does_not_report_a_worktree_removed_while_it_looked(
     cache_root: Path, upstreams: UpstreamFactory, monkeypatch: pytest.MonkeyPatch
@@ -770,16 +785,7 @@ def test_verify_does_not_report_a_worktree_removed_while_it_looked(
     worktrees = cache_root / "worktrees"
     with RepoCache(cache_root) as cache:
         cache.ensure(upstream.url)
-        inside, leave = threading.Event(), threading.Event()
-
-        def use_a_worktree() -> None:
-            with cache.worktree(upstream.url):
-                inside.set()
-                leave.wait(30)
-
-        user = threading.Thread(target=use_a_worktree)
-        user.start()
-        assert inside.wait(30)
+        user, leave = _worktree_user(cache, upstream.url)
         real_scandir = os.scandir
 
         def scandir_then_let_the_user_leave(path: Any = ".") -> Any:
@@ -811,16 +817,7 @@ def test_verify_does_not_report_a_worktree_removed_while_it_locked(
     worktrees = cache_root / "worktrees"
     with RepoCache(cache_root) as cache:
         cache.ensure(upstream.url)
-        inside, leave = threading.Event(), threading.Event()
-
-        def use_a_worktree() -> None:
-            with cache.worktree(upstream.url):
-                inside.set()
-                leave.wait(30)
-
-        user = threading.Thread(target=use_a_worktree)
-        user.start()
-        assert inside.wait(30)
+        user, leave = _worktree_user(cache, upstream.url)
         real_flock = fcntl.flock
 
         def let_the_user_leave_then_flock(fd: int, operation: int) -> None:
