@@ -37,6 +37,7 @@ from typing import Any
 
 import pygit2
 
+from repocache import cancel
 from repocache.errors import CloneError, FetchError, GitError
 from repocache.keys import RepoURL, scrub
 from repocache.models import Progress
@@ -70,6 +71,7 @@ _GIT_LOCK_FILES = (
     "index.lock",
     "FETCH_HEAD.lock",
 )
+_CANCEL_POLL = 0.05  # seconds: how often a cancellable git run looks at its token
 _PARTIAL_UPSTREAM = ("promisor", "did not receive expected object", "missing blob object", "unable to read ")
 _HINT_PARTIAL = (
     " (the upstream appears to be a partial clone with missing objects; neither git nor libgit2 can mirror it: "
@@ -160,6 +162,9 @@ class _Callbacks(pygit2.RemoteCallbacks):
         self._throttle = throttle
         self._tried_credentials = False
 
+    def sideband_progress(self, string: str) -> None:
+        cancel.check()
+
     def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> pygit2.UserPass:
         if self._url.has_credentials and not self._tried_credentials:
             self._tried_credentials = True
@@ -167,6 +172,7 @@ class _Callbacks(pygit2.RemoteCallbacks):
         raise GitError(self._url.url, "authentication required (no usable credentials in the URL)")
 
     def transfer_progress(self, stats: object) -> None:
+        cancel.check()  # raising from a callback is what aborts a libgit2 transfer (a return value does not)
         received = int(getattr(stats, "received_objects", 0))
         total = int(getattr(stats, "total_objects", 0))
         indexed = int(getattr(stats, "indexed_deltas", 0))
@@ -238,8 +244,14 @@ def _run_git(
     *,
     cwd: Path | None = None,
 ) -> None:
-    """Run git, streaming its progress, killing it when it stays silent longer than ``idle_timeout``."""
+    """Run git, streaming its progress, killing it when it stays silent longer than ``idle_timeout``.
+
+    When the calling thread has a :class:`~repocache.cancel.CancelToken`, git is also killed within
+    ``_CANCEL_POLL`` seconds of its cancellation (and :class:`~repocache.cancel.Cancelled` raised).
+    """
     assert options.git is not None
+    cancel.check()
+    poll = 1.0 if cancel.current() is None else _CANCEL_POLL
     command, preexec = _with_death_signal([options.git, *args])
     process = subprocess.Popen(
         command,
@@ -258,7 +270,8 @@ def _run_git(
     try:
         fd = process.stderr.fileno()
         while True:
-            ready, _, _ = select.select([fd], [], [], 1.0)
+            ready, _, _ = select.select([fd], [], [], poll)
+            cancel.check()
             if not ready:
                 if time.monotonic() - last_output > options.idle_timeout:
                     _kill(process)

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from repocache import cancel
+
 __all__ = ["FileLockHandle", "acquire", "create_locked"]
 
 # A contended lock is polled (flock has no timeout). The pause grows with the time already waited, so a waiter
@@ -85,6 +87,9 @@ def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) ->
 
     Returns:
         The held lock, or None if it could not be taken within ``timeout``.
+
+    Raises:
+        repocache.cancel.Cancelled: the calling thread's cancel token was cancelled while waiting.
     """
     fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
     operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
@@ -105,6 +110,7 @@ def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) ->
                     os.close(fd)
                     return None
                 delay = min(delay, remaining)
+            cancel.check()  # an async caller that gave up stops waiting (the descriptor is closed below)
             time.sleep(delay)
     except BaseException:
         os.close(fd)

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import unquote
 
+from repocache import cancel
 from repocache.cold.base import ColdStore, _HashingReader, _HashingWriter, artifact_suffix
 from repocache.cold.fsspec_store import FsspecStore
 from repocache.cold.local import LocalDirStore
@@ -191,6 +192,7 @@ def _extract(source: Any, dest: Path, max_bytes: int | None) -> None:
     data_filter = getattr(tarfile, "data_filter", None)
     with tarfile.open(fileobj=source, mode="r|", **_TAR_BUFFERS) as tar:
         for member in tar:
+            cancel.check()  # an async caller that gave up stops the restore; the caller discards dest
             _check_member(member, root)
             if member.isreg():
                 total += member.size
