@@ -156,6 +156,27 @@ async def test_a_timeout_on_ensure_cancels_the_clone(
     assert list((acache.cache.root / "staging").iterdir()) == []
 
 
+async def test_cancelling_a_libgit2_clone_aborts_the_transfer(
+    cache_root: Path, served: UpstreamFactory, daemon: GitDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPOCACHE_GIT", "")  # libgit2 for everything: no process to kill, only a callback
+    upstream = served.create("aio-cancel-libgit2")
+    upstream.commits(20, size=500_000)
+    async with AsyncRepoCache(cache_root) as acache:
+        task: asyncio.Task[object] | None = None
+
+        def report(progress: Progress) -> None:
+            if progress.phase == "receiving" and task is not None:
+                task.cancel()  # on the first report of the transfer
+
+        task = asyncio.create_task(acache.ensure(daemon.url_for(upstream), progress=report))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert list((cache_root / "staging").iterdir()) == []
+        assert list((cache_root / "repos").iterdir()) == []  # it did not go on to publish the mirror
+        assert (await acache.stats()).clones == 0
+
+
 async def test_cancelling_a_checkout_that_waits_for_another_process_stops_waiting(
     cache_root: Path, served: UpstreamFactory, daemon: GitDaemon
 ) -> None:
