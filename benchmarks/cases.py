@@ -100,6 +100,7 @@ class Context:
     eviction_index_sizes: Sequence[int] = (10, 100_000)
     concurrency: int = 16
     cold_store_error: str | None = None
+    peer_tree: Path | None = None  # --peer-rev: the peer is repocache from this source tree
     _counter: int = 0
 
     def url(self, name: str) -> str:
@@ -118,6 +119,9 @@ class Context:
         python = self.peer_python if engine == "peer" else None
         if engine == "peer" and python is None:
             raise RuntimeError("git-cache-clone is not installed")
+        if engine == "peer" and self.peer_tree is not None:
+            engine, python = "ours", None
+            env = dict(env if env is not None else os.environ, PYTHONPATH=str(self.peer_tree))
         logs = self.run_dir / "logs"
         logs.mkdir(exist_ok=True)
         log = logs / f"{engine}-{uuid.uuid4().hex[:8]}.log"

@@ -1,90 +1,49 @@
-"""RepoCache: the facade users hold. It orchestrates keys, locks, the index, pins, git and the cold store.
+"""RepoCache: the facade users hold. It validates settings, offers the public API and runs the acquire loop.
 
-Layout of a cache root::
-
-    <root>/index.sqlite          the LRU index (WAL), shared by every process
-    <root>/repos/<key>/          bare mirrors, each published by one atomic rename
-    <root>/staging/<key>.<id>/   clones and restores in progress (swept under the repository's lock)
-    <root>/trash/<key>.<id>/     evicted mirrors being deleted (renamed out first, so nobody sees half a repo)
-    <root>/locks/<key>.lock      shared by readers, exclusive for clone and eviction
-    <root>/locks/<key>.fetch     one fetch at a time per repository
-    <root>/locks/budget.lock     one budget decision (room-making or enforcement) at a time
+The work is done by the parts below it, which share a :class:`~repocache.context.Context` and never import this
+module: :mod:`~repocache.refresh` (hits), :mod:`~repocache.materialize` (misses), :mod:`~repocache.budget`
+(room and eviction), :mod:`~repocache.cold.tier` (the cold store), :mod:`~repocache.maintenance` (verify and
+repair), :mod:`~repocache.layout` (paths and holds) and :mod:`~repocache.events` (outcomes). The design, the
+lock order and the flow of a checkout are in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import logging
 import os
-import re
 import shutil
 import time
-import uuid
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import psutil
-
-from repocache import gitops, locks
+from repocache import gitops, locks, maintenance, refresh
+from repocache.budget import Budget, entry_of_row
 from repocache.checkout import Checkout, Worktree
+from repocache.cold.base import Manifest
+from repocache.cold.tier import ColdTier
+from repocache.context import Context
 from repocache.errors import (
-    BudgetError,
-    CloneError,
-    ColdStoreError,
     ConfigError,
-    FetchError,
     InvalidRefError,
     InvalidURLError,
     LockTimeoutError,
     RefNotFoundError,
     RepoCacheError,
 )
-from repocache.index import Index, Row
+from repocache.events import Counter, Events, Source
+from repocache.index import Index
 from repocache.keys import RepoURL, normalize_url
-from repocache.models import Entry, Problem, Progress, Stats
+from repocache.layout import Layout, SharedHold
+from repocache.materialize import materialize
+from repocache.models import Entry, Problem, Stats
 from repocache.pins import Pins
-from repocache.settings import default_root, parse_bytes, parse_seconds
+from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
 
 __all__ = ["RepoCache"]
 
-logger = logging.getLogger("repocache")
-
-_ON_FETCH_ERROR = ("warn", "raise")
-_STAGED_KEY = re.compile(r"\.[0-9a-f]{12}(\.upload)?$")  # staging and trash names: <key>.<id>[.upload]
-_FETCH_RETRY_WITHIN = 5.0  # seconds: a fetch that failed faster than this is retried once
 _MAX_ATTEMPTS = 8
-
-
-def _listing(directory: Path) -> list[os.DirEntry[str]]:
-    """The entries of ``directory`` sorted by name (empty when it does not exist)."""
-    try:
-        with os.scandir(directory) as entries:
-            return sorted(entries, key=lambda e: e.name)
-    except FileNotFoundError:
-        return []
-
-
-def _disk_full(exc: BaseException) -> OSError | None:
-    """The ENOSPC or EDQUOT error in ``exc`` or its causes, if any."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _remove(path: Path) -> None:
-    """Delete a file or a directory tree, whichever ``path`` is; a missing path is fine."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
 
 
 class RepoCache:
@@ -92,7 +51,7 @@ class RepoCache:
 
     A hit fetches from upstream (unless fetched within ``fetch_ttl``) and hands the mirror out; a miss clones it
     (or restores it from the cold store), first evicting the least recently used repositories that are neither
-    pinned nor held by any process. See ``DESIGN.md`` for the guarantees.
+    pinned nor held by any process. See ``docs/architecture.md`` for the guarantees and how they are kept.
     """
 
     def __init__(
@@ -138,17 +97,20 @@ class RepoCache:
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
         """
-        self.max_bytes = parse_bytes("max_bytes", max_bytes, allow_none=True)
-        self.min_free_bytes = parse_bytes("min_free_bytes", min_free_bytes, allow_none=False) or 0
-        self.fetch_ttl = parse_seconds("fetch_ttl", fetch_ttl)
-        self.lock_timeout = parse_seconds("lock_timeout", lock_timeout)
-        if on_fetch_error not in _ON_FETCH_ERROR:
-            raise ConfigError(f"on_fetch_error={on_fetch_error!r} is not accepted; expected 'warn' or 'raise'")
-        self.on_fetch_error = on_fetch_error
+        settings = Settings.parse(
+            max_bytes=max_bytes,
+            min_free_bytes=min_free_bytes,
+            fetch_ttl=fetch_ttl,
+            lock_timeout=lock_timeout,
+            on_fetch_error=on_fetch_error,
+            cold_min_bytes=cold_min_bytes,
+            cold_compression=cold_compression,
+            cold_retention=cold_retention,
+        )
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
         self.progress = progress
-        self._git = gitops.GitOptions(
+        git = gitops.GitOptions(
             git=gitops.find_git(),
             allow_local=bool(allow_local),
             connect_timeout=parse_seconds("connect_timeout", connect_timeout, positive=True),
@@ -158,26 +120,60 @@ class RepoCache:
         self.root = Path(root) if root is not None else default_root()
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"root={str(self.root)!r} exists and is not a directory")
-        self._repos = self.root / "repos"
-        self._staging = self.root / "staging"
-        self._trash = self.root / "trash"
-        self._locks = self.root / "locks"
-        self._worktrees = self.root / "worktrees"
+        layout = Layout(self.root)
         try:
-            for directory in (self._repos, self._staging, self._trash, self._locks, self._worktrees):
-                directory.mkdir(parents=True, exist_ok=True)
+            layout.create()
         except OSError as exc:
             raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
-        self._index = Index(self.root / "index.sqlite")
-        self.cold_min_bytes = parse_bytes("cold_min_bytes", cold_min_bytes, allow_none=False) or 0
-        if cold_compression not in ("none", "zstd"):
-            raise ConfigError(f"cold_compression={cold_compression!r} is not accepted; expected 'none' or 'zstd'")
-        self.cold_compression = cold_compression
-        self.cold_retention = None if cold_retention is None else parse_seconds("cold_retention", cold_retention)
-        self._last_prune = 0.0
+        self._context = Context(
+            settings=settings, layout=layout, index=Index(layout.index), pins=self.pins, git=git, events=Events()
+        )
         self._cold = self._open_cold_store(cold_store)
+        self._budget = Budget(self._context, self._cold)
         self._closed = False
-        self._empty_trash()
+        self._budget.empty_trash()
+
+    # -- settings, read-only --------------------------------------------------------------------------------
+
+    @property
+    def max_bytes(self) -> int | None:
+        """The byte budget for all mirrors together (None: no limit)."""
+        return self._context.settings.max_bytes
+
+    @property
+    def min_free_bytes(self) -> int:
+        """Bytes kept free on the cache's filesystem."""
+        return self._context.settings.min_free_bytes
+
+    @property
+    def fetch_ttl(self) -> float:
+        """Seconds within which a hit does not contact upstream again."""
+        return self._context.settings.fetch_ttl
+
+    @property
+    def lock_timeout(self) -> float:
+        """Seconds any wait for another worker is bounded by."""
+        return self._context.settings.lock_timeout
+
+    @property
+    def on_fetch_error(self) -> str:
+        """``"warn"`` (serve a stale copy) or ``"raise"``."""
+        return self._context.settings.on_fetch_error
+
+    @property
+    def cold_min_bytes(self) -> int:
+        """Evicted repositories smaller than this are not offloaded to the cold store."""
+        return self._context.settings.cold_min_bytes
+
+    @property
+    def cold_compression(self) -> str:
+        """How cold artifacts are compressed (``"none"`` or ``"zstd"``)."""
+        return self._context.settings.cold_compression
+
+    @property
+    def cold_retention(self) -> float | None:
+        """Seconds an artifact is kept in the cold store (None: forever)."""
+        return self._context.settings.cold_retention
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -185,7 +181,7 @@ class RepoCache:
         """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op."""
         if not self._closed:
             self._closed = True
-            self._index.close()
+            self._context.index.close()
 
     def __enter__(self) -> RepoCache:
         return self
@@ -202,23 +198,16 @@ class RepoCache:
         if self._closed:
             raise RepoCacheError("this RepoCache is closed")
 
-    # -- paths and parsing --------------------------------------------------------------------------------
-
     def _parse(self, url: str | os.PathLike[str]) -> RepoURL:
         self._check_open()
         parsed = normalize_url(url)
-        if parsed.is_local and not self._git.allow_local:
+        if parsed.is_local and not self._context.git.allow_local:
             raise InvalidURLError(parsed.url, "local paths are not allowed by this cache (allow_local=False)")
         return parsed
 
-    def _mirror(self, key: str) -> Path:
-        return self._repos / key
-
-    def _lock_path(self, key: str, kind: str = "lock") -> Path:
-        return self._locks / f"{key}.{kind}"
-
-    def _remaining(self, deadline: float) -> float:
-        return max(0.0, deadline - time.monotonic())
+    def _enforce_if_over(self) -> None:
+        if not self._closed:
+            self._budget.enforce_if_over()
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -288,7 +277,9 @@ class RepoCache:
                 raise RefNotFoundError(co.url, ref) from None
             dest, owner = self._worktree_dir(co.key, path)
             try:
-                gitops.make_worktree(co.path, dest, commit, branch, self._parse(url), self._git, submodules=submodules)
+                gitops.make_worktree(
+                    co.path, dest, commit, branch, self._parse(url), self._context.git, submodules=submodules
+                )
                 yield Worktree(path=dest, commit=commit, ref=ref, url=co.url)
             finally:
                 shutil.rmtree(dest, ignore_errors=True)
@@ -306,10 +297,11 @@ class RepoCache:
             if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
                 raise ConfigError(f"path={str(dest)!r} exists and is not an empty directory")
             return dest, None
-        self._worktrees.mkdir(exist_ok=True)
-        dest = self._worktrees / f"{key}.{uuid.uuid4().hex[:12]}"
+        layout = self._context.layout
+        layout.worktrees.mkdir(exist_ok=True)
+        dest = layout.new_worktree(key)
         # Created already locked: verify must never find it unlocked and take the live worktree for a dead one.
-        return dest, locks.create_locked(dest.with_name(dest.name + ".lock"))
+        return dest, locks.create_locked(layout.worktree_lock(dest))
 
     def ensure(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
         """Clone or refresh the repository now without holding it (pre-warming); counts as a use.
@@ -331,14 +323,14 @@ class RepoCache:
     def info(self, url: str | os.PathLike[str]) -> Entry | None:
         """The repository's entry if it is on disk, else None. No network, no recency update."""
         parsed = self._parse(url)
-        if not self._mirror(parsed.key).is_dir():
+        if not self._context.layout.mirror(parsed.key).is_dir():
             return None
         return self._entry_of(parsed.key)
 
     def entries(self) -> list[Entry]:
         """Every repository on disk, most recently used first."""
         self._check_open()
-        return [self._entry(row) for row in self._index.rows()]
+        return [entry_of_row(self._context, row) for row in self._context.index.rows()]
 
     def evict(self, url: str | os.PathLike[str], *, force: bool = False) -> bool:
         """Remove the repository from disk now (offloading it to the cold store when one is configured).
@@ -354,15 +346,14 @@ class RepoCache:
         parsed = self._parse(url)
         if not force and self.pins.matches(parsed.url):
             return False
-        handle = locks.acquire(self._lock_path(parsed.key), shared=False, timeout=0)
-        if handle is None:
+        hold = self._context.layout.try_exclusive(parsed.key)
+        if hold is None:
             return False
-        with handle:
-            if not self._mirror(parsed.key).is_dir():
-                self._index.remove(parsed.key, counter=None)
+        with hold:
+            if not self._context.layout.mirror(parsed.key).is_dir():
+                self._context.index.remove(parsed.key, counter=None)
                 return False
-            row = self._index.get(parsed.key)
-            self._evict_locked(parsed.key, row)
+            self._budget.evict_locked(hold, self._context.index.get(parsed.key))
             return True
 
     def enforce(self) -> list[Entry]:
@@ -374,23 +365,21 @@ class RepoCache:
             The entries evicted, least recently used first.
         """
         self._check_open()
-        with self._budget_lock():
-            evicted, _ = self._free(0, reserved=self._index.reserved_bytes())
-        return evicted
+        return self._budget.enforce()
 
     def stats(self) -> Stats:
         """Counters shared by all processes using this root, and the bytes used."""
         self._check_open()
-        counters = self._index.counters()
-        used, count = self._index.totals()
+        counters = self._context.index.counters()
+        used, count = self._context.index.totals()
         return Stats(
-            hits=counters.get("hits", 0),
-            misses=counters.get("misses", 0),
-            clones=counters.get("clones", 0),
-            fetches=counters.get("fetches", 0),
-            restores=counters.get("restores", 0),
-            evictions=counters.get("evictions", 0),
-            fetch_errors=counters.get("fetch_errors", 0),
+            hits=counters.get(Counter.HITS, 0),
+            misses=counters.get(Counter.MISSES, 0),
+            clones=counters.get(Counter.CLONES, 0),
+            fetches=counters.get(Counter.FETCHES, 0),
+            restores=counters.get(Counter.RESTORES, 0),
+            evictions=counters.get(Counter.EVICTIONS, 0),
+            fetch_errors=counters.get(Counter.FETCH_ERRORS, 0),
             bytes_used=used,
             bytes_limit=self.max_bytes,
             entries=count,
@@ -411,402 +400,28 @@ class RepoCache:
             The problems found, each with ``repaired`` set when it was fixed.
         """
         self._check_open()
-        problems: list[Problem] = []
-        indexed = {row.key: row for row in self._index.rows()}
-        on_disk = {p.name for p in self._repos.iterdir() if p.is_dir()} if self._repos.is_dir() else set()
-        for key in [*indexed, *sorted(on_disk - set(indexed))]:
-            handle = locks.acquire(self._lock_path(key), shared=False, timeout=0)
-            if handle is None:
-                continue  # held or being cloned: its state is in flux, not broken
-            with handle:
-                # Read again under the lock: the listing above may predate a fetch, a clone or an eviction.
-                row = self._index.get(key)
-                if row is None and not self._mirror(key).is_dir():
-                    continue  # evicted since the listing
-                problems.extend(self._verify_one(key, row, repair))
-        problems.extend(self._verify_debris(repair))
-        return problems
-
-    # -- acquiring ------------------------------------------------------------------------------------------
-
-    def _acquire(
-        self, parsed: RepoURL, progress: gitops.ProgressCallback | None
-    ) -> tuple[locks.FileLockHandle, Checkout]:
-        """Hold ``parsed`` shared, cloning or refreshing as needed; returns the hold and the checkout."""
-        started = time.time()
-        deadline = time.monotonic() + self.lock_timeout
-        key = parsed.key
-        mirror = self._mirror(key)
-        source = "hit"
-        fetched = False
-        counted_miss = False
-        for _attempt in range(_MAX_ATTEMPTS):
-            hold = locks.acquire(self._lock_path(key), shared=True, timeout=self._remaining(deadline))
-            if hold is None:
-                raise LockTimeoutError(parsed.url, self.lock_timeout, "checkout")
-            try:
-                if mirror.is_dir():
-                    stale = False
-                    if source in ("hit", "restore"):  # a restored mirror is as old as its artifact: fetch it
-                        fetched, stale = self._refresh(parsed, started, deadline, progress)
-                    self._index.touch(key, time.time(), counter="hits" if source == "hit" else None)
-                    checkout = Checkout(
-                        path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
-                    )
-                    return hold, checkout
-            except BaseException:
-                hold.release()
-                raise
-            hold.release()
-            if not counted_miss:
-                counted_miss = True
-                self._index.count("misses")
-            exclusive = locks.acquire(self._lock_path(key), shared=False, timeout=self._remaining(deadline))
-            if exclusive is None:
-                raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
-            with exclusive:
-                if not mirror.is_dir():
-                    source = self._materialize(parsed, progress)
-                    fetched = source == "clone"
-        raise RepoCacheError(
-            f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
-            "the budget is too small for the working set"
-        )
-
-    def _refresh(
-        self, parsed: RepoURL, started: float, deadline: float, progress: gitops.ProgressCallback | None
-    ) -> tuple[bool, bool]:
-        """Fetch a hit unless fresh enough; returns (fetched, stale). The caller holds the repository shared."""
-        key = parsed.key
-        row = self._index.get(key)
-        if row is None:
-            row = self._adopt(parsed)
-        if self._fresh(row, started):
-            return False, False
-        fetch_lock = locks.acquire(self._lock_path(key, "fetch"), shared=False, timeout=self._remaining(deadline))
-        if fetch_lock is None:
-            raise LockTimeoutError(parsed.url, self.lock_timeout, "fetch")
-        with fetch_lock:
-            row = self._index.get(key) or row
-            if self._fresh(row, started):
-                return False, False  # coalesced with a fetch that finished after this request began
-            try:
-                self._fetch_with_retry(parsed, progress)
-            except FetchError as exc:
-                self._index.count("fetch_errors")
-                if self.on_fetch_error == "raise":
-                    raise
-                logger.warning("serving a stale copy of %s: %s", parsed.url, exc.detail)
-                warnings.warn(f"serving a stale copy: {exc}", RuntimeWarning, stacklevel=4)
-                return False, True
-            self._index.fetched(key, gitops.disk_usage(self._mirror(key)), time.time())
-        return True, False
-
-    def _fetch_with_retry(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> None:
-        """Fetch; a fetch that failed quickly is tried once more.
-
-        A live upstream can refuse a fetch that raced with a push: over smart HTTP the refs are advertised in one
-        request and wanted in the next, and upload-pack refuses a want whose branch was deleted in between. A dead
-        upstream fails fast too (connection refused), so the retry costs little; a fetch that failed slowly (a
-        timeout) is not retried, so a stalled upstream does not hold the caller twice as long.
-        """
-        attempt_started = time.monotonic()
-        try:
-            gitops.fetch_mirror(parsed, self._mirror(parsed.key), self._git, progress=progress)
-        except FetchError as exc:
-            if time.monotonic() - attempt_started > _FETCH_RETRY_WITHIN:
-                raise
-            logger.info("fetch of %s failed (%s); trying once more", parsed.url, exc.detail)
-            gitops.fetch_mirror(parsed, self._mirror(parsed.key), self._git, progress=progress)
-
-    def _fresh(self, row: Row, started: float) -> bool:
-        if row.last_fetched is None:
-            return False
-        return row.last_fetched >= started or time.time() - row.last_fetched < self.fetch_ttl
-
-    def _adopt(self, parsed: RepoURL) -> Row:
-        """Index a mirror found on disk without a row (a process died between rename and index update)."""
-        size = gitops.disk_usage(self._mirror(parsed.key))
-        now = time.time()
-        self._index.put(parsed.key, parsed.url, size, now, counter=None, fetched=False)
-        logger.info("adopted %s found on disk without an index entry", parsed.url)
-        row = self._index.get(parsed.key)
-        assert row is not None
-        return row
-
-    # -- materializing a miss --------------------------------------------------------------------------------
-
-    def _materialize(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> str:
-        """Restore or clone ``parsed`` into place; the caller holds its exclusive lock. Returns the source."""
-        key = parsed.key
-        self._sweep_staging(key)
-        manifest = self._cold_manifest(parsed)
-        known = max(self._index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
-        reservation = self._make_room(parsed, known)
-        staging = self._staging / f"{key}.{uuid.uuid4().hex[:12]}"
-        try:
-            source = "clone"
-            if manifest is not None and self._restore(parsed, manifest, staging, progress):
-                source = "restore"
-            else:
-                gitops.clone_mirror(parsed, staging, self._git, progress=progress)
-            size = gitops.disk_usage(staging)
-            if self.max_bytes is not None and size > self.max_bytes and not self.pins.matches(parsed.url):
-                # Its size was unknown before the download; remember it so the next miss is refused up front.
-                self._index.remember_size(key, parsed.url, size)
-                raise BudgetError(parsed.url, size, self.max_bytes)
-            os.rename(staging, self._mirror(key))
-            counter = "restores" if source == "restore" else "clones"
-            self._index.put(
-                key, parsed.url, size, time.time(), counter=counter, fetched=source == "clone", reservation=reservation
-            )
-            reservation = None  # dropped with the put: the bytes are now counted by the entry
-            logger.info("%s %s (%d bytes)", "restored" if source == "restore" else "cloned", parsed.url, size)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-            if reservation is not None:
-                self._index.unreserve(reservation)
-        self._enforce_if_over()
-        return source
-
-    def _sweep_staging(self, key: str) -> None:
-        """Delete staging debris of ``key``; the caller holds its exclusive lock, so the debris is dead."""
-        prefix = key + "."
-        with contextlib.suppress(FileNotFoundError), os.scandir(self._staging) as entries:
-            for entry in entries:
-                if entry.name.startswith(prefix):
-                    logger.info("removing leftover %s", entry.path)
-                    _remove(Path(entry.path))
-
-    # -- budget ---------------------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _budget_lock(self) -> Iterator[None]:
-        handle = locks.acquire(self._locks / "budget.lock", shared=False, timeout=self.lock_timeout)
-        if handle is None:
-            raise LockTimeoutError(str(self.root), self.lock_timeout, "budget")
-        with handle:
-            yield
-
-    def _budgeted(self) -> bool:
-        return self.max_bytes is not None or self.min_free_bytes > 0
-
-    def _deficit(self, needed: int, reserved: int) -> int:
-        """Bytes that must be freed so that ``needed`` more bytes fit the budget and the free-space floor."""
-        used, _count = self._index.totals()
-        deficit = 0
-        if self.max_bytes is not None:
-            deficit = used + reserved + needed - self.max_bytes
-        if self.min_free_bytes:
-            free = psutil.disk_usage(str(self.root)).free
-            deficit = max(deficit, self.min_free_bytes + needed + reserved - free)
-        return max(0, deficit)
-
-    def _make_room(self, parsed: RepoURL, needed: int) -> int | None:
-        """Evict so that ``needed`` bytes fit, then reserve them; BudgetError if they cannot fit."""
-        if not self._budgeted():
-            return None
-        if self.max_bytes is not None and needed > self.max_bytes:
-            raise BudgetError(parsed.url, needed, self.max_bytes)
-        with self._budget_lock():
-            reserved = self._index.reserved_bytes()
-            _evicted, deficit = self._free(needed, reserved=reserved, all_or_nothing=True, url=parsed.url)
-            if deficit > 0:
-                raise BudgetError(parsed.url, needed, needed - deficit)
-            return self._index.reserve(parsed.key, needed) if needed else None
-
-    def _free(
-        self, needed: int, *, reserved: int, all_or_nothing: bool = False, url: str = ""
-    ) -> tuple[list[Entry], int]:
-        """Evict LRU repositories (not pinned, not held) until ``needed`` fits; the caller holds the budget lock.
-
-        With ``all_or_nothing``, nothing is evicted unless enough can be. Returns (evicted, remaining deficit).
-        """
-        deficit = self._deficit(needed, reserved)
-        if deficit <= 0:
-            return [], 0
-        self.pins.refresh()
-        chosen: list[tuple[Row, locks.FileLockHandle]] = []
-        freeable = 0
-        try:
-            for row in self._index.lru():
-                if freeable >= deficit:
-                    break
-                if self.pins.matches(row.url):
-                    continue
-                handle = locks.acquire(self._lock_path(row.key), shared=False, timeout=0)
-                if handle is None:
-                    continue  # held by a reader or being cloned/evicted by another worker: skip, never wait
-                chosen.append((row, handle))
-                freeable += row.size_bytes
-                if not all_or_nothing:
-                    self._evict_locked(row.key, row)
-                    handle.release()
-            if all_or_nothing:
-                if freeable < deficit:
-                    return [], deficit - freeable
-                for row, handle in chosen:
-                    self._evict_locked(row.key, row)
-                    handle.release()
-            evicted = [self._entry(row) for row, _handle in chosen]
-            return evicted, max(0, deficit - freeable)
-        finally:
-            for _row, handle in chosen:
-                handle.release()
-
-    def _enforce_if_over(self) -> None:
-        if self._closed or not self._budgeted():
-            return
-        if self._deficit(0, 0) > 0:
-            self.enforce()
-
-    def _evict_locked(self, key: str, row: Row | None) -> None:
-        """Offload ``key`` to the cold store (if configured) and remove it from disk; the caller holds its lock."""
-        mirror = self._mirror(key)
-        if mirror.is_dir() and row is not None:
-            self._offload(row, mirror)
-        if mirror.is_dir():
-            trash = self._trash / f"{key}.{uuid.uuid4().hex[:12]}"
-            os.rename(mirror, trash)
-            self._index.remove(key)
-            shutil.rmtree(trash, ignore_errors=True)
-            logger.info("evicted %s (%d bytes)", row.url if row else key, row.size_bytes if row else 0)
-        else:
-            self._index.remove(key, counter=None)
-
-    def _empty_trash(self) -> None:
-        """Finish deleting what evictions of dead processes left in trash/ (live evictions hold the key's lock)."""
-        for entry in _listing(self._trash):
-            handle = locks.acquire(self._lock_path(_STAGED_KEY.sub("", entry.name)), shared=False, timeout=0)
-            if handle is not None:
-                with handle:
-                    _remove(Path(entry.path))
-
-    # -- entries and verification ----------------------------------------------------------------------------
-
-    def _entry(self, row: Row) -> Entry:
-        return Entry(
-            url=row.url,
-            key=row.key,
-            path=self._mirror(row.key),
-            size_bytes=row.size_bytes,
-            last_used=row.last_used,
-            last_fetched=row.last_fetched,
-            pinned=self.pins.matches(row.url),
-            in_cold_store=row.in_cold_store,
-        )
-
-    def _entry_of(self, key: str) -> Entry | None:
-        row = self._index.get(key)
-        return None if row is None else self._entry(row)
-
-    def _verify_one(self, key: str, row: Row | None, repair: bool) -> list[Problem]:
-        """Check one repository; the caller holds its exclusive lock."""
-        mirror = self._mirror(key)
-        if row is not None and not mirror.is_dir():
-            if repair:
-                self._index.remove(key, counter=None)
-            return [Problem("missing", key, mirror, f"{row.url} is indexed but not on disk", repair)]
-        problem = gitops.validate_mirror(mirror)
-        if problem is not None:
-            if repair:
-                self._evict_locked(key, row)
-            return [Problem("invalid", key, mirror, f"the mirror {problem}", repair)]
-        if row is None:
-            url = self._mirror_url(mirror)
-            if repair and url is not None:
-                self._index.put(key, url, gitops.disk_usage(mirror), time.time(), counter=None, fetched=False)
-            elif repair:
-                shutil.rmtree(mirror, ignore_errors=True)
-            return [Problem("orphan", key, mirror, "a mirror on disk has no index entry", repair)]
-        size = gitops.disk_usage(mirror)
-        if size != row.size_bytes:
-            if repair:
-                self._index.set_size(key, size)
-            return [Problem("size", key, mirror, f"recorded {row.size_bytes} bytes, disk has {size}", repair)]
-        return []
-
-    def _mirror_url(self, mirror: Path) -> str | None:
-        """The normalized upstream URL of a mirror, read from its config (which never holds credentials)."""
-        try:
-            repo = gitops.open_repository(mirror)
-        except Exception:
-            return None
-        try:
-            parsed = normalize_url(str(repo.config["remote.origin.url"]))
-        except (KeyError, InvalidURLError):
-            return None
-        finally:
-            repo.free()
-        return parsed.url if self._mirror(parsed.key) == mirror else None
-
-    def _verify_debris(self, repair: bool) -> list[Problem]:
-        """Staging, trash and worktree debris whose owner is dead; anything whose owner holds its lock is skipped."""
-        problems: list[Problem] = []
-        for directory in (self._staging, self._trash):
-            for entry in _listing(directory):
-                # Staging and trash entries belong to the clone, restore, upload or eviction holding the key's
-                # exclusive lock: they are debris only if that lock is free.
-                handle = locks.acquire(self._lock_path(_STAGED_KEY.sub("", entry.name)), shared=False, timeout=0)
-                if handle is None:
-                    continue
-                with handle:
-                    if not os.path.lexists(entry.path):
-                        continue  # finished and cleaned up while we looked
-                    if repair:
-                        _remove(Path(entry.path))
-                problems.append(
-                    Problem("leftover", entry.name, Path(entry.path), "debris of an interrupted operation", repair)
-                )
-        worktree_names = {e.name.removesuffix(".lock") for e in _listing(self._worktrees)}
-        for name in sorted(worktree_names):
-            tree, lock_file = self._worktrees / name, self._worktrees / (name + ".lock")
-            try:
-                owner = locks.acquire(lock_file, shared=False, timeout=0, create=False)
-            except FileNotFoundError:
-                owner = None  # no lock file: either removed by its owner just now, or a tree whose owner died
-                if not tree.exists():
-                    continue
-            else:
-                if owner is None:
-                    continue  # its process is alive and using it
-                if not owner.is_current():  # its owner removed the tree and unlinked the file while we opened it
-                    owner.release()
-                    continue
-            try:
-                if repair:
-                    _remove(tree)
-                    with contextlib.suppress(FileNotFoundError):
-                        lock_file.unlink()
-            finally:
-                if owner is not None:
-                    owner.release()
-            detail = "worktree of a process that died" if tree.exists() or repair else "lock file of a dead worktree"
-            problems.append(Problem("leftover", name, tree, detail, repair))
-        return problems
+        return maintenance.verify(self._context, self._budget, repair)
 
     # -- cold store -----------------------------------------------------------------------------------------------
 
-    def _open_cold_store(self, spec: Any) -> Any:
+    def _open_cold_store(self, spec: Any) -> ColdTier | None:
         if spec is None:
             return None
         from repocache.cold import open_cold_store
 
-        return open_cold_store(spec)
+        store = open_cold_store(spec)
+        return None if store is None else ColdTier(self._context, store)
 
-    def cold_entries(self) -> list[Any]:
+    def cold_entries(self) -> list[Manifest]:
         """The manifests in the cold store (one per repository), newest first; empty without a cold store.
 
         Raises:
             ColdStoreError: the store cannot be listed.
         """
         self._check_open()
-        if self._cold is None:
-            return []
-        return sorted(self._cold.list(), key=lambda m: m.created, reverse=True)
+        return [] if self._cold is None else self._cold.entries()
 
-    def prune_cold(self, *, older_than: float | None = None, keep_bytes: int | str | None = None) -> list[Any]:
+    def prune_cold(self, *, older_than: float | None = None, keep_bytes: int | str | None = None) -> list[Manifest]:
         """Delete artifacts from the cold store: those older than ``older_than`` seconds (default: the cache's
         ``cold_retention``), then the oldest while the total exceeds ``keep_bytes``.
 
@@ -818,104 +433,57 @@ class RepoCache:
             return []
         limit = parse_bytes("keep_bytes", keep_bytes, allow_none=True)
         age = self.cold_retention if older_than is None else parse_seconds("older_than", older_than)
-        deleted: list[Any] = self._cold.prune(older_than=age, keep_bytes=limit)
-        for manifest in deleted:
-            self._index.set_in_cold_store(manifest.key, manifest.url, False)
-        self._last_prune = time.monotonic()
-        return deleted
+        return self._cold.prune(older_than=age, keep_bytes=limit)
 
-    def _cold_manifest(self, parsed: RepoURL) -> Any:
-        """The cold store's manifest for ``parsed``, or None (also when the store cannot be reached)."""
-        if self._cold is None:
-            return None
-        try:
-            manifest = self._cold.get_manifest(parsed.key)
-        except ColdStoreError as exc:
-            logger.warning("cold store unavailable for %s, cloning instead: %s", parsed.url, exc)
-            return None
-        if manifest is not None and manifest.url != parsed.url:
-            logger.warning("cold store artifact of %s names %s; ignoring it", parsed.url, manifest.url)
-            return None
-        return manifest
+    # -- acquiring ------------------------------------------------------------------------------------------
 
-    def _restore(
-        self,
-        parsed: RepoURL,
-        manifest: Any,
-        staging: Path,
-        progress: gitops.ProgressCallback | None,
-        *,
-        retry: bool = True,
-    ) -> bool:
-        """Unpack the cold artifact into ``staging`` and validate it; False (reported) when it is unusable."""
-        from repocache.cold import unpack_artifact
+    def _entry_of(self, key: str) -> Entry | None:
+        row = self._context.index.get(key)
+        return None if row is None else entry_of_row(self._context, row)
 
-        if progress is not None:
-            progress(Progress(parsed.url, "restore", "downloading", 0, 0, manifest.size_bytes))
-        try:
-            with self._cold.open_artifact(manifest) as artifact:
-                unpack_artifact(
-                    artifact,
-                    staging,
-                    expected_sha256=manifest.sha256,
-                    compression=manifest.compression,
-                    expected_size=manifest.size_bytes,
-                    max_bytes=max(manifest.mirror_bytes * 4, 1 << 20),
-                )
-            problem = gitops.validate_mirror(staging)
-            if problem is not None:
-                raise ColdStoreError(f"the restored mirror {problem}")
-        except (ColdStoreError, OSError) as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            full = _disk_full(exc)
-            if full is not None:  # the artifact is fine; a clone would fill the disk the same way
-                raise CloneError(
-                    parsed.url, f"cannot restore from the cold store into {self.root}: {full.strerror}"
-                ) from None
-            newer = self._cold_manifest(parsed) if retry else None
-            if newer is not None and newer.generation != manifest.generation:
-                # Another host uploaded a newer artifact meanwhile and the old one was deleted: use the new one.
-                return self._restore(parsed, newer, staging, progress, retry=False)
-            logger.warning("cannot restore %s from the cold store, cloning instead: %s", parsed.url, exc)
-            warnings.warn(f"cold store artifact of {parsed.url} is unusable ({exc}); cloning", RuntimeWarning, 2)
-            shutil.rmtree(staging, ignore_errors=True)
-            return False
-        if progress is not None:
-            progress(Progress(parsed.url, "restore", "done", 0, 0, manifest.size_bytes))
-        return True
+    def _acquire(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> tuple[SharedHold, Checkout]:
+        """Hold ``parsed`` shared, cloning or refreshing as needed; returns the hold and the checkout.
 
-    def _offload(self, row: Row, mirror: Path) -> None:
-        """Upload the mirror to the cold store before it is deleted; failures are logged, never fatal."""
-        if self._cold is None or row.size_bytes < self.cold_min_bytes:
-            return
-        from repocache.cold import Manifest, pack_mirror
-
-        upload = self._staging / f"{row.key}.{uuid.uuid4().hex[:12]}.upload"
-        try:
-            with open(upload, "wb") as out:
-                sha256, size = pack_mirror(mirror, out, compression=self.cold_compression)
-            ref_count, head = gitops.describe_mirror(mirror)
-            manifest = Manifest(
-                url=row.url,
-                key=row.key,
-                sha256=sha256,
-                size_bytes=size,
-                mirror_bytes=row.size_bytes,
-                ref_count=ref_count,
-                head=head,
-                created=time.time(),
-                compression=self.cold_compression,
-            )
-            self._cold.put(row.key, manifest, upload)
-            self._index.set_in_cold_store(row.key, row.url, True, size_bytes=row.size_bytes)
-            logger.info("offloaded %s to the cold store (%d bytes)", row.url, size)
-        except (ColdStoreError, OSError, ValueError) as exc:
-            logger.warning("could not offload %s to the cold store: %s", row.url, exc)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                upload.unlink()
-        if self.cold_retention is not None and time.monotonic() - self._last_prune > 3600:
+        A miss takes the exclusive lock to materialize the mirror, then comes round again for the shared hold;
+        an eviction can slip in between (the budget is too small for the working set), hence the bounded loop.
+        """
+        context = self._context
+        started = time.time()
+        deadline = time.monotonic() + self.lock_timeout
+        key = parsed.key
+        mirror = context.layout.mirror(key)
+        source = Source.HIT
+        fetched = False
+        counted_miss = False
+        for _attempt in range(_MAX_ATTEMPTS):
+            hold = context.layout.hold_shared(key, max(0.0, deadline - time.monotonic()))
+            if hold is None:
+                raise LockTimeoutError(parsed.url, self.lock_timeout, "checkout")
             try:
-                self.prune_cold()
-            except ColdStoreError as exc:
-                logger.warning("could not prune the cold store: %s", exc)
+                if mirror.is_dir():
+                    stale = False
+                    if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
+                        fetched, stale = refresh.refresh(context, hold, parsed, started, deadline, progress)
+                    context.index.touch(key, time.time(), counter=Counter.HITS if source is Source.HIT else None)
+                    checkout = Checkout(
+                        path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
+                    )
+                    return hold, checkout
+            except BaseException:
+                hold.release()
+                raise
+            hold.release()
+            if not counted_miss:
+                counted_miss = True
+                context.index.count(Counter.MISSES)
+            exclusive = context.layout.hold_exclusive(key, max(0.0, deadline - time.monotonic()))
+            if exclusive is None:
+                raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
+            with exclusive:
+                if not mirror.is_dir():
+                    source = materialize(context, self._budget, self._cold, exclusive, parsed, progress)
+                    fetched = source is Source.CLONE
+        raise RepoCacheError(
+            f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
+            "the budget is too small for the working set"
+        )

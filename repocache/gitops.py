@@ -519,20 +519,18 @@ def _is_partial_clone(path: Path) -> bool:
     return False
 
 
-def _adopt_upstream_head(repo: pygit2.Repository, remote: pygit2.Remote) -> bool:
+def _adopt_upstream_head(repo: pygit2.Repository, remote: pygit2.Remote) -> None:
     """Point HEAD where upstream's HEAD points, from the ref advertisement of the last connection."""
     try:
         heads = remote.list_heads(connect=False)
     except pygit2.GitError:
-        return False
+        return
     for head in heads:
         if head.name == "HEAD" and head.symref_target:
             current = repo.references.get("HEAD")
             if current is None or current.target != head.symref_target:
                 repo.set_head(head.symref_target)
-                return True
-            return False
-    return False
+            return
 
 
 # -- fetch --------------------------------------------------------------------------------------------------

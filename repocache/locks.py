@@ -9,6 +9,17 @@ description), and release by the kernel when the holder dies, even by SIGKILL. f
 exclusive only and its ``ReadWriteLock`` is SQLite-based and refuses to make two threads of one instance wait for
 each other, so the primitive is used directly. Lock files are never deleted: unlinking a lock file while another
 process waits on it would let two holders in.
+
+The lock order, for every process (the one place it is stated; :mod:`repocache.layout` names the files):
+
+1. a repository's main lock (``<key>.lock``), shared or exclusive, waited for;
+2. then its fetch lock (``<key>.fetch``), waited for, only while holding 1 shared;
+3. then the root's budget lock (``budget.lock``), waited for, while holding at most 1 of the repository being
+   cloned; from under the budget lock other repositories' main locks are only *tried* (timeout 0), never waited
+   for, so a budget decision can never wait on a reader and no cycle can form.
+
+Worktree lock files (``worktrees/<key>.<id>.lock``) are taken only by their creator (already locked, see
+:func:`create_locked`) and tried without waiting by ``verify``.
 """
 
 from __future__ import annotations
@@ -42,11 +53,6 @@ class FileLockHandle:
         self._fd: int | None = fd
         self.path = path
         self.shared = shared
-
-    @property
-    def held(self) -> bool:
-        """True until released."""
-        return self._fd is not None
 
     def is_current(self) -> bool:
         """True while ``path`` still names the locked file (False once a holder unlinked or replaced it)."""

@@ -10,6 +10,9 @@
 | on_fetch_error   | "warn"                       | "warn" or "raise"                                     |
 | connect_timeout  | 30.0                         | finite seconds > 0                                    |
 | idle_timeout     | 300.0                        | finite seconds > 0                                    |
+| cold_min_bytes   | 0                            | same forms as max_bytes                               |
+| cold_compression | "none"                       | "none" or "zstd" (``repocache.cold.COMPRESSIONS``)    |
+| cold_retention   | None (keep forever)          | finite seconds >= 0                                   |
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from __future__ import annotations
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
 from repocache.errors import ConfigError
 
-__all__ = ["default_root", "parse_bytes", "parse_seconds"]
+__all__ = ["Settings", "default_root", "parse_bytes", "parse_seconds"]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
 _FACTORS = {
@@ -104,3 +108,61 @@ def default_root() -> Path:
     if configured:
         return Path(configured)
     return Path(platformdirs.user_cache_dir("repocache", appauthor=False))
+
+
+_ON_FETCH_ERROR = ("warn", "raise")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one :class:`~repocache.RepoCache` (see the table above)."""
+
+    max_bytes: int | None
+    min_free_bytes: int
+    fetch_ttl: float
+    lock_timeout: float
+    on_fetch_error: str
+    cold_min_bytes: int
+    cold_compression: str
+    cold_retention: float | None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        max_bytes: object,
+        min_free_bytes: object,
+        fetch_ttl: object,
+        lock_timeout: object,
+        on_fetch_error: object,
+        cold_min_bytes: object,
+        cold_compression: object,
+        cold_retention: object,
+    ) -> Settings:
+        """Validate every setting.
+
+        Raises:
+            ConfigError: a setting is invalid; the message names it and what is accepted.
+        """
+        from repocache.cold.base import COMPRESSIONS
+
+        if on_fetch_error not in _ON_FETCH_ERROR:
+            raise ConfigError(f"on_fetch_error={on_fetch_error!r} is not accepted; expected 'warn' or 'raise'")
+        if cold_compression not in COMPRESSIONS:
+            expected = " or ".join(repr(name) for name in COMPRESSIONS)
+            raise ConfigError(f"cold_compression={cold_compression!r} is not accepted; expected {expected}")
+        return cls(
+            max_bytes=parse_bytes("max_bytes", max_bytes, allow_none=True),
+            min_free_bytes=parse_bytes("min_free_bytes", min_free_bytes, allow_none=False) or 0,
+            fetch_ttl=parse_seconds("fetch_ttl", fetch_ttl),
+            lock_timeout=parse_seconds("lock_timeout", lock_timeout),
+            on_fetch_error=str(on_fetch_error),
+            cold_min_bytes=parse_bytes("cold_min_bytes", cold_min_bytes, allow_none=False) or 0,
+            cold_compression=str(cold_compression),
+            cold_retention=None if cold_retention is None else parse_seconds("cold_retention", cold_retention),
+        )
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether there is any budget to enforce (a byte limit or a free-space floor)."""
+        return self.max_bytes is not None or self.min_free_bytes > 0

@@ -3,9 +3,9 @@
 ``crash`` mode carries out one operation and then waits to be killed. Every step it takes is appended, with a
 ``time.monotonic()`` stamp (one clock for all processes on Linux), to the file ``spec["events"]``, so the parent
 that SIGKILLs it can tell in which phase the kill landed. The steps are seen by wrapping
-``gitops.clone_mirror``, ``gitops.fetch_mirror``, ``gitops.make_worktree`` and ``RepoCache._evict_locked``,
-``_offload`` (cold upload) and ``_restore`` with functions that only log and then call the original: the library's
-behaviour is unchanged.
+``gitops.clone_mirror``, ``gitops.fetch_mirror``, ``gitops.make_worktree``, ``Budget.evict_locked``,
+``ColdTier.offload`` (cold upload) and ``ColdTier.restore`` with functions that only log and then call the
+original: the library's behaviour is unchanged.
 
 Spec keys (crash): ``root``, ``events``, ``action`` ("checkout", "worktree", "evict", "evict_loop"), ``url`` or
 ``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds to stay inside the
@@ -64,15 +64,15 @@ def _wrap(owner: Any, name: str, label: str, log: Log) -> None:
 
 def instrument(log: Log) -> None:
     """Log the start and end of transfers, worktree creation, evictions and cold uploads/restores (unchanged)."""
-    from repocache import cache as cache_module
-    from repocache import gitops
+    from repocache import budget, gitops
+    from repocache.cold import tier
 
     _wrap(gitops, "clone_mirror", "clone", log)
     _wrap(gitops, "fetch_mirror", "fetch", log)
     _wrap(gitops, "make_worktree", "worktree", log)
-    _wrap(cache_module.RepoCache, "_evict_locked", "evict", log)
-    _wrap(cache_module.RepoCache, "_offload", "upload", log)
-    _wrap(cache_module.RepoCache, "_restore", "restore", log)
+    _wrap(budget.Budget, "evict_locked", "evict", log)
+    _wrap(tier.ColdTier, "offload", "upload", log)
+    _wrap(tier.ColdTier, "restore", "restore", log)
 
 
 def fsck(path: Path) -> str | None:

@@ -748,7 +748,7 @@ def test_verify_repair_removes_the_file_of_a_killed_cold_upload(cache_root: Path
     cold = cache_root.parent / "cold"
     with RepoCache(cache_root, cold_store=f"file://{cold}") as cache:
         key = cache.ensure(upstream.url).key
-        # What RepoCache._offload has written when its process is killed in pack_mirror or the store's put.
+        # What ColdTier.offload has written when its process is killed in pack_mirror or the store's put.
         leftover = cache_root / "staging" / f"{key}.0123456789ab.upload"
         leftover.write_bytes(b"\0" * 100_000)
         assert [(p.kind, p.path) for p in cache.verify()] == [("leftover", leftover)]

@@ -1,0 +1,132 @@
+"""Keeping a root healthy: verify and repair (index against disk, debris of dead processes).
+
+Every check of a repository runs under its exclusive lock, tried without waiting: a repository that is held or
+being cloned is in flux, not broken, and is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+from repocache import gitops, locks
+from repocache.budget import Budget
+from repocache.context import Context
+from repocache.errors import InvalidURLError
+from repocache.index import Row
+from repocache.keys import normalize_url
+from repocache.layout import ExclusiveHold, key_of, listing, remove
+from repocache.models import Problem
+
+__all__ = ["verify"]
+
+
+def verify(context: Context, budget: Budget, repair: bool) -> list[Problem]:
+    """Compare the index with the disk, and find debris; with ``repair``, fix what is found."""
+    problems: list[Problem] = []
+    indexed = {row.key: row for row in context.index.rows()}
+    on_disk = context.layout.mirror_keys()
+    for key in [*indexed, *sorted(on_disk - set(indexed))]:
+        hold = context.layout.try_exclusive(key)
+        if hold is None:
+            continue  # held or being cloned: its state is in flux, not broken
+        with hold:
+            # Read again under the lock: the listing above may predate a fetch, a clone or an eviction.
+            row = context.index.get(key)
+            if row is None and not context.layout.mirror(key).is_dir():
+                continue  # evicted since the listing
+            problems.extend(_verify_one(context, budget, hold, row, repair))
+    problems.extend(_verify_debris(context, repair))
+    return problems
+
+
+def _verify_one(context: Context, budget: Budget, hold: ExclusiveHold, row: Row | None, repair: bool) -> list[Problem]:
+    key = hold.key
+    mirror = context.layout.mirror(key)
+    if row is not None and not mirror.is_dir():
+        if repair:
+            context.index.remove(key, counter=None)
+        return [Problem("missing", key, mirror, f"{row.url} is indexed but not on disk", repair)]
+    problem = gitops.validate_mirror(mirror)
+    if problem is not None:
+        if repair:
+            budget.evict_locked(hold, row)
+        return [Problem("invalid", key, mirror, f"the mirror {problem}", repair)]
+    if row is None:
+        url = mirror_url(context, mirror)
+        if repair and url is not None:
+            context.index.put(key, url, gitops.disk_usage(mirror), time.time(), counter=None, fetched=False)
+        elif repair:
+            shutil.rmtree(mirror, ignore_errors=True)
+        return [Problem("orphan", key, mirror, "a mirror on disk has no index entry", repair)]
+    size = gitops.disk_usage(mirror)
+    if size != row.size_bytes:
+        if repair:
+            context.index.set_size(key, size)
+        return [Problem("size", key, mirror, f"recorded {row.size_bytes} bytes, disk has {size}", repair)]
+    return []
+
+
+def mirror_url(context: Context, mirror: Path) -> str | None:
+    """The normalized upstream URL of a mirror, read from its config (which never holds credentials)."""
+    try:
+        repo = gitops.open_repository(mirror)
+    except Exception:
+        return None
+    try:
+        parsed = normalize_url(str(repo.config["remote.origin.url"]))
+    except (KeyError, InvalidURLError):
+        return None
+    finally:
+        repo.free()
+    return parsed.url if context.layout.mirror(parsed.key) == mirror else None
+
+
+def _verify_debris(context: Context, repair: bool) -> list[Problem]:
+    """Staging, trash and worktree debris whose owner is dead; anything whose owner holds its lock is skipped."""
+    layout = context.layout
+    problems: list[Problem] = []
+    for directory in (layout.staging, layout.trash):
+        for entry in listing(directory):
+            # Staging and trash entries belong to the clone, restore, upload or eviction holding the key's
+            # exclusive lock: they are debris only if that lock is free.
+            hold = layout.try_exclusive(key_of(entry.name))
+            if hold is None:
+                continue
+            with hold:
+                if not os.path.lexists(entry.path):
+                    continue  # finished and cleaned up while we looked
+                if repair:
+                    remove(Path(entry.path))
+            detail = "debris of an interrupted operation"
+            problems.append(Problem("leftover", entry.name, Path(entry.path), detail, repair))
+    worktree_names = {e.name.removesuffix(".lock") for e in listing(layout.worktrees)}
+    for name in sorted(worktree_names):
+        tree = layout.worktrees / name
+        lock_file = layout.worktree_lock(tree)
+        try:
+            owner = locks.acquire(lock_file, shared=False, timeout=0, create=False)
+        except FileNotFoundError:
+            owner = None  # no lock file: either removed by its owner just now, or a tree whose owner died
+            if not tree.exists():
+                continue
+        else:
+            if owner is None:
+                continue  # its process is alive and using it
+            if not owner.is_current():  # its owner removed the tree and unlinked the file while we opened it
+                owner.release()
+                continue
+        try:
+            if repair:
+                remove(tree)
+                with contextlib.suppress(FileNotFoundError):
+                    lock_file.unlink()
+        finally:
+            if owner is not None:
+                owner.release()
+        detail = "worktree of a process that died" if tree.exists() or repair else "lock file of a dead worktree"
+        problems.append(Problem("leftover", name, tree, detail, repair))
+    return problems

@@ -1,0 +1,98 @@
+"""Turning a miss into a published mirror: sweep, make room, try the sources in order, publish into place.
+
+Every mirror is built through one template (pre-commit's ``_new_repo``): under the repository's exclusive lock,
+delete the debris of earlier attempts, reserve its bytes when its size is known, fill a fresh staging directory
+from the first source that works (a restore from the cold store, then a clone), validate, and publish it with one
+atomic rename. On any failure the staging directory and the reservation are dropped: nothing half-made is ever
+served, and a process killed at any instant leaves only debris that the next attempt sweeps.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from repocache import gitops
+from repocache.budget import Budget
+from repocache.cold.tier import ColdTier
+from repocache.context import Context
+from repocache.errors import BudgetError
+from repocache.events import Source
+from repocache.keys import RepoURL
+from repocache.layout import ExclusiveHold, remove
+
+__all__ = ["materialize", "sweep_staging"]
+
+Fill = Callable[[Path], bool]  # fills the staging directory; False when this source cannot be used
+
+
+def materialize(
+    context: Context,
+    budget: Budget,
+    cold: ColdTier | None,
+    hold: ExclusiveHold,
+    parsed: RepoURL,
+    progress: gitops.ProgressCallback | None,
+) -> Source:
+    """Restore or clone ``parsed`` into place; returns where it came from.
+
+    Raises:
+        BudgetError: it cannot fit (before any download when its size is known, else after the clone).
+        CloneError: no source could produce a valid mirror.
+    """
+    key = hold.key
+    sweep_staging(context, hold)
+    manifest = cold.manifest(parsed) if cold is not None else None
+    known = max(context.index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
+    reservation = budget.make_room(parsed, known)
+    staging = context.layout.new_staging(key)
+
+    def clone(staging: Path) -> bool:
+        gitops.clone_mirror(parsed, staging, context.git, progress=progress)
+        return True
+
+    sources: list[tuple[Source, Fill]] = []
+    if cold is not None and manifest is not None:
+        sources.append((Source.RESTORE, lambda staging: cold.restore(hold, parsed, manifest, staging, progress)))
+    sources.append((Source.CLONE, clone))
+    try:
+        source = next(source for source, fill in sources if fill(staging))
+        size = gitops.disk_usage(staging)
+        max_bytes = context.settings.max_bytes
+        if max_bytes is not None and size > max_bytes and not context.pins.matches(parsed.url):
+            # Its size was unknown before the download; remember it so the next miss is refused up front.
+            context.index.remember_size(key, parsed.url, size)
+            raise BudgetError(parsed.url, size, max_bytes)
+        os.rename(staging, context.layout.mirror(key))
+        context.index.put(
+            key,
+            parsed.url,
+            size,
+            time.time(),
+            counter=source.counter,
+            fetched=source is Source.CLONE,
+            reservation=reservation,
+        )
+        reservation = None  # dropped with the put: the bytes are now counted by the entry
+        context.events.materialized(parsed.url, source, size)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        if reservation is not None:
+            context.index.unreserve(reservation)
+    if size > known:
+        # More bytes than room was made for (a first clone, or a repository that grew): evict others now, while
+        # the new mirror is held and so cannot be the victim. When its size was known, the room made before the
+        # download is all the enforcement a miss needs.
+        budget.enforce_if_over()
+    return source
+
+
+def sweep_staging(context: Context, hold: ExclusiveHold) -> None:
+    """Delete staging debris of the held repository: its exclusive lock proves the debris is dead."""
+    for path in context.layout.staged_of(hold.key):
+        context.events.leftover_removed(str(path))
+        remove(path)
