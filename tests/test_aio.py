@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from repocache import AsyncRepoCache, ConfigError, Progress, RepoCache, RepoCacheError, normalize_url
+from repocache.index import Index
 from repocache.testing import GitDaemon, SmartHTTPServer, UpstreamFactory
 from tests.conftest import assert_consistent
 
@@ -137,7 +138,9 @@ async def test_cancelling_a_checkout_during_a_clone_kills_git_and_leaves_nothing
     assert list((root / "staging").iterdir()) == []
     assert list((root / "repos").iterdir()) == []
     assert _exclusive_lock_is_free(root / "locks" / f"{key}.lock")
-    assert acache.cache._index.reserved_bytes() == 0  # no reservation left for a clone that will not come
+    index = Index(root / "index.sqlite")
+    assert index.reserved_bytes() == 0  # no reservation left for a clone that will not come
+    index.close()
 
     slow_http.delay = 0.0
     async with acache.checkout(url) as co:  # the next checkout of the same repository works
