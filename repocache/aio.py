@@ -176,7 +176,8 @@ class AsyncRepoCache:
         Raises:
             RefNotFoundError: ``ref`` does not exist in the repository (after the fetch).
             GitError: the checkout failed.
-            and everything :meth:`checkout` raises.
+            RepoCacheError: whatever :meth:`checkout` raises (``InvalidURLError``, ``CloneError``, ``FetchError``,
+                ``BudgetError``, ``LockTimeoutError``).
         """
         manager = self.cache.worktree(url, ref, path=path, submodules=submodules, progress=self._on_loop(progress))
         async with self._held(manager) as worktree:

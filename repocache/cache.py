@@ -266,7 +266,8 @@ class RepoCache:
         Raises:
             RefNotFoundError: ``ref`` does not exist in the repository (after the fetch).
             GitError: the checkout failed.
-            and everything :meth:`checkout` raises.
+            RepoCacheError: whatever :meth:`checkout` raises (``InvalidURLError``, ``CloneError``, ``FetchError``,
+                ``BudgetError``, ``LockTimeoutError``).
         """
         if not isinstance(ref, str) or not ref or ref.startswith("-") or any(c in ref for c in "\n\r\x00"):
             raise InvalidRefError(repr(ref), "expected a branch, tag, ref name or commit id")
