@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -73,7 +74,8 @@ class AsyncRepoCache:
 
         Args:
             root: the cache directory (as for :class:`~repocache.RepoCache`), or a :class:`~repocache.RepoCache`
-                to wrap; closing this object closes it.
+                to wrap; closing this object closes it. A wrapped cache's own ``progress`` setting is called in
+                the worker threads.
             max_workers: the most blocking operations run at once (threads).
             progress: default progress callback, called on the event loop with a :class:`~repocache.Progress`.
             **settings: every other keyword :class:`~repocache.RepoCache` accepts (``max_bytes``, ``pins``,
@@ -107,7 +109,8 @@ class AsyncRepoCache:
     async def close(self) -> None:
         """Wait for the calls in flight, then close the cache; further calls raise :class:`RepoCacheError`.
 
-        Closing twice is a no-op. Blocks still open may still be left; leave them before closing.
+        Closing twice is a no-op. A ``checkout`` or ``worktree`` block still open may be left afterwards: its
+        hold is released all the same.
         """
         if self._closed:
             return
@@ -195,7 +198,7 @@ class AsyncRepoCache:
             yield value
         finally:
             # The hold is released and the budget enforced even if the task is being cancelled meanwhile.
-            await _uncancellable(self._submit(self._releasers, lambda: leave(value), token=None))
+            await _uncancellable(self._release(lambda: leave(value)))
 
     # -- calls ---------------------------------------------------------------------------------------------------
 
@@ -282,6 +285,24 @@ class AsyncRepoCache:
 
         return executor.submit(run)
 
+    def _release(self, function: Callable[[], None]) -> concurrent.futures.Future[None]:
+        """Run ``function`` (leaving a block) in a release thread, or in a thread of its own after :meth:`close`."""
+        try:
+            return self._releasers.submit(function)
+        except RuntimeError:  # closed while the block was open: the hold must still be released
+            future: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def run() -> None:
+                try:
+                    function()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(None)
+
+            threading.Thread(target=run, name="repocache-release-late").start()
+            return future
+
     async def _run(self, function: Callable[[], T], *, abandoned: Callable[[T], None] | None = None) -> T:
         """Run ``function`` in a worker thread; if the caller is cancelled, cancel it there and wait for it.
 
@@ -305,8 +326,7 @@ class AsyncRepoCache:
                     raise  # it stopped; its own cleanup (finally blocks) has run in the thread
                 if abandoned is not None:
                     value = waiter.result()
-                    release = self._submit(self._releasers, lambda: abandoned(value), token=None)
-                    released = asyncio.wrap_future(release)
+                    released = asyncio.wrap_future(self._release(lambda: abandoned(value)))
                     await _settle(released)
                     if not released.cancelled() and released.exception() is not None:
                         logger.warning("releasing what a cancelled call left failed: %s", released.exception())

@@ -310,3 +310,13 @@ async def test_wrapping_and_settings(cache_root: Path) -> None:
             assert (await wrapped.stats()).entries == 0
         with pytest.raises(RepoCacheError, match="closed"):
             sync_cache.stats()
+
+
+async def test_a_block_left_after_close_still_releases_its_hold(
+    cache_root: Path, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    url = daemon.url_for(served.create("aio-close-inside"))
+    acache = AsyncRepoCache(cache_root)
+    async with acache.checkout(url) as co:
+        await acache.close()
+    assert _exclusive_lock_is_free(cache_root / "locks" / f"{co.key}.lock")
