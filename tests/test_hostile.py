@@ -9,8 +9,9 @@ import shutil
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,6 +177,95 @@ def test_partial_clone_upstream_with_missing_objects_says_so(
         cache.ensure(url)
     assert "partial clone" in str(caught.value)
     assert list((cache.root / "repos").iterdir()) == []
+
+
+def _refused_and_nothing_published(cache: RepoCache, url: str, message: str) -> None:
+    with pytest.raises(CloneError, match=message):
+        cache.ensure(url)
+    assert list((cache.root / "repos").iterdir()) == []
+    assert list((cache.root / "staging").iterdir()) == []
+    assert cache.info(url) is None and cache.entries() == []
+    assert_consistent(cache)
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+def test_an_upstream_whose_head_branch_names_a_missing_object_is_refused(
+    cache_root: Path, upstreams: UpstreamFactory, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """git clones such a local upstream without complaint (it copies refs and objects as they are): only the
+    library's validation of the result stands between it and a mirror whose HEAD leads nowhere."""
+    if engine == "libgit2":
+        monkeypatch.setenv("REPOCACHE_GIT", "")
+    upstream = upstreams.create("head-to-nowhere")
+    upstream.branch("side")
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    (upstream.path / "refs" / "heads" / "main").write_text(missing + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        (upstream.path / "packed-refs").unlink()
+    message = "cloned repository is corrupt" if engine == "git" else missing
+    with RepoCache(cache_root) as cache:
+        _refused_and_nothing_published(cache, upstream.url, message)
+
+
+def _drop_refs(mirror: Path) -> None:
+    shutil.rmtree(mirror / "refs")
+    (mirror / "refs").mkdir()
+    with contextlib.suppress(FileNotFoundError):
+        (mirror / "packed-refs").unlink()
+
+
+def _drop_objects(mirror: Path) -> None:
+    for child in (mirror / "objects").iterdir():
+        if child.name not in ("info", "pack"):
+            shutil.rmtree(child)
+    for pack in (mirror / "objects" / "pack").iterdir():
+        pack.unlink()
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(_drop_refs, "cloned repository has no refs"), (_drop_objects, "cloned repository is corrupt")],
+    ids=["refs-lost", "objects-lost"],
+)
+def test_a_clone_result_that_is_not_a_whole_mirror_is_never_published(
+    cache_root: Path,
+    upstreams: UpstreamFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    engine: str,
+    damage: Callable[[Path], None],
+    message: str,
+) -> None:
+    """Each engine's real clone lands in staging, then loses its refs or its objects (as a partial transfer or a
+    broken disk would leave it) before it is validated: the clone fails and nothing is published or indexed."""
+    from repocache import gitops
+
+    upstream = upstreams.create("damaged")
+    upstream.commits(3, size=5_000)
+    upstream.branch("side")
+    real_clone, real_run = gitops._clone_libgit2, gitops._run_git
+
+    def clone_then_damage(url: object, dest: Path, *args: Any) -> None:
+        real_clone(url, dest, *args)  # type: ignore[arg-type]
+        damage(dest)
+
+    def run_then_damage(args: list[str], *rest: Any, **kwargs: Any) -> None:
+        real_run(args, *rest, **kwargs)
+        if args[0] == "clone":
+            damage(Path(args[-1]))
+
+    if engine == "libgit2":
+        monkeypatch.setenv("REPOCACHE_GIT", "")
+        monkeypatch.setattr(gitops, "_clone_libgit2", clone_then_damage)
+    else:
+        monkeypatch.setattr(gitops, "_run_git", run_then_damage)
+    with RepoCache(cache_root) as cache:
+        _refused_and_nothing_published(cache, upstream.url, message)
+        monkeypatch.setattr(gitops, "_clone_libgit2", real_clone)
+        monkeypatch.setattr(gitops, "_run_git", real_run)
+        with cache.checkout(upstream.url) as co:  # the next clone, whole, is published
+            assert co.source == "clone" and mirror_refs(co.path) == upstream.refs()
+        assert_consistent(cache)
 
 
 def test_upstream_head_naming_a_missing_branch_still_mirrors(cache: RepoCache, upstreams: UpstreamFactory) -> None:
