@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -402,10 +404,47 @@ def test_a_fetch_from_an_upstream_that_stalls_serves_the_stale_copy(
 # -- full disks ------------------------------------------------------------------------------------------------------
 
 
+_IN_USER_NAMESPACE = "REPOCACHE_TEST_IN_USER_NAMESPACE"
+
+
+def _ran_in_a_user_namespace(request: pytest.FixtureRequest, tmp_path: Path) -> bool:
+    """Without root, run this test again as root of a new user and mount namespace; True once that run passed.
+
+    An unprivileged user may mount a tmpfs inside a user namespace of its own (as rootless containers do), and
+    writes there meet a real ENOSPC: the same proof as with root. Skips, with the reason, where the kernel refuses
+    unprivileged user namespaces. With root, returns False at once: the test mounts its tmpfs itself.
+    """
+    if os.geteuid() == 0:
+        return False
+    assert not os.environ.get(_IN_USER_NAMESPACE), "inside the user namespace, yet not its root"
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("mounting a small tmpfs needs root, or unshare(1) for an unprivileged user namespace")
+    namespace = [unshare, "--user", "--map-root-user", "--mount"]
+    probe = subprocess.run([*namespace, "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs needs root or an unprivileged user namespace: {probe.stderr.strip()}")
+    pytest_args = ["-q", "-rs", f"--basetemp={tmp_path / 'namespaced'}", request.node.nodeid]
+    inner = subprocess.run(
+        [*namespace, "--", sys.executable, "-m", "pytest", *pytest_args],
+        cwd=request.config.rootpath,
+        env={**os.environ, _IN_USER_NAMESPACE: "1"},
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    output = inner.stdout + inner.stderr
+    if inner.returncode == 0 and re.search(r"\b1 passed\b", output):
+        return True
+    skipped = re.search(r"^SKIPPED \[\d+\] \S+ (.*)$", output, re.MULTILINE)
+    if inner.returncode == 0 and skipped:
+        pytest.skip(f"in a user namespace: {skipped.group(1)}")
+    raise AssertionError(f"the test failed as root of a user namespace:\n{output[-6000:]}")
+
+
 @contextlib.contextmanager
 def _small_filesystem(path: Path, size: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+    """A tmpfs of ``size`` mounted at ``path``; the caller is root, of the machine or of its own user namespace."""
     path.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     if mounted.returncode != 0:
@@ -418,8 +457,10 @@ def _small_filesystem(path: Path, size: str) -> Iterator[Path]:
 
 @pytest.mark.parametrize("transport", ["local", "git"])
 def test_clone_that_fills_the_disk_fails_cleanly_and_spares_other_repos(
-    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, transport: str
+    request: pytest.FixtureRequest, tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, transport: str
 ) -> None:
+    if _ran_in_a_user_namespace(request, tmp_path):
+        return
     small = served.create("fits")
     huge = served.create("overflows")
     huge.commits(8, size=400_000)
@@ -438,8 +479,10 @@ def test_clone_that_fills_the_disk_fails_cleanly_and_spares_other_repos(
 
 
 def test_restore_that_fills_the_disk_fails_cleanly_and_keeps_the_cold_copy(
-    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
+    request: pytest.FixtureRequest, tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
 ) -> None:
+    if _ran_in_a_user_namespace(request, tmp_path):
+        return
     small = served.create("fits-restore")
     huge = served.create("overflows-restore")
     huge.commits(8, size=400_000)
