@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,7 +32,7 @@ from repocache.errors import (
     RefNotFoundError,
     RepoCacheError,
 )
-from repocache.events import Counter, Events, Source
+from repocache.events import Counter, EventHook, Events, Source
 from repocache.index import Index
 from repocache.keys import RepoURL, normalize_url
 from repocache.layout import Layout, SharedHold
@@ -72,6 +72,7 @@ class RepoCache:
         cold_min_bytes: int | str = 0,
         cold_compression: str = "none",
         cold_retention: float | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
@@ -93,6 +94,8 @@ class RepoCache:
             cold_compression: ``"none"`` (a plain tar, fastest to restore) or ``"zstd"`` (needs ``zstandard``).
             cold_retention: seconds an artifact is kept in the cold store; older ones are pruned after uploads
                 (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
+            on_event: a function called with every :class:`~repocache.events.Event` of this cache (hit, miss,
+                clone, restore, fetch, stale, eviction, ...); see :meth:`subscribe`.
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
@@ -125,8 +128,11 @@ class RepoCache:
             layout.create()
         except OSError as exc:
             raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
+        events = Events()
+        if on_event is not None:
+            events.subscribe(on_event)
         self._context = Context(
-            settings=settings, layout=layout, index=Index(layout.index), pins=self.pins, git=git, events=Events()
+            settings=settings, layout=layout, index=Index(layout.index), pins=self.pins, git=git, events=events
         )
         self._cold = self._open_cold_store(cold_store)
         self._budget = Budget(self._context, self._cold)
@@ -204,6 +210,20 @@ class RepoCache:
         if parsed.is_local and not self._context.git.allow_local:
             raise InvalidURLError(parsed.url, "local paths are not allowed by this cache (allow_local=False)")
         return parsed
+
+    def subscribe(self, hook: EventHook) -> Callable[[], None]:
+        """Call ``hook`` with every :class:`~repocache.events.Event` of this cache from now on.
+
+        Hooks run in the thread that caused the event and should be quick; one that raises is logged and ignored.
+        Events describe this process's operations; counters of the whole root are in :meth:`stats`.
+
+        Returns:
+            A function that unsubscribes the hook.
+
+        Raises:
+            ConfigError: ``hook`` is not callable.
+        """
+        return self._context.events.subscribe(hook)
 
     def _enforce_if_over(self) -> None:
         if not self._closed:
@@ -354,7 +374,7 @@ class RepoCache:
             if not self._context.layout.mirror(parsed.key).is_dir():
                 self._context.index.remove(parsed.key, counter=None)
                 return False
-            self._budget.evict_locked(hold, self._context.index.get(parsed.key))
+            self._budget.evict_locked(hold, self._context.index.get(parsed.key), reason="explicit")
             return True
 
     def enforce(self) -> list[Entry]:
@@ -450,6 +470,7 @@ class RepoCache:
         """
         context = self._context
         started = time.time()
+        clock = time.perf_counter()
         deadline = time.monotonic() + self.lock_timeout
         key = parsed.key
         mirror = context.layout.mirror(key)
@@ -466,6 +487,8 @@ class RepoCache:
                     if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
                         fetched, stale = refresh.refresh(context, hold, parsed, started, deadline, progress)
                     context.index.touch(key, time.time(), counter=Counter.HITS if source is Source.HIT else None)
+                    if source is Source.HIT and context.events.active:
+                        context.events.hit(parsed.url, key, time.perf_counter() - clock, fetched)
                     checkout = Checkout(
                         path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
                     )
@@ -477,6 +500,7 @@ class RepoCache:
             if not counted_miss:
                 counted_miss = True
                 context.index.count(Counter.MISSES)
+                context.events.miss(parsed.url, key)
             exclusive = context.layout.hold_exclusive(key, max(0.0, deadline - time.monotonic()))
             if exclusive is None:
                 raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")

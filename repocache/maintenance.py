@@ -53,7 +53,7 @@ def _verify_one(context: Context, budget: Budget, hold: ExclusiveHold, row: Row 
     problem = gitops.validate_mirror(mirror)
     if problem is not None:
         if repair:
-            budget.evict_locked(hold, row)
+            budget.evict_locked(hold, row, reason="invalid")
         return [Problem("invalid", key, mirror, f"the mirror {problem}", repair)]
     if row is None:
         url = mirror_url(context, mirror)

@@ -44,6 +44,7 @@ def materialize(
         CloneError: no source could produce a valid mirror.
     """
     key = hold.key
+    started = time.perf_counter()
     sweep_staging(context, hold)
     manifest = cold.manifest(parsed) if cold is not None else None
     known = max(context.index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
@@ -77,7 +78,7 @@ def materialize(
             reservation=reservation,
         )
         reservation = None  # dropped with the put: the bytes are now counted by the entry
-        context.events.materialized(parsed.url, source, size)
+        context.events.materialized(parsed.url, key, source, size, time.perf_counter() - started)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

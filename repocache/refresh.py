@@ -56,16 +56,21 @@ def refresh(
         row = context.index.get(hold.key) or row
         if is_fresh(row, started, settings.fetch_ttl):
             return False, False  # coalesced with a fetch that finished after this request began
+        fetch_started = time.perf_counter()
         try:
             fetch_with_retry(context, parsed, progress)
         except FetchError as exc:
             context.index.count(Counter.FETCH_ERRORS)
+            seconds = time.perf_counter() - fetch_started
+            context.events.fetched(parsed.url, hold.key, seconds, row.size_bytes, 0, error=exc.detail)
             if settings.on_fetch_error == "raise":
                 raise
-            context.events.stale_served(parsed.url, exc.detail)
+            context.events.stale_served(parsed.url, hold.key, exc.detail)
             warn_caller(f"serving a stale copy: {exc}")
             return False, True
-        context.index.fetched(hold.key, gitops.disk_usage(context.layout.mirror(hold.key)), time.time())
+        size = gitops.disk_usage(context.layout.mirror(hold.key))
+        context.index.fetched(hold.key, size, time.time())
+        context.events.fetched(parsed.url, hold.key, time.perf_counter() - fetch_started, size, size - row.size_bytes)
     return True, False
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -84,10 +85,14 @@ def test_eviction_skips_repo_held_by_other_process(cache_root: Path, three: list
     try:
         wait_for_file(tmp_path / "ready", worker=holder)
         with RepoCache(cache_root, max_bytes=budget) as cache:
+            with cache.checkout(three[1].url):
+                pass  # beta is now the most recently used: alpha, held by the other process, is the LRU victim
+            assert [e.url.rsplit("/", 1)[-1] for e in cache.entries()] == ["beta.git", "alpha.git"]
             started = time.monotonic()
             cache.ensure(three[2].url)
             assert time.monotonic() - started < 10  # skipped the held repo, did not wait for it
             assert _on_disk(cache) == {"alpha", "gamma"}
+        assert Path(json.loads(wait_for_file(tmp_path / "ready"))["path"]).is_dir()  # the holder's mirror stayed
     finally:
         (tmp_path / "release").write_text("")
         holder.result()

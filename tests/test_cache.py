@@ -75,6 +75,26 @@ def test_hit_fetches_new_commits_force_pushes_and_deleted_refs(
         assert "refs/heads/doomed" not in co.repo.references
 
 
+def test_a_fetch_that_adds_objects_records_the_mirrors_new_size(
+    cache: RepoCache, served: UpstreamFactory, transport: Transport
+) -> None:
+    """The recorded size follows the fetch (git CLI for a local path, libgit2 over ``git://`` and HTTP)."""
+    from repocache import gitops
+
+    upstream = served.create("growing")
+    url = transport(upstream)
+    before = cache.ensure(url)
+    assert before.size_bytes == gitops.disk_usage(before.path)
+    upstream.commits(3, size=100_000)  # about 300 KB of incompressible content
+    with cache.checkout(url) as co:
+        assert co.source == "hit" and co.fetched
+    after = cache.info(url)
+    assert after is not None
+    assert after.size_bytes > before.size_bytes + 250_000
+    assert after.size_bytes == gitops.disk_usage(after.path)
+    assert cache.stats().bytes_used == after.size_bytes
+
+
 def test_hit_follows_a_moved_upstream_head(cache: RepoCache, served: UpstreamFactory, transport: Transport) -> None:
     upstream = served.create("headmove")
     upstream.branch("trunk")
@@ -134,7 +154,12 @@ def test_dead_git_daemon_upstream_is_stale_too(cache_root: Path, upstreams: Upst
         with RepoCache(cache_root, on_fetch_error="raise") as cache:
             cache.ensure(url)
     with RepoCache(cache_root, on_fetch_error="warn") as cache:
-        with pytest.warns(RuntimeWarning), cache.checkout(url) as co:
+        with (
+            pytest.warns(
+                RuntimeWarning, match=r"serving a stale copy: fetch of git://127\.0\.0\.1:\d+/daemon-dies failed"
+            ),
+            cache.checkout(url) as co,
+        ):
             assert co.stale
     with RepoCache(cache_root, on_fetch_error="raise") as cache:
         with pytest.raises(FetchError), cache.checkout(url):

@@ -130,6 +130,7 @@ class ColdTier:
         mirror = context.layout.mirror(hold.key)
         upload = context.layout.new_upload(hold.key)
         compression = context.settings.cold_compression
+        started = time.perf_counter()
         try:
             with open(upload, "wb") as out:
                 sha256, size = pack_mirror(mirror, out, compression=compression)
@@ -147,7 +148,7 @@ class ColdTier:
             )
             self.store.put(row.key, manifest, upload)
             context.index.set_in_cold_store(row.key, row.url, True, size_bytes=row.size_bytes)
-            context.events.offloaded(row.url, size)
+            context.events.published(row.url, row.key, time.perf_counter() - started, size, "evict")
         except (ColdStoreError, OSError, ValueError) as exc:
             context.events.cold_problem("offload", row.url, exc)
         finally:
