@@ -23,6 +23,7 @@ from repocache import cancel
 from repocache.cache import RepoCache
 from repocache.checkout import Checkout, Worktree
 from repocache.errors import ConfigError, RepoCacheError
+from repocache.events import EventHook
 from repocache.gitops import ProgressCallback
 from repocache.models import Entry, Problem, Progress, Stats
 
@@ -201,6 +202,17 @@ class AsyncRepoCache:
             await _uncancellable(self._release(lambda: leave(value)))
 
     # -- calls ---------------------------------------------------------------------------------------------------
+
+    def subscribe(self, hook: EventHook) -> Callable[[], None]:
+        """Call ``hook`` with every :class:`~repocache.events.Event` of this cache; as :meth:`RepoCache.subscribe`.
+
+        Hooks run in the worker thread that caused the event (not on the event loop) and should be quick; hand
+        what they receive to the loop with ``loop.call_soon_threadsafe`` if it must be handled there.
+
+        Returns:
+            A function that unsubscribes the hook.
+        """
+        return self.cache.subscribe(hook)
 
     async def ensure(self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Entry:
         """Clone or refresh the repository now without holding it; as :meth:`RepoCache.ensure`.

@@ -320,3 +320,14 @@ async def test_a_block_left_after_close_still_releases_its_hold(
     async with acache.checkout(url) as co:
         await acache.close()
     assert _exclusive_lock_is_free(cache_root / "locks" / f"{co.key}.lock")
+
+
+async def test_event_hooks_see_async_calls_from_the_worker_threads(
+    acache: AsyncRepoCache, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    seen: list[tuple[str, int]] = []
+    unsubscribe = acache.subscribe(lambda event: seen.append((type(event).__name__, threading.get_ident())))
+    await acache.ensure(daemon.url_for(served.create("aio-events")))
+    unsubscribe()
+    assert "CloneEvent" in {name for name, _ in seen}
+    assert threading.get_ident() not in {thread for _, thread in seen}
