@@ -554,7 +554,7 @@ class RepoCache:
             if self.max_bytes is not None and size > self.max_bytes and not self.pins.matches(parsed.url):
                 # Its size was unknown before the download; remember it so the next miss is refused up front.
                 self._index.remember_size(key, parsed.url, size)
-                raise BudgetError(parsed.url, size, self.max_bytes)
+                raise BudgetError(parsed.url, size, self.max_bytes, max_bytes=self.max_bytes)
             os.rename(staging, self._mirror(key))
             counter = "restores" if source == "restore" else "clones"
             self._index.put(
@@ -608,7 +608,7 @@ class RepoCache:
         if not self._budgeted():
             return None
         if self.max_bytes is not None and needed > self.max_bytes:
-            raise BudgetError(parsed.url, needed, self.max_bytes)
+            raise BudgetError(parsed.url, needed, self.max_bytes, max_bytes=self.max_bytes)
         with self._budget_lock():
             reserved = self._index.reserved_bytes()
             _evicted, deficit = self._free(needed, reserved=reserved, all_or_nothing=True, url=parsed.url)
