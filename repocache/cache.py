@@ -178,6 +178,7 @@ class RepoCache:
         self._cold = self._open_cold_store(cold_store)
         self._closed = False
         self._empty_trash()
+        self._sweep_locks()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -425,6 +426,8 @@ class RepoCache:
                     continue  # evicted since the listing
                 problems.extend(self._verify_one(key, row, repair))
         problems.extend(self._verify_debris(repair))
+        if repair:
+            self._sweep_locks()
         return problems
 
     # -- acquiring ------------------------------------------------------------------------------------------
@@ -466,7 +469,12 @@ class RepoCache:
                 raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
             with exclusive:
                 if not mirror.is_dir():
-                    source = self._materialize(parsed, progress)
+                    try:
+                        source = self._materialize(parsed, progress)
+                    except BaseException:
+                        if not mirror.is_dir():  # a failed miss (a typo, a dead URL) leaves no lock file behind
+                            locks.discard(exclusive)
+                        raise
                     fetched = source == "clone"
         raise RepoCacheError(
             f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
@@ -674,6 +682,14 @@ class RepoCache:
             logger.info("evicted %s (%d bytes)", row.url if row else key, row.size_bytes if row else 0)
         else:
             self._index.remove(key, counter=None)
+
+    def _sweep_locks(self) -> None:
+        """Delete the lock files of repositories that are not on disk (typos, failed clones, evicted ones)."""
+        removed = locks.sweep(
+            self._locks, lambda key: key != "budget" and not self._mirror(key).is_dir(), suffixes=(".lock", ".fetch")
+        )
+        if removed:
+            logger.debug("removed %d lock files of repositories not on disk", len(removed))
 
     def _empty_trash(self) -> None:
         """Finish deleting what evictions of dead processes left in trash/ (live evictions hold the key's lock)."""

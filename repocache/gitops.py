@@ -293,10 +293,11 @@ def _run_git(
 
 
 def _error_lines(tail: Iterable[str], *, hide: Path | None) -> str:
-    """git's own error lines (``fatal:``, ``error:``) from the end of its stderr, one per line, scrubbed.
+    """git's own error lines (``fatal:``, ``error:``) from the end of its stderr, as sentences on one line, scrubbed.
 
     Progress and "Cloning into ..." lines are dropped; without any error line, the last few other lines are kept.
-    ``hide`` (a staging directory) is an internal path that means nothing to the caller: it is left out.
+    One line, because messages end up in logs and in the command line's one-line errors. ``hide`` (a staging
+    directory) is an internal path that means nothing to the caller: it is named as what it is.
     """
     lines = [
         line.strip()
@@ -304,7 +305,7 @@ def _error_lines(tail: Iterable[str], *, hide: Path | None) -> str:
         if line.strip() and not _PROGRESS_LINE.match(line.strip()) and not line.startswith("Cloning into ")
     ]
     errors = [line for line in lines if line.removeprefix("remote: ").startswith(("fatal:", "error:"))]
-    detail = "\n".join((errors or lines)[-6:])
+    detail = " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in (errors or lines)[-6:])
     return scrub(detail if hide is None else _hide(detail, hide))
 
 

@@ -177,7 +177,7 @@ def test_a_failed_clone_reports_gits_error_and_the_url_not_the_staging_path(
             assert message.startswith(f"clone of {caught.value.url} failed: "), message
             assert reason in message, message
             assert str(cache_root) not in message and "staging" not in message, message
-            assert "Cloning into" not in message and "; " not in message, message
+            assert "Cloning into" not in message and "; " not in message and "\n" not in message, message
             if engine == "git":
                 assert caught.value.detail.startswith("fatal: "), message
 
