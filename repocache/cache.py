@@ -442,7 +442,6 @@ class RepoCache:
         mirror = self._mirror(key)
         source = "hit"
         fetched = False
-        counted_miss = False
         for _attempt in range(_MAX_ATTEMPTS):
             hold = locks.acquire(self._lock_path(key), shared=True, timeout=self._remaining(deadline))
             if hold is None:
@@ -452,7 +451,8 @@ class RepoCache:
                     stale = False
                     if source in ("hit", "restore"):  # a restored mirror is as old as its artifact: fetch it
                         fetched, stale = self._refresh(parsed, started, deadline, progress)
-                    self._index.touch(key, time.time(), counter="hits" if source == "hit" else None)
+                    # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
+                    self._index.touch(key, time.time(), counter="hits" if source == "hit" else "misses")
                     checkout = Checkout(
                         path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
                     )
@@ -461,9 +461,6 @@ class RepoCache:
                 hold.release()
                 raise
             hold.release()
-            if not counted_miss:
-                counted_miss = True
-                self._index.count("misses")
             exclusive = locks.acquire(self._lock_path(key), shared=False, timeout=self._remaining(deadline))
             if exclusive is None:
                 raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
