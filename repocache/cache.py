@@ -682,9 +682,12 @@ class RepoCache:
 
     def _sweep_locks(self) -> None:
         """Delete the lock files of repositories that are not on disk (typos, failed clones, evicted ones)."""
-        removed = locks.sweep(
-            self._locks, lambda key: key != "budget" and not self._mirror(key).is_dir(), suffixes=(".lock", ".fetch")
-        )
+        present = {entry.name for entry in _listing(self._repos)}  # one listing, not a stat per lock file
+
+        def unused(key: str) -> bool:
+            return key != "budget" and key not in present and not self._mirror(key).is_dir()
+
+        removed = locks.sweep(self._locks, unused, suffixes=(".lock", ".fetch"))
         if removed:
             logger.debug("removed %d lock files of repositories not on disk", len(removed))
 
