@@ -39,8 +39,8 @@ class FsspecStore(_GenerationStore):
     Objects follow the layout of :mod:`repocache.cold.base`. Object stores have no rename, so atomicity comes
     from the layout: each upload writes an artifact under a name of its own (one PUT, or a multipart upload that
     only becomes visible when completed, and is aborted on failure), then its manifest in one PUT. Listings are
-    never served from fsspec's cache, so uploads by other hosts are seen at once. Uploads and downloads stream in
-    parts of 8 MiB.
+    never served from fsspec's cache, so uploads by other hosts are seen at once. Uploads stream in parts of 5 MiB,
+    downloads in windows of 8 MiB (one ranged GET each, one window in memory at a time).
 
     Args:
         url: an fsspec URL naming the store's root, e.g. ``s3://bucket/prefix`` or ``gcs://bucket/prefix``.
