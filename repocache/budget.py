@@ -106,7 +106,7 @@ class Budget:
         if not settings.budgeted:
             return None
         if settings.max_bytes is not None and needed > settings.max_bytes:
-            raise BudgetError(parsed.url, needed, settings.max_bytes)
+            raise BudgetError(parsed.url, needed, settings.max_bytes, max_bytes=settings.max_bytes)
         with self.lock() as budget:
             reserved = self._context.index.reserved_bytes()
             _evicted, deficit = self.free(budget, needed, reserved=reserved, all_or_nothing=True)

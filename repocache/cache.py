@@ -138,6 +138,7 @@ class RepoCache:
         self._budget = Budget(self._context, self._cold)
         self._closed = False
         self._budget.empty_trash()
+        maintenance.sweep_locks(self._context)
 
     # -- settings, read-only --------------------------------------------------------------------------------
 
@@ -421,7 +422,10 @@ class RepoCache:
             The problems found, each with ``repaired`` set when it was fixed.
         """
         self._check_open()
-        return maintenance.verify(self._context, self._budget, repair)
+        problems = maintenance.verify(self._context, self._budget, repair)
+        if repair:
+            maintenance.sweep_locks(self._context)
+        return problems
 
     # -- cold store -----------------------------------------------------------------------------------------------
 
@@ -476,7 +480,6 @@ class RepoCache:
         mirror = context.layout.mirror(key)
         source = Source.HIT
         fetched = False
-        counted_miss = False
         for _attempt in range(_MAX_ATTEMPTS):
             hold = context.layout.hold_shared(key, max(0.0, deadline - time.monotonic()))
             if hold is None:
@@ -486,9 +489,15 @@ class RepoCache:
                     stale = False
                     if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
                         fetched, stale = refresh.refresh(context, hold, parsed, started, deadline, progress)
-                    context.index.touch(key, time.time(), counter=Counter.HITS if source is Source.HIT else None)
-                    if source is Source.HIT and context.events.active:
-                        context.events.hit(parsed.url, key, time.perf_counter() - clock, fetched)
+                    # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
+                    context.index.touch(
+                        key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES
+                    )
+                    if context.events.active:
+                        if source is Source.HIT:
+                            context.events.hit(parsed.url, key, time.perf_counter() - clock, fetched)
+                        else:
+                            context.events.miss(parsed.url, key, time.perf_counter() - clock, source)
                     checkout = Checkout(
                         path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
                     )
@@ -497,16 +506,17 @@ class RepoCache:
                 hold.release()
                 raise
             hold.release()
-            if not counted_miss:
-                counted_miss = True
-                context.index.count(Counter.MISSES)
-                context.events.miss(parsed.url, key)
             exclusive = context.layout.hold_exclusive(key, max(0.0, deadline - time.monotonic()))
             if exclusive is None:
                 raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
             with exclusive:
                 if not mirror.is_dir():
-                    source = materialize(context, self._budget, self._cold, exclusive, parsed, progress)
+                    try:
+                        source = materialize(context, self._budget, self._cold, exclusive, parsed, progress)
+                    except BaseException:
+                        if not mirror.is_dir():  # a failed miss (a typo, a dead URL) leaves no lock file behind
+                            locks.discard(exclusive.handle)
+                        raise
                     fetched = source is Source.CLONE
         raise RepoCacheError(
             f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "

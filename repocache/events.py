@@ -111,9 +111,15 @@ class HitEvent(Event):
 
 @dataclass(frozen=True)
 class MissEvent(Event):
-    """A checkout or ensure did not find the repository on disk (a clone or restore follows, here or elsewhere)."""
+    """A checkout or ensure cloned or restored the repository itself (``source``), then handed it out.
+
+    Emitted, like :class:`HitEvent`, when the outcome is known: a call that found nothing on disk but was served
+    by another worker's clone is a hit. ``seconds`` runs until the checkout was handed out.
+    """
 
     kind: ClassVar[str] = "miss"
+    seconds: float
+    source: str
 
 
 @dataclass(frozen=True)
@@ -243,10 +249,10 @@ class Events:
         if self._hooks:
             self.emit(HitEvent(url, key, time.time(), seconds, fetched))
 
-    def miss(self, url: str, key: str) -> None:
-        """A repository was not on disk."""
+    def miss(self, url: str, key: str, seconds: float, source: Source) -> None:
+        """A repository was cloned or restored by this call and handed out."""
         if self._hooks:
-            self.emit(MissEvent(url, key, time.time()))
+            self.emit(MissEvent(url, key, time.time(), seconds, str(source)))
 
     def materialized(self, url: str, key: str, source: Source, size_bytes: int, seconds: float) -> None:
         """A miss was cloned or restored and published."""

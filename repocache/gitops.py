@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,11 +243,13 @@ def _run_git(
     error: type[GitError],
     *,
     cwd: Path | None = None,
+    hide: Path | None = None,
 ) -> None:
     """Run git, streaming its progress, killing it when it stays silent longer than ``idle_timeout``.
 
     When the calling thread has a :class:`~repocache.cancel.CancelToken`, git is also killed within
     ``_CANCEL_POLL`` seconds of its cancellation (and :class:`~repocache.cancel.Cancelled` raised).
+    On failure raises ``error`` with git's error lines; ``hide`` is a path left out of them (a staging directory).
     """
     assert options.git is not None
     cancel.check()
@@ -295,11 +297,32 @@ def _run_git(
     finally:
         process.stderr.close()
     if code != 0:
-        messages = [line for line in tail if not _PROGRESS_LINE.match(line.strip())] or list(tail)
-        detail = scrub("; ".join(m.strip() for m in messages[-6:]) or f"git exited with status {code}")
+        detail = _error_lines(tail, hide=hide) or f"git exited with status {code}"
         if any(marker in detail for marker in _PARTIAL_UPSTREAM):
             detail += _HINT_PARTIAL
         raise error(url.url, detail)
+
+
+def _error_lines(tail: Iterable[str], *, hide: Path | None) -> str:
+    """git's own error lines (``fatal:``, ``error:``) from the end of its stderr, as sentences on one line, scrubbed.
+
+    Progress and "Cloning into ..." lines are dropped; without any error line, the last few other lines are kept.
+    One line, because messages end up in logs and in the command line's one-line errors. ``hide`` (a staging
+    directory) is an internal path that means nothing to the caller: it is named as what it is.
+    """
+    lines = [
+        line.strip()
+        for line in tail
+        if line.strip() and not _PROGRESS_LINE.match(line.strip()) and not line.startswith("Cloning into ")
+    ]
+    errors = [line for line in lines if line.removeprefix("remote: ").startswith(("fatal:", "error:"))]
+    detail = " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in (errors or lines)[-6:])
+    return scrub(detail if hide is None else _hide(detail, hide))
+
+
+def _hide(detail: str, staging: Path) -> str:
+    """``detail`` with the internal staging path named as what it is."""
+    return detail.replace(f"'{staging}'", str(staging)).replace(str(staging), "the staging directory")
 
 
 def _with_death_signal(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
@@ -474,6 +497,7 @@ def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: Pro
             options,
             throttle,
             CloneError,
+            hide=dest,
         )
     else:
         _clone_libgit2(url, dest, options, throttle)
@@ -485,6 +509,9 @@ def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: Pro
 
 def _clone_libgit2(url: RepoURL, dest: Path, options: GitOptions, throttle: _Throttle) -> None:
     _configure_libgit2(options)
+    if url.is_local and not os.path.exists(url.fetch_url):
+        # libgit2 says "unsupported URL protocol" for a local path that does not exist; say what git says.
+        raise CloneError(url.url, f"repository '{url.fetch_url}' does not exist")
     try:
         repo = pygit2.init_repository(str(dest), bare=True)
         try:
@@ -505,6 +532,7 @@ def _clone_libgit2(url: RepoURL, dest: Path, options: GitOptions, throttle: _Thr
         if isinstance(exc, CloneError):
             raise
         detail = scrub(str(exc.detail if isinstance(exc, GitError) else exc))
+        detail = _hide(detail, dest)
         if any(marker in detail for marker in _PARTIAL_UPSTREAM):
             detail += _HINT_PARTIAL
         raise CloneError(url.url, detail) from None

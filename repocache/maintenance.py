@@ -21,7 +21,7 @@ from repocache.keys import normalize_url
 from repocache.layout import ExclusiveHold, key_of, listing, remove
 from repocache.models import Problem
 
-__all__ = ["verify"]
+__all__ = ["sweep_locks", "verify"]
 
 
 def verify(context: Context, budget: Budget, repair: bool) -> list[Problem]:
@@ -41,6 +41,22 @@ def verify(context: Context, budget: Budget, repair: bool) -> list[Problem]:
             problems.extend(_verify_one(context, budget, hold, row, repair))
     problems.extend(_verify_debris(context, repair))
     return problems
+
+
+def sweep_locks(context: Context) -> None:
+    """Delete the lock files of repositories that are not on disk (typos, failed clones, evicted ones).
+
+    Each file is deleted by :func:`repocache.locks.sweep` only while it holds the file's exclusive lock, the rule
+    that keeps deletion safe against a process about to lock it.
+    """
+    present = context.layout.mirror_keys()  # one listing, not a stat per lock file
+
+    def unused(key: str) -> bool:
+        return key != "budget" and key not in present and not context.layout.mirror(key).is_dir()
+
+    removed = locks.sweep(context.layout.locks, unused, suffixes=(".lock", ".fetch"))
+    if removed:
+        context.events.leftover_removed(f"{len(removed)} lock files of repositories not on disk")
 
 
 def _verify_one(context: Context, budget: Budget, hold: ExclusiveHold, row: Row | None, repair: bool) -> list[Problem]:

@@ -66,7 +66,7 @@ def materialize(
         if max_bytes is not None and size > max_bytes and not context.pins.matches(parsed.url):
             # Its size was unknown before the download; remember it so the next miss is refused up front.
             context.index.remember_size(key, parsed.url, size)
-            raise BudgetError(parsed.url, size, max_bytes)
+            raise BudgetError(parsed.url, size, max_bytes, max_bytes=max_bytes)
         os.rename(staging, context.layout.mirror(key))
         context.index.put(
             key,

@@ -30,14 +30,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from repocache.events import (
     BudgetWaitEvent,
-    CloneEvent,
     Event,
     EvictionEvent,
     FetchEvent,
     HitEvent,
     MaintenanceEvent,
+    MissEvent,
     PublishEvent,
-    RestoreEvent,
     StaleEvent,
 )
 
@@ -144,8 +143,8 @@ class Metrics:
         """Record one event (the cache calls this for every event once subscribed)."""
         if isinstance(event, HitEvent):
             self.checkout_seconds.labels("hit").observe(event.seconds)
-        elif isinstance(event, (CloneEvent, RestoreEvent)):
-            self.checkout_seconds.labels(event.kind).observe(event.seconds)
+        elif isinstance(event, MissEvent):
+            self.checkout_seconds.labels(event.source).observe(event.seconds)
         elif isinstance(event, FetchEvent):
             self.fetch_seconds.labels("ok" if event.ok else "error").observe(event.seconds)
             if event.bytes_added > 0:

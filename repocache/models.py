@@ -38,8 +38,10 @@ class Stats:
     """Counters shared by every process using the cache root, and the current budget.
 
     Attributes:
-        hits: checkouts served from disk.
-        misses: checkouts that found nothing on disk.
+        hits: checkouts (and ensures) served from disk, including those that waited for another worker's clone.
+        misses: checkouts (and ensures) that cloned or restored the repository. Each call that is handed a
+            repository counts once, as a hit or a miss; a call that fails (clone error, budget, lock timeout,
+            fetch error with ``on_fetch_error="raise"``) counts as neither.
         clones: successful clones from upstream.
         fetches: fetches that contacted upstream successfully.
         restores: repositories restored from the cold store.

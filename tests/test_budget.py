@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -146,6 +147,23 @@ def test_a_clone_that_cannot_fit_raises_before_downloading(
             assert caught.value.needed == big_size and "big-one" in str(caught.value)
             assert _on_disk(cache) == {"small-one"}  # nothing was evicted in vain
             assert_consistent(cache)
+
+
+def test_a_repository_larger_than_the_whole_budget_is_reported_as_such(
+    cache_root: Path, three: list[Upstream], tmp_path: Path
+) -> None:
+    size = _sizes(tmp_path / "measure", three)[0]
+    budget = size // 2
+    with RepoCache(cache_root, max_bytes=budget) as cache:
+        for attempt in ("size unknown: refused after the clone", "size known: refused before downloading"):
+            with pytest.raises(BudgetError) as caught:
+                cache.ensure(three[0].url)
+            message = str(caught.value)
+            assert f"larger than max_bytes={budget}" in message, (attempt, message)
+            assert "can be freed" not in message, (attempt, message)
+            assert caught.value.needed >= size and caught.value.max_bytes == budget
+            copy = pickle.loads(pickle.dumps(caught.value))
+            assert str(copy) == message and copy.max_bytes == budget
 
 
 def test_pinned_and_held_bytes_that_leave_no_room_raise_budget_error(cache_root: Path, three: list[Upstream]) -> None:

@@ -174,7 +174,37 @@ def test_failed_clone_raises_and_leaves_nothing(cache: RepoCache, tmp_path: Path
         pass
     assert list((cache.root / "repos").iterdir()) == []
     assert list((cache.root / "staging").iterdir()) == []
-    assert cache.stats().misses == 2 and cache.stats().clones == 0
+    assert cache.stats().misses == 0 and cache.stats().clones == 0  # failed calls count neither hit nor miss
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+def test_a_failed_clone_reports_gits_error_and_the_url_not_the_staging_path(
+    cache_root: Path,
+    tmp_path: Path,
+    daemon: GitDaemon,
+    http: SmartHTTPServer,
+    engine: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if engine == "libgit2":
+        monkeypatch.setenv("REPOCACHE_GIT", "")
+    missing = tmp_path / "no-such-repo"
+    cases = {
+        str(missing): f"'{missing}' does not exist",
+        f"git://127.0.0.1:{daemon.port}/absent": "no such repository: /absent",
+        f"http://127.0.0.1:{http.port}/absent.git": "404" if engine == "libgit2" else "not found",
+    }
+    with RepoCache(cache_root) as cache:
+        for url, reason in cases.items():
+            with pytest.raises(CloneError) as caught, cache.checkout(url):
+                pass
+            message = str(caught.value)
+            assert message.startswith(f"clone of {caught.value.url} failed: "), message
+            assert reason in message, message
+            assert str(cache_root) not in message and "staging" not in message, message
+            assert "Cloning into" not in message and "; " not in message and "\n" not in message, message
+            if engine == "git":
+                assert caught.value.detail.startswith("fatal: "), message
 
 
 def test_an_upstream_that_is_not_a_git_repository_is_a_clone_error(cache: RepoCache, tmp_path: Path) -> None:

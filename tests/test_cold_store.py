@@ -837,7 +837,6 @@ def test_pack_put_restore_of_a_50mb_mirror_keeps_memory_flat(tmp_path: Path) -> 
     assert measured["traced"] < 4 << 20, measured
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_s3_upload_and_download_of_a_50mb_mirror_stream_in_parts(
     tmp_path: Path,
@@ -845,6 +844,7 @@ def test_s3_upload_and_download_of_a_50mb_mirror_stream_in_parts(
 ) -> None:
     endpoint, bucket = s3_endpoint
     measured = _measure_memory(tmp_path, {"s3": f"s3://{bucket}/memory-{uuid.uuid4().hex}", "endpoint": endpoint})
-    # Parts of 5 MiB, each copied a few times by s3fs and botocore: bounded by the part size, not the artifact's.
+    # Uploads in parts of 5 MiB and downloads in windows of 8 MiB, each copied once or twice by s3fs and botocore:
+    # bounded by the part and window sizes, not the artifact's (downloads peaked at 72 MB with fsspec's read-ahead).
     # (RSS is not asserted here: the allocator's fragmentation from those copies makes it noisy.)
     assert measured["traced"] < 24 << 20, measured

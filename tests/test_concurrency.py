@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from repocache import Checkout, LockTimeoutError, RepoCache, locks
+from repocache import Checkout, CloneError, LockTimeoutError, RepoCache, locks, normalize_url
 from repocache.testing import SmartHTTPServer, UpstreamFactory
 from tests.conftest import Worker, assert_consistent, mirror_refs, wait_for_file
 
@@ -83,6 +83,48 @@ def test_concurrent_misses_in_threads_cause_exactly_one_clone(
     assert errors == []
     assert sorted(sources) == ["clone"] + ["hit"] * 5
     assert cache.stats().clones == 1 and _upload_packs(slow_http) == 2 * one_clone
+
+
+@pytest.mark.timeout(120)
+def test_a_checkout_that_waited_for_another_workers_clone_counts_one_hit_and_no_miss(
+    cache: RepoCache, upstreams: UpstreamFactory
+) -> None:
+    upstream = upstreams.create("counted-once")
+    # A reader of the repository's lock keeps both callers between "found nothing" and "may clone" until released.
+    gate = locks.acquire(cache.root / "locks" / f"{normalize_url(upstream.url).key}.lock", shared=True, timeout=0)
+    assert gate is not None
+    sources: list[str] = []
+
+    def work() -> None:
+        with cache.checkout(upstream.url) as co:
+            sources.append(co.source)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # both have looked and found nothing; both wait for the exclusive lock
+    gate.release()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(sources) == ["clone", "hit"]
+    stats = cache.stats()
+    assert (stats.misses, stats.hits, stats.clones) == (1, 1, 1), stats
+
+
+def test_each_checkout_counts_once_and_failed_ones_count_neither_hit_nor_miss(
+    cache: RepoCache, upstreams: UpstreamFactory, tmp_path: Path
+) -> None:
+    upstream = upstreams.create("counted")
+    cache.ensure(upstream.url)
+    with cache.checkout(upstream.url):
+        pass
+    assert cache.evict(upstream.url)
+    with cache.checkout(upstream.url):
+        pass
+    with pytest.raises(CloneError):
+        cache.ensure(str(tmp_path / "no-such-repo"))
+    stats = cache.stats()
+    assert (stats.misses, stats.hits, stats.clones) == (2, 1, 2), stats
 
 
 def test_concurrent_hits_coalesce_into_one_fetch(

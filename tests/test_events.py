@@ -32,9 +32,10 @@ def test_every_outcome_of_a_checkout_reaches_the_hook_as_a_typed_event(
     with RepoCache(cache_root, on_event=seen.append) as cache:
         with cache.checkout(upstream.url):
             pass
-        assert [type(e) for e in seen] == [MissEvent, CloneEvent]
-        clone = seen[1]
+        assert [type(e) for e in seen] == [CloneEvent, MissEvent]
+        clone, miss = seen
         assert isinstance(clone, CloneEvent)
+        assert isinstance(miss, MissEvent) and miss.source == "clone" and miss.seconds >= clone.seconds
         assert clone.url == cache.info(upstream.url).url  # type: ignore[union-attr]
         assert clone.size_bytes == cache.info(upstream.url).size_bytes > 0  # type: ignore[union-attr]
         assert clone.seconds > 0
