@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import os
 import threading
@@ -19,12 +20,13 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
-from repocache import cancel
+from repocache import cancel, holding
 from repocache.cache import RepoCache
 from repocache.checkout import Checkout, Worktree
 from repocache.errors import ConfigError, RepoCacheError
 from repocache.events import EventHook
 from repocache.gitops import ProgressCallback
+from repocache.keys import normalize_url
 from repocache.models import Entry, Problem, Progress, Stats
 
 __all__ = ["AsyncRepoCache"]
@@ -158,7 +160,11 @@ class AsyncRepoCache:
         """
         manager = self.cache.checkout(url, progress=self._on_loop(progress))
         async with self._held(manager) as checkout:
-            yield checkout
+            held = holding.hold(self.cache.root, checkout.key, checkout.url)  # in the awaiting task's context
+            try:
+                yield checkout
+            finally:
+                held.close()
 
     @contextlib.asynccontextmanager
     async def worktree(
@@ -185,7 +191,11 @@ class AsyncRepoCache:
         """
         manager = self.cache.worktree(url, ref, path=path, submodules=submodules, progress=self._on_loop(progress))
         async with self._held(manager) as worktree:
-            yield worktree
+            held = holding.hold(self.cache.root, normalize_url(worktree.url).key, worktree.url)
+            try:
+                yield worktree
+            finally:
+                held.close()
 
     @contextlib.asynccontextmanager
     async def _held(self, manager: contextlib.AbstractContextManager[T]) -> AsyncIterator[T]:
@@ -295,7 +305,8 @@ class AsyncRepoCache:
             with cancel.scope(token):
                 return function()
 
-        return executor.submit(run)
+        # In a copy of the awaiting task's context: the call sees what the task holds (repocache.holding).
+        return executor.submit(contextvars.copy_context().run, run)
 
     def _release(self, function: Callable[[], None]) -> concurrent.futures.Future[None]:
         """Run ``function`` (leaving a block) in a release thread, or in a thread of its own after :meth:`close`."""

@@ -4,30 +4,47 @@ Room is made under the root's budget lock (:class:`~repocache.layout.BudgetHold`
 *tried* from under it (never waited for), which is what keeps the lock order of :mod:`repocache.locks`.
 Which repositories are victims first is an :class:`EvictionPolicy`, a row of :data:`POLICIES`, the way diskcache
 keeps its policies in a table: a second policy is a row, not a rewrite.
+
+When room is short, :meth:`Budget.make_room` tells a lasting shortfall from a passing one. It refuses at once
+(:class:`BudgetError`) when the repository cannot fit even with nothing held: its bytes and the pinned ones exceed
+``max_bytes``, or the free-space floor cannot be kept with every unpinned repository gone. Otherwise the missing
+room is held by readers or reserved by clones in flight, both temporary: it raises :class:`RoomShortfall`, which
+the acquire loop catches once it has released every lock it holds, and :class:`RoomWait` waits for the holders
+to let go before the loop tries again. A caller that holds repositories of this root itself never waits for held
+room (:mod:`repocache.holding`): only callers holding nothing wait on holders, so no cycle of waits can form.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import psutil
 
+from repocache import cancel
 from repocache.context import Context
 from repocache.errors import BudgetError, LockTimeoutError
 from repocache.events import Counter
+from repocache.holding import Held
 from repocache.index import Index, Row
 from repocache.keys import RepoURL
 from repocache.layout import BudgetHold, ExclusiveHold, key_of, listing, remove
-from repocache.models import Entry
+from repocache.models import Entry, Progress
 
 if TYPE_CHECKING:
     from repocache.cold.tier import ColdTier
 
-__all__ = ["POLICIES", "Budget", "EvictionPolicy", "entry_of_row"]
+__all__ = ["POLICIES", "Budget", "EvictionPolicy", "Freed", "RoomShortfall", "RoomWait", "entry_of_row"]
+
+#: The longest a waiting miss blocks on one holder before it looks at the whole budget again (reservations that
+#: dropped, other holders that let go).
+WAIT_WINDOW = 0.25
+#: How often a long wait for room is logged again.
+WAIT_LOG_EVERY = 10.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,43 @@ def entry_of_row(context: Context, row: Row) -> Entry:
         pinned=context.pins.matches(row.url),
         in_cold_store=row.in_cold_store,
     )
+
+
+@dataclass
+class Freed:
+    """What :meth:`Budget.free` did.
+
+    Attributes:
+        evicted: the entries evicted, first victim first.
+        deficit: bytes still missing after that (0: ``needed`` fits).
+        held: rows skipped because a worker held them (a reader, or a clone or eviction in progress), first victim
+            first; complete only when ``deficit`` is positive (the search stops once enough was found).
+        pinned_bytes: bytes of the pinned rows seen (complete, like ``held``, when ``deficit`` is positive).
+    """
+
+    evicted: list[Entry] = field(default_factory=list)
+    deficit: int = 0
+    held: list[Row] = field(default_factory=list)
+    pinned_bytes: int = 0
+
+
+class RoomShortfall(Exception):
+    """Room for a miss is held by other workers or reserved by clones in flight: wait for them, then try again.
+
+    Raised by :meth:`Budget.make_room` under the repository's exclusive lock; the acquire loop catches it after
+    releasing that lock and waits with :class:`RoomWait`, holding nothing.
+
+    Attributes:
+        needed: bytes the miss needs.
+        available: bytes that could be freed now.
+        held: ``(key, url, bytes)`` of the held rows in the way, first victim first.
+    """
+
+    def __init__(self, needed: int, available: int, held: tuple[tuple[str, str, int], ...]) -> None:
+        super().__init__(needed, available, held)
+        self.needed = needed
+        self.available = available
+        self.held = held
 
 
 class Budget:
@@ -96,11 +150,18 @@ class Budget:
             deficit = max(deficit, settings.min_free_bytes + needed + reserved - free)
         return max(0, deficit)
 
-    def make_room(self, parsed: RepoURL, needed: int) -> int | None:
+    def make_room(self, parsed: RepoURL, needed: int, holding: Sequence[Held] = ()) -> int | None:
         """Evict so that ``needed`` bytes fit, then reserve them; returns the reservation (None when unbudgeted).
 
+        Args:
+            parsed: the repository being materialized (its exclusive lock is held by the caller).
+            needed: its known size (0 when unknown).
+            holding: what the caller holds under this root (:func:`repocache.holding.held_in`).
+
         Raises:
-            BudgetError: the bytes cannot fit even after evicting everything evictable.
+            BudgetError: the bytes cannot fit even with nothing held, or the room is held and the caller holds
+                repositories itself (``reason="holding"``).
+            RoomShortfall: the room is held by other workers or reserved by clones in flight: wait and retry.
         """
         settings = self._context.settings
         if not settings.budgeted:
@@ -109,15 +170,31 @@ class Budget:
             raise BudgetError(parsed.url, needed, settings.max_bytes, max_bytes=settings.max_bytes)
         with self.lock() as budget:
             reserved = self._context.index.reserved_bytes()
-            _evicted, deficit = self.free(budget, needed, reserved=reserved, all_or_nothing=True)
-            if deficit > 0:
-                raise BudgetError(parsed.url, needed, needed - deficit)
+            freed = self.free(budget, needed, reserved=reserved, all_or_nothing=True)
+            if freed.deficit > 0:
+                self._refuse_or_wait(parsed, needed, freed, holding)
             return self._context.index.reserve(parsed.key, needed) if needed else None
 
-    def free(
-        self, budget: BudgetHold, needed: int, *, reserved: int, all_or_nothing: bool = False
-    ) -> tuple[list[Entry], int]:
-        """Evict victims (not pinned, not held) until ``needed`` fits; returns (evicted, remaining deficit).
+    def _refuse_or_wait(self, parsed: RepoURL, needed: int, freed: Freed, holding: Sequence[Held]) -> None:
+        """Raise BudgetError for a lasting shortfall, RoomShortfall for a passing one (held or reserved room)."""
+        context = self._context
+        settings = context.settings
+        available = max(0, needed - freed.deficit)
+        if settings.max_bytes is not None and needed + freed.pinned_bytes > settings.max_bytes:
+            raise BudgetError(parsed.url, needed, max(0, settings.max_bytes - freed.pinned_bytes), reason="pinned")
+        if settings.min_free_bytes:
+            used, _count = context.index.totals()
+            floor = psutil.disk_usage(str(context.layout.root)).free + used - freed.pinned_bytes
+            if settings.min_free_bytes + needed > floor:
+                raise BudgetError(parsed.url, needed, max(0, floor - settings.min_free_bytes), reason="pinned")
+        if freed.held and holding:
+            sizes = {row.key: row.size_bytes for row in freed.held}
+            mine = tuple((h.url, sizes.get(h.key, 0)) for h in holding)
+            raise BudgetError(parsed.url, needed, available, reason="holding", held=mine)
+        raise RoomShortfall(needed, available, tuple((row.key, row.url, row.size_bytes) for row in freed.held))
+
+    def free(self, budget: BudgetHold, needed: int, *, reserved: int, all_or_nothing: bool = False) -> Freed:
+        """Evict victims (not pinned, not held) until ``needed`` fits.
 
         With ``all_or_nothing``, nothing is evicted unless enough can be.
         """
@@ -125,19 +202,23 @@ class Budget:
         context = self._context
         deficit = self.deficit(needed, reserved)
         if deficit <= 0:
-            return [], 0
+            return Freed()
         context.pins.refresh()
         chosen: list[tuple[Row, ExclusiveHold]] = []
+        held: list[Row] = []
+        pinned_bytes = 0
         freeable = 0
         try:
             for row in self.policy.candidates(context.index):
                 if freeable >= deficit:
                     break
                 if context.pins.matches(row.url):
+                    pinned_bytes += row.size_bytes
                     continue
                 hold = context.layout.try_exclusive(row.key)
                 if hold is None:
-                    continue  # held by a reader or being cloned/evicted by another worker: skip, never wait
+                    held.append(row)  # held by a reader or being cloned/evicted by another worker: never waited
+                    continue
                 chosen.append((row, hold))
                 freeable += row.size_bytes
                 if not all_or_nothing:
@@ -145,12 +226,12 @@ class Budget:
                     hold.release()
             if all_or_nothing:
                 if freeable < deficit:
-                    return [], deficit - freeable
+                    return Freed([], deficit - freeable, held, pinned_bytes)
                 for row, hold in chosen:
                     self.evict_locked(hold, row)
                     hold.release()
             evicted = [entry_of_row(context, row) for row, _hold in chosen]
-            return evicted, max(0, deficit - freeable)
+            return Freed(evicted, max(0, deficit - freeable), held, pinned_bytes)
         finally:
             for _row, hold in chosen:
                 hold.release()
@@ -158,8 +239,7 @@ class Budget:
     def enforce(self) -> list[Entry]:
         """Evict until the budget and the free-space floor hold; returns what was evicted."""
         with self.lock() as budget:
-            evicted, _ = self.free(budget, 0, reserved=self._context.index.reserved_bytes())
-        return evicted
+            return self.free(budget, 0, reserved=self._context.index.reserved_bytes()).evicted
 
     def enforce_if_over(self) -> None:
         """Enforce, but only when the budget is exceeded now (one index read otherwise)."""
@@ -192,3 +272,88 @@ class Budget:
             if hold is not None:
                 with hold:
                     remove(layout.trash / entry.name)
+
+
+class RoomWait:
+    """One miss's wait for room held by other workers, across the rounds of the acquire loop.
+
+    Each round the caller holds nothing: it blocks on the lock of the first held victim (shared by its readers) for
+    at most :data:`WAIT_WINDOW` seconds, taking it exclusively and letting go at once, so it wakes as soon as that
+    victim's last reader leaves; holders pay nothing. Room reserved by clones in flight is polled instead. The
+    wait is reported through ``progress`` and the log when it starts (and every :data:`WAIT_LOG_EVERY` seconds),
+    and as a :class:`~repocache.events.BudgetWaitEvent` when it ends; it is bounded by the acquire loop's deadline.
+    """
+
+    def __init__(
+        self,
+        context: Context,
+        parsed: RepoURL,
+        deadline: float,
+        progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self._context = context
+        self._parsed = parsed
+        self._deadline = deadline
+        self._progress = progress
+        self._started: float | None = None
+        self._logged = 0.0
+        self._needed = 0
+
+    @property
+    def waited(self) -> float:
+        """Seconds waited so far."""
+        return 0.0 if self._started is None else time.monotonic() - self._started
+
+    def wait(self, shortfall: RoomShortfall) -> None:
+        """Wait (holding nothing) until the room may have come free, for at most one window.
+
+        Raises:
+            BudgetError: the deadline has passed; it names the repositories that were held.
+        """
+        context = self._context
+        now = time.monotonic()
+        self._needed = shortfall.needed
+        held_text = ", ".join(f"{url} ({size} bytes)" for _key, url, size in shortfall.held) or "none"
+        if self._started is None:
+            self._started = self._logged = now
+            context.events.budget_waiting(self._parsed.url, shortfall.needed, shortfall.available, held_text, 0.0)
+            if self._progress is not None:
+                self._progress(Progress(self._parsed.url, "clone", "waiting for room", 0, 0, 0))
+        elif now - self._logged >= WAIT_LOG_EVERY:
+            self._logged = now
+            context.events.budget_waiting(
+                self._parsed.url, shortfall.needed, shortfall.available, held_text, now - self._started
+            )
+        remaining = self._deadline - now
+        if remaining <= 0:
+            raise BudgetError(
+                self._parsed.url,
+                shortfall.needed,
+                shortfall.available,
+                reason="timeout",
+                held=tuple((url, size) for _key, url, size in shortfall.held),
+                waited=now - self._started,
+            )
+        window = min(remaining, WAIT_WINDOW)
+        if shortfall.held:
+            hold = context.layout.hold_exclusive(shortfall.held[0][0], window)
+            if hold is not None:
+                hold.release()
+        else:
+            _pause(window)
+
+    def finish(self) -> None:
+        """Report the wait (if there was one) as ended; call once, whatever the outcome."""
+        if self._started is not None:
+            self._context.events.budget_waited(
+                self._parsed.url, self._parsed.key, time.monotonic() - self._started, self._needed
+            )
+            self._started = None
+
+
+def _pause(seconds: float) -> None:
+    """Sleep ``seconds`` in short steps, stopping early when the caller is cancelled."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        cancel.check()
+        time.sleep(min(left, 0.05))

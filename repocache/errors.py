@@ -144,9 +144,11 @@ class FetchError(GitError):
 
 
 class BudgetError(RepoCacheError):
-    """The repository cannot fit in the byte budget even after evicting everything evictable.
+    """The repository cannot fit in the byte budget.
 
-    Raised before anything is downloaded when the size is known in advance.
+    Raised at once when it cannot fit even with nothing held (before anything is downloaded when its size is known
+    in advance), or when the caller itself holds repositories of the cache; a miss that only lacks room held by
+    other workers waits for them instead, and is refused only after ``lock_timeout``.
 
     Attributes:
         url: the repository's normalized URL.
@@ -154,20 +156,62 @@ class BudgetError(RepoCacheError):
         available: bytes that could be made available.
         max_bytes: the whole budget when the repository alone is larger than it (nothing else is to blame),
             else None.
+        reason: why: ``"larger"`` (larger than ``max_bytes``), ``"pinned"`` (it does not fit beside the pinned
+            repositories, or the free-space floor cannot be kept, even with nothing held), ``"holding"`` (the
+            room is held and the caller holds repositories itself, so it may not wait), ``"timeout"`` (the room
+            stayed held for ``lock_timeout`` seconds), or ``""`` (no finer reason is known).
+        held: the holds that stood in the way, as ``(url, bytes)`` pairs: the caller's own for ``"holding"``,
+            those of other workers for ``"timeout"``; empty otherwise.
+        waited: seconds waited for room before giving up (0.0 when it did not wait).
     """
 
-    def __init__(self, url: str, needed: int, available: int, max_bytes: int | None = None) -> None:
-        super().__init__(url, needed, available, max_bytes)
+    def __init__(
+        self,
+        url: str,
+        needed: int,
+        available: int,
+        max_bytes: int | None = None,
+        reason: str = "",
+        held: tuple[tuple[str, int], ...] = (),
+        waited: float = 0.0,
+    ) -> None:
+        held = tuple((str(name), int(size)) for name, size in held)
+        super().__init__(url, needed, available, max_bytes, reason, held, waited)
         self.url = url
         self.needed = needed
         self.available = available
         self.max_bytes = max_bytes
+        self.reason = "larger" if max_bytes is not None and not reason else reason
+        self.held = held
+        self.waited = waited
+
+    def _held_text(self) -> str:
+        return ", ".join(f"{name} ({size} bytes)" for name, size in self.held) or "nothing"
 
     def __str__(self) -> str:
         if self.max_bytes is not None:
             return (
                 f"{self.url} needs {self.needed} bytes, which is larger than max_bytes={self.max_bytes} (the whole "
                 "budget); raise max_bytes to cache it"
+            )
+        if self.reason == "pinned":
+            return (
+                f"{self.url} needs {self.needed} bytes but at most {self.available} bytes can ever be made "
+                "available: it cannot fit beside the pinned repositories (or above min_free_bytes) even with "
+                "nothing held; raise max_bytes or unpin repositories"
+            )
+        if self.reason == "holding":
+            return (
+                f"{self.url} needs {self.needed} bytes but only {self.available} bytes can be freed now, and this "
+                f"caller holds {self._held_text()} itself; a caller that holds repositories does not wait for "
+                "room (two workers could wait for each other forever): release them before checking out another "
+                "repository, or raise max_bytes"
+            )
+        if self.reason == "timeout":
+            return (
+                f"{self.url} needs {self.needed} bytes but only {self.available} bytes could be freed after waiting "
+                f"{self.waited:.3g}s for other workers to release {self._held_text()}; raise lock_timeout to wait "
+                "longer, or max_bytes"
             )
         return (
             f"{self.url} needs {self.needed} bytes but at most {self.available} bytes can be freed "

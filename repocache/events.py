@@ -296,6 +296,17 @@ class Events:
         if self._hooks:
             self.emit(BudgetWaitEvent(url, key, time.time(), seconds, needed_bytes))
 
+    def budget_waiting(self, url: str, needed_bytes: int, available_bytes: int, held: str, seconds: float) -> None:
+        """A miss is waiting for room held by other workers (logged when it starts and every few seconds)."""
+        logger.info(
+            "%s waits for room: needs %d bytes, %d can be freed now; held: %s (waiting %.0f s so far)",
+            url,
+            needed_bytes,
+            available_bytes,
+            held,
+            seconds,
+        )
+
     def maintained(self, url: str, key: str, seconds: float, size_bytes: int, detail: str) -> None:
         """Maintenance ran on a mirror."""
         logger.info("maintained %s in %.3f s (%s)", url, seconds, detail)

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -176,9 +177,14 @@ class Layout:
         handle = locks.acquire(self._lock_file(key, "lock"), shared=True, timeout=timeout)
         return None if handle is None else SharedHold(key, handle)
 
-    def hold_exclusive(self, key: str, timeout: float) -> ExclusiveHold | None:
-        """Hold ``key`` exclusively, waiting up to ``timeout`` seconds; 0 tries once without waiting."""
-        handle = locks.acquire(self._lock_file(key, "lock"), shared=False, timeout=timeout)
+    def hold_exclusive(
+        self, key: str, timeout: float, *, unless: Callable[[], bool] | None = None
+    ) -> ExclusiveHold | None:
+        """Hold ``key`` exclusively, waiting up to ``timeout`` seconds; 0 tries once without waiting.
+
+        ``unless`` is asked while the lock is contended: when it answers True the wait ends (None is returned).
+        """
+        handle = locks.acquire(self._lock_file(key, "lock"), shared=False, timeout=timeout, unless=unless)
         return None if handle is None else ExclusiveHold(key, handle)
 
     def try_exclusive(self, key: str) -> ExclusiveHold | None:

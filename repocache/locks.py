@@ -89,7 +89,9 @@ class FileLockHandle:
         self.release()
 
 
-def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) -> FileLockHandle | None:
+def acquire(
+    path: Path, *, shared: bool, timeout: float, create: bool = True, unless: Callable[[], bool] | None = None
+) -> FileLockHandle | None:
     """Take the lock at ``path``.
 
     Once locked, the file is checked to be the one ``path`` still names: a file unlinked meanwhile by
@@ -100,9 +102,11 @@ def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) ->
         shared: shared (reader) mode when True, exclusive otherwise.
         timeout: seconds to wait; 0 makes one attempt; a negative value waits forever.
         create: create the lock file if it is missing; with False a missing file raises FileNotFoundError.
+        unless: asked between attempts while the lock is contended; when it answers True the wait is given up
+            (None is returned), e.g. because what the lock was wanted for has been done by its holder.
 
     Returns:
-        The held lock, or None if it could not be taken within ``timeout``.
+        The held lock, or None if it could not be taken within ``timeout`` (or ``unless`` answered True).
 
     Raises:
         repocache.cancel.Cancelled: the calling thread's cancel token was cancelled while waiting.
@@ -126,6 +130,9 @@ def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) ->
                 fd = -1
                 fd = os.open(path, flags, 0o644)
                 continue
+            if unless is not None and unless():
+                os.close(fd)
+                return None
             now = time.monotonic()
             delay = min(max(_POLL_START, (now - started) * _POLL_FRACTION), _POLL_MAX)
             if deadline is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from repocache import gitops
@@ -21,6 +21,7 @@ from repocache.cold.tier import ColdTier
 from repocache.context import Context
 from repocache.errors import BudgetError
 from repocache.events import Source
+from repocache.holding import Held
 from repocache.keys import RepoURL
 from repocache.layout import ExclusiveHold, remove
 
@@ -36,11 +37,16 @@ def materialize(
     hold: ExclusiveHold,
     parsed: RepoURL,
     progress: gitops.ProgressCallback | None,
+    holding: Sequence[Held] = (),
 ) -> Source:
     """Restore or clone ``parsed`` into place; returns where it came from.
 
+    ``holding`` is what the caller holds under this root (it decides whether it may wait for held room).
+
     Raises:
         BudgetError: it cannot fit (before any download when its size is known, else after the clone).
+        RoomShortfall: the room is held by other workers (before anything was downloaded): release the lock,
+            wait (:class:`~repocache.budget.RoomWait`) and try again.
         CloneError: no source could produce a valid mirror.
     """
     key = hold.key
@@ -48,7 +54,7 @@ def materialize(
     sweep_staging(context, hold)
     manifest = cold.manifest(parsed) if cold is not None else None
     known = max(context.index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
-    reservation = budget.make_room(parsed, known)
+    reservation = budget.make_room(parsed, known, holding)
     staging = context.layout.new_staging(key)
 
     def clone(staging: Path) -> bool:

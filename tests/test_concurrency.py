@@ -281,3 +281,41 @@ def test_a_branch_deleted_upstream_during_a_fetch_does_not_serve_a_stale_copy(
         finally:
             http.delay = 0
         assert cache.stats().fetch_errors == 0
+
+
+def test_readers_waiting_for_another_workers_clone_enter_together_once_it_is_published(
+    cache: RepoCache, served: UpstreamFactory, slow_http: SmartHTTPServer
+) -> None:
+    """A caller that found the mirror missing waits for the exclusive lock; once another worker has published the
+    mirror it must go back to the shared path instead of waiting for every reader's block to end (which
+    serialized the blocks, and a steady stream of readers could starve it into LockTimeoutError)."""
+    upstream = served.create("enter-together")
+    url = slow_http.url_for(upstream)
+    # A reader of the repository's lock keeps every caller between "found nothing" and "may clone" until released:
+    # all four then wait for the exclusive lock, one clones, three find the mirror published.
+    gate = locks.acquire(cache.root / "locks" / f"{normalize_url(url).key}.lock", shared=True, timeout=0)
+    assert gate is not None
+    spans: list[tuple[float, float, str]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with cache.checkout(url) as co:
+                entered = time.monotonic()
+                time.sleep(1.0)
+                spans.append((entered, time.monotonic(), co.source))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # all four have looked and found nothing
+    gate.release()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert sorted(source for _, _, source in spans) == ["clone", "hit", "hit", "hit"]
+    last_entry = max(entered for entered, _, _ in spans)
+    first_exit = min(left for _, left, _ in spans)
+    assert last_entry < first_exit, f"the blocks ran one after another, not together: {sorted(spans)}"
