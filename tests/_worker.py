@@ -1,13 +1,17 @@
 """A separate worker process for concurrency and crash tests: ``python -m tests._worker '<json spec>'``.
 
-Spec keys: ``root``, ``url``, ``action`` ("checkout", "hold", "ensure", "enforce"), ``options`` (RepoCache
+Spec keys: ``root``, ``url``, ``action`` ("checkout", "hold", "ensure", "enforce", "hold_then_checkout", "pool"),
+``options`` (RepoCache
 keyword arguments), ``ready`` (a file written once the action has started or the hold is taken), ``release`` (a
 file whose appearance ends a hold), ``signal_on_progress`` (a file written at the first progress report, so the
 parent can kill the worker mid-transfer), ``pause_on_progress`` (seconds the first progress report blocks the
 transfer), ``resume`` (a file whose appearance ends the block of the first progress report: the transfer stalls
 until the parent lets it go on), ``events`` (a file to which the start and end of every clone and fetch are
 appended, as the stress worker logs them, so the parent can tell where a kill landed), ``start_at`` (epoch seconds
-to wait for, so many workers start together).
+to wait for, so many workers start together), ``then`` (hold_then_checkout: the URL checked out, once ``release``
+appears, while ``url`` is still held; then ``tried`` is written and ``url`` held until ``end`` appears),
+``urls``, ``count``, ``seed``, ``hold_seconds`` (pool: ``count`` checkouts of URLs chosen at random, each held
+for up to ``hold_seconds``).
 The result is printed as one JSON line on stdout.
 """
 
@@ -20,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from repocache import Progress, RepoCache, RepoCacheError
+from repocache import BudgetError, Progress, RepoCache, RepoCacheError
 
 
 def _wait_for(path: Path, timeout: float = 60.0) -> None:
@@ -68,6 +72,36 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             elif action == "ensure":
                 entry = cache.ensure(spec["url"])
                 result.update(path=str(entry.path), size=entry.size_bytes)
+            elif action == "hold_then_checkout":
+                with cache.checkout(spec["url"]) as co:
+                    Path(spec["ready"]).write_text(json.dumps({"path": str(co.path)}))
+                    _wait_for(Path(spec["release"]))
+                    started = time.monotonic()
+                    try:
+                        with cache.checkout(spec["then"]):
+                            result["then"] = "held"
+                    except BudgetError as exc:
+                        result.update(
+                            then="BudgetError", reason=exc.reason, held=exc.held, message=str(exc), waited=exc.waited
+                        )
+                    result["seconds"] = time.monotonic() - started
+                    if spec.get("tried"):  # stay holding until the parent says every worker has tried
+                        Path(spec["tried"]).write_text("")
+                        _wait_for(Path(spec["end"]))
+            elif action == "pool":
+                import random
+
+                rng = random.Random(spec["seed"])
+                outcomes = []
+                for _ in range(int(spec["count"])):
+                    url = rng.choice(spec["urls"])
+                    try:
+                        with cache.checkout(url) as co:
+                            outcomes.append(co.source)
+                            time.sleep(rng.uniform(0, float(spec.get("hold_seconds", 0))))
+                    except RepoCacheError as exc:
+                        outcomes.append(f"{type(exc).__name__}: {exc}")
+                result["outcomes"] = outcomes
             elif action == "enforce":
                 result["evicted"] = [e.url for e in cache.enforce()]
             else:
