@@ -24,6 +24,10 @@ The lock order, for every process (the one place it is stated; :mod:`repocache.l
    cloned; from under the budget lock other repositories' main locks are only *tried* (timeout 0), never waited
    for, so a budget decision can never wait on a reader and no cycle can form.
 
+A miss short of room held by other workers waits for a held repository's main lock only while holding no lock at
+all (:class:`repocache.budget.RoomWait`), and a caller holding a checkout never waits for held room, so that wait
+cannot close a cycle either.
+
 Worktree lock files (``worktrees/<key>.<id>.lock``) are taken only by their creator (already locked, see
 :func:`create_locked`) and tried without waiting by ``verify``.
 """
