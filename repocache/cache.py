@@ -471,86 +471,93 @@ class RepoCache:
     def _acquire(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> tuple[SharedHold, Checkout]:
         """Hold ``parsed`` shared, cloning or refreshing as needed; returns the hold and the checkout.
 
+        Every wait of the call is bounded by one deadline, ``lock_timeout`` from now; a wait for room held by
+        other workers (:class:`~repocache.budget.RoomWait`) is reported when the call ends, whatever its outcome.
+        """
+        deadline = time.monotonic() + self.lock_timeout
+        room = RoomWait(self._context, parsed, deadline, progress)
+        try:
+            return self._acquire_until(parsed, progress, deadline, room)
+        finally:
+            room.finish()
+
+    def _acquire_until(
+        self, parsed: RepoURL, progress: gitops.ProgressCallback | None, deadline: float, room: RoomWait
+    ) -> tuple[SharedHold, Checkout]:
+        """The acquire loop.
+
         A miss takes the exclusive lock to materialize the mirror, then comes round again for the shared hold;
         an eviction can slip in between (the budget is too small for the working set), hence the bounded count of
         materializations. A miss that lacks room held by other workers releases the exclusive lock, waits for them
-        holding nothing (:class:`~repocache.budget.RoomWait`) and comes round again. Every wait is bounded by
-        one deadline, ``lock_timeout`` from the start.
+        holding nothing (``room``) and comes round again.
         """
         context = self._context
         started = time.time()
         clock = time.perf_counter()
-        deadline = time.monotonic() + self.lock_timeout
         key = parsed.key
         mirror = context.layout.mirror(key)
         source = Source.HIT
         fetched = False
         materialized = 0
-        room = RoomWait(context, parsed, deadline, progress)
-        try:
-            while True:
-                hold = context.layout.hold_shared(key, max(0.0, deadline - time.monotonic()))
-                if hold is None:
-                    raise LockTimeoutError(parsed.url, self.lock_timeout, "checkout")
-                try:
-                    if mirror.is_dir():
-                        stale = False
-                        if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
-                            fetched, stale = refresh.refresh(context, hold, parsed, started, deadline, progress)
-                        # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
-                        context.index.touch(
-                            key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES
-                        )
-                        if context.events.active:
-                            if source is Source.HIT:
-                                context.events.hit(parsed.url, key, time.perf_counter() - clock, fetched)
-                            else:
-                                context.events.miss(parsed.url, key, time.perf_counter() - clock, source)
-                        checkout = Checkout(
-                            path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
-                        )
-                        return hold, checkout
-                except BaseException:
-                    hold.release()
-                    raise
-                hold.release()
-                if materialized == _MAX_ATTEMPTS:
-                    raise RepoCacheError(
-                        f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
-                        "the budget is too small for the working set"
+        while True:
+            hold = context.layout.hold_shared(key, max(0.0, deadline - time.monotonic()))
+            if hold is None:
+                raise LockTimeoutError(parsed.url, self.lock_timeout, "checkout")
+            try:
+                if mirror.is_dir():
+                    stale = False
+                    if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
+                        fetched, stale = refresh.refresh(context, hold, parsed, started, deadline, progress)
+                    # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
+                    context.index.touch(
+                        key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES
                     )
-                # While another worker clones it, stop waiting as soon as the mirror is published: readers go back
-                # to the shared path instead of waiting for every other reader's block to end.
-                exclusive = context.layout.hold_exclusive(
-                    key, max(0.0, deadline - time.monotonic()), unless=mirror.is_dir
-                )
-                if exclusive is None:
-                    if mirror.is_dir():
-                        continue
-                    raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
-                shortfall = None
-                with exclusive:
-                    if not mirror.is_dir():
-                        try:
-                            source = materialize(
-                                context,
-                                self._budget,
-                                self._cold,
-                                exclusive,
-                                parsed,
-                                progress,
-                                holding.held_in(context.layout.root),
-                            )
-                        except RoomShortfall as short:
-                            shortfall = short  # waited for below, once the exclusive lock is released
-                        except BaseException:
-                            if not mirror.is_dir():  # a failed miss (a typo, a dead URL) leaves no lock file behind
-                                locks.discard(exclusive.handle)
-                            raise
+                    if context.events.active:
+                        if source is Source.HIT:
+                            context.events.hit(parsed.url, key, time.perf_counter() - clock, fetched)
                         else:
-                            fetched = source is Source.CLONE
-                            materialized += 1
-                if shortfall is not None:
-                    room.wait(shortfall)
-        finally:
-            room.finish()
+                            context.events.miss(parsed.url, key, time.perf_counter() - clock, source)
+                    checkout = Checkout(
+                        path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
+                    )
+                    return hold, checkout
+            except BaseException:
+                hold.release()
+                raise
+            hold.release()
+            if materialized == _MAX_ATTEMPTS:
+                raise RepoCacheError(
+                    f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
+                    "the budget is too small for the working set"
+                )
+            # While another worker clones it, stop waiting as soon as the mirror is published: go back to the shared
+            # path beside the other readers instead of waiting for every reader's block to end.
+            exclusive = context.layout.hold_exclusive(key, max(0.0, deadline - time.monotonic()), unless=mirror.is_dir)
+            if exclusive is None:
+                if mirror.is_dir():
+                    continue
+                raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
+            shortfall = None
+            with exclusive:
+                if not mirror.is_dir():
+                    try:
+                        source = materialize(
+                            context,
+                            self._budget,
+                            self._cold,
+                            exclusive,
+                            parsed,
+                            progress,
+                            holding.held_in(context.layout.root),
+                        )
+                    except RoomShortfall as short:
+                        shortfall = short  # waited for below, once the exclusive lock is released
+                    except BaseException:
+                        if not mirror.is_dir():  # a failed miss (a typo, a dead URL) leaves no lock file behind
+                            locks.discard(exclusive.handle)
+                        raise
+                    else:
+                        fetched = source is Source.CLONE
+                        materialized += 1
+            if shortfall is not None:
+                room.wait(shortfall)
