@@ -66,8 +66,9 @@ def _make_upstreams(base: Path, scale: float) -> list[Path]:
     paths = []
     for name, megabytes in SIZES_MB.items():
         upstream = factory.create(name)
-        blob = 1_000_000 if megabytes >= 1 else 200_000
-        upstream.commits(max(1, round(megabytes * scale * 1_000_000 / blob)), size=int(blob * min(1.0, scale)))
+        # 1 MB blobs (one of 0.2 MB for the small one), each ``scale`` times smaller: the ratios stay.
+        commits, blob = (round(megabytes), 1_000_000) if megabytes >= 1 else (1, round(megabytes * 1_000_000))
+        upstream.commits(commits, size=max(1, round(blob * scale)))
         paths.append(upstream.path)
     return paths
 

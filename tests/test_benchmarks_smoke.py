@@ -40,3 +40,21 @@ def test_benchmarks_smoke_prints_the_table(tmp_path: Path) -> None:
         assert f"| {case}" in table, f"{case!r} missing from:\n{table}"
     assert (tmp_path / "out" / "results.md").read_text() in table
     assert (tmp_path / "out" / "results.json").exists()
+
+
+def test_pool_benchmark_smoke_prints_the_table() -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "REPOCACHE_"))}
+    command = ["--workers", "2", "--checkouts", "3", "--hold", "0", "--scale", "0.02"]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pool", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "| workers | budget | completed | BudgetErrors | wall | clones |" in result.stdout
+    assert "| 2 | tight" in result.stdout and "| 2 | ample" in result.stdout
+    assert "| 6/6 | 0 |" in result.stdout, result.stdout
