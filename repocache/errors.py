@@ -208,10 +208,12 @@ class BudgetError(RepoCacheError):
                 "repository, or raise max_bytes"
             )
         if self.reason == "timeout":
+            waited_for = (
+                f"other workers to release {self._held_text()}" if self.held else "the clones in flight to finish"
+            )
             return (
                 f"{self.url} needs {self.needed} bytes but only {self.available} bytes could be freed after waiting "
-                f"{self.waited:.3g}s for other workers to release {self._held_text()}; raise lock_timeout to wait "
-                "longer, or max_bytes"
+                f"{self.waited:.3g}s for {waited_for}; raise lock_timeout to wait longer, or max_bytes"
             )
         return (
             f"{self.url} needs {self.needed} bytes but at most {self.available} bytes can be freed "
