@@ -862,6 +862,7 @@ class RepoCache:
                     expected_size=manifest.size_bytes,
                     max_bytes=max(manifest.mirror_bytes * 4, 1 << 20),
                 )
+            gitops.sanitize_restored_mirror(staging, parsed)
             problem = gitops.validate_mirror(staging)
             if problem is not None:
                 raise ColdStoreError(f"the restored mirror {problem}")
