@@ -836,6 +836,15 @@ class RepoCache:
         if manifest is not None and manifest.url != parsed.url:
             logger.warning("cold store artifact of %s names %s; ignoring it", parsed.url, manifest.url)
             return None
+        if manifest is not None:
+            from repocache.cold import checked_manifest
+
+            try:
+                return checked_manifest(self._cold, manifest)
+            except ColdStoreError as exc:
+                logger.warning("cannot restore %s from the cold store, cloning instead: %s", parsed.url, exc)
+                warnings.warn(f"cold store artifact of {parsed.url} is unusable ({exc}); cloning", RuntimeWarning, 2)
+                return None
         return manifest
 
     def _restore(

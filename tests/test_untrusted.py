@@ -5,11 +5,14 @@ Nothing in them runs, escapes the root or misleads the cache; an unusable piece 
 
 from __future__ import annotations
 
-import os
+import io
+import json
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import pytest
 
@@ -27,14 +30,12 @@ def _git(*args: str, cwd: Path | None = None) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _store_artifact(
-    store_dir: Path, url: str, mirror: Path, *, compression: str = "none", **overrides: object
-) -> Manifest:
+def _store_artifact(store_dir: Path, url: str, mirror: Path, **overrides: object) -> Manifest:
     """Pack ``mirror`` as the cold store's artifact of ``url``, with a valid manifest (fields may be overridden)."""
     parsed = normalize_url(url)
     artifact = store_dir.parent / f"{parsed.key}.artifact"
     with open(artifact, "wb") as out:
-        sha256, size = pack_mirror(mirror, out, compression=compression)
+        sha256, size = pack_mirror(mirror, out)
     ref_count, head = describe_mirror(mirror)
     values: dict[str, object] = dict(
         url=parsed.url,
@@ -45,7 +46,6 @@ def _store_artifact(
         ref_count=ref_count,
         head=head,
         created=time.time(),
-        compression=compression,
     )
     manifest = Manifest(**{**values, **overrides})  # type: ignore[arg-type]
     assert LocalDirStore(store_dir).put(parsed.key, manifest, artifact)
@@ -176,4 +176,125 @@ def test_git_config_value_of_a_path_with_comment_characters_round_trips(tmp_path
     assert found.stdout.strip() == str(path)
 
 
-_ = (os, warnings)
+# -- manifests are hints ---------------------------------------------------------------------------------------
+
+
+def _mirror_of(tmp_path: Path, url: str) -> Path:
+    mirror = tmp_path / "packed.git"
+    _git("clone", "-q", "--mirror", url, str(mirror))
+    return mirror
+
+
+def _rewrite_manifest(store: Path, url: str, text: str | None = None, **changes: object) -> None:
+    """Change the stored manifest of ``url`` behind the store's back (as a peer with write access could)."""
+    [path] = (store / normalize_url(url).key).glob("*.json")
+    if text is None:
+        values = json.loads(path.read_text())
+        values.update(changes)
+        text = json.dumps(values)
+    path.write_text(text)
+
+
+def _cold_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "cold store" in str(w.message)]
+
+
+@pytest.mark.parametrize("declared", [10**15, 4_000_000])  # beyond the budget / room for nothing else
+def test_declared_mirror_size_is_a_hint_capped_by_the_artifact(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, declared: int
+) -> None:
+    bystander = upstreams.create("bystander")
+    bystander.commits(2, size=20_000)
+    upstream = upstreams.create("restored")
+    upstream.commits(3, size=20_000)
+    store = tmp_path / "cold"
+    _store_artifact(store, str(upstream.path), _mirror_of(tmp_path, str(upstream.path)), mirror_bytes=declared)
+    with RepoCache(cache_root, cold_store=str(store), max_bytes=4_000_000) as cache:
+        cache.ensure(str(bystander.path))
+        with cache.checkout(str(upstream.path)) as co:
+            assert co.source == "restore"
+            assert mirror_refs(co.path) == upstream.refs()
+        assert cache.info(str(bystander.path)) is not None  # not evicted to make room for a lie
+        assert cache.stats().evictions == 0
+        assert_consistent(cache)
+
+
+@pytest.mark.parametrize("lie", ["longer", "shorter"])
+def test_artifact_whose_size_differs_from_its_manifest_is_reported_once_and_cloned(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, lie: str
+) -> None:
+    upstream = upstreams.create("lied-about")
+    upstream.commits(3, size=20_000)
+    store = tmp_path / "cold"
+    manifest = _store_artifact(store, str(upstream.path), _mirror_of(tmp_path, str(upstream.path)))
+    _rewrite_manifest(store, str(upstream.path), size_bytes=manifest.size_bytes + (-512 if lie == "shorter" else 512))
+    with RepoCache(cache_root, cold_store=str(store)) as cache, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with cache.checkout(str(upstream.path)) as co:
+            assert co.source == "clone"
+            assert mirror_refs(co.path) == upstream.refs()
+        assert len(_cold_warnings(caught)) == 1, _cold_warnings(caught)
+        assert_consistent(cache)
+
+
+def test_longer_stream_than_declared_is_refused_as_it_streams(tmp_path: Path) -> None:
+    from repocache.cold import unpack_artifact
+    from repocache.errors import ColdStoreError
+
+    class Endless(io.RawIOBase):
+        read_bytes = 0
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            view = memoryview(buffer).cast("B")
+            view[:] = b"\0" * len(view)
+            self.read_bytes += len(view)
+            return len(view)
+
+    source = Endless()
+    with pytest.raises(ColdStoreError, match="longer than the 10240 bytes"):
+        unpack_artifact(
+            cast(BinaryIO, source),
+            tmp_path / "dest",
+            expected_sha256="0" * 64,
+            expected_size=10240,
+        )
+    assert source.read_bytes < 10 * 1024 * 1024
+    assert not (tmp_path / "dest").exists()
+
+
+def test_deeply_nested_manifest_is_skipped_everywhere(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = upstreams.create("nested")
+    upstream.commits(2)
+    store = tmp_path / "cold"
+    _store_artifact(store, str(upstream.path), _mirror_of(tmp_path, str(upstream.path)))
+    _rewrite_manifest(store, str(upstream.path), text="[" * 30_000 + "]" * 30_000)
+    with RepoCache(cache_root, cold_store=str(store)) as cache:
+        with cache.checkout(str(upstream.path)) as co:
+            assert co.source == "clone"
+        assert cache.cold_entries() == []
+        assert cache.prune_cold(older_than=0) == []
+        assert_consistent(cache)
+    assert any("nested too deeply" in r.getMessage() for r in caplog.records)
+
+
+def test_artifact_in_a_codec_this_host_lacks_is_reported_once_and_cloned(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # this host has no zstandard
+    upstream = upstreams.create("foreign-codec")
+    upstream.commits(2)
+    store = tmp_path / "cold"
+    _store_artifact(store, str(upstream.path), _mirror_of(tmp_path, str(upstream.path)), compression="zstd")
+    with RepoCache(cache_root, cold_store=str(store)) as cache, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with cache.checkout(str(upstream.path)) as co:
+            assert co.source == "clone"
+            assert mirror_refs(co.path) == upstream.refs()
+        messages = _cold_warnings(caught)
+        assert len(messages) == 1 and "zstd" in messages[0], messages
+        assert_consistent(cache)

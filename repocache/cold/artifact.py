@@ -140,12 +140,16 @@ def unpack_artifact(
             decompression bombs), or None for no limit.
 
     Raises:
-        ColdStoreError: the artifact is corrupt, truncated, does not match, escapes ``dest_dir``, exceeds
-            ``max_bytes``, or cannot be read or written.
-        ConfigError: ``compression`` is unknown, or ``"zstd"`` without the zstandard package installed.
+        ColdStoreError: the artifact is corrupt, truncated, longer than ``expected_size`` (detected as it streams),
+            does not match, escapes ``dest_dir``, exceeds ``max_bytes``, is compressed with a codec this host
+            lacks (``"zstd"`` without the zstandard package), or cannot be read or written.
+        ConfigError: ``compression`` is unknown.
     """
     artifact_suffix(compression)
-    zstandard = _zstandard() if compression == "zstd" else None
+    try:
+        zstandard = _zstandard() if compression == "zstd" else None
+    except ConfigError as exc:  # the artifact is fine, this host cannot read it: unusable here, not a setting
+        raise ColdStoreError(f"cannot unpack a {compression} artifact on this host: {exc}") from None
     dest = Path(dest_dir)
     created = not dest.exists()
     try:
@@ -154,7 +158,7 @@ def unpack_artifact(
             raise ColdStoreError(f"cannot unpack into {dest}: the directory is not empty")
     except OSError as exc:
         raise ColdStoreError(f"cannot unpack into {dest}: {exc}") from exc
-    hashing = _HashingReader(in_fileobj)
+    hashing = _HashingReader(in_fileobj, limit=expected_size)
     errors: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError, ValueError)
     if zstandard is not None:
         errors += (zstandard.ZstdError,)
