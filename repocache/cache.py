@@ -168,7 +168,7 @@ class RepoCache:
                 directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
-        self._index = Index(self.root / "index.sqlite")
+        self._index = Index(self.root / "index.sqlite", lock_path=self._locks / "index.lock", adopt=self._on_disk)
         self.cold_min_bytes = parse_bytes("cold_min_bytes", cold_min_bytes, allow_none=False) or 0
         if cold_compression not in ("none", "zstd"):
             raise ConfigError(f"cold_compression={cold_compression!r} is not accepted; expected 'none' or 'zstd'")
@@ -412,6 +412,12 @@ class RepoCache:
         """
         self._check_open()
         problems: list[Problem] = []
+        damage = self._index.damage_note()
+        if damage is not None:
+            if repair:
+                self._index.acknowledge_damage()
+            detail = f"the index was damaged ({damage[1]}) and rebuilt from the mirrors on disk; the file is kept"
+            problems.append(Problem("index", "index.sqlite", damage[0], detail, repair))
         indexed = {row.key: row for row in self._index.rows()}
         on_disk = {p.name for p in self._repos.iterdir() if p.is_dir()} if self._repos.is_dir() else set()
         for key in [*indexed, *sorted(on_disk - set(indexed))]:
@@ -726,6 +732,14 @@ class RepoCache:
                 self._index.set_size(key, size)
             return [Problem("size", key, mirror, f"recorded {row.size_bytes} bytes, disk has {size}", repair)]
         return []
+
+    def _on_disk(self) -> Iterator[tuple[str, str, int]]:
+        """(key, URL, size) of every valid mirror under ``repos/``: what an index rebuilt after damage adopts."""
+        for entry in _listing(self._repos):
+            mirror = Path(entry.path)
+            url = self._mirror_url(mirror) if gitops.validate_mirror(mirror) is None else None
+            if url is not None:
+                yield entry.name, url, gitops.disk_usage(mirror)
 
     def _mirror_url(self, mirror: Path) -> str | None:
         """The normalized upstream URL of a mirror, read from its config (which never holds credentials)."""

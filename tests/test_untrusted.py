@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -298,3 +299,114 @@ def test_artifact_in_a_codec_this_host_lacks_is_reported_once_and_cloned(
         messages = _cold_warnings(caught)
         assert len(messages) == 1 and "zstd" in messages[0], messages
         assert_consistent(cache)
+
+
+# -- a damaged index ------------------------------------------------------------------------------------------
+
+
+def _damage(index: Path, kind: str) -> None:
+    """Damage a real index file the way disks and people do."""
+    data = bytearray(index.read_bytes())
+    page = 4096
+    assert len(data) >= 6 * page, len(data)
+    if kind == "garbage-header":
+        data[:100] = b"this is not an sqlite database, it was overwritten by something else entirely.\n".ljust(100)
+    elif kind == "truncated":
+        del data[2 * page :]
+    else:  # corrupted pages: every page after the first (the schema page) overwritten with noise
+        noise = bytes((i * 131 + 7) % 251 for i in range(page))
+        for start in range(page, len(data), page):
+            data[start : start + page] = noise[: len(data) - start]
+    index.write_bytes(bytes(data))
+
+
+def _cache_with_two_mirrors(root: Path, upstreams: UpstreamFactory) -> list[str]:
+    urls = []
+    for name in ("first", "second"):
+        upstream = upstreams.create(name)
+        upstream.commits(2)
+        urls.append(str(upstream.path))
+    with RepoCache(root) as cache:
+        for url in urls:
+            cache.ensure(url)
+    for suffix in ("-wal", "-shm"):
+        assert not (root / f"index.sqlite{suffix}").exists()  # folded in when the last connection closed
+    return urls
+
+
+@pytest.mark.parametrize("kind", ["garbage-header", "truncated", "corrupted-pages"])
+def test_damaged_index_is_kept_aside_and_rebuilt_from_the_mirrors(
+    cache_root: Path, upstreams: UpstreamFactory, kind: str
+) -> None:
+    urls = _cache_with_two_mirrors(cache_root, upstreams)
+    _damage(cache_root / "index.sqlite", kind)
+    damaged = (cache_root / "index.sqlite").read_bytes()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with RepoCache(cache_root) as cache:
+            assert sorted(e.url for e in cache.entries()) == sorted(normalize_url(u).url for u in urls)
+            problems = cache.verify()
+            assert [p.kind for p in problems] == ["index"], problems
+            assert problems[0].path.read_bytes() == damaged  # kept, as it was
+            assert cache.verify(repair=True)[0].repaired
+            with cache.checkout(urls[0]) as co:
+                assert co.source == "hit"
+            assert_consistent(cache)
+    messages = [str(w.message) for w in caught if "damaged" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert len(list(cache_root.glob("index.sqlite.damaged-*"))) == 1
+
+
+def test_command_line_rebuilds_a_damaged_index(cache_root: Path, upstreams: UpstreamFactory) -> None:
+    urls = _cache_with_two_mirrors(cache_root, upstreams)
+    _damage(cache_root / "index.sqlite", "garbage-header")
+    env = {**os.environ, "REPOCACHE_DIR": str(cache_root)}
+    listed = subprocess.run(
+        [sys.executable, "-m", "repocache", "ls"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "unexpected" not in listed.stderr and "damaged" in listed.stderr
+    assert all(normalize_url(url).url in listed.stdout for url in urls)
+
+
+def test_processes_opening_a_damaged_index_at_once_rebuild_it_once(
+    cache_root: Path, upstreams: UpstreamFactory
+) -> None:
+    urls = _cache_with_two_mirrors(cache_root, upstreams)
+    _damage(cache_root / "index.sqlite", "garbage-header")
+    program = (
+        "import sys, time\n"
+        "from repocache import RepoCache\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "with RepoCache(sys.argv[1]) as cache:\n"
+        "    print(len(cache.entries()))\n"
+    )
+    start = str(time.time() + 1.0)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", program, str(cache_root), start], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    results = [worker.communicate(timeout=60) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0] * 4, results
+    assert [out.strip() for out, _err in results] == [str(len(urls)).encode()] * 4
+    assert sum(b"damaged" in err for _out, err in results) == 1  # one rebuild, one warning
+    assert len(list(cache_root.glob("index.sqlite.damaged-*"))) == 1
+
+
+def test_older_index_is_migrated_to_the_current_schema(cache_root: Path, upstreams: UpstreamFactory) -> None:
+    import sqlite3
+
+    from repocache.index import SCHEMA_VERSION
+
+    urls = _cache_with_two_mirrors(cache_root, upstreams)
+    db = sqlite3.connect(cache_root / "index.sqlite")
+    db.execute("PRAGMA user_version = 0")  # as every index written before the version was kept
+    db.close()
+    with RepoCache(cache_root) as cache:
+        assert len(cache.entries()) == len(urls)
+        assert_consistent(cache)
+    db = sqlite3.connect(cache_root / "index.sqlite")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    db.close()
