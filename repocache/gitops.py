@@ -772,7 +772,7 @@ def make_worktree(
         repo = pygit2.Repository(str(dest))  # opened after the alternates exist, so it reads the mirror's objects
         try:
             target = repo[commit].peel(pygit2.Commit)
-            repo.checkout_tree(target, strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+            _checkout_libgit2(repo, target.tree)
             if branch:
                 repo.branches.local.create(branch, target, force=True)
                 repo.set_head(f"refs/heads/{branch}")
@@ -786,6 +786,39 @@ def make_worktree(
             repo.free()
     except (pygit2.GitError, KeyError, OSError) as exc:
         raise GitError(url.url, f"checkout of {commit} failed: {scrub(str(exc))}") from None
+
+
+# A submodule `update = !command` line: git refuses it from .gitmodules (it is only honoured from .git/config);
+# libgit2 cannot parse it, and any submodule lookup fails, which fails the whole checkout.
+_UPDATE_COMMAND = re.compile(rb"^[ \t]*update[ \t]*=[ \t]*\"?!", re.IGNORECASE | re.MULTILINE)
+
+
+def _checkout_libgit2(repo: pygit2.Repository, tree: pygit2.Tree) -> None:
+    """Check ``tree`` out into the new repository's working tree and index with libgit2.
+
+    libgit2's checkout looks up every submodule (a gitlink) it creates the directory of, and the lookup reads
+    ``.gitmodules``; a ``update = !command`` entry there makes it fail, so a hostile upstream would block every
+    worktree on a host without git. Such a tree is checked out with a ``.gitmodules`` that lacks those lines
+    (written to the worktree's own object store, never the mirror), then the real file is put back and indexed:
+    the result is the tree as committed, and no command is run or configured.
+    """
+    strategy = pygit2.enums.CheckoutStrategy.FORCE
+    entry = tree[".gitmodules"] if ".gitmodules" in tree else None  # noqa: SIM401 - pygit2.Tree has no get()
+    original = bytes(entry.data) if isinstance(entry, pygit2.Blob) else b""
+    if not _UPDATE_COMMAND.search(original):
+        repo.checkout_tree(tree, strategy=strategy)  # type: ignore[no-untyped-call]
+        return
+    assert entry is not None
+    harmless = _UPDATE_COMMAND.sub(b"#", original)
+    builder = repo.TreeBuilder(tree)
+    builder.insert(".gitmodules", repo.create_blob(harmless), entry.filemode)
+    repo.checkout_tree(repo[builder.write()], strategy=strategy)  # type: ignore[no-untyped-call]
+    workdir = Path(repo.workdir)
+    (workdir / ".gitmodules").write_bytes(original)
+    index = repo.index
+    index.read()
+    index.add(".gitmodules")
+    index.write()
 
 
 def _init_borrowing(dest: Path, mirror: Path, url: RepoURL) -> None:

@@ -410,3 +410,94 @@ def test_older_index_is_migrated_to_the_current_schema(cache_root: Path, upstrea
     db = sqlite3.connect(cache_root / "index.sqlite")
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     db.close()
+
+
+# -- worktrees ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+def test_gitmodules_with_an_update_command_is_checked_out_without_running_it(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine == "libgit2":
+        monkeypatch.setenv("REPOCACHE_GIT", "")
+    marker = tmp_path / "ran"
+    sub = upstreams.create("sub")
+    sub.commits(1)
+    upstream = upstreams.create("super")
+    upstream.commits(1)
+    upstream.add_submodule("lib", str(sub.path))
+    modules = upstream.read(".gitmodules") + f"\tupdate = !touch {marker}\n".encode()
+    upstream.commit({".gitmodules": modules, "src/app.txt": "app\n"})
+    with RepoCache(cache_root) as cache, cache.worktree(str(upstream.path), "main") as tree:
+        assert (tree.path / ".gitmodules").read_bytes() == modules
+        assert (tree.path / "src" / "app.txt").read_text() == "app\n"
+        assert (tree.path / "lib").is_dir() and not any((tree.path / "lib").iterdir())
+        import pygit2
+
+        checked_out = pygit2.Repository(str(tree.path))
+        try:  # the index is exactly the commit's tree, gitlink included (git status itself refuses this file)
+            assert checked_out.index.write_tree() == checked_out[tree.commit].peel(pygit2.Commit).tree_id
+        finally:
+            checked_out.free()
+    assert not marker.exists()
+
+
+def test_worktree_path_that_is_a_symlink_is_refused_and_nothing_is_left(
+    tmp_path: Path, cache: RepoCache, upstreams: UpstreamFactory
+) -> None:
+    from repocache import ConfigError
+
+    upstream = upstreams.create("linked")
+    upstream.commits(1)
+    target = tmp_path / "real"
+    target.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(ConfigError, match="symbolic link"), cache.worktree(str(upstream.path), path=link):
+        pass
+    assert list(target.iterdir()) == [] and link.is_symlink()
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="symbolic link"), cache.worktree(str(upstream.path), path=dangling):
+        pass
+    assert not (tmp_path / "nowhere").exists()
+
+
+# -- odd URLs -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("git@example.invalid:a/b.git", "'a/b.git'"),  # home-relative, as git sends it
+        ("me@example.invalid:~/a/b.git", "'~/a/b.git'"),
+        ("git@example.invalid:/srv/a/b.git", "'/srv/a/b.git'"),
+        ("ssh://git@example.invalid/srv/a/b.git", "'/srv/a/b.git'"),
+    ],
+)
+def test_scp_like_urls_reach_ssh_with_the_path_git_would_send(
+    tmp_path: Path, cache_root: Path, monkeypatch: pytest.MonkeyPatch, url: str, sent: str
+) -> None:
+    from repocache import CloneError
+
+    record = tmp_path / "argv"
+    fake_ssh = tmp_path / "fake-ssh"
+    fake_ssh.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nexit 1\n')
+    fake_ssh.chmod(0o755)
+    monkeypatch.setenv("GIT_SSH_COMMAND", str(fake_ssh))
+    with RepoCache(cache_root) as cache, pytest.raises(CloneError), cache.checkout(url):
+        pass
+    argv = record.read_text().splitlines()
+    assert argv[-1].endswith(f"git-upload-pack {sent}"), argv
+    assert argv[-2].endswith("example.invalid"), argv
+
+
+def test_url_longer_than_the_limit_is_invalid_input(cache_root: Path) -> None:
+    from repocache import InvalidURLError
+    from repocache.keys import MAX_URL_LENGTH
+
+    with RepoCache(cache_root) as cache:
+        for url in ("https://example.invalid/" + "a" * 200_000, "/srv/" + "a/" * 100_000, Path("/" + "b" * 5000)):
+            with pytest.raises(InvalidURLError, match=f"limited to {MAX_URL_LENGTH} characters"), cache.checkout(url):
+                pass
