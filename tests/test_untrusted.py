@@ -5,11 +5,13 @@ Nothing in them runs, escapes the root or misleads the cache; an unusable piece 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any, BinaryIO, cast
 import pytest
 
 from repocache import RepoCache
-from repocache.cold import LocalDirStore, Manifest, pack_mirror
+from repocache.cold import LocalDirStore, Manifest
 from repocache.gitops import describe_mirror, disk_usage
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
@@ -35,8 +37,11 @@ def _store_artifact(store_dir: Path, url: str, mirror: Path, **overrides: object
     """Pack ``mirror`` as the cold store's artifact of ``url``, with a valid manifest (fields may be overridden)."""
     parsed = normalize_url(url)
     artifact = store_dir.parent / f"{parsed.key}.artifact"
-    with open(artifact, "wb") as out:
-        sha256, size = pack_mirror(mirror, out)
+    with tarfile.open(artifact, "w") as tar:  # by hand: every file of the mirror, as a peer could upload it
+        for path in sorted(mirror.rglob("*")):
+            tar.add(path, arcname=path.relative_to(mirror).as_posix(), recursive=False)
+    data = artifact.read_bytes()
+    sha256, size = hashlib.sha256(data).hexdigest(), len(data)
     ref_count, head = describe_mirror(mirror)
     values: dict[str, object] = dict(
         url=parsed.url,
