@@ -317,8 +317,8 @@ class Index:
             return False
         try:
             return bool(conn.execute("PRAGMA quick_check").fetchone()[0] == "ok")
-        except sqlite3.DatabaseError:
-            return False
+        except sqlite3.DatabaseError as exc:
+            return not _is_damage(exc)  # busy or locked is not damage: never rebuild a sound index over it
         finally:
             conn.close()
 
