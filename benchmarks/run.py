@@ -188,7 +188,7 @@ def _index_template(count: int) -> Path:
     """An index with ``count`` synthetic rows, cached under ``.data`` (keyed by the index schema)."""
     from repocache import index
 
-    schema = hashlib.sha256(f"{index._SCHEMA_VERSION}:{index._SCHEMA}".encode()).hexdigest()[:10]
+    schema = hashlib.sha256(f"{index.SCHEMA_VERSION}:{index.MIGRATIONS}".encode()).hexdigest()[:10]
     home = datagen.DATA_DIR / f"gen-v{datagen.GENERATION}" / f"index-{schema}-{count}"
     template = home / "index.sqlite"
     if not template.exists():

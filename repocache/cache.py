@@ -132,7 +132,14 @@ class RepoCache:
         if on_event is not None:
             events.subscribe(on_event)
         self._context = Context(
-            settings=settings, layout=layout, index=Index(layout.index), pins=self.pins, git=git, events=events
+            settings=settings,
+            layout=layout,
+            index=Index(
+                layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: maintenance.mirrors_on_disk(layout)
+            ),
+            pins=self.pins,
+            git=git,
+            events=events,
         )
         self._cold = self._open_cold_store(cold_store)
         self._budget = Budget(self._context, self._cold)
@@ -276,8 +283,8 @@ class RepoCache:
         Args:
             url: the repository.
             ref: a branch, tag, full ref name or commit id (anything ``git rev-parse`` accepts).
-            path: where to create the tree (must not exist or be empty); a directory under the root by default.
-                It is deleted when the block exits either way.
+            path: where to create the tree (must not exist or be empty, and not be a symbolic link); a directory
+                under the root by default. It is deleted when the block exits either way.
             submodules: also initialise and check out submodules (from their own upstreams).
             progress: progress callback for the clone or fetch.
 
@@ -316,6 +323,8 @@ class RepoCache:
         """Choose the worktree directory; default ones carry a lock file so ``verify`` can tell dead from live."""
         if path is not None:
             dest = Path(path)
+            if dest.is_symlink():  # the tree would be made inside its target and outlive the block
+                raise ConfigError(f"path={str(dest)!r} is a symbolic link; pass the directory itself")
             if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
                 raise ConfigError(f"path={str(dest)!r} exists and is not an empty directory")
             return dest, None
