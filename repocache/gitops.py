@@ -48,7 +48,9 @@ __all__ = [
     "disk_usage",
     "fetch_mirror",
     "find_git",
+    "newest_commit_time",
     "open_repository",
+    "ref_tips",
     "sweep_mirror",
     "validate_mirror",
 ]
@@ -404,6 +406,56 @@ def disk_usage(path: Path) -> int:
         except FileNotFoundError:
             continue
     return total
+
+
+def ref_tips(path: Path) -> dict[str, str]:
+    """Every ref of the mirror at ``path`` with what it points to, read from the files (no libgit2, no git).
+
+    Loose refs override ``packed-refs``, as git reads them; peeled lines (``^``) are skipped. Comparing the result
+    before and after a fetch says whether upstream changed, at the cost of reading ``packed-refs`` once (about
+    1 ms for a few thousand refs).
+    """
+    tips: dict[str, str] = {}
+    try:
+        with open(path / "packed-refs", encoding="utf-8", errors="replace") as packed:
+            for line in packed:
+                if line.startswith(("#", "^")):
+                    continue
+                target, _, name = line.rstrip("\n").partition(" ")
+                if name:
+                    tips[name] = target
+    except FileNotFoundError:
+        pass
+    refs = path / "refs"
+    for directory, _dirs, files in os.walk(refs):
+        for name in files:
+            if name.endswith(".lock"):
+                continue
+            file = Path(directory) / name
+            try:
+                tips[file.relative_to(path).as_posix()] = file.read_text(encoding="utf-8", errors="replace").strip()
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+    try:
+        tips["HEAD"] = (path / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        pass
+    return tips
+
+
+def newest_commit_time(path: Path) -> float | None:
+    """The committer time of the commit HEAD points to in the mirror at ``path``; None when it has none."""
+    try:
+        repo = open_repository(path)
+    except pygit2.GitError:
+        return None
+    try:
+        commit = repo.head.peel(pygit2.Commit)
+        return float(commit.commit_time)
+    except (pygit2.GitError, KeyError, ValueError, AttributeError):
+        return None
+    finally:
+        repo.free()
 
 
 def sweep_mirror(path: Path) -> list[Path]:
