@@ -88,7 +88,9 @@ class Events:
 
     def background_fetches_left(self, count: int, timeout: float) -> None:
         """``close()`` stopped waiting for background fetches still running; they finish on their own."""
-        logger.warning("%d background fetches still running %gs after close(); they finish on their own", count, timeout)
+        logger.warning(
+            "%d background fetches still running %gs after close(); they finish on their own", count, timeout
+        )
 
     def evicted(self, url: str, size_bytes: int) -> None:
         """A repository was removed from disk."""

@@ -436,10 +436,8 @@ def ref_tips(path: Path) -> dict[str, str]:
                 tips[file.relative_to(path).as_posix()] = file.read_text(encoding="utf-8", errors="replace").strip()
             except (FileNotFoundError, IsADirectoryError):
                 continue
-    try:
+    with contextlib.suppress(FileNotFoundError):
         tips["HEAD"] = (path / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
-    except FileNotFoundError:
-        pass
     return tips
 
 

@@ -34,7 +34,7 @@ from typing import Literal
 
 from repocache import gitops
 from repocache.context import Context
-from repocache.errors import ConfigError, FetchError, LockTimeoutError
+from repocache.errors import FetchError, LockTimeoutError
 from repocache.events import Counter, warn_caller
 from repocache.index import Freshness, Row
 from repocache.keys import RepoURL
@@ -78,10 +78,10 @@ def parse_max_age(value: object) -> MaxAge:
     """Validate a call's ``max_age``: :data:`USE_TTL`, None (any age) or finite seconds >= 0.
 
     Raises:
-        ConfigError: anything else.
+        ConfigError: anything else (raised by :func:`~repocache.settings.parse_seconds`).
     """
     if value is USE_TTL or value is None:
-        return value  # type: ignore[return-value]
+        return value
     return parse_seconds("max_age", value)
 
 
@@ -201,9 +201,7 @@ def refresh(
     return True, False
 
 
-def fetch_locked(
-    context: Context, fetch: FetchHold, parsed: RepoURL, progress: gitops.ProgressCallback | None
-) -> None:
+def fetch_locked(context: Context, fetch: FetchHold, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> None:
     """Fetch under the held fetch lock and record it: its size, when it began, and whether it moved refs.
 
     Raises:

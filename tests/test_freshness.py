@@ -49,9 +49,7 @@ def test_mark_stale_of_a_repository_not_cached_is_false(cache: RepoCache, upstre
         assert co.source == "clone"
 
 
-def test_a_fetch_that_began_before_the_mark_does_not_consume_it(
-    cache_root: Path, upstreams: UpstreamFactory
-) -> None:
+def test_a_fetch_that_began_before_the_mark_does_not_consume_it(cache_root: Path, upstreams: UpstreamFactory) -> None:
     upstream = upstreams.create("race")
     with RepoCache(cache_root, fetch_ttl=3600) as cache:
         entry = cache.ensure(upstream.url)
@@ -191,14 +189,14 @@ def test_background_refresh_hands_out_the_hit_at_once_and_fetches_behind(
         assert cache.evict(upstream.url) is False
         with cache.checkout(upstream.url) as co:
             assert co.source == "hit"
-        gate.opened.set()
+        threading.Timer(0.5, gate.opened.set).start()
         cache.close()  # joins the background fetch
-    assert all(name.startswith("repocache-refresh") for name in gate.threads)
     with RepoCache(cache_root, fetch_ttl=3600) as cache:
+        assert cache.stats().fetches == 1
         with cache.checkout(upstream.url) as co:
             assert mirror_refs(co.path) == upstream.refs()
-        assert cache.stats().fetches == 1
         assert_consistent(cache)
+    assert all(name.startswith("repocache-refresh") for name in gate.threads)
 
 
 def test_background_refresh_waits_beyond_max_stale(cache_root: Path, upstreams: UpstreamFactory) -> None:
