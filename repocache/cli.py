@@ -64,6 +64,7 @@ from repocache.errors import (
     LockTimeoutError,
     RefNotFoundError,
     RepoCacheError,
+    WebhookError,
 )
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(error, BrokenPipeError):
         return EXIT_PIPE
-    if isinstance(error, (InvalidURLError, ConfigError, InvalidRefError, RefNotFoundError)):
+    if isinstance(error, (InvalidURLError, ConfigError, InvalidRefError, RefNotFoundError, WebhookError)):
         return EXIT_USAGE
     if isinstance(error, GitError):
         return EXIT_GIT

@@ -573,18 +573,27 @@ def _adopt_upstream_head(repo: pygit2.Repository, remote: pygit2.Remote) -> None
 # -- fetch --------------------------------------------------------------------------------------------------
 
 
-def fetch_mirror(url: RepoURL, path: Path, options: GitOptions, *, progress: ProgressCallback | None = None) -> None:
+def fetch_mirror(
+    url: RepoURL,
+    path: Path,
+    options: GitOptions,
+    *,
+    progress: ProgressCallback | None = None,
+    prefer_cli: bool = False,
+) -> None:
     """Bring the mirror at ``path`` up to date with upstream: new objects, moved and force-pushed refs, pruned refs.
 
     The caller holds the repository's fetch lock. Readers may use the mirror meanwhile: refs move atomically and
-    packs are added before the refs that need them.
+    packs are added before the refs that need them. ``prefer_cli`` runs ``git fetch`` (when git is installed)
+    instead of libgit2 for every transport: slower for a no-op fetch, but out of process, so a fetch running in
+    a background thread does not compete with the caller's threads for the GIL.
 
     Raises:
         FetchError: upstream is unreachable or the transfer failed; the mirror still serves its previous state.
     """
     throttle = _Throttle(progress, url.url, "fetch", options.progress_interval)
     sweep_mirror(path)
-    use_cli = options.git is not None and url.scheme in ("ssh", "file")
+    use_cli = options.git is not None and (prefer_cli or url.scheme in ("ssh", "file"))
     if use_cli:
         _run_git(
             [

@@ -201,8 +201,17 @@ def refresh(
     return True, False
 
 
-def fetch_locked(context: Context, fetch: FetchHold, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> None:
+def fetch_locked(
+    context: Context,
+    fetch: FetchHold,
+    parsed: RepoURL,
+    progress: gitops.ProgressCallback | None,
+    *,
+    background: bool = False,
+) -> None:
     """Fetch under the held fetch lock and record it: its size, when it began, and whether it moved refs.
+
+    A ``background`` fetch runs git out of process (see :func:`~repocache.gitops.fetch_mirror`'s ``prefer_cli``).
 
     Raises:
         FetchError: the fetch failed (nothing is recorded).
@@ -210,12 +219,14 @@ def fetch_locked(context: Context, fetch: FetchHold, parsed: RepoURL, progress: 
     mirror = context.layout.mirror(fetch.key)
     started = time.time()
     before = gitops.ref_tips(mirror)
-    fetch_with_retry(context, parsed, progress)
+    fetch_with_retry(context, parsed, progress, prefer_cli=background)
     changed = started if gitops.ref_tips(mirror) != before else None
     context.index.fetched(fetch.key, gitops.disk_usage(mirror), time.time(), started=started, changed=changed)
 
 
-def fetch_with_retry(context: Context, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> None:
+def fetch_with_retry(
+    context: Context, parsed: RepoURL, progress: gitops.ProgressCallback | None, *, prefer_cli: bool = False
+) -> None:
     """Fetch; a fetch that failed quickly is tried once more.
 
     A live upstream can refuse a fetch that raced with a push: over smart HTTP the refs are advertised in one
@@ -226,12 +237,12 @@ def fetch_with_retry(context: Context, parsed: RepoURL, progress: gitops.Progres
     mirror = context.layout.mirror(parsed.key)
     attempt_started = time.monotonic()
     try:
-        gitops.fetch_mirror(parsed, mirror, context.git, progress=progress)
+        gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
     except FetchError as exc:
         if time.monotonic() - attempt_started > FETCH_RETRY_WITHIN:
             raise
         context.events.fetch_retried(parsed.url, exc.detail)
-        gitops.fetch_mirror(parsed, mirror, context.git, progress=progress)
+        gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
 
 
 def cloned(context: Context, hold: ExclusiveHold, started: float) -> None:
@@ -337,7 +348,7 @@ class Background:
                 if not needs_fetch(row, fresh, started, 0.0, time.time()):
                     return  # another worker's fetch finished since the hit
                 try:
-                    fetch_locked(context, fetch, parsed, progress)
+                    fetch_locked(context, fetch, parsed, progress, background=True)
                 except FetchError as exc:
                     context.index.count(Counter.FETCH_ERRORS)
                     context.events.background_fetch_failed(parsed.url, exc.detail)
