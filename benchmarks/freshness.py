@@ -308,6 +308,7 @@ def adaptive_contacts(*, smoke: bool) -> list[Result]:
 
 _PUSHER = """
 import sys, time
+from pathlib import Path
 from repocache.testing import Upstream
 upstream = Upstream(Path(sys.argv[1]), "pushed")
 k = 0
@@ -368,6 +369,8 @@ def background_hit_latency(ctx: Context, *, smoke: bool) -> list[Result]:
                 with foreground.checkout(url):
                     pass
                 base.append(time.perf_counter() - began)
+        if pusher.poll() is not None:
+            raise RuntimeError(f"the pusher process died (exit status {pusher.returncode}); see its stderr above")
     finally:
         pusher.kill()
         pusher.wait()

@@ -106,8 +106,8 @@ class RepoCache:
             refresh: ``"foreground"``: a due hit waits for its fetch; ``"background"``: a due hit no older than
                 ``max_stale`` is handed out at once and one fetch runs in a background thread (stale-while-
                 revalidate), joined by :meth:`close`.
-            max_stale: with ``refresh="background"``, seconds since its last fetch beyond which a hit waits for
-                the fetch after all; None: no bound.
+            max_stale: with ``refresh="background"``, seconds past its TTL beyond which a hit waits for the
+                fetch after all; None: no bound.
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.

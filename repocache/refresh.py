@@ -15,10 +15,10 @@ A hit is fetched when its copy is older than the age limit that applies to the c
   fetch lock, counts: concurrent fetches coalesce into one), unless a mark arrived after that fetch began.
 
 Fetches run under the repository's fetch lock while readers keep their shared holds: readers are never blocked
-by a fetch. With ``refresh="background"`` (stale-while-revalidate) a hit whose copy is due but no older than
-``max_stale`` is handed out at once and one fetch runs in :class:`Background`, a small pool of threads owned by
-the cache; beyond ``max_stale``, or when the call gives ``max_age``, the hit waits for the fetch as it does in the
-foreground mode.
+by a fetch. With ``refresh="background"`` (stale-while-revalidate, in RFC 5861's sense) a hit whose copy is due
+but at most ``max_stale`` seconds past its age limit (a marked copy counts as not past it) is handed out at once,
+and one fetch runs in :class:`Background`, a small pool of threads owned by the cache; beyond ``max_stale``, or
+when the call gives ``max_age``, the hit waits for the fetch as it does in the foreground mode.
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ def refresh(
 ) -> tuple[bool, bool]:
     """Fetch the held mirror unless it is fresh enough for ``request``; returns (fetched, stale).
 
-    Under ``refresh="background"`` (and with ``background`` given), a due copy no older than ``max_stale`` is
-    handed out at once and the fetch is left to ``background``; the call then returns (False, False).
+    Under ``refresh="background"`` (and with ``background`` given), a due copy at most ``max_stale`` past its age
+    limit is handed out at once and the fetch is left to ``background``; the call then returns (False, False).
 
     Raises:
         FetchError: the fetch failed and ``on_fetch_error="raise"`` (or the request is strict).
@@ -178,7 +178,7 @@ def refresh(
         and settings.refresh == "background"
         and request.max_age is USE_TTL
         and row.last_fetched is not None
-        and (settings.max_stale is None or now - row.last_fetched <= settings.max_stale)
+        and (settings.max_stale is None or now - row.last_fetched - (limit or 0.0) <= settings.max_stale)
     ):
         background.submit(hold, parsed, request.started, progress)
         return False, False

@@ -9,8 +9,8 @@
 | fetch_ttl_min    | 60.0                         | finite seconds >= 0: the shortest "auto" interval     |
 | fetch_ttl_max    | 28800.0 (8 h)                | finite seconds >= fetch_ttl_min: the longest one      |
 | refresh          | "foreground"                 | "foreground" or "background" (stale-while-revalidate) |
-| max_stale        | 3600.0                       | finite seconds >= 0, or None (no bound): how old a hit |
-|                  |                              | may be and still be served while it is refreshed       |
+| max_stale        | 3600.0                       | finite seconds >= 0, or None (no bound): how far past  |
+|                  |                              | its TTL a hit may be and still be served at once       |
 | lock_timeout     | 600.0                        | finite seconds >= 0                                   |
 | on_fetch_error   | "warn"                       | "warn" or "raise"                                     |
 | connect_timeout  | 30.0                         | finite seconds > 0                                    |

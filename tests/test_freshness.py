@@ -208,6 +208,20 @@ def test_background_refresh_waits_beyond_max_stale(cache_root: Path, upstreams: 
             assert co.fetched and mirror_refs(co.path) == upstream.refs()
 
 
+def test_max_stale_counts_from_the_end_of_the_ttl(cache_root: Path, upstreams: UpstreamFactory) -> None:
+    upstream = upstreams.create("pastttl")
+    with RepoCache(cache_root, fetch_ttl=3600, refresh="background", max_stale=3600) as cache:
+        entry = cache.ensure(upstream.url)
+        index = cache._context.index
+        index.fetched(entry.key, entry.size_bytes, time.time() - 5000)  # 1400 s past the TTL: within max_stale
+        with cache.checkout(upstream.url) as co:
+            assert not co.fetched
+        assert cache._background.join(30)
+        index.fetched(entry.key, entry.size_bytes, time.time() - 8000)  # 4400 s past it: the hit waits
+        with cache.checkout(upstream.url) as co:
+            assert co.fetched
+
+
 def test_background_refresh_does_nothing_while_another_fetch_holds_the_lock(
     cache_root: Path, upstreams: UpstreamFactory
 ) -> None:
