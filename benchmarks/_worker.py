@@ -50,6 +50,12 @@ class Ours:
             extra["cold_store"] = options["cold_store"]
         self.fetching = RepoCache(root, fetch_ttl=0, **extra)
         self.fresh = RepoCache(root, fetch_ttl=1e9, **extra)
+        if options.get("event_hook") == "metrics":  # the Prometheus hook, on a registry of its own
+            from prometheus_client import CollectorRegistry
+
+            from repocache import metrics
+
+            metrics.instrument(self.fresh, CollectorRegistry())
 
     def clone(self, url: str) -> dict[str, Any]:
         started = time.perf_counter()

@@ -81,6 +81,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="measure git-cache-clone too (the default, except with --smoke)",
     )
     peer.add_argument("--no-peer", dest="peer", action="store_false", help="do not measure git-cache-clone")
+    peer.add_argument(
+        "--peer-rev",
+        metavar="REV",
+        default=None,
+        help="put repocache at an earlier git revision of this repository in the peer column instead of "
+        "git-cache-clone (a regression check: both sides measured side by side in one run)",
+    )
     parser.add_argument(
         "--plot",
         metavar="PNG",
@@ -124,6 +131,14 @@ def _isolate(home: Path) -> None:
     os.environ["XDG_CACHE_HOME"] = str(home / ".cache")
     for name in ("REPOCACHE_DIR", "REPOCACHE_GIT", "GIT_CACHE_ROOT_DIR"):
         os.environ.pop(name, None)
+
+
+def _revision_tree(rev: str, dest: Path) -> Path:
+    """The files of this repository at ``rev``, exported to ``dest`` (for ``--peer-rev``)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(BENCH_DIR.parent), "archive", rev], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    return dest
 
 
 def _peer_python(wanted: bool) -> tuple[str | None, str]:
@@ -173,7 +188,7 @@ def _index_template(count: int) -> Path:
     """An index with ``count`` synthetic rows, cached under ``.data`` (keyed by the index schema)."""
     from repocache import index
 
-    schema = hashlib.sha256(f"{index._SCHEMA_VERSION}:{index._SCHEMA}".encode()).hexdigest()[:10]
+    schema = hashlib.sha256(f"{index.SCHEMA_VERSION}:{index.MIGRATIONS}".encode()).hexdigest()[:10]
     home = datagen.DATA_DIR / f"gen-v{datagen.GENERATION}" / f"index-{schema}-{count}"
     template = home / "index.sqlite"
     if not template.exists():
@@ -208,7 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _isolate(run_dir / "home")
     from repocache.testing import GitDaemon
 
-    peer_python, peer_version = _peer_python(args.peer)
+    peer_tree: Path | None = None
+    peer_python: str | None
+    if args.peer_rev:
+        peer_tree = _revision_tree(args.peer_rev, run_dir / "peer-rev")
+        peer_python, peer_version = sys.executable, f"repocache at {args.peer_rev}"
+    else:
+        peer_python, peer_version = _peer_python(args.peer)
     if peer_python is None:
         _log(f"git-cache-clone: {peer_version}")
     env = dict(os.environ)
@@ -230,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_dir=serve_dir,
             url_base=f"git://{daemon.host}:{daemon.port}",
             peer_python=peer_python,
+            peer_tree=peer_tree,
             log=_log,
             daemon_log=lambda: daemon.log_text,
             big_index=args.index_entries,

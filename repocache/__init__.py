@@ -9,6 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from repocache.aio import AsyncRepoCache
     from repocache.cache import RepoCache
     from repocache.checkout import Checkout, Worktree
     from repocache.errors import (
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AsyncRepoCache": "repocache.aio",
     "BudgetError": "repocache.errors",
     "Checkout": "repocache.checkout",
     "CloneError": "repocache.errors",
@@ -53,6 +55,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AsyncRepoCache",
     "BudgetError",
     "Checkout",
     "CloneError",

@@ -106,7 +106,7 @@ class Budget:
         if not settings.budgeted:
             return None
         if settings.max_bytes is not None and needed > settings.max_bytes:
-            raise BudgetError(parsed.url, needed, settings.max_bytes)
+            raise BudgetError(parsed.url, needed, settings.max_bytes, max_bytes=settings.max_bytes)
         with self.lock() as budget:
             reserved = self._context.index.reserved_bytes()
             _evicted, deficit = self.free(budget, needed, reserved=reserved, all_or_nothing=True)
@@ -166,8 +166,11 @@ class Budget:
         if self._context.settings.budgeted and self.deficit(0, 0) > 0:
             self.enforce()
 
-    def evict_locked(self, hold: ExclusiveHold, row: Row | None) -> None:
-        """Offload the mirror to the cold store (if configured) and remove it from disk and from the index."""
+    def evict_locked(self, hold: ExclusiveHold, row: Row | None, reason: str = "budget") -> None:
+        """Offload the mirror to the cold store (if configured) and remove it from disk and from the index.
+
+        ``reason`` (``"budget"``, ``"explicit"``, ``"invalid"``) is reported with the eviction event.
+        """
         context = self._context
         mirror = context.layout.mirror(hold.key)
         if mirror.is_dir() and row is not None and self._cold is not None:
@@ -177,7 +180,7 @@ class Budget:
             os.rename(mirror, trash)
             context.index.remove(hold.key, counter=Counter.EVICTIONS)
             shutil.rmtree(trash, ignore_errors=True)
-            context.events.evicted(row.url if row else hold.key, row.size_bytes if row else 0)
+            context.events.evicted(row.url if row else hold.key, hold.key, row.size_bytes if row else 0, reason)
         else:
             context.index.remove(hold.key, counter=None)
 

@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,7 +32,7 @@ from repocache.errors import (
     RefNotFoundError,
     RepoCacheError,
 )
-from repocache.events import Counter, Events, Source
+from repocache.events import Counter, EventHook, Events, Source
 from repocache.index import Index
 from repocache.keys import RepoURL, normalize_url
 from repocache.layout import Layout, SharedHold
@@ -73,6 +73,7 @@ class RepoCache:
         cold_min_bytes: int | str = 0,
         cold_compression: str = "none",
         cold_retention: float | None = None,
+        on_event: EventHook | None = None,
         fetch_ttl_min: float = 60.0,
         fetch_ttl_max: float = 28800.0,
         refresh: str = "foreground",
@@ -100,6 +101,8 @@ class RepoCache:
             cold_compression: ``"none"`` (a plain tar, fastest to restore) or ``"zstd"`` (needs ``zstandard``).
             cold_retention: seconds an artifact is kept in the cold store; older ones are pruned after uploads
                 (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
+            on_event: a function called with every :class:`~repocache.events.Event` of this cache (hit, miss,
+                clone, restore, fetch, stale, eviction, ...); see :meth:`subscribe`.
             fetch_ttl_min: the shortest interval of ``fetch_ttl="auto"``, in seconds.
             fetch_ttl_max: the longest interval of ``fetch_ttl="auto"`` (the staleness bound of a dormant
                 repository), in seconds.
@@ -144,14 +147,25 @@ class RepoCache:
             layout.create()
         except OSError as exc:
             raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
+        events = Events()
+        if on_event is not None:
+            events.subscribe(on_event)
         self._context = Context(
-            settings=settings, layout=layout, index=Index(layout.index), pins=self.pins, git=git, events=Events()
+            settings=settings,
+            layout=layout,
+            index=Index(
+                layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: maintenance.mirrors_on_disk(layout)
+            ),
+            pins=self.pins,
+            git=git,
+            events=events,
         )
         self._cold = self._open_cold_store(cold_store)
         self._budget = Budget(self._context, self._cold)
         self._background = Background(self._context)
         self._closed = False
         self._budget.empty_trash()
+        maintenance.sweep_locks(self._context)
 
     # -- settings, read-only --------------------------------------------------------------------------------
 
@@ -201,8 +215,8 @@ class RepoCache:
     def close(self, *, timeout: float = 60.0) -> None:
         """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op.
 
-        Background fetches not started yet are cancelled; running ones are waited for up to ``timeout`` seconds
-        (beyond it they finish on their own, holding their repository's locks until then).
+        Background fetches not started yet are cancelled; running ones are waited for up to ``timeout`` seconds,
+        then cancelled (their git is killed; the repository keeps its previous state).
         """
         if not self._closed:
             self._closed = True
@@ -230,6 +244,20 @@ class RepoCache:
         if parsed.is_local and not self._context.git.allow_local:
             raise InvalidURLError(parsed.url, "local paths are not allowed by this cache (allow_local=False)")
         return parsed
+
+    def subscribe(self, hook: EventHook) -> Callable[[], None]:
+        """Call ``hook`` with every :class:`~repocache.events.Event` of this cache from now on.
+
+        Hooks run in the thread that caused the event and should be quick; one that raises is logged and ignored.
+        Events describe this process's operations; counters of the whole root are in :meth:`stats`.
+
+        Returns:
+            A function that unsubscribes the hook.
+
+        Raises:
+            ConfigError: ``hook`` is not callable.
+        """
+        return self._context.events.subscribe(hook)
 
     def _enforce_if_over(self) -> None:
         if not self._closed:
@@ -292,8 +320,8 @@ class RepoCache:
         Args:
             url: the repository.
             ref: a branch, tag, full ref name or commit id (anything ``git rev-parse`` accepts).
-            path: where to create the tree (must not exist or be empty); a directory under the root by default.
-                It is deleted when the block exits either way.
+            path: where to create the tree (must not exist or be empty, and not be a symbolic link); a directory
+                under the root by default. It is deleted when the block exits either way.
             submodules: also initialise and check out submodules (from their own upstreams).
             progress: progress callback for the clone or fetch.
             max_age: as for :meth:`checkout`.
@@ -304,7 +332,8 @@ class RepoCache:
         Raises:
             RefNotFoundError: ``ref`` does not exist in the repository (after the fetch).
             GitError: the checkout failed.
-            and everything :meth:`checkout` raises.
+            RepoCacheError: whatever :meth:`checkout` raises (``InvalidURLError``, ``CloneError``, ``FetchError``,
+                ``BudgetError``, ``LockTimeoutError``).
         """
         if not isinstance(ref, str) or not ref or ref.startswith("-") or any(c in ref for c in "\n\r\x00"):
             raise InvalidRefError(repr(ref), "expected a branch, tag, ref name or commit id")
@@ -332,6 +361,8 @@ class RepoCache:
         """Choose the worktree directory; default ones carry a lock file so ``verify`` can tell dead from live."""
         if path is not None:
             dest = Path(path)
+            if dest.is_symlink():  # the tree would be made inside its target and outlive the block
+                raise ConfigError(f"path={str(dest)!r} is a symbolic link; pass the directory itself")
             if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
                 raise ConfigError(f"path={str(dest)!r} exists and is not an empty directory")
             return dest, None
@@ -437,7 +468,7 @@ class RepoCache:
             if not self._context.layout.mirror(parsed.key).is_dir():
                 self._context.index.remove(parsed.key, counter=None)
                 return False
-            self._budget.evict_locked(hold, self._context.index.get(parsed.key))
+            self._budget.evict_locked(hold, self._context.index.get(parsed.key), reason="explicit")
             return True
 
     def enforce(self) -> list[Entry]:
@@ -484,7 +515,10 @@ class RepoCache:
             The problems found, each with ``repaired`` set when it was fixed.
         """
         self._check_open()
-        return maintenance.verify(self._context, self._budget, repair)
+        problems = maintenance.verify(self._context, self._budget, repair)
+        if repair:
+            maintenance.sweep_locks(self._context)
+        return problems
 
     # -- cold store -----------------------------------------------------------------------------------------------
 
@@ -540,13 +574,13 @@ class RepoCache:
         """
         context = self._context
         started = time.time()
+        clock = time.perf_counter()
         deadline = time.monotonic() + self.lock_timeout
         request = Request(started=started, deadline=deadline, max_age=max_age, strict=strict)
         key = parsed.key
         mirror = context.layout.mirror(key)
         source = Source.HIT
         fetched = False
-        counted_miss = False
         for _attempt in range(_MAX_ATTEMPTS):
             hold = context.layout.hold_shared(key, max(0.0, deadline - time.monotonic()))
             if hold is None:
@@ -556,7 +590,15 @@ class RepoCache:
                     stale = False
                     if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
                         fetched, stale = refresh.refresh(context, hold, parsed, request, progress, self._background)
-                    context.index.touch(key, time.time(), counter=Counter.HITS if source is Source.HIT else None)
+                    # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
+                    context.index.touch(
+                        key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES
+                    )
+                    if context.events.active:
+                        if source is Source.HIT:
+                            context.events.hit(parsed.url, key, time.perf_counter() - clock, fetched)
+                        else:
+                            context.events.miss(parsed.url, key, time.perf_counter() - clock, source)
                     checkout = Checkout(
                         path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
                     )
@@ -565,15 +607,17 @@ class RepoCache:
                 hold.release()
                 raise
             hold.release()
-            if not counted_miss:
-                counted_miss = True
-                context.index.count(Counter.MISSES)
             exclusive = context.layout.hold_exclusive(key, max(0.0, deadline - time.monotonic()))
             if exclusive is None:
                 raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
             with exclusive:
                 if not mirror.is_dir():
-                    source = materialize(context, self._budget, self._cold, exclusive, parsed, progress)
+                    try:
+                        source = materialize(context, self._budget, self._cold, exclusive, parsed, progress)
+                    except BaseException:
+                        if not mirror.is_dir():  # a failed miss (a typo, a dead URL) leaves no lock file behind
+                            locks.discard(exclusive.handle)
+                        raise
                     fetched = source is Source.CLONE
                     if fetched:
                         refresh.cloned(context, exclusive, started)

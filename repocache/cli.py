@@ -471,8 +471,20 @@ def _open_cache(context: _Context, *, pins_fallback: str | None = None) -> RepoC
     )
 
 
+def _refuse_missing_path(cache: RepoCache, url: str) -> None:
+    """A local path that does not exist (and was never cached) is a typing error, not a failing upstream."""
+    from repocache.keys import normalize_url
+
+    parsed = normalize_url(url)
+    if parsed.is_local and not os.path.exists(parsed.fetch_url) and cache.info(url) is None:
+        raise InvalidURLError(
+            url, f"it is read as a local path, and {parsed.fetch_url} does not exist; give a URL or an existing path"
+        )
+
+
 def _cmd_get(context: _Context) -> int:
     with _open_cache(context) as cache:
+        _refuse_missing_path(cache, context.args.url)
         entry = cache.ensure(context.args.url)
         if not entry.path.is_dir():
             # ensure() enforces the budget after releasing its hold, so a clone larger than the budget is gone

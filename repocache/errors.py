@@ -162,15 +162,23 @@ class BudgetError(RepoCacheError):
         url: the repository's normalized URL.
         needed: bytes the repository needs.
         available: bytes that could be made available.
+        max_bytes: the whole budget when the repository alone is larger than it (nothing else is to blame),
+            else None.
     """
 
-    def __init__(self, url: str, needed: int, available: int) -> None:
-        super().__init__(url, needed, available)
+    def __init__(self, url: str, needed: int, available: int, max_bytes: int | None = None) -> None:
+        super().__init__(url, needed, available, max_bytes)
         self.url = url
         self.needed = needed
         self.available = available
+        self.max_bytes = max_bytes
 
     def __str__(self) -> str:
+        if self.max_bytes is not None:
+            return (
+                f"{self.url} needs {self.needed} bytes, which is larger than max_bytes={self.max_bytes} (the whole "
+                "budget); raise max_bytes to cache it"
+            )
         return (
             f"{self.url} needs {self.needed} bytes but at most {self.available} bytes can be freed "
             "(the rest is pinned or in use); raise max_bytes or unpin repositories"

@@ -30,13 +30,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pygit2
 
+from repocache import cancel
 from repocache.errors import CloneError, FetchError, GitError
 from repocache.keys import RepoURL, scrub
 from repocache.models import Progress
@@ -48,9 +49,11 @@ __all__ = [
     "disk_usage",
     "fetch_mirror",
     "find_git",
+    "mirror_config",
     "newest_commit_time",
     "open_repository",
     "ref_tips",
+    "sanitize_restored_mirror",
     "sweep_mirror",
     "validate_mirror",
 ]
@@ -72,6 +75,7 @@ _GIT_LOCK_FILES = (
     "index.lock",
     "FETCH_HEAD.lock",
 )
+_CANCEL_POLL = 0.05  # seconds: how often a cancellable git run looks at its token
 _PARTIAL_UPSTREAM = ("promisor", "did not receive expected object", "missing blob object", "unable to read ")
 _HINT_PARTIAL = (
     " (the upstream appears to be a partial clone with missing objects; neither git nor libgit2 can mirror it: "
@@ -162,6 +166,9 @@ class _Callbacks(pygit2.RemoteCallbacks):
         self._throttle = throttle
         self._tried_credentials = False
 
+    def sideband_progress(self, string: str) -> None:
+        cancel.check()
+
     def credentials(self, url: str, username_from_url: str | None, allowed_types: Any) -> pygit2.UserPass:
         if self._url.has_credentials and not self._tried_credentials:
             self._tried_credentials = True
@@ -169,6 +176,7 @@ class _Callbacks(pygit2.RemoteCallbacks):
         raise GitError(self._url.url, "authentication required (no usable credentials in the URL)")
 
     def transfer_progress(self, stats: object) -> None:
+        cancel.check()  # raising from a callback is what aborts a libgit2 transfer (a return value does not)
         received = int(getattr(stats, "received_objects", 0))
         total = int(getattr(stats, "total_objects", 0))
         indexed = int(getattr(stats, "indexed_deltas", 0))
@@ -209,6 +217,9 @@ def _environment(url: RepoURL, options: GitOptions) -> dict[str, str]:
         # possibly while it is evicted. (libgit2 fetches never run it either.)
         ("gc.auto", "0"),
         ("maintenance.auto", "false"),
+        # No hooks and no filesystem monitor, whatever a config says: nothing the cache runs git on runs anything.
+        ("core.hooksPath", os.devnull),
+        ("core.fsmonitor", "false"),
     ]
     if url.has_credentials:
         token = base64.b64encode(f"{url.username or ''}:{url.password or ''}".encode()).decode("ascii")
@@ -239,9 +250,17 @@ def _run_git(
     error: type[GitError],
     *,
     cwd: Path | None = None,
+    hide: Path | None = None,
 ) -> None:
-    """Run git, streaming its progress, killing it when it stays silent longer than ``idle_timeout``."""
+    """Run git, streaming its progress, killing it when it stays silent longer than ``idle_timeout``.
+
+    When the calling thread has a :class:`~repocache.cancel.CancelToken`, git is also killed within
+    ``_CANCEL_POLL`` seconds of its cancellation (and :class:`~repocache.cancel.Cancelled` raised).
+    On failure raises ``error`` with git's error lines; ``hide`` is a path left out of them (a staging directory).
+    """
     assert options.git is not None
+    cancel.check()
+    poll = 1.0 if cancel.current() is None else _CANCEL_POLL
     command, preexec = _with_death_signal([options.git, *args])
     process = subprocess.Popen(
         command,
@@ -260,7 +279,8 @@ def _run_git(
     try:
         fd = process.stderr.fileno()
         while True:
-            ready, _, _ = select.select([fd], [], [], 1.0)
+            ready, _, _ = select.select([fd], [], [], poll)
+            cancel.check()
             if not ready:
                 if time.monotonic() - last_output > options.idle_timeout:
                     _kill(process)
@@ -284,11 +304,32 @@ def _run_git(
     finally:
         process.stderr.close()
     if code != 0:
-        messages = [line for line in tail if not _PROGRESS_LINE.match(line.strip())] or list(tail)
-        detail = scrub("; ".join(m.strip() for m in messages[-6:]) or f"git exited with status {code}")
+        detail = _error_lines(tail, hide=hide) or f"git exited with status {code}"
         if any(marker in detail for marker in _PARTIAL_UPSTREAM):
             detail += _HINT_PARTIAL
         raise error(url.url, detail)
+
+
+def _error_lines(tail: Iterable[str], *, hide: Path | None) -> str:
+    """git's own error lines (``fatal:``, ``error:``) from the end of its stderr, as sentences on one line, scrubbed.
+
+    Progress and "Cloning into ..." lines are dropped; without any error line, the last few other lines are kept.
+    One line, because messages end up in logs and in the command line's one-line errors. ``hide`` (a staging
+    directory) is an internal path that means nothing to the caller: it is named as what it is.
+    """
+    lines = [
+        line.strip()
+        for line in tail
+        if line.strip() and not _PROGRESS_LINE.match(line.strip()) and not line.startswith("Cloning into ")
+    ]
+    errors = [line for line in lines if line.removeprefix("remote: ").startswith(("fatal:", "error:"))]
+    detail = " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in (errors or lines)[-6:])
+    return scrub(detail if hide is None else _hide(detail, hide))
+
+
+def _hide(detail: str, staging: Path) -> str:
+    """``detail`` with the internal staging path named as what it is."""
+    return detail.replace(f"'{staging}'", str(staging)).replace(str(staging), "the staging directory")
 
 
 def _with_death_signal(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
@@ -490,6 +531,72 @@ def sweep_mirror(path: Path) -> list[Path]:
     return removed
 
 
+# -- what a mirror may contain ------------------------------------------------------------------------------
+
+# A restored mirror keeps only these entries: the data git needs to serve refs and objects. Everything else can
+# change what git does (config, hooks/, info/grafts, info/attributes, commondir, shallow, worktrees/, remotes/,
+# branches/, ...) and comes from a cold store that other hosts can write to, so it is dropped.
+_MIRROR_DATA = frozenset({"HEAD", "objects", "refs", "packed-refs"})
+
+
+def mirror_config(url: RepoURL) -> str:
+    """The whole ``config`` of a mirror of ``url``, as ``git clone --mirror`` writes it (credential-free URL).
+
+    Nothing else belongs there: no URL rewriting, no commands, no hooks path, no alternates, no extensions.
+    """
+    value = url.fetch_url.replace("\\", "\\\\").replace('"', '\\"')
+    if value != value.strip() or any(c in value for c in ";#"):
+        value = f'"{value}"'  # quoted as git quotes it: otherwise ';' and '#' would start a comment
+    return (
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+        f'[remote "origin"]\n\turl = {value}\n\tfetch = +refs/*:refs/*\n\tmirror = true\n'
+    )
+
+
+def ensure_mirror_config(path: Path, url: RepoURL) -> bool:
+    """Make the mirror's ``config`` exactly :func:`mirror_config`, atomically; True when it had to be rewritten.
+
+    Fetches call this first, so they never honour URL rewriting (``url.*.insteadOf``), commands
+    (``core.sshCommand``, ``core.fsmonitor``, ...) or a hooks path from a config the cache did not write. The
+    caller holds the repository's fetch lock (or owns the directory).
+    """
+    wanted = mirror_config(url)
+    config = path / "config"
+    try:
+        with open(config, encoding="utf-8", errors="replace") as current:
+            if current.read(len(wanted) + 1) == wanted:
+                return False
+    except FileNotFoundError:
+        pass
+    temporary = path / "config.lock"
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write(wanted)
+    os.replace(temporary, config)
+    return True
+
+
+def sanitize_restored_mirror(path: Path, url: RepoURL) -> None:
+    """Turn an unpacked cold-store artifact into data only: the mirror's refs and objects, and a fresh config.
+
+    Keeps ``HEAD``, ``refs/``, ``packed-refs`` and ``objects/`` (minus ``objects/info/``, where alternates and
+    http-alternates would borrow objects from elsewhere); drops everything else (``config``, ``hooks/``,
+    ``info/``, ``commondir``, ``shallow``, ``worktrees/``, ``remotes/``, ...), then writes the config a clone of
+    ``url`` has. Links were already refused by the unpacking.
+    """
+    with os.scandir(path) as entries:
+        doomed = [Path(entry.path) for entry in entries if entry.name not in _MIRROR_DATA]
+    doomed.append(path / "objects" / "info")
+    for item in doomed:
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                item.unlink()
+    (path / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (path / "refs").mkdir(exist_ok=True)
+    ensure_mirror_config(path, url)
+
+
 # -- clone --------------------------------------------------------------------------------------------------
 
 
@@ -511,17 +618,25 @@ def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: Pro
             options,
             throttle,
             CloneError,
+            hide=dest,
         )
     else:
         _clone_libgit2(url, dest, options, throttle)
     problem = validate_mirror(dest)
     if problem is not None:
         raise CloneError(url.url, f"the cloned repository {problem}")
+    try:
+        ensure_mirror_config(dest, url)  # libgit2 writes a config of its own; keep one form for every mirror
+    except OSError as exc:
+        raise CloneError(url.url, f"cannot write the mirror's config: {exc}") from None
     throttle.done()
 
 
 def _clone_libgit2(url: RepoURL, dest: Path, options: GitOptions, throttle: _Throttle) -> None:
     _configure_libgit2(options)
+    if url.is_local and not os.path.exists(url.fetch_url):
+        # libgit2 says "unsupported URL protocol" for a local path that does not exist; say what git says.
+        raise CloneError(url.url, f"repository '{url.fetch_url}' does not exist")
     try:
         repo = pygit2.init_repository(str(dest), bare=True)
         try:
@@ -542,6 +657,7 @@ def _clone_libgit2(url: RepoURL, dest: Path, options: GitOptions, throttle: _Thr
         if isinstance(exc, CloneError):
             raise
         detail = scrub(str(exc.detail if isinstance(exc, GitError) else exc))
+        detail = _hide(detail, dest)
         if any(marker in detail for marker in _PARTIAL_UPSTREAM):
             detail += _HINT_PARTIAL
         raise CloneError(url.url, detail) from None
@@ -593,6 +709,11 @@ def fetch_mirror(
     """
     throttle = _Throttle(progress, url.url, "fetch", options.progress_interval)
     sweep_mirror(path)
+    try:
+        if ensure_mirror_config(path, url):
+            logger.info("rewrote the config of the mirror of %s to the one repocache writes", url.url)
+    except OSError as exc:
+        raise FetchError(url.url, f"cannot write the mirror's config: {exc}") from None
     use_cli = options.git is not None and (prefer_cli or url.scheme in ("ssh", "file"))
     if use_cli:
         _run_git(
@@ -749,7 +870,7 @@ def make_worktree(
         repo = pygit2.Repository(str(dest))  # opened after the alternates exist, so it reads the mirror's objects
         try:
             target = repo[commit].peel(pygit2.Commit)
-            repo.checkout_tree(target, strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+            _checkout_libgit2(repo, target.tree)
             if branch:
                 repo.branches.local.create(branch, target, force=True)
                 repo.set_head(f"refs/heads/{branch}")
@@ -763,6 +884,39 @@ def make_worktree(
             repo.free()
     except (pygit2.GitError, KeyError, OSError) as exc:
         raise GitError(url.url, f"checkout of {commit} failed: {scrub(str(exc))}") from None
+
+
+# A submodule `update = !command` line: git refuses it from .gitmodules (it is only honoured from .git/config);
+# libgit2 cannot parse it, and any submodule lookup fails, which fails the whole checkout.
+_UPDATE_COMMAND = re.compile(rb"^[ \t]*update[ \t]*=[ \t]*\"?!", re.IGNORECASE | re.MULTILINE)
+
+
+def _checkout_libgit2(repo: pygit2.Repository, tree: pygit2.Tree) -> None:
+    """Check ``tree`` out into the new repository's working tree and index with libgit2.
+
+    libgit2's checkout looks up every submodule (a gitlink) it creates the directory of, and the lookup reads
+    ``.gitmodules``; a ``update = !command`` entry there makes it fail, so a hostile upstream would block every
+    worktree on a host without git. Such a tree is checked out with a ``.gitmodules`` that lacks those lines
+    (written to the worktree's own object store, never the mirror), then the real file is put back and indexed:
+    the result is the tree as committed, and no command is run or configured.
+    """
+    strategy = pygit2.enums.CheckoutStrategy.FORCE
+    entry = tree[".gitmodules"] if ".gitmodules" in tree else None  # noqa: SIM401 - pygit2.Tree has no get()
+    original = bytes(entry.data) if isinstance(entry, pygit2.Blob) else b""
+    if not _UPDATE_COMMAND.search(original):
+        repo.checkout_tree(tree, strategy=strategy)  # type: ignore[no-untyped-call]
+        return
+    assert entry is not None
+    harmless = _UPDATE_COMMAND.sub(b"#", original)
+    builder = repo.TreeBuilder(tree)
+    builder.insert(".gitmodules", repo.create_blob(harmless), entry.filemode)
+    repo.checkout_tree(repo[builder.write()], strategy=strategy)  # type: ignore[no-untyped-call]
+    workdir = Path(repo.workdir)
+    (workdir / ".gitmodules").write_bytes(original)
+    index = repo.index
+    index.read()
+    index.add(".gitmodules")
+    index.write()
 
 
 def _init_borrowing(dest: Path, mirror: Path, url: RepoURL) -> None:

@@ -7,8 +7,14 @@ These are whole-file ``flock(2)`` locks on a descriptor opened per acquisition. 
 shared and exclusive modes, contention between threads of one process (each acquisition is its own open file
 description), and release by the kernel when the holder dies, even by SIGKILL. filelock's ``FileLock`` is
 exclusive only and its ``ReadWriteLock`` is SQLite-based and refuses to make two threads of one instance wait for
-each other, so the primitive is used directly. Lock files are never deleted: unlinking a lock file while another
-process waits on it would let two holders in.
+each other, so the primitive is used directly.
+
+Lock files can be deleted, under one rule. Unlinking a lock file while another process has it open (waiting on
+it, or about to lock it) would let two holders in: that one on the old file, a newcomer on a new file at the same
+path. So a lock file is only ever unlinked by a holder of its exclusive lock, as the last thing it does before
+releasing (:func:`discard`), and every locker checks, once its ``flock`` succeeded, that the path still names the
+file it locked; if not, it drops that lock and starts again on the path's current file (:func:`acquire`). A holder
+therefore always holds the lock of the file the path names, and nobody can lock that file while it is unlinked.
 
 The lock order, for every process (the one place it is stated; :mod:`repocache.layout` names the files):
 
@@ -30,10 +36,13 @@ import fcntl
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["FileLockHandle", "acquire", "create_locked"]
+from repocache import cancel
+
+__all__ = ["FileLockHandle", "acquire", "create_locked", "discard", "sweep"]
 
 # A contended lock is polled (flock has no timeout). The pause grows with the time already waited, so a waiter
 # notices the release within about 2% of its wait (plus 1 ms) while a long wait costs a few wake-ups a second.
@@ -83,6 +92,9 @@ class FileLockHandle:
 def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) -> FileLockHandle | None:
     """Take the lock at ``path``.
 
+    Once locked, the file is checked to be the one ``path`` still names: a file unlinked meanwhile by
+    :func:`discard` is let go and the path's current file locked instead (see the module docstring).
+
     Args:
         path: the lock file; created if missing (its directory must exist).
         shared: shared (reader) mode when True, exclusive otherwise.
@@ -91,18 +103,29 @@ def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) ->
 
     Returns:
         The held lock, or None if it could not be taken within ``timeout``.
+
+    Raises:
+        repocache.cancel.Cancelled: the calling thread's cancel token was cancelled while waiting.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o644)
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     started = time.monotonic()
     deadline = None if timeout < 0 else started + timeout
+    fd = os.open(path, flags, 0o644)
     try:
         while True:
             try:
                 fcntl.flock(fd, operation)
-                return FileLockHandle(fd, path, shared)
             except BlockingIOError:
                 pass
+            else:
+                if _names(path, fd):
+                    return FileLockHandle(fd, path, shared)
+                # Unlinked by a holder before we locked it: not contention, so try the new file at once.
+                os.close(fd)
+                fd = -1
+                fd = os.open(path, flags, 0o644)
+                continue
             now = time.monotonic()
             delay = min(max(_POLL_START, (now - started) * _POLL_FRACTION), _POLL_MAX)
             if deadline is not None:
@@ -111,10 +134,75 @@ def acquire(path: Path, *, shared: bool, timeout: float, create: bool = True) ->
                     os.close(fd)
                     return None
                 delay = min(delay, remaining)
+            cancel.check()  # an async caller that gave up stops waiting (the descriptor is closed below)
             time.sleep(delay)
     except BaseException:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         raise
+
+
+def _names(path: Path, fd: int) -> bool:
+    """True when ``path`` names the file open as ``fd``."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def discard(handle: FileLockHandle) -> bool:
+    """Unlink the file of ``handle`` (held exclusively), then release it.
+
+    Safe against every other user of the path, because they lock through :func:`acquire`: anyone who opened the
+    file before it was unlinked finds, once it gets the lock, that the path no longer names it and starts over.
+    Nothing may be done under the lock after this: a newcomer may hold the path's new file at once.
+
+    Returns:
+        True if the file was unlinked (False if it was not the path's file any more, or the handle was released).
+    """
+    if handle.shared:
+        raise ValueError(f"discard needs an exclusive lock; {handle.path} is held shared")
+    try:
+        if not handle.is_current():
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(handle.path)
+        return True
+    finally:
+        handle.release()
+
+
+def sweep(directory: Path, unused: Callable[[str], bool], *, suffixes: tuple[str, ...]) -> list[Path]:
+    """Delete the lock files in ``directory`` whose lock is free and whose owner says they are unused.
+
+    For each file ``<name><suffix>`` that ``unused(name)`` says is unused, the lock is taken exclusively without
+    waiting (a held one is skipped), ``unused(name)`` is asked again while it is held, and the file is unlinked by
+    :func:`discard` if it still answers True.
+
+    Returns:
+        The paths deleted.
+    """
+    removed: list[Path] = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        suffix = next((s for s in suffixes if name.endswith(s) and len(name) > len(s)), None)
+        if suffix is None or name.startswith(".") or not unused(name[: -len(suffix)]):
+            continue
+        path = directory / name
+        try:
+            handle = acquire(path, shared=False, timeout=0, create=False)
+        except FileNotFoundError:
+            continue
+        if handle is None:
+            continue
+        if unused(name[: -len(suffix)]) and discard(handle):
+            removed.append(path)
+        handle.release()
+    return removed
 
 
 def create_locked(path: Path) -> FileLockHandle:

@@ -44,6 +44,7 @@ def materialize(
         CloneError: no source could produce a valid mirror.
     """
     key = hold.key
+    started = time.perf_counter()
     sweep_staging(context, hold)
     manifest = cold.manifest(parsed) if cold is not None else None
     known = max(context.index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
@@ -65,7 +66,7 @@ def materialize(
         if max_bytes is not None and size > max_bytes and not context.pins.matches(parsed.url):
             # Its size was unknown before the download; remember it so the next miss is refused up front.
             context.index.remember_size(key, parsed.url, size)
-            raise BudgetError(parsed.url, size, max_bytes)
+            raise BudgetError(parsed.url, size, max_bytes, max_bytes=max_bytes)
         os.rename(staging, context.layout.mirror(key))
         context.index.put(
             key,
@@ -77,7 +78,7 @@ def materialize(
             reservation=reservation,
         )
         reservation = None  # dropped with the put: the bytes are now counted by the entry
-        context.events.materialized(parsed.url, source, size)
+        context.events.materialized(parsed.url, key, source, size, time.perf_counter() - started)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

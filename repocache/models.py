@@ -38,8 +38,10 @@ class Stats:
     """Counters shared by every process using the cache root, and the current budget.
 
     Attributes:
-        hits: checkouts served from disk.
-        misses: checkouts that found nothing on disk.
+        hits: checkouts (and ensures) served from disk, including those that waited for another worker's clone.
+        misses: checkouts (and ensures) that cloned or restored the repository. Each call that is handed a
+            repository counts once, as a hit or a miss; a call that fails (clone error, budget, lock timeout,
+            fetch error with ``on_fetch_error="raise"``) counts as neither.
         clones: successful clones from upstream.
         fetches: fetches that contacted upstream successfully.
         restores: repositories restored from the cold store.
@@ -89,7 +91,9 @@ class Problem:
 
     Attributes:
         kind: ``"missing"`` (indexed, not on disk), ``"orphan"`` (on disk, not indexed), ``"invalid"`` (on disk
-            but not a usable mirror), ``"size"`` (recorded size is wrong), ``"leftover"`` (staging or trash debris).
+            but not a usable mirror), ``"size"`` (recorded size is wrong), ``"leftover"`` (staging or trash debris),
+            ``"index"`` (the index file was damaged and rebuilt from the disk; ``path`` is where the damaged file
+            was kept; ``verify(repair=True)`` acknowledges it).
         key: the repository key or leftover name.
         path: the path concerned.
         detail: a sentence describing the problem.

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from repocache import gitops
+from repocache import cancel, gitops
 from repocache.context import Context
 from repocache.errors import FetchError, LockTimeoutError
 from repocache.events import Counter, warn_caller
@@ -62,6 +62,7 @@ logger = logging.getLogger("repocache")
 
 FETCH_RETRY_WITHIN = 5.0  # seconds: a fetch that failed faster than this is tried once more
 BACKGROUND_WORKERS = 2  # background fetches running at once per cache (more wait in the pool's queue)
+CANCEL_GRACE = 10.0  # seconds close() waits for cancelled background fetches to unwind (git is killed in 50 ms)
 
 
 class _UseTTL(enum.Enum):
@@ -190,12 +191,12 @@ def refresh(
         if not needs_fetch(row, index.freshness(hold.key), request.started, limit, time.time()):
             return False, False  # coalesced with a fetch that began after the mark and finished after the request
         try:
-            fetch_locked(context, fetch_hold, parsed, progress)
+            fetch_locked(context, fetch_hold, parsed, progress, previous_size=row.size_bytes)
         except FetchError as exc:
             context.index.count(Counter.FETCH_ERRORS)
             if settings.on_fetch_error == "raise" or request.strict:
                 raise
-            context.events.stale_served(parsed.url, exc.detail)
+            context.events.stale_served(parsed.url, hold.key, exc.detail)
             warn_caller(f"serving a stale copy: {exc}")
             return False, True
     return True, False
@@ -207,21 +208,31 @@ def fetch_locked(
     parsed: RepoURL,
     progress: gitops.ProgressCallback | None,
     *,
+    previous_size: int,
     background: bool = False,
 ) -> None:
     """Fetch under the held fetch lock and record it: its size, when it began, and whether it moved refs.
 
+    The outcome is reported to :attr:`Context.events` either way (a :class:`~repocache.events.FetchEvent`).
     A ``background`` fetch runs git out of process (see :func:`~repocache.gitops.fetch_mirror`'s ``prefer_cli``).
 
     Raises:
-        FetchError: the fetch failed (nothing is recorded).
+        FetchError: the fetch failed (nothing is recorded in the index).
     """
     mirror = context.layout.mirror(fetch.key)
     started = time.time()
+    clock = time.perf_counter()
     before = gitops.ref_tips(mirror)
-    fetch_with_retry(context, parsed, progress, prefer_cli=background)
+    try:
+        fetch_with_retry(context, parsed, progress, prefer_cli=background)
+    except FetchError as exc:
+        seconds = time.perf_counter() - clock
+        context.events.fetched(parsed.url, fetch.key, seconds, previous_size, 0, error=exc.detail)
+        raise
     changed = started if gitops.ref_tips(mirror) != before else None
-    context.index.fetched(fetch.key, gitops.disk_usage(mirror), time.time(), started=started, changed=changed)
+    size = gitops.disk_usage(mirror)
+    context.index.fetched(fetch.key, size, time.time(), started=started, changed=changed)
+    context.events.fetched(parsed.url, fetch.key, time.perf_counter() - clock, size, size - previous_size)
 
 
 def fetch_with_retry(
@@ -273,6 +284,8 @@ class Background:
     repository's fetch lock (so there is one fetch in flight per repository across every process; when another
     worker holds it, nothing is queued). Both are released when the fetch ends or is cancelled. A failed fetch is
     counted (``fetch_errors``) and logged; no warning is issued, as the caller that started it has moved on.
+    Every fetch runs under one :class:`~repocache.cancel.CancelToken`, which :meth:`close` cancels once its
+    ``timeout`` has passed: git is killed and the fetch unwinds like a failed one, but is not counted as failed.
     """
 
     def __init__(self, context: Context, *, workers: int = BACKGROUND_WORKERS) -> None:
@@ -282,6 +295,7 @@ class Background:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = os.getpid()
         self._pending: dict[concurrent.futures.Future[None], tuple[SharedHold, FetchHold]] = {}
+        self._token = cancel.CancelToken()
         self._closed = False
 
     def submit(
@@ -338,7 +352,7 @@ class Background:
     ) -> None:
         context = self._context
         try:
-            with shared, fetch:
+            with cancel.scope(self._token), shared, fetch:
                 if not context.layout.mirror(shared.key).is_dir():
                     return
                 row = context.index.get(shared.key)
@@ -348,10 +362,12 @@ class Background:
                 if not needs_fetch(row, fresh, started, 0.0, time.time()):
                     return  # another worker's fetch finished since the hit
                 try:
-                    fetch_locked(context, fetch, parsed, progress, background=True)
+                    fetch_locked(context, fetch, parsed, progress, previous_size=row.size_bytes, background=True)
                 except FetchError as exc:
                     context.index.count(Counter.FETCH_ERRORS)
                     context.events.background_fetch_failed(parsed.url, exc.detail)
+        except cancel.Cancelled:
+            context.events.background_fetch_cancelled(parsed.url)
         except Exception:  # a background thread has no caller to raise to: say so in the log
             logger.exception("background fetch of %s failed unexpectedly", parsed.url)
 
@@ -363,7 +379,10 @@ class Background:
         return not running
 
     def close(self, timeout: float) -> bool:
-        """Cancel the fetches not started yet and wait up to ``timeout`` seconds for the running ones.
+        """Cancel the fetches not started yet, wait up to ``timeout`` seconds for the running ones, then cancel them.
+
+        A cancelled fetch kills its git process and releases its holds within a fraction of a second; this waits
+        up to :data:`CANCEL_GRACE` more seconds for that.
 
         Returns:
             True if no background fetch is left running.
@@ -377,7 +396,10 @@ class Background:
         for future in pending:
             future.cancel()
         _done, running = concurrent.futures.wait(pending, timeout=timeout)
+        if running:
+            self._token.cancel()
+            _done, running = concurrent.futures.wait(running, timeout=CANCEL_GRACE)
         executor.shutdown(wait=False, cancel_futures=True)
         if running:
-            self._context.events.background_fetches_left(len(running), timeout)
+            self._context.events.background_fetches_left(len(running), timeout + CANCEL_GRACE)
         return not running

@@ -3,7 +3,11 @@
 Spec keys: ``root``, ``url``, ``action`` ("checkout", "hold", "ensure", "enforce"), ``options`` (RepoCache
 keyword arguments), ``ready`` (a file written once the action has started or the hold is taken), ``release`` (a
 file whose appearance ends a hold), ``signal_on_progress`` (a file written at the first progress report, so the
-parent can kill the worker mid-transfer), ``start_at`` (epoch seconds to wait for, so many workers start together).
+parent can kill the worker mid-transfer), ``pause_on_progress`` (seconds the first progress report blocks the
+transfer), ``resume`` (a file whose appearance ends the block of the first progress report: the transfer stalls
+until the parent lets it go on), ``events`` (a file to which the start and end of every clone and fetch are
+appended, as the stress worker logs them, so the parent can tell where a kill landed), ``start_at`` (epoch seconds
+to wait for, so many workers start together).
 The result is printed as one JSON line on stdout.
 """
 
@@ -35,7 +39,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if signal_file is not None and not signal_file.exists():
             signal_file.write_text(event.phase)
             time.sleep(float(spec.get("pause_on_progress", 0)))
+            if spec.get("resume"):
+                _wait_for(Path(spec["resume"]))
 
+    if spec.get("events"):
+        from tests._stress_worker import _event_log, instrument
+
+        instrument(_event_log(spec["events"]))
     if spec.get("start_at"):
         time.sleep(max(0.0, float(spec["start_at"]) - time.time()))
     warnings.simplefilter("ignore")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import time
 from pathlib import Path
 
@@ -84,10 +86,14 @@ def test_eviction_skips_repo_held_by_other_process(cache_root: Path, three: list
     try:
         wait_for_file(tmp_path / "ready", worker=holder)
         with RepoCache(cache_root, max_bytes=budget) as cache:
+            with cache.checkout(three[1].url):
+                pass  # beta is now the most recently used: alpha, held by the other process, is the LRU victim
+            assert [e.url.rsplit("/", 1)[-1] for e in cache.entries()] == ["beta.git", "alpha.git"]
             started = time.monotonic()
             cache.ensure(three[2].url)
             assert time.monotonic() - started < 10  # skipped the held repo, did not wait for it
             assert _on_disk(cache) == {"alpha", "gamma"}
+        assert Path(json.loads(wait_for_file(tmp_path / "ready"))["path"]).is_dir()  # the holder's mirror stayed
     finally:
         (tmp_path / "release").write_text("")
         holder.result()
@@ -141,6 +147,23 @@ def test_a_clone_that_cannot_fit_raises_before_downloading(
             assert caught.value.needed == big_size and "big-one" in str(caught.value)
             assert _on_disk(cache) == {"small-one"}  # nothing was evicted in vain
             assert_consistent(cache)
+
+
+def test_a_repository_larger_than_the_whole_budget_is_reported_as_such(
+    cache_root: Path, three: list[Upstream], tmp_path: Path
+) -> None:
+    size = _sizes(tmp_path / "measure", three)[0]
+    budget = size // 2
+    with RepoCache(cache_root, max_bytes=budget) as cache:
+        for attempt in ("size unknown: refused after the clone", "size known: refused before downloading"):
+            with pytest.raises(BudgetError) as caught:
+                cache.ensure(three[0].url)
+            message = str(caught.value)
+            assert f"larger than max_bytes={budget}" in message, (attempt, message)
+            assert "can be freed" not in message, (attempt, message)
+            assert caught.value.needed >= size and caught.value.max_bytes == budget
+            copy = pickle.loads(pickle.dumps(caught.value))
+            assert str(copy) == message and copy.max_bytes == budget
 
 
 def test_pinned_and_held_bytes_that_leave_no_room_raise_budget_error(cache_root: Path, three: list[Upstream]) -> None:

@@ -75,6 +75,26 @@ def test_hit_fetches_new_commits_force_pushes_and_deleted_refs(
         assert "refs/heads/doomed" not in co.repo.references
 
 
+def test_a_fetch_that_adds_objects_records_the_mirrors_new_size(
+    cache: RepoCache, served: UpstreamFactory, transport: Transport
+) -> None:
+    """The recorded size follows the fetch (git CLI for a local path, libgit2 over ``git://`` and HTTP)."""
+    from repocache import gitops
+
+    upstream = served.create("growing")
+    url = transport(upstream)
+    before = cache.ensure(url)
+    assert before.size_bytes == gitops.disk_usage(before.path)
+    upstream.commits(3, size=100_000)  # about 300 KB of incompressible content
+    with cache.checkout(url) as co:
+        assert co.source == "hit" and co.fetched
+    after = cache.info(url)
+    assert after is not None
+    assert after.size_bytes > before.size_bytes + 250_000
+    assert after.size_bytes == gitops.disk_usage(after.path)
+    assert cache.stats().bytes_used == after.size_bytes
+
+
 def test_hit_follows_a_moved_upstream_head(cache: RepoCache, served: UpstreamFactory, transport: Transport) -> None:
     upstream = served.create("headmove")
     upstream.branch("trunk")
@@ -134,7 +154,12 @@ def test_dead_git_daemon_upstream_is_stale_too(cache_root: Path, upstreams: Upst
         with RepoCache(cache_root, on_fetch_error="raise") as cache:
             cache.ensure(url)
     with RepoCache(cache_root, on_fetch_error="warn") as cache:
-        with pytest.warns(RuntimeWarning), cache.checkout(url) as co:
+        with (
+            pytest.warns(
+                RuntimeWarning, match=r"serving a stale copy: fetch of git://127\.0\.0\.1:\d+/daemon-dies failed"
+            ),
+            cache.checkout(url) as co,
+        ):
             assert co.stale
     with RepoCache(cache_root, on_fetch_error="raise") as cache:
         with pytest.raises(FetchError), cache.checkout(url):
@@ -149,7 +174,37 @@ def test_failed_clone_raises_and_leaves_nothing(cache: RepoCache, tmp_path: Path
         pass
     assert list((cache.root / "repos").iterdir()) == []
     assert list((cache.root / "staging").iterdir()) == []
-    assert cache.stats().misses == 2 and cache.stats().clones == 0
+    assert cache.stats().misses == 0 and cache.stats().clones == 0  # failed calls count neither hit nor miss
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+def test_a_failed_clone_reports_gits_error_and_the_url_not_the_staging_path(
+    cache_root: Path,
+    tmp_path: Path,
+    daemon: GitDaemon,
+    http: SmartHTTPServer,
+    engine: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if engine == "libgit2":
+        monkeypatch.setenv("REPOCACHE_GIT", "")
+    missing = tmp_path / "no-such-repo"
+    cases = {
+        str(missing): f"'{missing}' does not exist",
+        f"git://127.0.0.1:{daemon.port}/absent": "no such repository: /absent",
+        f"http://127.0.0.1:{http.port}/absent.git": "404" if engine == "libgit2" else "not found",
+    }
+    with RepoCache(cache_root) as cache:
+        for url, reason in cases.items():
+            with pytest.raises(CloneError) as caught, cache.checkout(url):
+                pass
+            message = str(caught.value)
+            assert message.startswith(f"clone of {caught.value.url} failed: "), message
+            assert reason in message, message
+            assert str(cache_root) not in message and "staging" not in message, message
+            assert "Cloning into" not in message and "; " not in message and "\n" not in message, message
+            if engine == "git":
+                assert caught.value.detail.startswith("fatal: "), message
 
 
 def test_an_upstream_that_is_not_a_git_repository_is_a_clone_error(cache: RepoCache, tmp_path: Path) -> None:
@@ -313,14 +368,20 @@ def test_closed_cache_refuses_work(cache_root: Path) -> None:
         cache.entries()
 
 
-def test_a_fetch_never_starts_gc_behind_the_locks(cache: RepoCache, upstreams: UpstreamFactory) -> None:
+def test_a_fetch_never_starts_gc_behind_the_locks(
+    cache: RepoCache, upstreams: UpstreamFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """git's automatic gc after a fetch would run detached, outside the repository's locks (repacking under readers,
     after the size was recorded, maybe during an eviction): the cache's fetches must not start it."""
     upstream = upstreams.create("no-auto-gc")
     with cache.checkout(upstream.url) as co:
         mirror = co.path
+    # In the user's git config (a mirror's own config is the cache's and is put back before every fetch).
+    user_config = tmp_path / "xdg" / "git" / "config"
+    user_config.parent.mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     for key, value in (("fetch.unpackLimit", "1"), ("gc.autoPackLimit", "1"), ("gc.autoDetach", "false")):
-        subprocess.run(["git", "config", key, value], cwd=mirror, check=True)  # each fetch a pack; gc at two
+        subprocess.run(["git", "config", "--file", str(user_config), key, value], check=True)  # a pack per fetch
     for round_number in range(3):
         upstream.commits(3, size=500 + round_number)
         with cache.checkout(upstream.url) as co:

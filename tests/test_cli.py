@@ -273,11 +273,11 @@ def test_get_json_prints_the_entry(run: Run, upstream: Path) -> None:
     assert entry["last_fetched"] is not None and entry["last_used"] >= entry["last_fetched"]
 
 
-def test_get_of_missing_upstream_exits_3(run: Run, tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-repo.git"
-    result = run("get", str(missing), check=3)
+@pytest.mark.parametrize("spelling", ["no-such-repo.git", "not a url"])
+def test_get_of_a_local_path_that_does_not_exist_is_invalid_input(run: Run, tmp_path: Path, spelling: str) -> None:
+    result = run("get", spelling, check=2)
     assert result.stdout == ""
-    assert_one_error_line(result.stderr, "clone of", str(missing))
+    assert_one_error_line(result.stderr, "invalid repository URL", str(tmp_path / spelling), "does not exist")
     assert ls_json(run) == []
     assert list((tmp_path / "cache" / "staging").iterdir()) == []
 
@@ -312,7 +312,8 @@ def test_invalid_settings_exit_2_naming_the_setting(run: Run, tmp_path: Path) ->
 
 
 def test_verbose_error_shows_the_traceback(run: Run, tmp_path: Path) -> None:
-    result = run("-v", "get", str(tmp_path / "missing"), check=3)
+    (tmp_path / "not-a-repository").mkdir()
+    result = run("-v", "get", str(tmp_path / "not-a-repository"), check=3)
     assert "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("repocache: error: clone of")
 

@@ -242,7 +242,13 @@ def test_round_trip_restores_an_identical_mirror(backend: Backend, tmp_path: Pat
     assert backend.names("repo-1") == [stored.generation + ".json", stored.generation + suffix]
 
     restore(store, stored, tmp_path / "restored")
-    assert tree_of(tmp_path / "restored") == tree_of(mirror)
+    packed_part = {
+        name: content
+        for name, content in tree_of(mirror).items()
+        if name.split("/")[0] in ("HEAD", "config", "objects", "packed-refs", "refs")
+        and not name.startswith("objects/info")
+    }
+    assert tree_of(tmp_path / "restored") == packed_part  # the data, and the config older readers expect
     repo = pygit2.Repository(str(tmp_path / "restored"))
     assert str(repo.head.target) == commit
     assert sorted(repo.references) == ["refs/heads/main", "refs/tags/v1"]
@@ -265,7 +271,7 @@ def test_packing_leaves_out_leftovers_of_interrupted_git_operations(tmp_path: Pa
 def test_packing_refuses_a_mirror_with_a_symlink(tmp_path: Path) -> None:
     mirror = tmp_path / "mirror.git"
     make_mirror(mirror)
-    (mirror / "evil").symlink_to("/etc/passwd")
+    (mirror / "refs" / "evil").symlink_to("/etc/passwd")
     with pytest.raises(ColdStoreError, match="not a regular file"):
         pack(mirror, tmp_path / "artifact", "none")
 
@@ -396,9 +402,16 @@ def _hostile_tar(members: list[tuple[str, str, str]]) -> bytes:
         "any-hardlink",
     ],
 )
+@pytest.mark.parametrize("python_filter", [True, False], ids=["with-data-filter", "library-check-alone"])
 def test_tar_members_that_could_escape_the_destination_are_refused(
-    tmp_path: Path, members: list[tuple[str, str, str]]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: list[tuple[str, str, str]], python_filter: bool
 ) -> None:
+    """The library's own member check refuses these, also where tarfile has no ``data`` filter (3.10 before
+    3.10.12, 3.11 before 3.11.4): ``library-check-alone`` removes the filter and extracts fully trusted."""
+    if not python_filter:
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+        if hasattr(tarfile, "fully_trusted_filter"):  # Pythons with PEP 706: make the default filter a no-op
+            monkeypatch.setattr(tarfile.TarFile, "extraction_filter", staticmethod(tarfile.fully_trusted_filter))
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "target").write_text("precious")
@@ -736,7 +749,8 @@ def test_zstd_without_zstandard_names_the_extra_to_install(tmp_path: Path, monke
     monkeypatch.setitem(sys.modules, "zstandard", None)
     with pytest.raises(ConfigError, match=r"git-repocache\[zstd\]"):
         pack(tmp_path / "mirror.git", tmp_path / "artifact", "zstd")
-    with pytest.raises(ConfigError, match=r"git-repocache\[zstd\]"):
+    # Unpacking: the artifact is unusable on this host (the cache clones instead), still naming the extra.
+    with pytest.raises(ColdStoreError, match=r"git-repocache\[zstd\]"):
         unpack_artifact(io.BytesIO(b""), tmp_path / "dest", expected_sha256="00" * 32, compression="zstd")
 
 
@@ -830,7 +844,6 @@ def test_pack_put_restore_of_a_50mb_mirror_keeps_memory_flat(tmp_path: Path) -> 
     assert measured["traced"] < 4 << 20, measured
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_s3_upload_and_download_of_a_50mb_mirror_stream_in_parts(
     tmp_path: Path,
@@ -838,6 +851,7 @@ def test_s3_upload_and_download_of_a_50mb_mirror_stream_in_parts(
 ) -> None:
     endpoint, bucket = s3_endpoint
     measured = _measure_memory(tmp_path, {"s3": f"s3://{bucket}/memory-{uuid.uuid4().hex}", "endpoint": endpoint})
-    # Parts of 5 MiB, each copied a few times by s3fs and botocore: bounded by the part size, not the artifact's.
+    # Uploads in parts of 5 MiB and downloads in windows of 8 MiB, each copied once or twice by s3fs and botocore:
+    # bounded by the part and window sizes, not the artifact's (downloads peaked at 72 MB with fsspec's read-ahead).
     # (RSS is not asserted here: the allocator's fragmentation from those copies makes it noisy.)
     assert measured["traced"] < 24 << 20, measured

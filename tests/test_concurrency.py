@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from repocache import Checkout, LockTimeoutError, RepoCache, locks
+from repocache import Checkout, CloneError, LockTimeoutError, RepoCache, locks, normalize_url
 from repocache.testing import SmartHTTPServer, UpstreamFactory
-from tests.conftest import Worker, assert_consistent, mirror_refs
+from tests.conftest import Worker, assert_consistent, mirror_refs, wait_for_file
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,6 +85,48 @@ def test_concurrent_misses_in_threads_cause_exactly_one_clone(
     assert cache.stats().clones == 1 and _upload_packs(slow_http) == 2 * one_clone
 
 
+@pytest.mark.timeout(120)
+def test_a_checkout_that_waited_for_another_workers_clone_counts_one_hit_and_no_miss(
+    cache: RepoCache, upstreams: UpstreamFactory
+) -> None:
+    upstream = upstreams.create("counted-once")
+    # A reader of the repository's lock keeps both callers between "found nothing" and "may clone" until released.
+    gate = locks.acquire(cache.root / "locks" / f"{normalize_url(upstream.url).key}.lock", shared=True, timeout=0)
+    assert gate is not None
+    sources: list[str] = []
+
+    def work() -> None:
+        with cache.checkout(upstream.url) as co:
+            sources.append(co.source)
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # both have looked and found nothing; both wait for the exclusive lock
+    gate.release()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(sources) == ["clone", "hit"]
+    stats = cache.stats()
+    assert (stats.misses, stats.hits, stats.clones) == (1, 1, 1), stats
+
+
+def test_each_checkout_counts_once_and_failed_ones_count_neither_hit_nor_miss(
+    cache: RepoCache, upstreams: UpstreamFactory, tmp_path: Path
+) -> None:
+    upstream = upstreams.create("counted")
+    cache.ensure(upstream.url)
+    with cache.checkout(upstream.url):
+        pass
+    assert cache.evict(upstream.url)
+    with cache.checkout(upstream.url):
+        pass
+    with pytest.raises(CloneError):
+        cache.ensure(str(tmp_path / "no-such-repo"))
+    stats = cache.stats()
+    assert (stats.misses, stats.hits, stats.clones) == (2, 1, 2), stats
+
+
 def test_concurrent_hits_coalesce_into_one_fetch(
     cache_root: Path, served: UpstreamFactory, slow_http: SmartHTTPServer
 ) -> None:
@@ -115,29 +157,40 @@ def test_concurrent_hits_coalesce_into_one_fetch(
 
 
 def test_readers_are_not_blocked_by_a_fetch(
-    cache_root: Path, served: UpstreamFactory, served_dir: Path, tmp_path: Path
+    cache_root: Path, served: UpstreamFactory, http: SmartHTTPServer, tmp_path: Path
 ) -> None:
+    """Proved by ordering, not by the clock: the fetch stalls mid-transfer until the reader has finished."""
     upstream = served.create("nonblocking")
-    with SmartHTTPServer(served_dir) as very_slow:
-        url = very_slow.url_for(upstream)
-        with RepoCache(cache_root) as cache:
-            cache.ensure(url)
-        upstream.commit({"new": "x"})
-        very_slow.delay = 3.0
-        cloned = len(very_slow.requests)
-        fetcher = Worker({"root": str(cache_root), "url": url, "action": "checkout"})
-        deadline = time.monotonic() + 30
-        while len(very_slow.requests) == cloned and time.monotonic() < deadline:  # the fetch has begun
-            time.sleep(0.02)
-        assert fetcher.process.poll() is None
-        with RepoCache(cache_root, fetch_ttl=3600) as cache:
-            started = time.monotonic()
+    url = http.url_for(upstream)
+    with RepoCache(cache_root) as cache:
+        cache.ensure(url)
+    refs_before = upstream.refs()
+    upstream.commits(2, size=20_000)
+    stalled, resume, events = tmp_path / "stalled", tmp_path / "resume", tmp_path / "events"
+    fetcher = Worker(
+        {
+            "root": str(cache_root),
+            "url": url,
+            "action": "checkout",
+            "signal_on_progress": str(stalled),
+            "resume": str(resume),
+            "events": str(events),
+        }
+    )
+    try:
+        wait_for_file(stalled, worker=fetcher)  # the fetch is under way, and cannot end until resumed
+        # lock_timeout only turns a reader stuck behind the fetch into a failure instead of a hang.
+        with RepoCache(cache_root, fetch_ttl=3600, lock_timeout=10) as cache:
             with cache.checkout(url) as co:
                 assert co.source == "hit" and not co.fetched
-            assert time.monotonic() - started < 1.5
-        assert fetcher.process.poll() is None, "the fetch ended before the reader was tested"
-        result = fetcher.result(timeout=60)
-        assert result["fetched"] is True
+                assert mirror_refs(co.path) == refs_before  # the mirror as it was before the fetch
+        logged = [line.split(" ", 1)[1] for line in events.read_text().splitlines()]
+        assert "fetch:start" in logged and "fetch:end" not in logged, logged  # the reader ended mid-fetch
+        assert fetcher.process.poll() is None
+    finally:
+        resume.write_text("")
+    result = fetcher.result(timeout=60)
+    assert result["fetched"] is True and result["refs"] == upstream.refs() != refs_before
 
 
 def test_waiting_for_another_workers_clone_is_bounded_by_lock_timeout(

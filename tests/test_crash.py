@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -43,20 +44,31 @@ def _no_git_left(worker: Worker) -> None:
     raise AssertionError(f"git processes outlived their killed worker: {orphans}")
 
 
-def _kill_mid_transfer(cache_root: Path, url: str, tmp_path: Path, trial: int, pause: float) -> None:
+def _kill_mid_transfer(cache_root: Path, url: str, tmp_path: Path, trial: int, operation: str) -> None:
+    """SIGKILL a worker checking out ``url`` while its ``operation`` ("clone" or "fetch") is under way, and prove it.
+
+    The first progress report blocks the transfer for longer than the kill can wait, so the kill lands inside it;
+    the worker's event log then shows the operation started and never ended, and the worker died of the signal.
+    """
     signal_file = tmp_path / f"progress-{trial}"
+    events = tmp_path / f"events-{trial}"
     worker = Worker(
         {
             "root": str(cache_root),
             "url": url,
             "action": "checkout",
             "signal_on_progress": str(signal_file),
-            "pause_on_progress": pause,
+            "pause_on_progress": random.uniform(0.4, 0.6),
+            "events": str(events),
         }
     )
     wait_for_file(signal_file, worker=worker)
     time.sleep(random.uniform(0, 0.3))
+    alive = worker.process.poll() is None
     worker.kill()
+    logged = [line.split(" ", 1)[1] for line in events.read_text().splitlines()]
+    assert alive and worker.process.returncode == -signal.SIGKILL, "the worker had exited before the kill"
+    assert f"{operation}:start" in logged and f"{operation}:end" not in logged, f"not killed mid-{operation}: {logged}"
     _no_git_left(worker)
 
 
@@ -65,7 +77,7 @@ def test_worker_killed_mid_clone_leaves_nothing_served(
     cache_root: Path, big: Upstream, daemon: GitDaemon, tmp_path: Path, trial: int
 ) -> None:
     url = daemon.url_for(big)
-    _kill_mid_transfer(cache_root, url, tmp_path, trial, pause=random.choice([0.0, 0.2]))
+    _kill_mid_transfer(cache_root, url, tmp_path, trial, "clone")
     with RepoCache(cache_root, lock_timeout=5) as cache:
         assert cache.info(url) is None  # a half clone is never taken for a repository
         assert list((cache_root / "repos").iterdir()) == []
@@ -86,7 +98,7 @@ def test_worker_killed_mid_fetch_leaves_a_usable_mirror(
         cache.ensure(url)
         refs_before = upstream.refs()
     upstream.commits(100, size=50_000)
-    _kill_mid_transfer(cache_root, url, tmp_path, trial, pause=0.0)
+    _kill_mid_transfer(cache_root, url, tmp_path, trial, "fetch")
     with RepoCache(cache_root, lock_timeout=5) as cache:
         with cache.checkout(url) as co:
             assert co.source == "hit" and co.fetched

@@ -15,7 +15,7 @@ import pytest
 
 from repocache import ConfigError, FetchError, Progress, RepoCache
 from repocache.refresh import fetch_interval
-from repocache.testing import GitDaemon, UpstreamFactory
+from repocache.testing import GitDaemon, SmartHTTPServer, UpstreamFactory
 from tests.conftest import assert_consistent, mirror_refs
 
 # -- mark_stale and refresh ------------------------------------------------------------------------------------
@@ -276,6 +276,29 @@ def test_close_cancels_background_fetches_not_started(cache_root: Path, upstream
     with RepoCache(cache_root) as cache:
         assert cache.stats().fetches < len(repos)
         assert all(cache.evict(upstream.url) for upstream in repos)
+
+
+def test_close_cancels_a_running_background_fetch_after_its_timeout(
+    cache_root: Path, served: UpstreamFactory, served_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = served.create("hangs")
+    with SmartHTTPServer(served_dir) as server:
+        url = server.url_for(upstream)
+        cache = RepoCache(cache_root, fetch_ttl=0, refresh="background")
+        cache.ensure(url)
+        server.delay = 60.0  # upstream stops answering: the background fetch hangs in git
+        with cache.checkout(url) as co:
+            assert not co.fetched
+        time.sleep(0.3)
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, "repocache"):
+            cache.close(timeout=0.5)
+        assert time.monotonic() - started < 10
+        assert "cancelled" in caplog.text
+    with RepoCache(cache_root) as cache:
+        assert cache.stats().fetch_errors == 0  # a cancelled fetch is not a failed one
+        assert cache.evict(url)  # its holds were released
+        assert_consistent(cache)
 
 
 # -- adaptive schedule -----------------------------------------------------------------------------------------

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,6 +181,95 @@ def test_partial_clone_upstream_with_missing_objects_says_so(
     assert list((cache.root / "repos").iterdir()) == []
 
 
+def _refused_and_nothing_published(cache: RepoCache, url: str, message: str) -> None:
+    with pytest.raises(CloneError, match=message):
+        cache.ensure(url)
+    assert list((cache.root / "repos").iterdir()) == []
+    assert list((cache.root / "staging").iterdir()) == []
+    assert cache.info(url) is None and cache.entries() == []
+    assert_consistent(cache)
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+def test_an_upstream_whose_head_branch_names_a_missing_object_is_refused(
+    cache_root: Path, upstreams: UpstreamFactory, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """git clones such a local upstream without complaint (it copies refs and objects as they are): only the
+    library's validation of the result stands between it and a mirror whose HEAD leads nowhere."""
+    if engine == "libgit2":
+        monkeypatch.setenv("REPOCACHE_GIT", "")
+    upstream = upstreams.create("head-to-nowhere")
+    upstream.branch("side")
+    missing = "0123456789abcdef0123456789abcdef01234567"
+    (upstream.path / "refs" / "heads" / "main").write_text(missing + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        (upstream.path / "packed-refs").unlink()
+    message = "cloned repository is corrupt" if engine == "git" else missing
+    with RepoCache(cache_root) as cache:
+        _refused_and_nothing_published(cache, upstream.url, message)
+
+
+def _drop_refs(mirror: Path) -> None:
+    shutil.rmtree(mirror / "refs")
+    (mirror / "refs").mkdir()
+    with contextlib.suppress(FileNotFoundError):
+        (mirror / "packed-refs").unlink()
+
+
+def _drop_objects(mirror: Path) -> None:
+    for child in (mirror / "objects").iterdir():
+        if child.name not in ("info", "pack"):
+            shutil.rmtree(child)
+    for pack in (mirror / "objects" / "pack").iterdir():
+        pack.unlink()
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(_drop_refs, "cloned repository has no refs"), (_drop_objects, "cloned repository is corrupt")],
+    ids=["refs-lost", "objects-lost"],
+)
+def test_a_clone_result_that_is_not_a_whole_mirror_is_never_published(
+    cache_root: Path,
+    upstreams: UpstreamFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    engine: str,
+    damage: Callable[[Path], None],
+    message: str,
+) -> None:
+    """Each engine's real clone lands in staging, then loses its refs or its objects (as a partial transfer or a
+    broken disk would leave it) before it is validated: the clone fails and nothing is published or indexed."""
+    from repocache import gitops
+
+    upstream = upstreams.create("damaged")
+    upstream.commits(3, size=5_000)
+    upstream.branch("side")
+    real_clone, real_run = gitops._clone_libgit2, gitops._run_git
+
+    def clone_then_damage(url: object, dest: Path, *args: Any) -> None:
+        real_clone(url, dest, *args)  # type: ignore[arg-type]
+        damage(dest)
+
+    def run_then_damage(args: list[str], *rest: Any, **kwargs: Any) -> None:
+        real_run(args, *rest, **kwargs)
+        if args[0] == "clone":
+            damage(Path(args[-1]))
+
+    if engine == "libgit2":
+        monkeypatch.setenv("REPOCACHE_GIT", "")
+        monkeypatch.setattr(gitops, "_clone_libgit2", clone_then_damage)
+    else:
+        monkeypatch.setattr(gitops, "_run_git", run_then_damage)
+    with RepoCache(cache_root) as cache:
+        _refused_and_nothing_published(cache, upstream.url, message)
+        monkeypatch.setattr(gitops, "_clone_libgit2", real_clone)
+        monkeypatch.setattr(gitops, "_run_git", real_run)
+        with cache.checkout(upstream.url) as co:  # the next clone, whole, is published
+            assert co.source == "clone" and mirror_refs(co.path) == upstream.refs()
+        assert_consistent(cache)
+
+
 def test_upstream_head_naming_a_missing_branch_still_mirrors(cache: RepoCache, upstreams: UpstreamFactory) -> None:
     upstream = upstreams.create("dangling-head")
     upstream.branch("other")
@@ -312,10 +404,47 @@ def test_a_fetch_from_an_upstream_that_stalls_serves_the_stale_copy(
 # -- full disks ------------------------------------------------------------------------------------------------------
 
 
+_IN_USER_NAMESPACE = "REPOCACHE_TEST_IN_USER_NAMESPACE"
+
+
+def _ran_in_a_user_namespace(request: pytest.FixtureRequest, tmp_path: Path) -> bool:
+    """Without root, run this test again as root of a new user and mount namespace; True once that run passed.
+
+    An unprivileged user may mount a tmpfs inside a user namespace of its own (as rootless containers do), and
+    writes there meet a real ENOSPC: the same proof as with root. Skips, with the reason, where the kernel refuses
+    unprivileged user namespaces. With root, returns False at once: the test mounts its tmpfs itself.
+    """
+    if os.geteuid() == 0:
+        return False
+    assert not os.environ.get(_IN_USER_NAMESPACE), "inside the user namespace, yet not its root"
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("mounting a small tmpfs needs root, or unshare(1) for an unprivileged user namespace")
+    namespace = [unshare, "--user", "--map-root-user", "--mount"]
+    probe = subprocess.run([*namespace, "mount", "-t", "tmpfs", "tmpfs", str(tmp_path)], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs needs root or an unprivileged user namespace: {probe.stderr.strip()}")
+    pytest_args = ["-q", "-rs", f"--basetemp={tmp_path / 'namespaced'}", request.node.nodeid]
+    inner = subprocess.run(
+        [*namespace, "--", sys.executable, "-m", "pytest", *pytest_args],
+        cwd=request.config.rootpath,
+        env={**os.environ, _IN_USER_NAMESPACE: "1"},
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    output = inner.stdout + inner.stderr
+    if inner.returncode == 0 and re.search(r"\b1 passed\b", output):
+        return True
+    skipped = re.search(r"^SKIPPED \[\d+\] \S+ (.*)$", output, re.MULTILINE)
+    if inner.returncode == 0 and skipped:
+        pytest.skip(f"in a user namespace: {skipped.group(1)}")
+    raise AssertionError(f"the test failed as root of a user namespace:\n{output[-6000:]}")
+
+
 @contextlib.contextmanager
 def _small_filesystem(path: Path, size: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+    """A tmpfs of ``size`` mounted at ``path``; the caller is root, of the machine or of its own user namespace."""
     path.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     if mounted.returncode != 0:
@@ -328,8 +457,10 @@ def _small_filesystem(path: Path, size: str) -> Iterator[Path]:
 
 @pytest.mark.parametrize("transport", ["local", "git"])
 def test_clone_that_fills_the_disk_fails_cleanly_and_spares_other_repos(
-    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, transport: str
+    request: pytest.FixtureRequest, tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, transport: str
 ) -> None:
+    if _ran_in_a_user_namespace(request, tmp_path):
+        return
     small = served.create("fits")
     huge = served.create("overflows")
     huge.commits(8, size=400_000)
@@ -348,8 +479,10 @@ def test_clone_that_fills_the_disk_fails_cleanly_and_spares_other_repos(
 
 
 def test_restore_that_fills_the_disk_fails_cleanly_and_keeps_the_cold_copy(
-    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
+    request: pytest.FixtureRequest, tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
 ) -> None:
+    if _ran_in_a_user_namespace(request, tmp_path):
+        return
     small = served.create("fits-restore")
     huge = served.create("overflows-restore")
     huge.commits(8, size=400_000)

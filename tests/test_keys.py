@@ -27,11 +27,18 @@ def test_spellings_of_one_https_repository_share_a_key(url: str) -> None:
     assert normalize_url(url).url == "https://github.com/a/b"
 
 
-@pytest.mark.parametrize("url", ["git@github.com:a/b", "git@github.com:a/b.git", "ssh://git@github.com/a/b"])
-def test_scp_like_and_ssh_urls_share_a_key(url: str) -> None:
+@pytest.mark.parametrize("url", ["git@github.com:/a/b", "git@github.com:/a/b.git", "ssh://git@github.com/a/b"])
+def test_scp_like_and_ssh_urls_of_one_absolute_path_share_a_key(url: str) -> None:
     parsed = normalize_url(url)
     assert parsed.url == "ssh://github.com/a/b"
     assert parsed.fetch_url.startswith("ssh://git@github.com/a/b")
+
+
+@pytest.mark.parametrize("url", ["git@github.com:a/b", "git@github.com:~/a/b.git", "ssh://git@github.com/~/a/b"])
+def test_home_relative_scp_like_urls_share_a_key_apart_from_the_absolute_path(url: str) -> None:
+    parsed = normalize_url(url)
+    assert parsed.url == "ssh://github.com/~/a/b"
+    assert parsed.key != normalize_url("ssh://git@github.com/a/b").key
 
 
 def test_credentials_are_kept_out_of_everything_written() -> None:
@@ -52,22 +59,24 @@ def test_local_paths_keep_their_git_suffix(tmp_path: object) -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
+    ("url", "rejected"),
     [
-        "https://h/../../etc/passwd",
-        "https://h/a/%2e%2e/b",
-        "../../../../etc",
-        "/..",
-        "https://h/" + "a" * 300,
-        "https://h/ünïcødé/ŕëpø",
-        "git@h:../../x",
+        ("https://h/../../etc/passwd", True),
+        ("https://h/a/%2e%2e/b", True),
+        ("git@host:../../x", True),
+        ("../../../../etc", False),
+        ("/..", False),
+        ("https://h/" + "a" * 300, False),
+        ("https://h/ünïcødé/ŕëpø", False),
+        ("git@h:../../x", False),  # a one-letter "host" is read as a drive letter: a local path, resolved
     ],
 )
-def test_keys_never_name_a_path_outside_the_root(url: str) -> None:
-    try:
-        key = normalize_url(url).key
-    except InvalidURLError:
+def test_keys_never_name_a_path_outside_the_root(url: str, rejected: bool) -> None:
+    if rejected:
+        with pytest.raises(InvalidURLError, match=r"path segments '\.' and '\.\.' are not allowed"):
+            normalize_url(url)
         return
+    key = normalize_url(url).key
     assert re.fullmatch(r"[a-z0-9][a-z0-9._-]*", key), key
     assert "/" not in key and not key.startswith(".") and len(key) <= 80
 

@@ -1158,6 +1158,7 @@ def _load(
         "handed_out_by_source": dict(sources),
         "expected_errors": dict(errors),
         "fsck_checks_in_holds": sum(r["fscks"] for r in reports),
+        "fsck_failures_rechecked_with_fetches_excluded": sum(r.get("fsck_rechecks", 0) for r in reports),
         "budget_samples": samples,
         "budget_samples_over_max_bytes": over,
         "budget_violations": len(budget),

@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
-from repocache import ConfigError, RepoCache
+from repocache import ConfigError, RepoCache, normalize_url
 from repocache.errors import (
     WebhookError,
     WebhookEventError,
@@ -198,7 +198,10 @@ def test_parse_event_reads_every_repository_url_and_refuses_with_typed_errors() 
     headers, body = github("https://github.com/octo/repo.git")
     event = parse_event(headers, body, secret=SECRET)
     assert event.provider == "github" and event.event == "push"
-    assert event.urls == ("https://github.com/octo/repo", "ssh://github.com/octo/repo")
+    expected = tuple(
+        normalize_url(url).url for url in ("https://github.com/octo/repo.git", "git@github.com:octo/repo.git")
+    )
+    assert event.urls == expected and len(set(expected)) == 2
     lower = {name.lower(): value for name, value in headers.items()}  # header names are case-insensitive
     assert parse_event(lower, body, secret=SECRET.encode()).urls == event.urls
     with pytest.raises(WebhookSignatureError) as caught:

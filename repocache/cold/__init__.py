@@ -1,7 +1,7 @@
 """The cold storage tier: evicted mirrors are kept as tar artifacts in a directory or an object store."""
 
 from repocache.cold.artifact import ColdStoreSpec, open_cold_store, pack_mirror, unpack_artifact
-from repocache.cold.base import COMPRESSIONS, FORMAT_VERSION, ColdStore, Manifest, prune_store
+from repocache.cold.base import COMPRESSIONS, FORMAT_VERSION, ColdStore, Manifest, checked_manifest, prune_store
 from repocache.cold.fsspec_store import FsspecStore
 from repocache.cold.local import LocalDirStore
 
@@ -13,6 +13,7 @@ __all__ = [
     "FsspecStore",
     "LocalDirStore",
     "Manifest",
+    "checked_manifest",
     "open_cold_store",
     "pack_mirror",
     "prune_store",

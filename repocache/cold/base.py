@@ -44,6 +44,7 @@ __all__ = [
     "Manifest",
     "artifact_suffix",
     "check_key",
+    "checked_manifest",
     "prune_store",
 ]
 
@@ -189,6 +190,8 @@ class Manifest:
             raw = json.loads(data)
         except (ValueError, TypeError) as exc:
             raise ColdStoreError(f"malformed cold store manifest: not JSON ({exc})") from exc
+        except RecursionError:
+            raise ColdStoreError("malformed cold store manifest: JSON nested too deeply") from None
         if not isinstance(raw, dict):
             raise ColdStoreError(f"malformed cold store manifest: expected a JSON object, got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
@@ -251,6 +254,41 @@ class ColdStore(Protocol):
         return prune_store(self, older_than=older_than, keep_bytes=keep_bytes)
 
 
+# A restored mirror occupies at most this many times its artifact's bytes on disk (plus a little): tar pads small
+# files to 512-byte blocks where the disk allocates 4 KiB, and zstd shrinks tar headers to almost nothing.
+_UNPACK_RATIO = {"none": 8, "zstd": 64}
+_UNPACK_SLACK = 1 << 20
+
+
+def checked_manifest(store: ColdStore, manifest: Manifest) -> Manifest:
+    """``manifest`` with its figures checked against the store: its sizes are hints written by whoever uploaded.
+
+    The artifact's size must be what the store holds (when the store can tell, as the built-in stores can), and
+    ``mirror_bytes``, which the budget reserves before a restore, is capped at what an artifact of that size can
+    unpack to, so a manifest that lies cannot refuse a repository forever or evict others to make room for it.
+
+    Raises:
+        ColdStoreError: the stored artifact's size differs from the manifest's, or it is gone.
+    """
+    measure = getattr(store, "artifact_size", None)
+    actual = manifest.size_bytes if measure is None else int(measure(manifest))
+    if actual != manifest.size_bytes:
+        raise ColdStoreError(
+            f"the artifact of {manifest.url} holds {actual} bytes but its manifest declares {manifest.size_bytes}"
+        )
+    cap = actual * _UNPACK_RATIO.get(manifest.compression, 1) + _UNPACK_SLACK
+    if manifest.mirror_bytes > cap:
+        logger.info(
+            "the manifest of %s declares %d mirror bytes for a %d-byte artifact; trusting %d",
+            manifest.url,
+            manifest.mirror_bytes,
+            actual,
+            cap,
+        )
+        return replace(manifest, mirror_bytes=cap)
+    return manifest
+
+
 def prune_store(store: ColdStore, *, older_than: float | None = None, keep_bytes: int | None = None) -> list[Manifest]:
     """Delete old artifacts from ``store`` using only :meth:`ColdStore.list` and :meth:`ColdStore.delete`.
 
@@ -307,12 +345,14 @@ class _HashingReader(io.RawIOBase):
 
     The hashing runs on a helper thread, overlapped with whatever the reader does with the data (hashlib releases
     the GIL): sha256 was the largest cost of a restore (34 of 86 ms for the 50 MB benchmark upstream). At most
-    ``_HASH_AHEAD`` bytes wait to be hashed. Read :attr:`digest` only after the last read.
+    ``_HASH_AHEAD`` bytes wait to be hashed. Read :attr:`digest` only after the last read. With ``limit``, reading
+    more than ``limit`` bytes raises :class:`ColdStoreError` at once (a stream longer than its manifest says).
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, limit: int | None = None) -> None:
         super().__init__()
         self._inner = inner
+        self._limit = limit
         self._digest = hashlib.sha256()
         self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: collections.deque[tuple[int, concurrent.futures.Future[None]]] = collections.deque()
@@ -350,6 +390,8 @@ class _HashingReader(io.RawIOBase):
 
     def _update(self, data: bytes) -> None:
         self.size += len(data)
+        if self._limit is not None and self.size > self._limit:
+            raise ColdStoreError(f"the artifact is longer than the {self._limit} bytes its manifest declares")
         if self._hasher is None:
             if len(data) < _CHUNK // 4:  # small streams are not worth a thread
                 self._digest.update(data)
@@ -565,6 +607,19 @@ class _GenerationStore(ColdStore):
                 f"{self._describe(manifest.key, name)} is gone (replaced by a newer upload or deleted); "
                 "read the manifest again"
             ) from exc
+
+    def artifact_size(self, manifest: Manifest) -> int:
+        """The size of the stored artifact ``manifest`` describes, as the store reports it (not as declared).
+
+        Raises:
+            ColdStoreError: the artifact is gone or the store failed.
+        """
+        check_key(manifest.key)
+        name = manifest.artifact_name
+        try:
+            return self._size(manifest.key, name)
+        except FileNotFoundError as exc:
+            raise ColdStoreError(f"{self._describe(manifest.key, name)} is gone") from exc
 
     def exists(self, key: str) -> bool:
         """Return True when a manifest of ``key`` is stored (see :meth:`ColdStore.exists`)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from repocache import gitops
 from repocache.cold.artifact import pack_mirror, unpack_artifact
-from repocache.cold.base import ColdStore, Manifest
+from repocache.cold.base import ColdStore, Manifest, checked_manifest
 from repocache.context import Context
 from repocache.errors import CloneError, ColdStoreError
 from repocache.events import warn_caller
@@ -73,6 +73,13 @@ class ColdTier:
         if manifest is not None and manifest.url != parsed.url:
             self._context.events.cold_problem("use the artifact of", parsed.url, f"it names {manifest.url}")
             return None
+        if manifest is not None:
+            try:
+                return checked_manifest(self.store, manifest)
+            except ColdStoreError as exc:  # a manifest is a hint from a store others write: check it first
+                self._context.events.restore_unusable(parsed.url, exc)
+                warn_caller(f"cold store artifact of {parsed.url} is unusable ({exc}); cloning")
+                return None
         return manifest
 
     def restore(
@@ -102,6 +109,7 @@ class ColdTier:
                     expected_size=manifest.size_bytes,
                     max_bytes=max(manifest.mirror_bytes * 4, 1 << 20),
                 )
+            gitops.sanitize_restored_mirror(staging, parsed)  # an artifact is data, never configuration
             problem = gitops.validate_mirror(staging)
             if problem is not None:
                 raise ColdStoreError(f"the restored mirror {problem}")
@@ -130,6 +138,7 @@ class ColdTier:
         mirror = context.layout.mirror(hold.key)
         upload = context.layout.new_upload(hold.key)
         compression = context.settings.cold_compression
+        started = time.perf_counter()
         try:
             with open(upload, "wb") as out:
                 sha256, size = pack_mirror(mirror, out, compression=compression)
@@ -147,7 +156,7 @@ class ColdTier:
             )
             self.store.put(row.key, manifest, upload)
             context.index.set_in_cold_store(row.key, row.url, True, size_bytes=row.size_bytes)
-            context.events.offloaded(row.url, size)
+            context.events.published(row.url, row.key, time.perf_counter() - started, size, "evict")
         except (ColdStoreError, OSError, ValueError) as exc:
             context.events.cold_problem("offload", row.url, exc)
         finally:
