@@ -352,3 +352,35 @@ def test_adaptive_schedule_follows_upstream_changes_and_survives_a_restart(
 def test_bad_freshness_settings_raise_config_errors(cache_root: Path, options: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         RepoCache(cache_root, **options)  # type: ignore[arg-type]
+
+
+# -- asyncio -----------------------------------------------------------------------------------------------------
+
+
+def test_async_cache_offers_max_age_mark_stale_and_refresh(cache_root: Path, upstreams: UpstreamFactory) -> None:
+    from repocache import AsyncRepoCache
+
+    upstream = upstreams.create("async-fresh")
+
+    async def scenario() -> None:
+        async with AsyncRepoCache(cache_root, fetch_ttl=3600) as acache:
+            await acache.ensure(upstream.url)
+            upstream.commit({"a": "1"})
+            async with acache.checkout(upstream.url) as co:
+                assert not co.fetched
+            async with acache.checkout(upstream.url, max_age=0) as co:
+                assert co.fetched
+            upstream.commit({"b": "1"})
+            assert await acache.mark_stale(upstream.url) is True
+            async with acache.worktree(upstream.url, max_age=None) as wt:
+                assert wt.commit != upstream.head()  # any age: the mark waits for the next hit
+            entry = await acache.ensure(upstream.url)  # the mark makes it fetch
+            assert mirror_refs(entry.path) == upstream.refs()
+            upstream.commit({"c": "1"})
+            entry = await acache.refresh(upstream.url)
+            assert mirror_refs(entry.path) == upstream.refs()
+            assert (await acache.ensure(upstream.url, max_age=None)).url == entry.url
+
+    import asyncio
+
+    asyncio.run(scenario())
