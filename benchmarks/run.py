@@ -24,14 +24,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import cases, datagen, report
+from benchmarks import cases, datagen, freshness, report
 from benchmarks.cases import Context, Result, SizeData
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / ".work"
 PEER_VENV = WORK_DIR / "peer-venv"
 PEER_PACKAGE = "git-cache-clone"
-CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "worktree", "eviction")
+CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "worktree", "eviction", "freshness")
 
 # Repetitions, hits per repetition and requests of the no-cache case, by size class.
 _REPS = {"tiny": 1, "small": 7, "medium": 5, "large": 3}
@@ -288,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             eviction_data = replace(smallest, reps=max(3, smallest.reps) if not args.smoke else 1)
             templates = {count: _index_template(count) for count in ctx.eviction_index_sizes}
             results.extend(cases.eviction(ctx, eviction_data, name, templates))
+        if "freshness" in args.cases:
+            _log("freshness: push to visible, adaptive schedule (simulated), hits during background fetches")
+            results.extend(freshness.freshness(ctx, smoke=args.smoke))
     finally:
         daemon.stop()
         if not args.keep:

@@ -39,6 +39,7 @@ from repocache.layout import Layout, SharedHold
 from repocache.materialize import materialize
 from repocache.models import Entry, Problem, Stats
 from repocache.pins import Pins
+from repocache.refresh import USE_TTL, Background, MaxAge, Request, parse_max_age
 from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
 
 __all__ = ["RepoCache"]
@@ -61,7 +62,7 @@ class RepoCache:
         max_bytes: int | str | None = None,
         min_free_bytes: int | str = 0,
         pins: str | os.PathLike[str] | Iterable[str] | None = None,
-        fetch_ttl: float = 0.0,
+        fetch_ttl: float | str = 0.0,
         cold_store: Any = None,
         lock_timeout: float = 600.0,
         on_fetch_error: str = "warn",
@@ -73,6 +74,10 @@ class RepoCache:
         cold_compression: str = "none",
         cold_retention: float | None = None,
         on_event: EventHook | None = None,
+        fetch_ttl_min: float = 60.0,
+        fetch_ttl_max: float = 28800.0,
+        refresh: str = "foreground",
+        max_stale: float | None = 3600.0,
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
@@ -81,7 +86,9 @@ class RepoCache:
             max_bytes: budget for all mirrors together (int or a string such as ``"20GB"``); None for no limit.
             min_free_bytes: keep at least this much free on the cache's filesystem.
             pins: a never-evict YAML file, or an iterable of URLs / glob patterns.
-            fetch_ttl: a hit fetched less than this many seconds ago does not contact upstream.
+            fetch_ttl: a hit fetched less than this many seconds ago does not contact upstream; ``"auto"``: each
+                repository's own interval, half the time since upstream last changed, within ``fetch_ttl_min`` and
+                ``fetch_ttl_max`` (kept in the index across restarts).
             cold_store: None, ``"file:///dir"``, an fsspec URL such as ``"s3://bucket/prefix"``, or a ColdStore.
             lock_timeout: seconds to wait for another worker's clone, fetch or eviction of the same repository.
             on_fetch_error: ``"warn"`` serves the cached copy (``co.stale``) when a fetch fails; ``"raise"``
@@ -96,6 +103,14 @@ class RepoCache:
                 (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
             on_event: a function called with every :class:`~repocache.events.Event` of this cache (hit, miss,
                 clone, restore, fetch, stale, eviction, ...); see :meth:`subscribe`.
+            fetch_ttl_min: the shortest interval of ``fetch_ttl="auto"``, in seconds.
+            fetch_ttl_max: the longest interval of ``fetch_ttl="auto"`` (the staleness bound of a dormant
+                repository), in seconds.
+            refresh: ``"foreground"``: a due hit waits for its fetch; ``"background"``: a due hit no older than
+                ``max_stale`` is handed out at once and one fetch runs in a background thread (stale-while-
+                revalidate), joined by :meth:`close`.
+            max_stale: with ``refresh="background"``, seconds past its TTL beyond which a hit waits for the
+                fetch after all; None: no bound.
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
@@ -109,6 +124,10 @@ class RepoCache:
             cold_min_bytes=cold_min_bytes,
             cold_compression=cold_compression,
             cold_retention=cold_retention,
+            fetch_ttl_min=fetch_ttl_min,
+            fetch_ttl_max=fetch_ttl_max,
+            refresh=refresh,
+            max_stale=max_stale,
         )
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
@@ -143,6 +162,7 @@ class RepoCache:
         )
         self._cold = self._open_cold_store(cold_store)
         self._budget = Budget(self._context, self._cold)
+        self._background = Background(self._context)
         self._closed = False
         self._budget.empty_trash()
         maintenance.sweep_locks(self._context)
@@ -160,9 +180,10 @@ class RepoCache:
         return self._context.settings.min_free_bytes
 
     @property
-    def fetch_ttl(self) -> float:
-        """Seconds within which a hit does not contact upstream again."""
-        return self._context.settings.fetch_ttl
+    def fetch_ttl(self) -> float | str:
+        """Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule)."""
+        settings = self._context.settings
+        return "auto" if settings.adaptive else settings.fetch_ttl
 
     @property
     def lock_timeout(self) -> float:
@@ -191,10 +212,15 @@ class RepoCache:
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op."""
+    def close(self, *, timeout: float = 60.0) -> None:
+        """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op.
+
+        Background fetches not started yet are cancelled; running ones are waited for up to ``timeout`` seconds,
+        then cancelled (their git is killed; the repository keeps its previous state).
+        """
         if not self._closed:
             self._closed = True
+            self._background.close(timeout)
             self._context.index.close()
 
     def __enter__(self) -> RepoCache:
@@ -241,9 +267,19 @@ class RepoCache:
 
     @contextlib.contextmanager
     def checkout(
-        self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
     ) -> Iterator[Checkout]:
         """Hold the repository's bare mirror for the ``with`` block, cloning or refreshing it first.
+
+        Args:
+            url: the repository.
+            progress: progress callback for the clone or fetch.
+            max_age: for this call instead of ``fetch_ttl``: seconds the copy may be old (0: fetch unless a fetch
+                finished after the call began; None: any age, upstream is not contacted on a hit).
 
         Yields:
             A :class:`Checkout`; the mirror is not evicted by any process until the block exits.
@@ -256,7 +292,7 @@ class RepoCache:
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
         """
         parsed = self._parse(url)
-        hold, checkout = self._acquire(parsed, progress or self.progress)
+        hold, checkout = self._acquire(parsed, progress or self.progress, parse_max_age(max_age))
         try:
             yield checkout
         finally:
@@ -273,6 +309,7 @@ class RepoCache:
         path: str | os.PathLike[str] | None = None,
         submodules: bool = False,
         progress: gitops.ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
     ) -> Iterator[Worktree]:
         """A temporary working tree of the repository at ``ref``, removed when the block exits.
 
@@ -287,6 +324,7 @@ class RepoCache:
                 under the root by default. It is deleted when the block exits either way.
             submodules: also initialise and check out submodules (from their own upstreams).
             progress: progress callback for the clone or fetch.
+            max_age: as for :meth:`checkout`.
 
         Yields:
             A :class:`Worktree` with ``path`` and ``commit``.
@@ -299,7 +337,7 @@ class RepoCache:
         """
         if not isinstance(ref, str) or not ref or ref.startswith("-") or any(c in ref for c in "\n\r\x00"):
             raise InvalidRefError(repr(ref), "expected a branch, tag, ref name or commit id")
-        with self.checkout(url, progress=progress) as co:
+        with self.checkout(url, progress=progress, max_age=max_age) as co:
             try:
                 commit, branch = gitops.resolve_commit(co.path, ref)
             except KeyError:
@@ -334,14 +372,60 @@ class RepoCache:
         # Created already locked: verify must never find it unlocked and take the live worktree for a dead one.
         return dest, locks.create_locked(layout.worktree_lock(dest))
 
-    def ensure(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
+    def ensure(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
+    ) -> Entry:
         """Clone or refresh the repository now without holding it (pre-warming); counts as a use.
+
+        Args:
+            url: the repository.
+            progress: progress callback for the clone or fetch.
+            max_age: as for :meth:`checkout`.
 
         Returns:
             The repository's entry after the operation.
         """
+        return self._ensure(url, progress, parse_max_age(max_age), strict=False)
+
+    def refresh(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
+        """Fetch the repository now, whatever its age (cloning it if it is not cached); counts as a use.
+
+        Like a hit, it holds the repository shared and takes its fetch lock; a fetch by another worker that
+        finished after this call began counts as this one.
+
+        Returns:
+            The repository's entry after the fetch.
+
+        Raises:
+            FetchError: the fetch failed, whatever ``on_fetch_error`` says.
+        """
+        return self._ensure(url, progress, 0.0, strict=True)
+
+    def mark_stale(self, url: str | os.PathLike[str]) -> bool:
+        """Mark the repository stale: its next hit, in any process or host sharing the root, fetches first.
+
+        The mark is kept in the index and consumed by the first successful fetch that began after it (a fetch in
+        flight when the mark arrives may have missed the push it announces). A hit with ``max_age=None`` ignores
+        it. This is what :mod:`repocache.webhooks` calls for a push.
+
+        Returns:
+            True if the repository is in the cache; False otherwise (nothing is recorded: its clone is fresh).
+        """
         parsed = self._parse(url)
-        hold, _checkout = self._acquire(parsed, progress or self.progress)
+        marked = self._context.index.mark_stale(parsed.key, time.time())
+        if marked:
+            self._context.events.marked_stale(parsed.url)
+        return marked
+
+    def _ensure(
+        self, url: str | os.PathLike[str], progress: gitops.ProgressCallback | None, max_age: MaxAge, *, strict: bool
+    ) -> Entry:
+        parsed = self._parse(url)
+        hold, _checkout = self._acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
             entry = self._entry_of(parsed.key)
         finally:
@@ -475,7 +559,14 @@ class RepoCache:
         row = self._context.index.get(key)
         return None if row is None else entry_of_row(self._context, row)
 
-    def _acquire(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> tuple[SharedHold, Checkout]:
+    def _acquire(
+        self,
+        parsed: RepoURL,
+        progress: gitops.ProgressCallback | None,
+        max_age: MaxAge = USE_TTL,
+        *,
+        strict: bool = False,
+    ) -> tuple[SharedHold, Checkout]:
         """Hold ``parsed`` shared, cloning or refreshing as needed; returns the hold and the checkout.
 
         A miss takes the exclusive lock to materialize the mirror, then comes round again for the shared hold;
@@ -485,6 +576,7 @@ class RepoCache:
         started = time.time()
         clock = time.perf_counter()
         deadline = time.monotonic() + self.lock_timeout
+        request = Request(started=started, deadline=deadline, max_age=max_age, strict=strict)
         key = parsed.key
         mirror = context.layout.mirror(key)
         source = Source.HIT
@@ -497,7 +589,7 @@ class RepoCache:
                 if mirror.is_dir():
                     stale = False
                     if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
-                        fetched, stale = refresh.refresh(context, hold, parsed, started, deadline, progress)
+                        fetched, stale = refresh.refresh(context, hold, parsed, request, progress, self._background)
                     # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
                     context.index.touch(
                         key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES
@@ -527,6 +619,8 @@ class RepoCache:
                             locks.discard(exclusive.handle)
                         raise
                     fetched = source is Source.CLONE
+                    if fetched:
+                        refresh.cloned(context, exclusive, started)
         raise RepoCacheError(
             f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
             "the budget is too small for the working set"

@@ -11,6 +11,8 @@ Usage (global options go before or after the command)::
     warm [PINS.yaml]          clone or refresh every pinned URL (glob patterns are skipped)
     stats [--json]            counters shared by every process using the root, and the bytes used
     verify [--repair] [--json] compare the index with the disk; ``--repair`` fixes what it finds
+    refresh URL...            fetch each repository now, whatever its age (cloning one not cached); prints its URL
+    stale URL...              mark each repository stale: its next hit in any process fetches first; prints its URL
 
 Settings come from the options, else the environment: ``REPOCACHE_DIR`` (the root; else the platform's user cache
 directory), ``REPOCACHE_MAX_BYTES`` (the budget, e.g. ``20GB``) and ``REPOCACHE_PINS`` (a never-evict YAML file).
@@ -31,7 +33,8 @@ Exit codes (scripts can rely on them)::
     130  interrupted (Ctrl-C)
     141  standard output was closed early (for example piped into ``head``)
 
-``warm`` exits with the code of its first failure after trying every repository. Errors are printed as one line,
+``warm``, ``refresh`` and ``stale`` exit with the code of their first failure after trying every repository
+(``stale`` of a repository that is not cached is exit code 1). Errors are printed as one line,
 ``repocache: error: <message>``, on standard error; ``-v`` adds the traceback.
 """
 
@@ -61,6 +64,7 @@ from repocache.errors import (
     LockTimeoutError,
     RefNotFoundError,
     RepoCacheError,
+    WebhookError,
 )
 
 if TYPE_CHECKING:
@@ -132,7 +136,7 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(error, BrokenPipeError):
         return EXIT_PIPE
-    if isinstance(error, (InvalidURLError, ConfigError, InvalidRefError, RefNotFoundError)):
+    if isinstance(error, (InvalidURLError, ConfigError, InvalidRefError, RefNotFoundError, WebhookError)):
         return EXIT_USAGE
     if isinstance(error, GitError):
         return EXIT_GIT
@@ -400,6 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats = command("stats", "print the counters and the bytes used")
     stats.add_argument("--json", action="store_true", help="print a JSON object")
 
+    refresh = command("refresh", "fetch repositories now, whatever their age; print their URLs")
+    refresh.add_argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
+
+    stale = command("stale", "mark repositories stale: their next hit fetches first; exit 1 if one is not cached")
+    stale.add_argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
+
     verify = command("verify", "compare the index with the disk; exit 1 if problems remain")
     verify.add_argument("--repair", action="store_true", help="fix the problems found")
     verify.add_argument("--json", action="store_true", help="print a JSON list of problems")
@@ -634,6 +644,44 @@ def _cmd_verify(context: _Context) -> int:
     return EXIT_NOT_DONE if unrepaired else EXIT_OK
 
 
+def _each_url(context: _Context, action: Callable[[RepoCache, str], str | None]) -> int:
+    """Run ``action`` on every URL argument; returns the exit code of the first failure (0 when none failed).
+
+    ``action`` returns the line to print, or None when the operation did not happen (it has said why).
+    """
+    failures: list[int] = []
+    with _open_cache(context) as cache:
+        for url in context.args.urls:
+            try:
+                line = action(cache, url)
+            except RepoCacheError as exc:
+                context.error(_describe(exc))
+                failures.append(exit_code_for(exc))
+                continue
+            if line is None:
+                failures.append(EXIT_NOT_DONE)
+            else:
+                context.emit(line)
+    return failures[0] if failures else EXIT_OK
+
+
+def _cmd_refresh(context: _Context) -> int:
+    return _each_url(context, lambda cache, url: cache.refresh(url).url)
+
+
+def _cmd_stale(context: _Context) -> int:
+    from repocache.keys import normalize_url
+
+    def mark(cache: RepoCache, url: str) -> str | None:
+        normalized = normalize_url(url).url
+        if cache.mark_stale(url):
+            return normalized
+        context.error(f"{normalized} was not marked stale: it is not in the cache")
+        return None
+
+    return _each_url(context, mark)
+
+
 _COMMANDS: dict[str, Callable[[_Context], int]] = {
     "get": _cmd_get,
     "ls": _cmd_ls,
@@ -642,6 +690,8 @@ _COMMANDS: dict[str, Callable[[_Context], int]] = {
     "warm": _cmd_warm,
     "stats": _cmd_stats,
     "verify": _cmd_verify,
+    "refresh": _cmd_refresh,
+    "stale": _cmd_stale,
 }
 
 

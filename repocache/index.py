@@ -34,7 +34,7 @@ import psutil
 from repocache import locks
 from repocache.errors import RepoCacheError
 
-__all__ = ["COUNTERS", "MIGRATIONS", "SCHEMA_VERSION", "Index", "Row"]
+__all__ = ["COUNTERS", "MIGRATIONS", "SCHEMA_VERSION", "Freshness", "Index", "Row"]
 
 logger = logging.getLogger("repocache")
 
@@ -64,6 +64,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "UPDATE totals SET bytes = bytes - OLD.size_bytes + NEW.size_bytes WHERE id = 1; END",
         "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', '1')",
     ),
+    # 1 -> 2: freshness per repository (stale marks, when the last good fetch began, when upstream last changed),
+    # apart from ``entries`` so that it outlives an eviction.
+    (
+        "CREATE TABLE IF NOT EXISTS freshness (key TEXT PRIMARY KEY, stale_since REAL, fetch_started REAL, "
+        "last_changed REAL)",
+    ),
 )
 """Migration steps: ``MIGRATIONS[n]`` takes an index from version ``n`` to ``n + 1``. Append, never edit."""
 
@@ -91,6 +97,30 @@ class Row:
     last_used: float
     last_fetched: float | None
     in_cold_store: bool
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What the index knows about a repository's freshness beyond its last fetch (table ``freshness``).
+
+    Attributes:
+        key: the repository key.
+        stale_since: epoch seconds of the newest :meth:`Index.mark_stale`, or None.
+        fetch_started: epoch seconds at which the last successful fetch (or clone) began, or None.
+        last_changed: epoch seconds at which upstream was last seen to change, or None when never observed.
+    """
+
+    key: str
+    stale_since: float | None
+    fetch_started: float | None
+    last_changed: float | None
+
+    @property
+    def marked_stale(self) -> bool:
+        """Whether a mark arrived that no successful fetch begun after it has consumed yet."""
+        if self.stale_since is None:
+            return False
+        return self.fetch_started is None or self.stale_since >= self.fetch_started
 
 
 def _process_started(pid: int) -> float:
@@ -461,14 +491,66 @@ class Index:
                 _bump(db, counter)
 
     @_recovering
-    def fetched(self, key: str, size_bytes: int, finished: float) -> None:
-        """Record a successful fetch that finished at ``finished`` and the new size."""
+    def fetched(
+        self,
+        key: str,
+        size_bytes: int,
+        finished: float,
+        *,
+        started: float | None = None,
+        changed: float | None = None,
+    ) -> None:
+        """Record a successful fetch that finished at ``finished`` and the new size.
+
+        ``started`` (when the fetch began) consumes the stale marks older than it; ``changed`` records that the
+        fetch moved refs, as the time upstream was last seen to change.
+        """
         with self._transaction() as db:
             db.execute(
                 "UPDATE entries SET last_fetched = ?, size_bytes = ? WHERE key = ?",
                 (finished, size_bytes, key),
             )
             _bump(db, "fetches")
+            if started is not None:
+                self._record_fetch(db, key, started, changed)
+
+    @staticmethod
+    def _record_fetch(db: sqlite3.Connection, key: str, started: float, changed: float | None) -> None:
+        db.execute(
+            "INSERT INTO freshness (key, fetch_started, last_changed) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET fetch_started = excluded.fetch_started, "
+            "last_changed = MAX(COALESCE(freshness.last_changed, excluded.last_changed), "
+            "COALESCE(excluded.last_changed, freshness.last_changed))",
+            (key, started, changed),
+        )
+
+    @_recovering
+    def freshness(self, key: str) -> Freshness | None:
+        """The freshness row of ``key``, or None."""
+        found = (
+            self._conn()
+            .execute("SELECT key, stale_since, fetch_started, last_changed FROM freshness WHERE key = ?", (key,))
+            .fetchone()
+        )
+        return None if found is None else Freshness(*found)
+
+    @_recovering
+    def mark_stale(self, key: str, now: float) -> bool:
+        """Mark ``key`` stale as of ``now`` if it is indexed; returns whether it is."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO freshness (key, stale_since) SELECT key, ? FROM entries WHERE key = ? "
+                "ON CONFLICT (key) DO UPDATE SET stale_since = MAX(COALESCE(freshness.stale_since, 0), "
+                "excluded.stale_since)",
+                (now, key),
+            )
+            return cursor.rowcount > 0
+
+    @_recovering
+    def cloned(self, key: str, started: float, changed: float | None) -> None:
+        """Record that a clone begun at ``started`` brought ``key`` up to date (``changed``: its newest commit)."""
+        with self._transaction() as db:
+            self._record_fetch(db, key, started, changed)
 
     @_recovering
     def set_size(self, key: str, size_bytes: int) -> None:

@@ -36,6 +36,9 @@ def test_benchmarks_smoke_prints_the_table(tmp_path: Path) -> None:
         "restore from cold storage (S3 endpoint on loopback)",
         "worktree: create and remove",
         "eviction of 10 repos (enforce)",
+        "push to visible: webhook (mark_stale) vs TTL polling",
+        "upstream contacts per 1,000 checkouts: adaptive schedule",
+        "hit latency with refresh='background' while fetches are in flight",
     ):
         assert f"| {case}" in table, f"{case!r} missing from:\n{table}"
     assert (tmp_path / "out" / "results.md").read_text() in table
