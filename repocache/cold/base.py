@@ -295,8 +295,10 @@ class FleetStore(ColdStore, Protocol):
     :meth:`ColdStore.put` and every host that misses clones independently.
     """
 
-    supports_leases: bool
-    """Whether :meth:`try_lease` is backed by an atomic primitive of the store (False: leases are never taken)."""
+    @property
+    def supports_leases(self) -> bool:
+        """Whether :meth:`try_lease` is backed by an atomic primitive of the store (False: leases are never taken)."""
+        ...
 
     def put_stream(
         self,
@@ -564,7 +566,10 @@ class _GenerationStore(ColdStore):
     :class:`~repocache.errors.ColdStoreError` for every other failure.
     """
 
-    supports_leases = False
+    @property
+    def supports_leases(self) -> bool:
+        """Whether this store can take leases (see :class:`FleetStore`); False unless a backend says otherwise."""
+        return False
 
     def _names(self, key: str) -> builtins.list[str]:
         """Object names directly under ``<root>/<key>/`` (none when it does not exist)."""

@@ -179,7 +179,7 @@ class FsspecStore(_GenerationStore):
     # -- leases (S3 conditional writes) ------------------------------------------------------------------------
 
     @property
-    def supports_leases(self) -> bool:  # type: ignore[override]
+    def supports_leases(self) -> bool:
         """True on S3, whose conditional writes (``If-None-Match``, ``If-Match``) make a lease atomic."""
         return bool(self._s3)
 

@@ -157,7 +157,10 @@ class LocalDirStore(_GenerationStore):
 
     # -- leases ------------------------------------------------------------------------------------------------
 
-    supports_leases = True
+    @property
+    def supports_leases(self) -> bool:
+        """True: a lock file next to the lease makes taking it atomic."""
+        return True
 
     def _lease_path(self, key: str) -> Path:
         return self.root / LEASES / f"{check_key(key)}.json"
