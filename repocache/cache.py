@@ -72,6 +72,8 @@ class RepoCache:
         cold_min_bytes: int | str = 0,
         cold_compression: str = "none",
         cold_retention: float | None = None,
+        cold_publish: str = "off",
+        cold_publish_after: float = 3600.0,
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
@@ -93,6 +95,12 @@ class RepoCache:
             cold_compression: ``"none"`` (a plain tar, fastest to restore) or ``"zstd"`` (needs ``zstandard``).
             cold_retention: seconds an artifact is kept in the cold store; older ones are pruned after uploads
                 (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
+            cold_publish: when mirrors go to the cold store besides evictions, for other hosts to restore:
+                ``"off"``; ``"clone"``, after each clone (uploaded on a background thread, holding the repository
+                shared; hosts missing the same repository at once then clone it once between them when the store
+                offers leases); ``"always"``, also after a fetch once the stored artifact is older than
+                ``cold_publish_after``.
+            cold_publish_after: seconds after which a fetched mirror is published again (``"always"``).
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
@@ -106,6 +114,8 @@ class RepoCache:
             cold_min_bytes=cold_min_bytes,
             cold_compression=cold_compression,
             cold_retention=cold_retention,
+            cold_publish=cold_publish,
+            cold_publish_after=cold_publish_after,
         )
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
@@ -175,12 +185,25 @@ class RepoCache:
         """Seconds an artifact is kept in the cold store (None: forever)."""
         return self._context.settings.cold_retention
 
+    @property
+    def cold_publish(self) -> str:
+        """When mirrors are published to the cold store besides evictions (``"off"``, ``"clone"``, ``"always"``)."""
+        return self._context.settings.cold_publish
+
+    @property
+    def cold_publish_after(self) -> float:
+        """Seconds after which a fetched mirror is published again (with ``cold_publish="always"``)."""
+        return self._context.settings.cold_publish_after
+
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op."""
+        """Wait for background uploads to the cold store, then release the index; further calls raise
+        :class:`RepoCacheError`. Closing twice is a no-op."""
         if not self._closed:
             self._closed = True
+            if self._cold is not None:
+                self._cold.close()
             self._context.index.close()
 
     def __enter__(self) -> RepoCache:
@@ -421,6 +444,30 @@ class RepoCache:
         self._check_open()
         return [] if self._cold is None else self._cold.entries()
 
+    def publish(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Manifest:
+        """Upload the repository's mirror to the cold store now, for other hosts to restore; clones it first if needed.
+
+        The mirror is held shared while it is packed (readers and fetches go on) and streamed into the store. When
+        the store already holds an artifact made after the mirror's last fetch, nothing is uploaded.
+
+        Returns:
+            The store's manifest of the repository.
+
+        Raises:
+            ConfigError: the cache has no cold store.
+            ColdStoreError: the store failed.
+            and everything :meth:`ensure` raises.
+        """
+        parsed = self._parse(url)
+        if self._cold is None:
+            raise ConfigError("publish needs a cold store: pass cold_store= (a directory or an fsspec URL)")
+        self.ensure(url, progress=progress)
+        self._cold.wait(parsed.key)  # an upload started by the clone: let it finish rather than upload twice
+        manifest = self._cold.publish(parsed)
+        if manifest is None:
+            raise RepoCacheError(f"{parsed.url} was evicted by another process before it could be published")
+        return manifest
+
     def prune_cold(self, *, older_than: float | None = None, keep_bytes: int | str | None = None) -> list[Manifest]:
         """Delete artifacts from the cold store: those older than ``older_than`` seconds (default: the cache's
         ``cold_retention``), then the oldest while the total exceeds ``keep_bytes``.
@@ -464,6 +511,8 @@ class RepoCache:
                     stale = False
                     if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
                         fetched, stale = refresh.refresh(context, hold, parsed, started, deadline, progress)
+                        if fetched and self._cold is not None:
+                            self._cold.after_fetch(parsed)
                     context.index.touch(key, time.time(), counter=Counter.HITS if source is Source.HIT else None)
                     checkout = Checkout(
                         path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale

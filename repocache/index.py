@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS reservations (
     pid_started REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cold_published (
+    key TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    created REAL NOT NULL,
+    generation TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     bytes INTEGER NOT NULL,
@@ -318,6 +324,26 @@ class Index:
                 "last_size = CASE WHEN ? IS NULL THEN history.last_size ELSE excluded.last_size END",
                 (key, url, size_bytes or 0, int(value), size_bytes),
             )
+
+    def set_published(self, key: str, url: str, created: float, generation: str) -> None:
+        """Remember the cold store artifact this root last uploaded or restored for ``key`` (and when it was made)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO cold_published (key, url, created, generation) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET url = excluded.url, created = excluded.created, "
+                "generation = excluded.generation",
+                (key, url, created, generation),
+            )
+
+    def published(self, key: str) -> tuple[float, str] | None:
+        """(created, generation) of the artifact recorded by :meth:`set_published`, or None."""
+        found = self._conn().execute("SELECT created, generation FROM cold_published WHERE key = ?", (key,)).fetchone()
+        return None if found is None else (float(found[0]), str(found[1]))
+
+    def forget_published(self, key: str) -> None:
+        """Forget the artifact of ``key`` (it was pruned from the store)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM cold_published WHERE key = ?", (key,))
 
     def reserve(self, key: str, size_bytes: int) -> int:
         """Reserve ``size_bytes`` for a clone of ``key`` by this process; returns the reservation id."""

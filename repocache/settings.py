@@ -13,6 +13,8 @@
 | cold_min_bytes   | 0                            | same forms as max_bytes                               |
 | cold_compression | "none"                       | "none" or "zstd" (``repocache.cold.COMPRESSIONS``)    |
 | cold_retention   | None (keep forever)          | finite seconds >= 0                                   |
+| cold_publish     | "off"                        | "off", "clone" or "always" (``PUBLISH_MODES``)        |
+| cold_publish_after | 3600.0                     | finite seconds >= 0                                   |
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import platformdirs
 
 from repocache.errors import ConfigError
 
-__all__ = ["Settings", "default_root", "parse_bytes", "parse_seconds"]
+__all__ = ["PUBLISH_MODES", "Settings", "default_root", "parse_bytes", "parse_seconds"]
+
+PUBLISH_MODES = ("off", "clone", "always")
+"""When mirrors are uploaded to the cold store besides evictions: never, after a clone, or also after fetches."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
 _FACTORS = {
@@ -125,6 +130,8 @@ class Settings:
     cold_min_bytes: int
     cold_compression: str
     cold_retention: float | None
+    cold_publish: str = "off"
+    cold_publish_after: float = 3600.0
 
     @classmethod
     def parse(
@@ -138,6 +145,8 @@ class Settings:
         cold_min_bytes: object,
         cold_compression: object,
         cold_retention: object,
+        cold_publish: object = "off",
+        cold_publish_after: object = 3600.0,
     ) -> Settings:
         """Validate every setting.
 
@@ -151,6 +160,9 @@ class Settings:
         if cold_compression not in COMPRESSIONS:
             expected = " or ".join(repr(name) for name in COMPRESSIONS)
             raise ConfigError(f"cold_compression={cold_compression!r} is not accepted; expected {expected}")
+        if cold_publish not in PUBLISH_MODES:
+            expected = ", ".join(repr(name) for name in PUBLISH_MODES)
+            raise ConfigError(f"cold_publish={cold_publish!r} is not accepted; expected one of {expected}")
         return cls(
             max_bytes=parse_bytes("max_bytes", max_bytes, allow_none=True),
             min_free_bytes=parse_bytes("min_free_bytes", min_free_bytes, allow_none=False) or 0,
@@ -160,6 +172,8 @@ class Settings:
             cold_min_bytes=parse_bytes("cold_min_bytes", cold_min_bytes, allow_none=False) or 0,
             cold_compression=str(cold_compression),
             cold_retention=None if cold_retention is None else parse_seconds("cold_retention", cold_retention),
+            cold_publish=str(cold_publish),
+            cold_publish_after=parse_seconds("cold_publish_after", cold_publish_after),
         )
 
     @property
