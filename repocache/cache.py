@@ -435,6 +435,11 @@ class RepoCache:
         store = open_cold_store(spec)
         return None if store is None else ColdTier(self._context, store)
 
+    @property
+    def has_cold_store(self) -> bool:
+        """Whether a cold store is configured."""
+        return self._cold is not None
+
     def cold_entries(self) -> list[Manifest]:
         """The manifests in the cold store (one per repository), newest first; empty without a cold store.
 
