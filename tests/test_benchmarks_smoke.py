@@ -18,7 +18,7 @@ def test_benchmarks_smoke_prints_the_table(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=170,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -35,6 +35,9 @@ def test_benchmarks_smoke_prints_the_table(tmp_path: Path) -> None:
         "restore from cold storage",
         "restore from cold storage (S3 endpoint on loopback)",
         "worktree: create and remove",
+        "3 hosts, same missing repo, shared store (local directory)",
+        "fresh host's first checkout of a published repo (S3 endpoint)",
+        "miss while another process uploads to the store (local directory)",
         "eviction of 10 repos (enforce)",
     ):
         assert f"| {case}" in table, f"{case!r} missing from:\n{table}"
