@@ -145,7 +145,7 @@ class Layout:
         return self.staging / _unique(key)
 
     def new_upload(self, key: str) -> Path:
-        """A fresh name for a cold-store upload of ``key`` (a snapshot directory, or a file packed for a plain store)."""
+        """A fresh name for a cold-store upload of ``key``: a snapshot directory, or a file packed for a plain store."""
         return self.staging / (_unique(key) + ".upload")
 
     def new_trash(self, key: str) -> Path:
