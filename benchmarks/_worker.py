@@ -15,6 +15,9 @@ cache at ROOT, answers ``{"ready": true, ...}``, then executes commands and answ
   check, made inside the block, that the tree holds files.
 * ``{"op": "publish", "url": U}`` (repocache only): ``publish(U)`` of a cached repository (long ``fetch_ttl``: no
   fetch), the upload to the cold store alone; replies with ``started`` (``time.monotonic()`` before the call).
+* ``{"op": "publish_for", "url": U, "seconds": S}`` (repocache only): upload U again and again for S seconds
+  (``prune_cold(keep_bytes=0)`` empties the store between uploads, so each is a full upload); replies with
+  ``uploads`` and ``started``.
 * ``{"op": "stats"}`` (repocache only) and ``{"op": "quit"}``.
 
 Options (``OPTIONS_JSON``) for repocache: ``cold_store``, ``cold_publish``, ``max_bytes``.
@@ -94,6 +97,15 @@ class Ours:
         manifest = self.fresh.publish(url)
         return {"seconds": time.monotonic() - started, "started": started, "size_bytes": manifest.size_bytes}
 
+    def publish_for(self, url: str, seconds: float) -> dict[str, Any]:
+        started = time.monotonic()
+        uploads = 0
+        while time.monotonic() - started < seconds:
+            self.fresh.prune_cold(keep_bytes=0)
+            self.fresh.publish(url)
+            uploads += 1
+        return {"seconds": time.monotonic() - started, "started": started, "uploads": uploads}
+
     def evict(self, urls: list[str]) -> dict[str, Any]:
         started = time.perf_counter()
         evicted = sum(1 for url in urls if self.fetching.evict(url))
@@ -153,6 +165,9 @@ class Peer:
     def publish(self, url: str) -> dict[str, Any]:
         raise NotImplementedError("git-cache-clone has no shared store")
 
+    def publish_for(self, url: str, seconds: float) -> dict[str, Any]:
+        raise NotImplementedError("git-cache-clone has no shared store")
+
     def evict(self, urls: list[str]) -> dict[str, Any]:
         started = time.perf_counter()
         for url in urls:
@@ -199,6 +214,8 @@ def main() -> int:
                 reply = library.stats()
             elif op == "publish":
                 reply = library.publish(command["url"])
+            elif op == "publish_for":
+                reply = library.publish_for(command["url"], float(command["seconds"]))
             else:
                 raise ValueError(f"unknown op {op!r}")
             reply["end"] = time.monotonic()

@@ -37,7 +37,8 @@ def test_benchmarks_smoke_prints_the_table(tmp_path: Path) -> None:
         "worktree: create and remove",
         "3 hosts, same missing repo, shared store (local directory)",
         "fresh host's first checkout of a published repo (S3 endpoint)",
-        "miss while another process uploads to the store (local directory)",
+        "miss while another host uploads to the store (local directory)",
+        "miss while another process of the same host uploads to the store (S3 endpoint)",
         "eviction of 10 repos (enforce)",
     ):
         assert f"| {case}" in table, f"{case!r} missing from:\n{table}"

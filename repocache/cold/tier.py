@@ -50,7 +50,7 @@ _PRUNE_EVERY = 3600.0  # seconds between automatic prunes (per process) when col
 LEASE_TTL = 60.0
 """Seconds a clone lease lasts unless renewed: how long the fleet waits for a host that died while cloning."""
 _POLL_FIRST = 0.05  # seconds between a waiter's looks at the store, growing to _POLL_MAX
-_POLL_MAX = 1.0
+_POLL_MAX = 0.5
 
 
 class Claim:
