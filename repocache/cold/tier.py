@@ -386,11 +386,13 @@ class ColdTier:
 
         Raises:
             ColdStoreError: the store failed.
-            LockTimeoutError: the repository or its fetch lock stayed held longer than ``lock_timeout``.
+            LockTimeoutError: the repository or its fetch lock stayed held longer than ``lock_timeout`` (and a
+                minute, :data:`LEASE_TTL`).
         """
         context = self._context
         layout = context.layout
-        timeout = context.settings.lock_timeout
+        # At least a lease's time: a publish started by a clone waits for that clone's own exclusive hold to end.
+        timeout = max(context.settings.lock_timeout, LEASE_TTL)
         hold = layout.hold_shared(parsed.key, timeout)
         if hold is None:
             raise LockTimeoutError(parsed.url, timeout, "publish")
@@ -420,7 +422,7 @@ class ColdTier:
         """A consistent copy of the held mirror to pack: hard links made under the fetch lock (milliseconds), so
         fetches go on during the upload. Where links cannot be made, the mirror itself, under the fetch lock."""
         context = self._context
-        timeout = context.settings.lock_timeout
+        timeout = max(context.settings.lock_timeout, LEASE_TTL)
         fetch = context.layout.hold_fetch(parsed.key, timeout)
         if fetch is None:
             raise LockTimeoutError(parsed.url, timeout, "publish")
