@@ -192,8 +192,8 @@ class FsspecStore(_GenerationStore):
         try:
             with self._translated("write the lease of", key, missing_ok=True):
                 reply = self._fs.pipe_file(path, data, **condition)
-        except FileExistsError:
-            return None  # If-None-Match: another holder created it first
+        except FileNotFoundError:
+            return None  # If-Match on a lease deleted meanwhile: another holder's doing
         except ColdStoreError as exc:
             if _precondition_failed(exc):
                 return None
