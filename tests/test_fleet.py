@@ -289,3 +289,25 @@ def test_no_miss_or_reader_waits_for_an_upload(tmp_path: Path, served: UpstreamF
             store.gate.set()
         cache._cold.wait()  # type: ignore[union-attr]
         assert len(list(store.list())) == 1
+
+
+def test_a_held_clone_lease_is_renewed_while_its_holder_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstreams: UpstreamFactory
+) -> None:
+    from repocache.cold import tier
+
+    monkeypatch.setattr(tier, "LEASE_TTL", 0.4)
+    store = LocalDirStore(tmp_path / "store")
+    upstream = upstreams.create("long-clone")
+    with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone") as cache:
+        cold = cache._cold
+        assert cold is not None
+        parsed = normalize_url(upstream.url)
+        manifest, claim = cold.claim(parsed)
+        assert manifest is None and claim is not None
+        try:
+            time.sleep(1.2)  # three lease lifetimes: a clone of a big repository
+            assert store.try_lease(parsed.key, "another-host", 60) is None
+        finally:
+            claim.release()
+        assert store.try_lease(parsed.key, "another-host", 60) is not None
