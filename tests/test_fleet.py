@@ -311,3 +311,14 @@ def test_a_held_clone_lease_is_renewed_while_its_holder_works(
         finally:
             claim.release()
         assert store.try_lease(parsed.key, "another-host", 60) is not None
+
+
+def test_a_failed_clone_gives_its_lease_up_at_once(tmp_path: Path, served_dir: Path, daemon: GitDaemon) -> None:
+    from repocache.errors import CloneError
+
+    url = daemon.url_for(served_dir / "no-such-repository.git")
+    store = LocalDirStore(tmp_path / "store")
+    with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone") as cache:
+        with pytest.raises(CloneError):
+            cache.ensure(url)
+    assert store.try_lease(normalize_url(url).key, "a-waiting-host", 60) is not None  # it may clone now
