@@ -322,3 +322,43 @@ def test_a_failed_clone_gives_its_lease_up_at_once(tmp_path: Path, served_dir: P
         with pytest.raises(CloneError):
             cache.ensure(url)
     assert store.try_lease(normalize_url(url).key, "a-waiting-host", 60) is not None  # it may clone now
+
+
+class _WatchingStore(LocalDirStore):
+    """A directory store that looks at the cache's staging directory while an artifact streams in."""
+
+    def __init__(self, path: Path, staging: Path) -> None:
+        super().__init__(path)
+        self.staging = staging
+        self.seen: list[tuple[str, bool, int]] = []
+        self.calls = 0
+
+    def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
+        self.calls += 1
+
+        def watching(out: BinaryIO) -> Manifest:
+            manifest = write(out)
+            self.seen += [(p.name, p.is_dir(), p.stat().st_size) for p in self.staging.iterdir()]
+            return manifest
+
+        return super().put_stream(key, watching, **options)
+
+
+@pytest.mark.parametrize("how", ["eviction", "publish"])
+def test_uploads_stream_into_the_store_without_a_local_tar(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, how: str
+) -> None:
+    url = daemon.url_for(_served(served, f"streamed-{how}", size=300_000))
+    root = tmp_path / "host"
+    store = _WatchingStore(tmp_path / "store", root / "staging")
+    with RepoCache(root, cold_store=store) as cache:
+        cache.ensure(url)
+        if how == "eviction":
+            assert cache.evict(url)
+        else:
+            cache.publish(url)
+        (manifest,) = cache.cold_entries()
+    assert manifest.size_bytes > 900_000
+    assert store.calls == 1
+    assert all(is_dir for _name, is_dir, _size in store.seen), store.seen  # at most a snapshot of hard links
+    assert os.listdir(root / "staging") == []
