@@ -135,10 +135,10 @@ def test_a_lease_is_held_by_one_holder_until_released(store: FleetStore) -> None
 
 
 def test_an_expired_lease_is_taken_over_and_the_old_holder_loses_it(store: FleetStore) -> None:
-    dead = store.try_lease("repo-1", "dead-host", 0.5)
+    dead = store.try_lease("repo-1", "dead-host", 2.0)
     assert dead is not None
     assert store.try_lease("repo-1", "host-b", 60) is None
-    time.sleep(0.7)
+    time.sleep(max(0.0, dead.expires - time.time()) + 0.2)
     taken = store.try_lease("repo-1", "host-b", 60)
     assert taken is not None
     assert store.renew_lease(dead, 60) is None  # the dead host came back: its lease is gone
