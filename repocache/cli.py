@@ -338,7 +338,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) ->
         "--cold-store",
         metavar="URL",
         default=default(None),
-        help="cold storage for evicted repositories: file:///dir, a directory, or s3://bucket/prefix "
+        help="cold storage for evicted and published repositories: file:///dir, a directory, or s3://bucket/prefix "
         "(default: $REPOCACHE_COLD_STORE, else none)",
     )
     group.add_argument(
