@@ -31,7 +31,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / ".work"
 PEER_VENV = WORK_DIR / "peer-venv"
 PEER_PACKAGE = "git-cache-clone"
-CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "worktree", "eviction", "freshness")
+CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "fleet", "worktree", "eviction", "freshness")
 
 # Repetitions, hits per repetition and requests of the no-cache case, by size class.
 _REPS = {"tiny": 1, "small": 7, "medium": 5, "large": 3}
@@ -257,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             big_index=args.index_entries,
             eviction_index_sizes=(10, args.index_entries),
             eviction_ks=(1, 10) if args.smoke else (1, 10, 100),
+            fleet_hosts=3 if args.smoke else 8,
         )
         ctx.cold_store_error = _cold_store_error(run_dir / "probe")
         if "cold" in args.cases and ctx.cold_store_error:
@@ -275,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("concurrent", partial(cases.concurrent_miss, ctx, data, pristine)),
                 ("baseline", partial(cases.no_cache_baseline, ctx, data, pristine)),
                 ("cold", partial(cases.cold_restore, ctx, data, pristine)),
+                ("fleet", partial(_fleet, ctx, data, serve_dir, pristine)),
                 ("worktree", partial(cases.worktree, ctx, data, pristine)),
             ]
             for case, run in plan:
@@ -310,6 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if why_not:
             _log(f"no plot: {why_not}")
     return 0
+
+
+def _fleet(ctx: Context, data: SizeData, serve_dir: Path, pristine: str) -> list[Result]:
+    other = f"{data.label}-other.git"  # the same content under another URL: a second repository to miss
+    cases.link_upstream(data.generated.path, serve_dir, other)
+    return cases.fleet(ctx, data, pristine, other)
 
 
 def _fetch(ctx: Context, data: SizeData, serve_dir: Path) -> list[Result]:

@@ -78,6 +78,8 @@ class RepoCache:
         fetch_ttl_max: float = 28800.0,
         refresh: str = "foreground",
         max_stale: float | None = 3600.0,
+        cold_publish: str = "off",
+        cold_publish_after: float = 3600.0,
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
@@ -111,6 +113,12 @@ class RepoCache:
                 revalidate), joined by :meth:`close`.
             max_stale: with ``refresh="background"``, seconds past its TTL beyond which a hit waits for the
                 fetch after all; None: no bound.
+            cold_publish: when mirrors go to the cold store besides evictions, for other hosts to restore:
+                ``"off"``; ``"clone"``, after each clone (uploaded on a background thread, holding the repository
+                shared; hosts missing the same repository at once then clone it once between them when the store
+                offers leases); ``"always"``, also after a fetch once the stored artifact is older than
+                ``cold_publish_after``.
+            cold_publish_after: seconds after which a fetched mirror is published again (``"always"``).
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
@@ -128,6 +136,8 @@ class RepoCache:
             fetch_ttl_max=fetch_ttl_max,
             refresh=refresh,
             max_stale=max_stale,
+            cold_publish=cold_publish,
+            cold_publish_after=cold_publish_after,
         )
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
@@ -210,17 +220,30 @@ class RepoCache:
         """Seconds an artifact is kept in the cold store (None: forever)."""
         return self._context.settings.cold_retention
 
+    @property
+    def cold_publish(self) -> str:
+        """When mirrors are published to the cold store besides evictions (``"off"``, ``"clone"``, ``"always"``)."""
+        return self._context.settings.cold_publish
+
+    @property
+    def cold_publish_after(self) -> float:
+        """Seconds after which a fetched mirror is published again (with ``cold_publish="always"``)."""
+        return self._context.settings.cold_publish_after
+
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def close(self, *, timeout: float = 60.0) -> None:
         """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op.
 
         Background fetches not started yet are cancelled; running ones are waited for up to ``timeout`` seconds,
-        then cancelled (their git is killed; the repository keeps its previous state).
+        then cancelled (their git is killed; the repository keeps its previous state). Background uploads to the
+        cold store (``cold_publish``) are waited for.
         """
         if not self._closed:
             self._closed = True
             self._background.close(timeout)
+            if self._cold is not None:
+                self._cold.close()
             self._context.index.close()
 
     def __enter__(self) -> RepoCache:
@@ -530,6 +553,11 @@ class RepoCache:
         store = open_cold_store(spec)
         return None if store is None else ColdTier(self._context, store)
 
+    @property
+    def has_cold_store(self) -> bool:
+        """Whether a cold store is configured."""
+        return self._cold is not None
+
     def cold_entries(self) -> list[Manifest]:
         """The manifests in the cold store (one per repository), newest first; empty without a cold store.
 
@@ -538,6 +566,30 @@ class RepoCache:
         """
         self._check_open()
         return [] if self._cold is None else self._cold.entries()
+
+    def publish(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Manifest:
+        """Upload the repository's mirror to the cold store now, for other hosts to restore; clones it first if needed.
+
+        The mirror is held shared while it is packed (readers and fetches go on) and streamed into the store. When
+        the store already holds an artifact made after the mirror's last fetch, nothing is uploaded.
+
+        Returns:
+            The store's manifest of the repository.
+
+        Raises:
+            ConfigError: the cache has no cold store.
+            ColdStoreError: the store failed.
+            and everything :meth:`ensure` raises.
+        """
+        parsed = self._parse(url)
+        if self._cold is None:
+            raise ConfigError("publish needs a cold store: pass cold_store= (a directory or an fsspec URL)")
+        self.ensure(url, progress=progress)
+        self._cold.wait(parsed.key)  # an upload started by the clone: let it finish rather than upload twice
+        manifest = self._cold.publish(parsed)
+        if manifest is None:
+            raise RepoCacheError(f"{parsed.url} was evicted by another process before it could be published")
+        return manifest
 
     def prune_cold(self, *, older_than: float | None = None, keep_bytes: int | str | None = None) -> list[Manifest]:
         """Delete artifacts from the cold store: those older than ``older_than`` seconds (default: the cache's
@@ -590,6 +642,8 @@ class RepoCache:
                     stale = False
                     if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
                         fetched, stale = refresh.refresh(context, hold, parsed, request, progress, self._background)
+                        if fetched and self._cold is not None:
+                            self._cold.after_fetch(parsed)
                     # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
                     context.index.touch(
                         key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES

@@ -334,6 +334,10 @@ class Events:
         """The cold store could not be used for ``action``; the cache carries on without it."""
         logger.warning("cold store: could not %s %s: %s", action, url, detail)
 
+    def fleet_wait(self, url: str, outcome: str, seconds: float) -> None:
+        """A miss waited for another host's clone of the same repository: ``outcome`` says how the wait ended."""
+        logger.info("waited %.2fs for another host's clone of %s: %s", seconds, url, outcome)
+
     def restore_unusable(self, url: str, detail: object) -> None:
         """A cold artifact could not be restored and the repository is cloned: logged, and warned to the caller."""
         logger.warning("cannot restore %s from the cold store, cloning instead: %s", url, detail)

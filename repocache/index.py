@@ -70,6 +70,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE IF NOT EXISTS freshness (key TEXT PRIMARY KEY, stale_since REAL, fetch_started REAL, "
         "last_changed REAL)",
     ),
+    # 2 -> 3: the cold store artifact this root last uploaded or restored per repository (fleet publishing).
+    (
+        "CREATE TABLE IF NOT EXISTS cold_published (key TEXT PRIMARY KEY, url TEXT NOT NULL, created REAL NOT NULL, "
+        "generation TEXT NOT NULL)",
+    ),
 )
 """Migration steps: ``MIGRATIONS[n]`` takes an index from version ``n`` to ``n + 1``. Append, never edit."""
 
@@ -594,6 +599,29 @@ class Index:
                 "last_size = CASE WHEN ? IS NULL THEN history.last_size ELSE excluded.last_size END",
                 (key, url, size_bytes or 0, int(value), size_bytes),
             )
+
+    @_recovering
+    def set_published(self, key: str, url: str, created: float, generation: str) -> None:
+        """Remember the cold store artifact this root last uploaded or restored for ``key`` (and when it was made)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO cold_published (key, url, created, generation) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET url = excluded.url, created = excluded.created, "
+                "generation = excluded.generation",
+                (key, url, created, generation),
+            )
+
+    @_recovering
+    def published(self, key: str) -> tuple[float, str] | None:
+        """(created, generation) of the artifact recorded by :meth:`set_published`, or None."""
+        found = self._conn().execute("SELECT created, generation FROM cold_published WHERE key = ?", (key,)).fetchone()
+        return None if found is None else (float(found[0]), str(found[1]))
+
+    @_recovering
+    def forget_published(self, key: str) -> None:
+        """Forget the artifact of ``key`` (it was pruned from the store)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM cold_published WHERE key = ?", (key,))
 
     @_recovering
     def reserve(self, key: str, size_bytes: int) -> int:

@@ -18,6 +18,8 @@
 | cold_min_bytes   | 0                            | same forms as max_bytes                               |
 | cold_compression | "none"                       | "none" or "zstd" (``repocache.cold.COMPRESSIONS``)    |
 | cold_retention   | None (keep forever)          | finite seconds >= 0                                   |
+| cold_publish     | "off"                        | "off", "clone" or "always" (``PUBLISH_MODES``)        |
+| cold_publish_after | 3600.0                     | finite seconds >= 0                                   |
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ import platformdirs
 
 from repocache.errors import ConfigError
 
-__all__ = ["Settings", "default_root", "parse_bytes", "parse_seconds"]
+__all__ = ["PUBLISH_MODES", "Settings", "default_root", "parse_bytes", "parse_seconds"]
+
+PUBLISH_MODES = ("off", "clone", "always")
+"""When mirrors are uploaded to the cold store besides evictions: never, after a clone, or also after fetches."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
 _FACTORS = {
@@ -136,6 +141,8 @@ class Settings:
     fetch_ttl_max: float = 28800.0
     refresh: str = "foreground"
     max_stale: float | None = 3600.0
+    cold_publish: str = "off"
+    cold_publish_after: float = 3600.0
 
     @classmethod
     def parse(
@@ -153,6 +160,8 @@ class Settings:
         fetch_ttl_max: object = 28800.0,
         refresh: object = "foreground",
         max_stale: object = 3600.0,
+        cold_publish: object = "off",
+        cold_publish_after: object = 3600.0,
     ) -> Settings:
         """Validate every setting.
 
@@ -175,6 +184,9 @@ class Settings:
         adaptive = isinstance(fetch_ttl, str) and fetch_ttl == "auto"
         if isinstance(fetch_ttl, str) and not adaptive:
             raise ConfigError(f"fetch_ttl={fetch_ttl!r} is not accepted; expected finite seconds >= 0 or 'auto'")
+        if cold_publish not in PUBLISH_MODES:
+            expected = ", ".join(repr(name) for name in PUBLISH_MODES)
+            raise ConfigError(f"cold_publish={cold_publish!r} is not accepted; expected one of {expected}")
         return cls(
             max_bytes=parse_bytes("max_bytes", max_bytes, allow_none=True),
             min_free_bytes=parse_bytes("min_free_bytes", min_free_bytes, allow_none=False) or 0,
@@ -189,6 +201,8 @@ class Settings:
             fetch_ttl_max=longest,
             refresh=str(refresh),
             max_stale=None if max_stale is None else parse_seconds("max_stale", max_stale),
+            cold_publish=str(cold_publish),
+            cold_publish_after=parse_seconds("cold_publish_after", cold_publish_after),
         )
 
     @property
