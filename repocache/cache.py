@@ -579,7 +579,7 @@ class RepoCache:
         Raises:
             ConfigError: the cache has no cold store.
             ColdStoreError: the store failed.
-            and everything :meth:`ensure` raises.
+            RepoCacheError: whatever :meth:`ensure` raises (clone, budget, lock and fetch errors).
         """
         parsed = self._parse(url)
         if self._cold is None:
