@@ -13,7 +13,14 @@ cache at ROOT, answers ``{"ready": true, ...}``, then executes commands and answ
 * ``{"op": "worktree", "url": U, "ref": R}`` (repocache only): ``with cache.worktree(U, R)`` of a cached
   repository, entered and exited (the tree removed), with the long ``fetch_ttl``; ``seconds`` leaves out the
   check, made inside the block, that the tree holds files.
+* ``{"op": "publish", "url": U}`` (repocache only): ``publish(U)`` of a cached repository (long ``fetch_ttl``: no
+  fetch), the upload to the cold store alone; replies with ``started`` (``time.monotonic()`` before the call).
+* ``{"op": "publish_for", "url": U, "seconds": S}`` (repocache only): upload U again and again for S seconds
+  (``prune_cold(keep_bytes=0)`` empties the store between uploads, so each is a full upload); replies with
+  ``uploads`` and ``started``.
 * ``{"op": "stats"}`` (repocache only) and ``{"op": "quit"}``.
+
+Options (``OPTIONS_JSON``) for repocache: ``cold_store``, ``cold_publish``, ``max_bytes``.
 
 Replies carry ``seconds`` measured in this process around the library call alone, and ``end``, the
 ``time.monotonic()`` at which the call returned (a system-wide clock on Linux, comparable between processes).
@@ -46,8 +53,9 @@ class Ours:
         from repocache import RepoCache
 
         extra: dict[str, Any] = {}
-        if options.get("cold_store"):
-            extra["cold_store"] = options["cold_store"]
+        for name in ("cold_store", "cold_publish", "max_bytes"):
+            if options.get(name):
+                extra[name] = options[name]
         self.fetching = RepoCache(root, fetch_ttl=0, **extra)
         self.fresh = RepoCache(root, fetch_ttl=1e9, **extra)
         if options.get("event_hook") == "metrics":  # the Prometheus hook, on a registry of its own
@@ -89,6 +97,20 @@ class Ours:
         if not populated or after.hits != before.hits + 1 or after.fetches != before.fetches:
             raise RuntimeError(f"expected a populated tree from a hit without a fetch: {before!r} -> {after!r}")
         return {"seconds": seconds, "commit": tree.commit}
+
+    def publish(self, url: str) -> dict[str, Any]:
+        started = time.monotonic()
+        manifest = self.fresh.publish(url)
+        return {"seconds": time.monotonic() - started, "started": started, "size_bytes": manifest.size_bytes}
+
+    def publish_for(self, url: str, seconds: float) -> dict[str, Any]:
+        started = time.monotonic()
+        uploads = 0
+        while time.monotonic() - started < seconds:
+            self.fresh.prune_cold(keep_bytes=0)
+            self.fresh.publish(url)
+            uploads += 1
+        return {"seconds": time.monotonic() - started, "started": started, "uploads": uploads}
 
     def evict(self, urls: list[str]) -> dict[str, Any]:
         started = time.perf_counter()
@@ -146,6 +168,12 @@ class Peer:
     def worktree(self, url: str, ref: str) -> dict[str, Any]:
         raise NotImplementedError("git-cache-clone has no temporary worktrees")
 
+    def publish(self, url: str) -> dict[str, Any]:
+        raise NotImplementedError("git-cache-clone has no shared store")
+
+    def publish_for(self, url: str, seconds: float) -> dict[str, Any]:
+        raise NotImplementedError("git-cache-clone has no shared store")
+
     def evict(self, urls: list[str]) -> dict[str, Any]:
         started = time.perf_counter()
         for url in urls:
@@ -190,6 +218,10 @@ def main() -> int:
                 reply = library.evict(list(command["urls"]))
             elif op == "stats":
                 reply = library.stats()
+            elif op == "publish":
+                reply = library.publish(command["url"])
+            elif op == "publish_for":
+                reply = library.publish_for(command["url"], float(command["seconds"]))
             else:
                 raise ValueError(f"unknown op {op!r}")
             reply["end"] = time.monotonic()

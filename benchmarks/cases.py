@@ -99,6 +99,7 @@ class Context:
     eviction_ks: Sequence[int] = (1, 10, 100)
     eviction_index_sizes: Sequence[int] = (10, 100_000)
     concurrency: int = 16
+    fleet_hosts: int = 8
     cold_store_error: str | None = None
     peer_tree: Path | None = None  # --peer-rev: the peer is repocache from this source tree
     _counter: int = 0
@@ -583,6 +584,239 @@ def _restore_once(
         return
     row.base.append(cloned["seconds"])
     row.ours.append(restored["seconds"])
+
+
+# -- a fleet sharing one store ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FleetStore:
+    """One shared store of the fleet case: a fresh location per use, and the environment its processes need."""
+
+    kind: str
+    new: Callable[[str], str]
+    env: dict[str, str] | None
+
+
+def fleet(ctx: Context, data: SizeData, name: str, other: str) -> list[Result]:
+    """``fleet_hosts`` hosts, simulated as as many cache roots in as many processes, sharing one cold store: a local
+    directory, and an S3 bucket served by ``moto_server`` on 127.0.0.1 (reached through ``AWS_ENDPOINT_URL``).
+
+    Three measurements per store, each side by side with its baseline in the same run:
+
+    * every host misses the same repository at the same instant, with ``cold_publish="clone"``: how many upstream
+      clones (checkouts whose source is ``clone``; the daemon's upload-pack requests are reported too, and include
+      the fetch each restored copy makes), and the wall time until the last host has it, against one
+      ``git clone --mirror``;
+    * a fresh host's first checkout of a published repository (a restore, then the fetch of the restored copy)
+      against ``git clone --mirror``; with the peak RSS of the host's process tree;
+    * a miss of one repository (``other``) while uploads of a different one run back to back (``publish()``), by
+      another host (another root: no lock in common, so what it adds is the machine's contention alone) and by
+      another process of the same host (same root, so the same locks: the miss's cache has a byte budget and makes
+      room under the budget lock), against the same miss with no upload running. The share of the miss during
+      which uploads were running is reported.
+    """
+    from repocache.testing.s3 import Unavailable, moto_endpoint
+
+    stores: list[_FleetStore] = []
+    skipped: list[Result] = []
+    with ExitStack() as stack:
+        if ctx.cold_store_error is None:
+            base = ctx.scratch(f"{data.label}-fleet-stores")
+
+            def local_store(tag: str) -> str:
+                (base / tag).mkdir()
+                return str(base / tag)
+
+            stores.append(_FleetStore("local directory", local_store, None))
+        try:
+            endpoint = stack.enter_context(moto_endpoint(ctx.run_dir / "logs" / f"moto-fleet-{data.label}.log"))
+        except (Unavailable, RuntimeError) as exc:
+            row = Result(f"{ctx.fleet_hosts} hosts, same missing repo (S3 endpoint)", data.label, "-", "-")
+            row.note = f"not available: {exc}"
+            skipped.append(row)
+        else:
+            stores.append(
+                _FleetStore(
+                    "S3 endpoint", lambda tag: f"s3://{endpoint.bucket}/{data.label}-{tag}", endpoint.environment()
+                )
+            )
+        results: list[Result] = []
+        for store in stores:
+            results.append(_fleet_stampede(ctx, data, name, store))
+            results.append(_fleet_first_checkout(ctx, data, name, store))
+            results.append(_fleet_miss_during_upload(ctx, data, name, other, store, same_host=False))
+            results.append(_fleet_miss_during_upload(ctx, data, name, other, store, same_host=True))
+    return results + skipped
+
+
+def _fleet_stampede(ctx: Context, data: SizeData, name: str, store: _FleetStore) -> Result:
+    url = ctx.url(name)
+    n = ctx.fleet_hosts
+    row = Result(
+        f"{n} hosts, same missing repo, shared store ({store.kind})",
+        data.label,
+        "one `git clone --mirror`",
+        "1 upstream clone",
+    )
+    clones: list[int] = []
+    served: list[int] = []
+
+    def ours(rep: int) -> None:
+        scratch = ctx.scratch(f"{data.label}-fleet-stampede")
+        location = store.new(f"stampede-{rep}-{uuid.uuid4().hex[:6]}")
+        workers = [
+            ctx.worker("ours", scratch / f"host-{i}", env=store.env, cold_store=location, cold_publish="clone")
+            for i in range(n)
+        ]
+        try:
+            for worker in workers:
+                worker.wait_ready()
+            _settle()
+            before = ctx.upload_packs(name)
+            started = time.monotonic()
+            for worker in workers:
+                worker.send("clone", url=url)
+            replies = [worker.reply() for worker in workers]
+            row.ours.append(max(reply["end"] for reply in replies) - started)
+            clones.append(sum(1 for reply in replies if reply["source"] == "clone"))
+            served.append(ctx.upload_packs(name) - before)
+        finally:
+            for worker in workers:
+                worker.close()
+        _rm(scratch)
+
+    def git() -> None:
+        root = ctx.scratch(f"{data.label}-fleet-git")
+        _settle()
+        row.base.append(_git_clone(url, root / "mirror.git").seconds)
+        _rm(root)
+
+    for rep in range(data.reps):
+        _rotate(rep, [("ours", partial(ours, rep)), ("git", git)])
+    row.with_ratio()
+    row.met = all(count == 1 for count in clones)
+    row.note = (
+        f"upstream clones per repetition {clones} (the other hosts restored); daemon upload-packs {served} "
+        f"(1 clone + a fetch per restored copy); wall {row.ratio:.2f}x one clone"
+    )
+    row.extra = {"hosts": n, "clones": clones, "daemon_upload_packs": served}
+    return row
+
+
+def _fleet_first_checkout(ctx: Context, data: SizeData, name: str, store: _FleetStore) -> Result:
+    url = ctx.url(name)
+    row = Result(
+        f"fresh host's first checkout of a published repo ({store.kind})",
+        data.label,
+        "`git clone --mirror`",
+        "the restore ratios (11-19x faster at 53-570 MB, local store)",
+    )
+    memory: list[float] = []
+    git_memory: list[float] = []
+    idle: list[float] = []
+    location = store.new(f"published-{uuid.uuid4().hex[:6]}")
+    publisher_root = ctx.scratch(f"{data.label}-fleet-publisher")
+    with _ready(ctx.worker("ours", publisher_root, env=store.env, cold_store=location)) as publisher:
+        publisher.call("publish", url=url)
+    _rm(publisher_root)
+
+    def ours() -> None:
+        root = ctx.scratch(f"{data.label}-fleet-fresh-host")
+        with _ready(ctx.worker("ours", root, env=store.env, cold_store=location)) as worker:
+            _settle()
+            sampler = TreeSampler(worker.pid)
+            sampler.sample()
+            sampler.start()
+            reply = worker.call("clone", url=url)
+            memory.append(sampler.stop())
+            idle.append(worker.ready_info["rss"])
+        if reply["source"] != "restore":
+            raise RuntimeError(f"a fresh host's first checkout was a {reply['source']!r}, not a restore")
+        row.ours.append(reply["seconds"])
+        _rm(root)
+
+    def git() -> None:
+        root = ctx.scratch(f"{data.label}-fleet-git")
+        _settle()
+        measured = _git_clone(url, root / "mirror.git")
+        row.base.append(measured.seconds)
+        git_memory.append(measured.peak_rss)
+        _rm(root)
+
+    for rep in range(data.reps):
+        _rotate(rep, [("ours", ours), ("git", git)])
+    row.ratio = median(row.base) / median(row.ours)
+    row.met = row.ratio >= 10
+    row.note = (
+        f"{row.ratio:.1f}x faster than the clone (a restore, then a fetch of the restored copy); peak RSS of the "
+        f"host's process tree {median(memory) / MB:.0f} MB ({(median(memory) - median(idle)) / MB:.0f} MB above "
+        f"its idle interpreter), `git clone --mirror` {median(git_memory) / MB:.0f} MB"
+    )
+    row.extra = {"peak_rss": memory, "idle_rss": idle, "git_peak_rss": git_memory}
+    return row
+
+
+def _fleet_miss_during_upload(
+    ctx: Context, data: SizeData, name: str, other: str, store: _FleetStore, *, same_host: bool
+) -> Result:
+    uploaded, missed = ctx.url(name), ctx.url(other)
+    where = "another process of the same host" if same_host else "another host"
+    row = Result(
+        f"miss while {where} uploads to the store ({store.kind})",
+        data.label,
+        "the same miss, no upload running",
+        "no added latency",
+    )
+    overlaps: list[float] = []
+    uploads: list[int] = []
+    scratch = ctx.scratch(f"{data.label}-fleet-upload")
+    host = scratch / "host"
+    uploader_root = host if same_host else scratch / "uploading-host"
+    with _ready(ctx.worker("ours", uploader_root)) as setup:
+        setup.call("clone", url=uploaded)
+    with _ready(ctx.worker("ours", host, max_bytes="100GB")) as misser:
+        reference = misser.call("clone", url=missed)["seconds"]  # how long to keep uploading: the miss, and more
+        misser.call("evict", urls=[missed])
+
+        def with_upload(rep: int) -> None:
+            location = store.new(f"upload-{int(same_host)}-{rep}-{uuid.uuid4().hex[:6]}")
+            with _ready(ctx.worker("ours", uploader_root, env=store.env, cold_store=location)) as uploader:
+                _settle()
+                uploader.send("publish_for", url=uploaded, seconds=2 * reference + 1)
+                time.sleep(0.3)  # let the first upload get going
+                reply = misser.call("clone", url=missed)
+                upload = uploader.reply()
+            assert reply["source"] == "clone", reply
+            miss_started = reply["end"] - reply["seconds"]
+            overlap = max(0.0, min(upload["end"], reply["end"]) - max(upload["started"], miss_started))
+            overlaps.append(overlap / reply["seconds"])
+            uploads.append(upload["uploads"])
+            row.ours.append(reply["seconds"])
+            misser.call("evict", urls=[missed])
+
+        def alone() -> None:
+            _settle()
+            reply = misser.call("clone", url=missed)
+            assert reply["source"] == "clone", reply
+            row.base.append(reply["seconds"])
+            misser.call("evict", urls=[missed])
+
+        for rep in range(data.reps):
+            _rotate(rep, [("upload", partial(with_upload, rep)), ("alone", alone)])
+    _rm(scratch)
+    row.with_ratio()
+    row.note = (
+        f"uploads ran during {median(overlaps) * 100:.0f}% of the miss (median; {median(uploads):.0f} back-to-back "
+        f"uploads of the {data.label} mirror per repetition); "
+        + (
+            "same root: the miss made room under the budget lock while the uploads held their repository shared"
+            if same_host
+            else "separate roots: no lock in common, only the machine"
+        )
+    )
+    row.extra = {"overlap": overlaps, "uploads": uploads, "same_host": same_host}
+    return row
 
 
 # -- worktree ------------------------------------------------------------------------------------------------------

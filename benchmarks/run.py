@@ -24,14 +24,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import cases, datagen, report
+from benchmarks import cases, datagen, freshness, report
 from benchmarks.cases import Context, Result, SizeData
 
 BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / ".work"
 PEER_VENV = WORK_DIR / "peer-venv"
 PEER_PACKAGE = "git-cache-clone"
-CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "worktree", "eviction")
+CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "fleet", "worktree", "eviction", "freshness")
 
 # Repetitions, hits per repetition and requests of the no-cache case, by size class.
 _REPS = {"tiny": 1, "small": 7, "medium": 5, "large": 3}
@@ -188,7 +188,7 @@ def _index_template(count: int) -> Path:
     """An index with ``count`` synthetic rows, cached under ``.data`` (keyed by the index schema)."""
     from repocache import index
 
-    schema = hashlib.sha256(f"{index._SCHEMA_VERSION}:{index._SCHEMA}".encode()).hexdigest()[:10]
+    schema = hashlib.sha256(f"{index.SCHEMA_VERSION}:{index.MIGRATIONS}".encode()).hexdigest()[:10]
     home = datagen.DATA_DIR / f"gen-v{datagen.GENERATION}" / f"index-{schema}-{count}"
     template = home / "index.sqlite"
     if not template.exists():
@@ -257,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             big_index=args.index_entries,
             eviction_index_sizes=(10, args.index_entries),
             eviction_ks=(1, 10) if args.smoke else (1, 10, 100),
+            fleet_hosts=3 if args.smoke else 8,
         )
         ctx.cold_store_error = _cold_store_error(run_dir / "probe")
         if "cold" in args.cases and ctx.cold_store_error:
@@ -275,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("concurrent", partial(cases.concurrent_miss, ctx, data, pristine)),
                 ("baseline", partial(cases.no_cache_baseline, ctx, data, pristine)),
                 ("cold", partial(cases.cold_restore, ctx, data, pristine)),
+                ("fleet", partial(_fleet, ctx, data, serve_dir, pristine)),
                 ("worktree", partial(cases.worktree, ctx, data, pristine)),
             ]
             for case, run in plan:
@@ -288,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             eviction_data = replace(smallest, reps=max(3, smallest.reps) if not args.smoke else 1)
             templates = {count: _index_template(count) for count in ctx.eviction_index_sizes}
             results.extend(cases.eviction(ctx, eviction_data, name, templates))
+        if "freshness" in args.cases:
+            _log("freshness: push to visible, adaptive schedule (simulated), hits during background fetches")
+            results.extend(freshness.freshness(ctx, smoke=args.smoke))
     finally:
         daemon.stop()
         if not args.keep:
@@ -307,6 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if why_not:
             _log(f"no plot: {why_not}")
     return 0
+
+
+def _fleet(ctx: Context, data: SizeData, serve_dir: Path, pristine: str) -> list[Result]:
+    other = f"{data.label}-other.git"  # the same content under another URL: a second repository to miss
+    cases.link_upstream(data.generated.path, serve_dir, other)
+    return cases.fleet(ctx, data, pristine, other)
 
 
 def _fetch(ctx: Context, data: SizeData, serve_dir: Path) -> list[Result]:

@@ -28,6 +28,7 @@ from repocache.events import EventHook
 from repocache.gitops import ProgressCallback
 from repocache.keys import normalize_url
 from repocache.models import Entry, Problem, Progress, Stats
+from repocache.refresh import USE_TTL, MaxAge
 
 __all__ = ["AsyncRepoCache"]
 
@@ -141,7 +142,11 @@ class AsyncRepoCache:
 
     @contextlib.asynccontextmanager
     async def checkout(
-        self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
     ) -> AsyncIterator[Checkout]:
         """Hold the repository's bare mirror for the ``async with`` block, cloning or refreshing it first.
 
@@ -158,7 +163,7 @@ class AsyncRepoCache:
             BudgetError: the repository cannot fit in the budget.
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
         """
-        manager = self.cache.checkout(url, progress=self._on_loop(progress))
+        manager = self.cache.checkout(url, progress=self._on_loop(progress), max_age=max_age)
         async with self._held(manager) as checkout:
             held = holding.hold(self.cache.root, checkout.key, checkout.url)  # in the awaiting task's context
             try:
@@ -175,6 +180,7 @@ class AsyncRepoCache:
         path: str | os.PathLike[str] | None = None,
         submodules: bool = False,
         progress: ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
     ) -> AsyncIterator[Worktree]:
         """A temporary working tree of the repository at ``ref``, removed when the ``async with`` block exits.
 
@@ -189,7 +195,9 @@ class AsyncRepoCache:
             RepoCacheError: whatever :meth:`checkout` raises (``InvalidURLError``, ``CloneError``, ``FetchError``,
                 ``BudgetError``, ``LockTimeoutError``).
         """
-        manager = self.cache.worktree(url, ref, path=path, submodules=submodules, progress=self._on_loop(progress))
+        manager = self.cache.worktree(
+            url, ref, path=path, submodules=submodules, progress=self._on_loop(progress), max_age=max_age
+        )
         async with self._held(manager) as worktree:
             held = holding.hold(self.cache.root, normalize_url(worktree.url).key, worktree.url)
             try:
@@ -224,14 +232,33 @@ class AsyncRepoCache:
         """
         return self.cache.subscribe(hook)
 
-    async def ensure(self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Entry:
+    async def ensure(
+        self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None, max_age: MaxAge = USE_TTL
+    ) -> Entry:
         """Clone or refresh the repository now without holding it; as :meth:`RepoCache.ensure`.
 
         Returns:
             The repository's entry after the operation.
         """
         callback = self._on_loop(progress)
-        return await self._run(lambda: self.cache.ensure(url, progress=callback))
+        return await self._run(lambda: self.cache.ensure(url, progress=callback, max_age=max_age))
+
+    async def refresh(self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Entry:
+        """Fetch the repository now, whatever its age; as :meth:`RepoCache.refresh`.
+
+        Returns:
+            The repository's entry after the fetch.
+        """
+        callback = self._on_loop(progress)
+        return await self._run(lambda: self.cache.refresh(url, progress=callback))
+
+    async def mark_stale(self, url: str | os.PathLike[str]) -> bool:
+        """Mark the repository stale for its next hit in any process; as :meth:`RepoCache.mark_stale`.
+
+        Returns:
+            True if the repository is in the cache.
+        """
+        return await self._run(lambda: self.cache.mark_stale(url))
 
     async def info(self, url: str | os.PathLike[str]) -> Entry | None:
         """The repository's entry if it is on disk, else None; no network, no recency update."""

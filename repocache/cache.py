@@ -39,6 +39,7 @@ from repocache.layout import Layout, SharedHold
 from repocache.materialize import materialize
 from repocache.models import Entry, Problem, Stats
 from repocache.pins import Pins
+from repocache.refresh import USE_TTL, Background, MaxAge, Request, parse_max_age
 from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
 
 __all__ = ["RepoCache"]
@@ -61,7 +62,7 @@ class RepoCache:
         max_bytes: int | str | None = None,
         min_free_bytes: int | str = 0,
         pins: str | os.PathLike[str] | Iterable[str] | None = None,
-        fetch_ttl: float = 0.0,
+        fetch_ttl: float | str = 0.0,
         cold_store: Any = None,
         lock_timeout: float = 600.0,
         on_fetch_error: str = "warn",
@@ -73,6 +74,12 @@ class RepoCache:
         cold_compression: str = "none",
         cold_retention: float | None = None,
         on_event: EventHook | None = None,
+        fetch_ttl_min: float = 60.0,
+        fetch_ttl_max: float = 28800.0,
+        refresh: str = "foreground",
+        max_stale: float | None = 3600.0,
+        cold_publish: str = "off",
+        cold_publish_after: float = 3600.0,
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
@@ -81,7 +88,9 @@ class RepoCache:
             max_bytes: budget for all mirrors together (int or a string such as ``"20GB"``); None for no limit.
             min_free_bytes: keep at least this much free on the cache's filesystem.
             pins: a never-evict YAML file, or an iterable of URLs / glob patterns.
-            fetch_ttl: a hit fetched less than this many seconds ago does not contact upstream.
+            fetch_ttl: a hit fetched less than this many seconds ago does not contact upstream; ``"auto"``: each
+                repository's own interval, half the time since upstream last changed, within ``fetch_ttl_min`` and
+                ``fetch_ttl_max`` (kept in the index across restarts).
             cold_store: None, ``"file:///dir"``, an fsspec URL such as ``"s3://bucket/prefix"``, or a ColdStore.
             lock_timeout: seconds to wait for another worker's clone, fetch or eviction of the same repository.
             on_fetch_error: ``"warn"`` serves the cached copy (``co.stale``) when a fetch fails; ``"raise"``
@@ -96,6 +105,20 @@ class RepoCache:
                 (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
             on_event: a function called with every :class:`~repocache.events.Event` of this cache (hit, miss,
                 clone, restore, fetch, stale, eviction, ...); see :meth:`subscribe`.
+            fetch_ttl_min: the shortest interval of ``fetch_ttl="auto"``, in seconds.
+            fetch_ttl_max: the longest interval of ``fetch_ttl="auto"`` (the staleness bound of a dormant
+                repository), in seconds.
+            refresh: ``"foreground"``: a due hit waits for its fetch; ``"background"``: a due hit no older than
+                ``max_stale`` is handed out at once and one fetch runs in a background thread (stale-while-
+                revalidate), joined by :meth:`close`.
+            max_stale: with ``refresh="background"``, seconds past its TTL beyond which a hit waits for the
+                fetch after all; None: no bound.
+            cold_publish: when mirrors go to the cold store besides evictions, for other hosts to restore:
+                ``"off"``; ``"clone"``, after each clone (uploaded on a background thread, holding the repository
+                shared; hosts missing the same repository at once then clone it once between them when the store
+                offers leases); ``"always"``, also after a fetch once the stored artifact is older than
+                ``cold_publish_after``.
+            cold_publish_after: seconds after which a fetched mirror is published again (``"always"``).
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
@@ -109,6 +132,12 @@ class RepoCache:
             cold_min_bytes=cold_min_bytes,
             cold_compression=cold_compression,
             cold_retention=cold_retention,
+            fetch_ttl_min=fetch_ttl_min,
+            fetch_ttl_max=fetch_ttl_max,
+            refresh=refresh,
+            max_stale=max_stale,
+            cold_publish=cold_publish,
+            cold_publish_after=cold_publish_after,
         )
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
@@ -132,10 +161,18 @@ class RepoCache:
         if on_event is not None:
             events.subscribe(on_event)
         self._context = Context(
-            settings=settings, layout=layout, index=Index(layout.index), pins=self.pins, git=git, events=events
+            settings=settings,
+            layout=layout,
+            index=Index(
+                layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: maintenance.mirrors_on_disk(layout)
+            ),
+            pins=self.pins,
+            git=git,
+            events=events,
         )
         self._cold = self._open_cold_store(cold_store)
         self._budget = Budget(self._context, self._cold)
+        self._background = Background(self._context)
         self._closed = False
         self._budget.empty_trash()
         maintenance.sweep_locks(self._context)
@@ -153,9 +190,10 @@ class RepoCache:
         return self._context.settings.min_free_bytes
 
     @property
-    def fetch_ttl(self) -> float:
-        """Seconds within which a hit does not contact upstream again."""
-        return self._context.settings.fetch_ttl
+    def fetch_ttl(self) -> float | str:
+        """Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule)."""
+        settings = self._context.settings
+        return "auto" if settings.adaptive else settings.fetch_ttl
 
     @property
     def lock_timeout(self) -> float:
@@ -182,12 +220,30 @@ class RepoCache:
         """Seconds an artifact is kept in the cold store (None: forever)."""
         return self._context.settings.cold_retention
 
+    @property
+    def cold_publish(self) -> str:
+        """When mirrors are published to the cold store besides evictions (``"off"``, ``"clone"``, ``"always"``)."""
+        return self._context.settings.cold_publish
+
+    @property
+    def cold_publish_after(self) -> float:
+        """Seconds after which a fetched mirror is published again (with ``cold_publish="always"``)."""
+        return self._context.settings.cold_publish_after
+
     # -- lifecycle -------------------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op."""
+    def close(self, *, timeout: float = 60.0) -> None:
+        """Release the index; further calls raise :class:`RepoCacheError`. Closing twice is a no-op.
+
+        Background fetches not started yet are cancelled; running ones are waited for up to ``timeout`` seconds,
+        then cancelled (their git is killed; the repository keeps its previous state). Background uploads to the
+        cold store (``cold_publish``) are waited for.
+        """
         if not self._closed:
             self._closed = True
+            self._background.close(timeout)
+            if self._cold is not None:
+                self._cold.close()
             self._context.index.close()
 
     def __enter__(self) -> RepoCache:
@@ -234,9 +290,19 @@ class RepoCache:
 
     @contextlib.contextmanager
     def checkout(
-        self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
     ) -> Iterator[Checkout]:
         """Hold the repository's bare mirror for the ``with`` block, cloning or refreshing it first.
+
+        Args:
+            url: the repository.
+            progress: progress callback for the clone or fetch.
+            max_age: for this call instead of ``fetch_ttl``: seconds the copy may be old (0: fetch unless a fetch
+                finished after the call began; None: any age, upstream is not contacted on a hit).
 
         Yields:
             A :class:`Checkout`; the mirror is not evicted by any process until the block exits.
@@ -249,7 +315,7 @@ class RepoCache:
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
         """
         parsed = self._parse(url)
-        hold, checkout = self._acquire(parsed, progress or self.progress)
+        hold, checkout = self._acquire(parsed, progress or self.progress, parse_max_age(max_age))
         held = holding.hold(self._context.layout.root, parsed.key, parsed.url)
         try:
             yield checkout
@@ -268,6 +334,7 @@ class RepoCache:
         path: str | os.PathLike[str] | None = None,
         submodules: bool = False,
         progress: gitops.ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
     ) -> Iterator[Worktree]:
         """A temporary working tree of the repository at ``ref``, removed when the block exits.
 
@@ -278,10 +345,11 @@ class RepoCache:
         Args:
             url: the repository.
             ref: a branch, tag, full ref name or commit id (anything ``git rev-parse`` accepts).
-            path: where to create the tree (must not exist or be empty); a directory under the root by default.
-                It is deleted when the block exits either way.
+            path: where to create the tree (must not exist or be empty, and not be a symbolic link); a directory
+                under the root by default. It is deleted when the block exits either way.
             submodules: also initialise and check out submodules (from their own upstreams).
             progress: progress callback for the clone or fetch.
+            max_age: as for :meth:`checkout`.
 
         Yields:
             A :class:`Worktree` with ``path`` and ``commit``.
@@ -294,7 +362,7 @@ class RepoCache:
         """
         if not isinstance(ref, str) or not ref or ref.startswith("-") or any(c in ref for c in "\n\r\x00"):
             raise InvalidRefError(repr(ref), "expected a branch, tag, ref name or commit id")
-        with self.checkout(url, progress=progress) as co:
+        with self.checkout(url, progress=progress, max_age=max_age) as co:
             try:
                 commit, branch = gitops.resolve_commit(co.path, ref)
             except KeyError:
@@ -318,6 +386,8 @@ class RepoCache:
         """Choose the worktree directory; default ones carry a lock file so ``verify`` can tell dead from live."""
         if path is not None:
             dest = Path(path)
+            if dest.is_symlink():  # the tree would be made inside its target and outlive the block
+                raise ConfigError(f"path={str(dest)!r} is a symbolic link; pass the directory itself")
             if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
                 raise ConfigError(f"path={str(dest)!r} exists and is not an empty directory")
             return dest, None
@@ -327,14 +397,60 @@ class RepoCache:
         # Created already locked: verify must never find it unlocked and take the live worktree for a dead one.
         return dest, locks.create_locked(layout.worktree_lock(dest))
 
-    def ensure(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
+    def ensure(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
+    ) -> Entry:
         """Clone or refresh the repository now without holding it (pre-warming); counts as a use.
+
+        Args:
+            url: the repository.
+            progress: progress callback for the clone or fetch.
+            max_age: as for :meth:`checkout`.
 
         Returns:
             The repository's entry after the operation.
         """
+        return self._ensure(url, progress, parse_max_age(max_age), strict=False)
+
+    def refresh(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
+        """Fetch the repository now, whatever its age (cloning it if it is not cached); counts as a use.
+
+        Like a hit, it holds the repository shared and takes its fetch lock; a fetch by another worker that
+        finished after this call began counts as this one.
+
+        Returns:
+            The repository's entry after the fetch.
+
+        Raises:
+            FetchError: the fetch failed, whatever ``on_fetch_error`` says.
+        """
+        return self._ensure(url, progress, 0.0, strict=True)
+
+    def mark_stale(self, url: str | os.PathLike[str]) -> bool:
+        """Mark the repository stale: its next hit, in any process or host sharing the root, fetches first.
+
+        The mark is kept in the index and consumed by the first successful fetch that began after it (a fetch in
+        flight when the mark arrives may have missed the push it announces). A hit with ``max_age=None`` ignores
+        it. This is what :mod:`repocache.webhooks` calls for a push.
+
+        Returns:
+            True if the repository is in the cache; False otherwise (nothing is recorded: its clone is fresh).
+        """
         parsed = self._parse(url)
-        hold, _checkout = self._acquire(parsed, progress or self.progress)
+        marked = self._context.index.mark_stale(parsed.key, time.time())
+        if marked:
+            self._context.events.marked_stale(parsed.url)
+        return marked
+
+    def _ensure(
+        self, url: str | os.PathLike[str], progress: gitops.ProgressCallback | None, max_age: MaxAge, *, strict: bool
+    ) -> Entry:
+        parsed = self._parse(url)
+        hold, _checkout = self._acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
             entry = self._entry_of(parsed.key)
         finally:
@@ -439,6 +555,11 @@ class RepoCache:
         store = open_cold_store(spec)
         return None if store is None else ColdTier(self._context, store)
 
+    @property
+    def has_cold_store(self) -> bool:
+        """Whether a cold store is configured."""
+        return self._cold is not None
+
     def cold_entries(self) -> list[Manifest]:
         """The manifests in the cold store (one per repository), newest first; empty without a cold store.
 
@@ -447,6 +568,30 @@ class RepoCache:
         """
         self._check_open()
         return [] if self._cold is None else self._cold.entries()
+
+    def publish(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Manifest:
+        """Upload the repository's mirror to the cold store now, for other hosts to restore; clones it first if needed.
+
+        The mirror is held shared while it is packed (readers and fetches go on) and streamed into the store. When
+        the store already holds an artifact made after the mirror's last fetch, nothing is uploaded.
+
+        Returns:
+            The store's manifest of the repository.
+
+        Raises:
+            ConfigError: the cache has no cold store.
+            ColdStoreError: the store failed.
+            RepoCacheError: whatever :meth:`ensure` raises (clone, budget, lock and fetch errors).
+        """
+        parsed = self._parse(url)
+        if self._cold is None:
+            raise ConfigError("publish needs a cold store: pass cold_store= (a directory or an fsspec URL)")
+        self.ensure(url, progress=progress)
+        self._cold.wait(parsed.key)  # an upload started by the clone: let it finish rather than upload twice
+        manifest = self._cold.publish(parsed)
+        if manifest is None:
+            raise RepoCacheError(f"{parsed.url} was evicted by another process before it could be published")
+        return manifest
 
     def prune_cold(self, *, older_than: float | None = None, keep_bytes: int | str | None = None) -> list[Manifest]:
         """Delete artifacts from the cold store: those older than ``older_than`` seconds (default: the cache's
@@ -468,21 +613,30 @@ class RepoCache:
         row = self._context.index.get(key)
         return None if row is None else entry_of_row(self._context, row)
 
-    def _acquire(self, parsed: RepoURL, progress: gitops.ProgressCallback | None) -> tuple[SharedHold, Checkout]:
+    def _acquire(
+        self,
+        parsed: RepoURL,
+        progress: gitops.ProgressCallback | None,
+        max_age: MaxAge = USE_TTL,
+        *,
+        strict: bool = False,
+    ) -> tuple[SharedHold, Checkout]:
         """Hold ``parsed`` shared, cloning or refreshing as needed; returns the hold and the checkout.
 
         Every wait of the call is bounded by one deadline, ``lock_timeout`` from now; a wait for room held by
         other workers (:class:`~repocache.budget.RoomWait`) is reported when the call ends, whatever its outcome.
         """
+        started = time.time()
         deadline = time.monotonic() + self.lock_timeout
+        request = Request(started=started, deadline=deadline, max_age=max_age, strict=strict)
         room = RoomWait(self._context, parsed, deadline, progress)
         try:
-            return self._acquire_until(parsed, progress, deadline, room)
+            return self._acquire_until(parsed, progress, request, room)
         finally:
             room.finish()
 
     def _acquire_until(
-        self, parsed: RepoURL, progress: gitops.ProgressCallback | None, deadline: float, room: RoomWait
+        self, parsed: RepoURL, progress: gitops.ProgressCallback | None, request: Request, room: RoomWait
     ) -> tuple[SharedHold, Checkout]:
         """The acquire loop.
 
@@ -492,7 +646,8 @@ class RepoCache:
         holding nothing (``room``) and comes round again.
         """
         context = self._context
-        started = time.time()
+        started = request.started
+        deadline = request.deadline
         clock = time.perf_counter()
         key = parsed.key
         mirror = context.layout.mirror(key)
@@ -507,7 +662,9 @@ class RepoCache:
                 if mirror.is_dir():
                     stale = False
                     if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
-                        fetched, stale = refresh.refresh(context, hold, parsed, started, deadline, progress)
+                        fetched, stale = refresh.refresh(context, hold, parsed, request, progress, self._background)
+                        if fetched and self._cold is not None:
+                            self._cold.after_fetch(parsed)
                     # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
                     context.index.touch(
                         key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES
@@ -558,6 +715,8 @@ class RepoCache:
                         raise
                     else:
                         fetched = source is Source.CLONE
+                        if fetched:
+                            refresh.cloned(context, exclusive, started)
                         materialized += 1
             if shortfall is not None:
                 room.wait(shortfall)

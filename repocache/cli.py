@@ -11,9 +11,15 @@ Usage (global options go before or after the command)::
     warm [PINS.yaml]          clone or refresh every pinned URL (glob patterns are skipped)
     stats [--json]            counters shared by every process using the root, and the bytes used
     verify [--repair] [--json] compare the index with the disk; ``--repair`` fixes what it finds
+    refresh URL...            fetch each repository now, whatever its age (cloning one not cached); prints its URL
+    stale URL...              mark each repository stale: its next hit in any process fetches first; prints its URL
+    publish URL... [--json]   clone or refresh each URL and upload its mirror to the cold store for other hosts
+    cold ls [--json]          the artifacts in the cold store, newest first
+    cold prune [--older-than SECONDS] [--keep-bytes SIZE]   delete old artifacts from the cold store
 
 Settings come from the options, else the environment: ``REPOCACHE_DIR`` (the root; else the platform's user cache
-directory), ``REPOCACHE_MAX_BYTES`` (the budget, e.g. ``20GB``) and ``REPOCACHE_PINS`` (a never-evict YAML file).
+directory), ``REPOCACHE_MAX_BYTES`` (the budget, e.g. ``20GB``), ``REPOCACHE_PINS`` (a never-evict YAML file),
+``REPOCACHE_COLD_STORE`` (the cold store) and ``REPOCACHE_COLD_PUBLISH`` (``off``, ``clone`` or ``always``).
 
 When standard error is a terminal (and ``--quiet`` is not given), clones and fetches draw a one-line progress bar
 on it; otherwise nothing but results goes to standard output and nothing but messages to standard error.
@@ -31,7 +37,8 @@ Exit codes (scripts can rely on them)::
     130  interrupted (Ctrl-C)
     141  standard output was closed early (for example piped into ``head``)
 
-``warm`` exits with the code of its first failure after trying every repository. Errors are printed as one line,
+``warm``, ``refresh`` and ``stale`` exit with the code of their first failure after trying every repository
+(``stale`` of a repository that is not cached is exit code 1). Errors are printed as one line,
 ``repocache: error: <message>``, on standard error; ``-v`` adds the traceback.
 """
 
@@ -61,10 +68,12 @@ from repocache.errors import (
     LockTimeoutError,
     RefNotFoundError,
     RepoCacheError,
+    WebhookError,
 )
 
 if TYPE_CHECKING:
     from repocache.cache import RepoCache
+    from repocache.cold.base import Manifest
     from repocache.models import Entry, Problem, Progress, Stats
 
 __all__ = [
@@ -98,6 +107,7 @@ environment:
   REPOCACHE_MAX_BYTES  budget when --max-bytes is not given
   REPOCACHE_PINS       never-evict YAML file when --pins is not given
   REPOCACHE_COLD_STORE cold storage URL when --cold-store is not given
+  REPOCACHE_COLD_PUBLISH when to upload mirrors for other hosts when --cold-publish is not given
 
 exit codes:
   0    success
@@ -132,7 +142,7 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_INTERRUPTED
     if isinstance(error, BrokenPipeError):
         return EXIT_PIPE
-    if isinstance(error, (InvalidURLError, ConfigError, InvalidRefError, RefNotFoundError)):
+    if isinstance(error, (InvalidURLError, ConfigError, InvalidRefError, RefNotFoundError, WebhookError)):
         return EXIT_USAGE
     if isinstance(error, GitError):
         return EXIT_GIT
@@ -332,8 +342,16 @@ def _add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) ->
         "--cold-store",
         metavar="URL",
         default=default(None),
-        help="cold storage for evicted repositories: file:///dir, a directory, or s3://bucket/prefix "
+        help="cold storage for evicted and published repositories: file:///dir, a directory, or s3://bucket/prefix "
         "(default: $REPOCACHE_COLD_STORE, else none)",
+    )
+    group.add_argument(
+        "--cold-publish",
+        metavar="MODE",
+        choices=("off", "clone", "always"),
+        default=default(None),
+        help="upload mirrors to the cold store for other hosts: off, clone (after each clone) or always (also "
+        "after fetches once the stored copy is an hour old) (default: $REPOCACHE_COLD_PUBLISH, else off)",
     )
     group.add_argument(
         "--fetch-ttl",
@@ -400,9 +418,45 @@ def build_parser() -> argparse.ArgumentParser:
     stats = command("stats", "print the counters and the bytes used")
     stats.add_argument("--json", action="store_true", help="print a JSON object")
 
+    refresh = command("refresh", "fetch repositories now, whatever their age; print their URLs")
+    refresh.add_argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
+
+    stale = command("stale", "mark repositories stale: their next hit fetches first; exit 1 if one is not cached")
+    stale.add_argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
+
     verify = command("verify", "compare the index with the disk; exit 1 if problems remain")
     verify.add_argument("--repair", action="store_true", help="fix the problems found")
     verify.add_argument("--json", action="store_true", help="print a JSON list of problems")
+
+    publish = command("publish", "clone or refresh repositories and upload their mirrors to the cold store")
+    publish.add_argument("urls", metavar="URL", nargs="+", help="repository URLs or local paths")
+    publish.add_argument("--json", action="store_true", help="print a JSON list of the stored manifests")
+
+    cold = command("cold", "inspect and prune the cold store (--cold-store or $REPOCACHE_COLD_STORE)")
+    cold_commands = cold.add_subparsers(dest="cold_command", metavar="COLD_COMMAND", title="cold store commands")
+    cold_ls = cold_commands.add_parser(
+        "ls", help="list the artifacts in the cold store, newest first", formatter_class=formatter
+    )
+    _add_global_options(cold_ls, in_command=True)
+    cold_ls.add_argument("--json", action="store_true", help="print a JSON list of manifests")
+    cold_prune = cold_commands.add_parser(
+        "prune", help="delete old artifacts from the cold store; print their URLs", formatter_class=formatter
+    )
+    _add_global_options(cold_prune, in_command=True)
+    cold_prune.add_argument(
+        "--older-than",
+        metavar="SECONDS",
+        type=_seconds,
+        default=None,
+        help="delete artifacts older than this (default: none by age)",
+    )
+    cold_prune.add_argument(
+        "--keep-bytes",
+        metavar="SIZE",
+        type=_size,
+        default=None,
+        help='then delete the oldest while the artifacts total more than this, e.g. "50GB"',
+    )
     return parser
 
 
@@ -456,13 +510,32 @@ def _open_cache(context: _Context, *, pins_fallback: str | None = None) -> RepoC
             max_bytes = parse_bytes("REPOCACHE_MAX_BYTES", from_env, allow_none=False)
     pins = args.pins or os.environ.get("REPOCACHE_PINS") or pins_fallback or None
     cold_store = args.cold_store or os.environ.get("REPOCACHE_COLD_STORE") or None
+    cold_publish = args.cold_publish or os.environ.get("REPOCACHE_COLD_PUBLISH", "").strip() or "off"
     return RepoCache(
-        args.root, max_bytes=max_bytes, pins=pins, fetch_ttl=args.fetch_ttl, cold_store=cold_store, progress=context.bar
+        args.root,
+        max_bytes=max_bytes,
+        pins=pins,
+        fetch_ttl=args.fetch_ttl,
+        cold_store=cold_store,
+        progress=context.bar,
+        cold_publish=cold_publish,
     )
+
+
+def _refuse_missing_path(cache: RepoCache, url: str) -> None:
+    """A local path that does not exist (and was never cached) is a typing error, not a failing upstream."""
+    from repocache.keys import normalize_url
+
+    parsed = normalize_url(url)
+    if parsed.is_local and not os.path.exists(parsed.fetch_url) and cache.info(url) is None:
+        raise InvalidURLError(
+            url, f"it is read as a local path, and {parsed.fetch_url} does not exist; give a URL or an existing path"
+        )
 
 
 def _cmd_get(context: _Context) -> int:
     with _open_cache(context) as cache:
+        _refuse_missing_path(cache, context.args.url)
         entry = cache.ensure(context.args.url)
         if not entry.path.is_dir():
             # ensure() enforces the budget after releasing its hold, so a clone larger than the budget is gone
@@ -481,6 +554,9 @@ def _cmd_ls(context: _Context) -> int:
     with _open_cache(context) as cache:
         entries = cache.entries()
         root = cache.root
+        if context.args.json and cache.has_cold_store:
+            context.emit_json(_with_cold_store(entries, cache.cold_entries(), cache))
+            return EXIT_OK
     if context.args.json:
         context.emit_json([_entry_json(entry) for entry in entries])
         return EXIT_OK
@@ -622,6 +698,136 @@ def _cmd_verify(context: _Context) -> int:
     return EXIT_NOT_DONE if unrepaired else EXIT_OK
 
 
+def _each_url(context: _Context, action: Callable[[RepoCache, str], str | None]) -> int:
+    """Run ``action`` on every URL argument; returns the exit code of the first failure (0 when none failed).
+
+    ``action`` returns the line to print, or None when the operation did not happen (it has said why).
+    """
+    failures: list[int] = []
+    with _open_cache(context) as cache:
+        for url in context.args.urls:
+            try:
+                line = action(cache, url)
+            except RepoCacheError as exc:
+                context.error(_describe(exc))
+                failures.append(exit_code_for(exc))
+                continue
+            if line is None:
+                failures.append(EXIT_NOT_DONE)
+            else:
+                context.emit(line)
+    return failures[0] if failures else EXIT_OK
+
+
+def _cmd_refresh(context: _Context) -> int:
+    return _each_url(context, lambda cache, url: cache.refresh(url).url)
+
+
+def _cmd_stale(context: _Context) -> int:
+    from repocache.keys import normalize_url
+
+    def mark(cache: RepoCache, url: str) -> str | None:
+        normalized = normalize_url(url).url
+        if cache.mark_stale(url):
+            return normalized
+        context.error(f"{normalized} was not marked stale: it is not in the cache")
+        return None
+
+    return _each_url(context, mark)
+
+
+def _manifest_json(manifest: Manifest) -> dict[str, Any]:
+    return dataclasses.asdict(manifest)
+
+
+def _with_cold_store(entries: list[Entry], manifests: list[Manifest], cache: RepoCache) -> list[dict[str, Any]]:
+    """``ls --json`` with a cold store: each entry with its artifact (``cold``, or null), then the repositories
+    that are only in the store (``path`` null, ``size_bytes`` the mirror's size from the manifest)."""
+    by_key = {manifest.key: manifest for manifest in manifests}
+    listed = []
+    for entry in entries:
+        data = _entry_json(entry)
+        manifest = by_key.pop(entry.key, None)
+        data["cold"] = None if manifest is None else _manifest_json(manifest)
+        listed.append(data)
+    for manifest in manifests:
+        if manifest.key in by_key:
+            listed.append(
+                {
+                    "url": manifest.url,
+                    "key": manifest.key,
+                    "path": None,
+                    "size_bytes": manifest.mirror_bytes,
+                    "last_used": None,
+                    "last_fetched": None,
+                    "pinned": cache.pins.matches(manifest.url),
+                    "in_cold_store": True,
+                    "cold": _manifest_json(manifest),
+                }
+            )
+    return listed
+
+
+def _require_cold_store(cache: RepoCache) -> None:
+    if not cache.has_cold_store:
+        raise ConfigError("this command needs a cold store: give --cold-store URL or set REPOCACHE_COLD_STORE")
+
+
+def _cmd_publish(context: _Context) -> int:
+    manifests = []
+    with _open_cache(context) as cache:
+        _require_cold_store(cache)
+        for url in context.args.urls:
+            manifest = cache.publish(url)
+            manifests.append(manifest)
+            if not context.args.json:
+                context.emit(
+                    f"published {manifest.url} ({_human_bytes(manifest.size_bytes)}, {manifest.ref_count} refs)"
+                )
+    if context.args.json:
+        context.emit_json([_manifest_json(manifest) for manifest in manifests])
+    return EXIT_OK
+
+
+def _cmd_cold(context: _Context) -> int:
+    command = getattr(context.args, "cold_command", None)
+    if command is None:
+        raise ConfigError("cold needs a command: ls or prune (see repocache cold --help)")
+    with _open_cache(context) as cache:
+        _require_cold_store(cache)
+        if command == "ls":
+            manifests = cache.cold_entries()
+        else:
+            manifests = cache.prune_cold(older_than=context.args.older_than, keep_bytes=context.args.keep_bytes)
+    if command == "prune":
+        for manifest in manifests:
+            context.emit(manifest.url)
+        freed = sum(manifest.size_bytes for manifest in manifests)
+        context.note(f"pruned {len(manifests)} artifacts ({_human_bytes(freed)})")
+        return EXIT_OK
+    if context.args.json:
+        context.emit_json([_manifest_json(manifest) for manifest in manifests])
+        return EXIT_OK
+    if not manifests:
+        context.note("the cold store holds no artifacts")
+        return EXIT_OK
+    now = time.time()
+    rows = [("URL", "SIZE", "MIRROR", "CREATED", "REFS", "COMPRESSION")]
+    rows += [
+        (
+            m.url,
+            _human_bytes(m.size_bytes),
+            _human_bytes(m.mirror_bytes),
+            _ago(m.created, now),
+            str(m.ref_count),
+            m.compression,
+        )
+        for m in manifests
+    ]
+    context.emit(_table(rows))
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[_Context], int]] = {
     "get": _cmd_get,
     "ls": _cmd_ls,
@@ -630,6 +836,10 @@ _COMMANDS: dict[str, Callable[[_Context], int]] = {
     "warm": _cmd_warm,
     "stats": _cmd_stats,
     "verify": _cmd_verify,
+    "refresh": _cmd_refresh,
+    "stale": _cmd_stale,
+    "publish": _cmd_publish,
+    "cold": _cmd_cold,
 }
 
 

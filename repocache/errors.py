@@ -13,7 +13,12 @@ exception a caller would naturally catch, so ``except ValueError`` still works f
     │   ├── CloneError                    a miss could not be cloned
     │   └── FetchError                    a hit could not be refreshed
     ├── BudgetError                       the repository cannot fit in the byte budget
-    └── ColdStoreError                    the cold storage tier failed
+    ├── ColdStoreError                    the cold storage tier failed
+    └── WebhookError (ValueError)         a webhook request was refused (``status``: the HTTP status to answer)
+        ├── WebhookSignatureError         the signature or token is missing or wrong (401)
+        ├── WebhookEventError             not a push event, or from no known host (400)
+        ├── WebhookPayloadError           the body is malformed or names no repository (400)
+        └── WebhookTooLargeError          the body is larger than accepted (413)
 
 Errors carry their data as attributes and pickle, so they cross process pools intact. Messages never contain
 credentials: URLs in them are the normalized, credential-free form.
@@ -33,6 +38,11 @@ __all__ = [
     "LockTimeoutError",
     "RefNotFoundError",
     "RepoCacheError",
+    "WebhookError",
+    "WebhookEventError",
+    "WebhookPayloadError",
+    "WebhookSignatureError",
+    "WebhookTooLargeError",
 ]
 
 
@@ -223,3 +233,42 @@ class BudgetError(RepoCacheError):
 
 class ColdStoreError(RepoCacheError):
     """The cold storage tier failed: unreachable, corrupt artifact, or misconfigured."""
+
+
+class WebhookError(RepoCacheError, ValueError):
+    """A webhook request was refused (see :mod:`repocache.webhooks`).
+
+    Attributes:
+        reason: what is wrong and what would be accepted.
+        status: the HTTP status to answer with.
+    """
+
+    default_status = 400
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason, status)
+        self.reason = reason
+        self.status = self.default_status if status is None else status
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class WebhookSignatureError(WebhookError):
+    """The request's signature (or GitLab token) is missing or does not match the shared secret."""
+
+    default_status = 401
+
+
+class WebhookEventError(WebhookError):
+    """The request is not a push event (or a ping), or carries no known host's event header."""
+
+
+class WebhookPayloadError(WebhookError):
+    """The body is not a well-formed event: bad JSON, missing fields, or no repository URL in it."""
+
+
+class WebhookTooLargeError(WebhookError):
+    """The body is larger than the accepted maximum (it is not read)."""
+
+    default_status = 413

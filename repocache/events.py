@@ -284,6 +284,24 @@ class Events:
         if self._hooks:
             self.emit(StaleEvent(url, key, time.time(), detail))
 
+    def marked_stale(self, url: str) -> None:
+        """A repository was marked stale: its next hit fetches whatever its age."""
+        logger.info("marked %s stale", url)
+
+    def background_fetch_failed(self, url: str, detail: str) -> None:
+        """A background fetch failed: logged for operators (its caller is gone, so no warning)."""
+        logger.warning("background fetch of %s failed; the cached copy is served until a fetch works: %s", url, detail)
+
+    def background_fetch_cancelled(self, url: str) -> None:
+        """A background fetch was cancelled by ``close()`` once its timeout had passed (not a failure)."""
+        logger.info("background fetch of %s cancelled by close()", url)
+
+    def background_fetches_left(self, count: int, timeout: float) -> None:
+        """``close()`` stopped waiting for background fetches still running; they finish on their own."""
+        logger.warning(
+            "%d background fetches still running %gs after close(); they finish on their own", count, timeout
+        )
+
     def evicted(self, url: str, key: str, size_bytes: int, reason: str) -> None:
         """A repository was removed from disk."""
         logger.info("evicted %s (%d bytes, %s)", url, size_bytes, reason)
@@ -326,6 +344,10 @@ class Events:
     def cold_problem(self, action: str, url: str, detail: object) -> None:
         """The cold store could not be used for ``action``; the cache carries on without it."""
         logger.warning("cold store: could not %s %s: %s", action, url, detail)
+
+    def fleet_wait(self, url: str, outcome: str, seconds: float) -> None:
+        """A miss waited for another host's clone of the same repository: ``outcome`` says how the wait ended."""
+        logger.info("waited %.2fs for another host's clone of %s: %s", seconds, url, outcome)
 
     def restore_unusable(self, url: str, detail: object) -> None:
         """A cold artifact could not be restored and the repository is cloned: logged, and warned to the caller."""

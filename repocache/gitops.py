@@ -49,7 +49,11 @@ __all__ = [
     "disk_usage",
     "fetch_mirror",
     "find_git",
+    "mirror_config",
+    "newest_commit_time",
     "open_repository",
+    "ref_tips",
+    "sanitize_restored_mirror",
     "sweep_mirror",
     "validate_mirror",
 ]
@@ -213,6 +217,9 @@ def _environment(url: RepoURL, options: GitOptions) -> dict[str, str]:
         # possibly while it is evicted. (libgit2 fetches never run it either.)
         ("gc.auto", "0"),
         ("maintenance.auto", "false"),
+        # No hooks and no filesystem monitor, whatever a config says: nothing the cache runs git on runs anything.
+        ("core.hooksPath", os.devnull),
+        ("core.fsmonitor", "false"),
     ]
     if url.has_credentials:
         token = base64.b64encode(f"{url.username or ''}:{url.password or ''}".encode()).decode("ascii")
@@ -442,6 +449,54 @@ def disk_usage(path: Path) -> int:
     return total
 
 
+def ref_tips(path: Path) -> dict[str, str]:
+    """Every ref of the mirror at ``path`` with what it points to, read from the files (no libgit2, no git).
+
+    Loose refs override ``packed-refs``, as git reads them; peeled lines (``^``) are skipped. Comparing the result
+    before and after a fetch says whether upstream changed, at the cost of reading ``packed-refs`` once (about
+    1 ms for a few thousand refs).
+    """
+    tips: dict[str, str] = {}
+    try:
+        with open(path / "packed-refs", encoding="utf-8", errors="replace") as packed:
+            for line in packed:
+                if line.startswith(("#", "^")):
+                    continue
+                target, _, name = line.rstrip("\n").partition(" ")
+                if name:
+                    tips[name] = target
+    except FileNotFoundError:
+        pass
+    refs = path / "refs"
+    for directory, _dirs, files in os.walk(refs):
+        for name in files:
+            if name.endswith(".lock"):
+                continue
+            file = Path(directory) / name
+            try:
+                tips[file.relative_to(path).as_posix()] = file.read_text(encoding="utf-8", errors="replace").strip()
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+    with contextlib.suppress(FileNotFoundError):
+        tips["HEAD"] = (path / "HEAD").read_text(encoding="utf-8", errors="replace").strip()
+    return tips
+
+
+def newest_commit_time(path: Path) -> float | None:
+    """The committer time of the commit HEAD points to in the mirror at ``path``; None when it has none."""
+    try:
+        repo = open_repository(path)
+    except pygit2.GitError:
+        return None
+    try:
+        commit = repo.head.peel(pygit2.Commit)
+        return float(commit.commit_time)
+    except (pygit2.GitError, KeyError, ValueError, AttributeError):
+        return None
+    finally:
+        repo.free()
+
+
 def sweep_mirror(path: Path) -> list[Path]:
     """Delete what a killed git or libgit2 leaves inside a mirror: temporary packs and stale ``*.lock`` files.
 
@@ -476,6 +531,72 @@ def sweep_mirror(path: Path) -> list[Path]:
     return removed
 
 
+# -- what a mirror may contain ------------------------------------------------------------------------------
+
+# A restored mirror keeps only these entries: the data git needs to serve refs and objects. Everything else can
+# change what git does (config, hooks/, info/grafts, info/attributes, commondir, shallow, worktrees/, remotes/,
+# branches/, ...) and comes from a cold store that other hosts can write to, so it is dropped.
+_MIRROR_DATA = frozenset({"HEAD", "objects", "refs", "packed-refs"})
+
+
+def mirror_config(url: RepoURL) -> str:
+    """The whole ``config`` of a mirror of ``url``, as ``git clone --mirror`` writes it (credential-free URL).
+
+    Nothing else belongs there: no URL rewriting, no commands, no hooks path, no alternates, no extensions.
+    """
+    value = url.fetch_url.replace("\\", "\\\\").replace('"', '\\"')
+    if value != value.strip() or any(c in value for c in ";#"):
+        value = f'"{value}"'  # quoted as git quotes it: otherwise ';' and '#' would start a comment
+    return (
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
+        f'[remote "origin"]\n\turl = {value}\n\tfetch = +refs/*:refs/*\n\tmirror = true\n'
+    )
+
+
+def ensure_mirror_config(path: Path, url: RepoURL) -> bool:
+    """Make the mirror's ``config`` exactly :func:`mirror_config`, atomically; True when it had to be rewritten.
+
+    Fetches call this first, so they never honour URL rewriting (``url.*.insteadOf``), commands
+    (``core.sshCommand``, ``core.fsmonitor``, ...) or a hooks path from a config the cache did not write. The
+    caller holds the repository's fetch lock (or owns the directory).
+    """
+    wanted = mirror_config(url)
+    config = path / "config"
+    try:
+        with open(config, encoding="utf-8", errors="replace") as current:
+            if current.read(len(wanted) + 1) == wanted:
+                return False
+    except FileNotFoundError:
+        pass
+    temporary = path / "config.lock"
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write(wanted)
+    os.replace(temporary, config)
+    return True
+
+
+def sanitize_restored_mirror(path: Path, url: RepoURL) -> None:
+    """Turn an unpacked cold-store artifact into data only: the mirror's refs and objects, and a fresh config.
+
+    Keeps ``HEAD``, ``refs/``, ``packed-refs`` and ``objects/`` (minus ``objects/info/``, where alternates and
+    http-alternates would borrow objects from elsewhere); drops everything else (``config``, ``hooks/``,
+    ``info/``, ``commondir``, ``shallow``, ``worktrees/``, ``remotes/``, ...), then writes the config a clone of
+    ``url`` has. Links were already refused by the unpacking.
+    """
+    with os.scandir(path) as entries:
+        doomed = [Path(entry.path) for entry in entries if entry.name not in _MIRROR_DATA]
+    doomed.append(path / "objects" / "info")
+    for item in doomed:
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                item.unlink()
+    (path / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    (path / "refs").mkdir(exist_ok=True)
+    ensure_mirror_config(path, url)
+
+
 # -- clone --------------------------------------------------------------------------------------------------
 
 
@@ -504,6 +625,10 @@ def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: Pro
     problem = validate_mirror(dest)
     if problem is not None:
         raise CloneError(url.url, f"the cloned repository {problem}")
+    try:
+        ensure_mirror_config(dest, url)  # libgit2 writes a config of its own; keep one form for every mirror
+    except OSError as exc:
+        raise CloneError(url.url, f"cannot write the mirror's config: {exc}") from None
     throttle.done()
 
 
@@ -564,18 +689,32 @@ def _adopt_upstream_head(repo: pygit2.Repository, remote: pygit2.Remote) -> None
 # -- fetch --------------------------------------------------------------------------------------------------
 
 
-def fetch_mirror(url: RepoURL, path: Path, options: GitOptions, *, progress: ProgressCallback | None = None) -> None:
+def fetch_mirror(
+    url: RepoURL,
+    path: Path,
+    options: GitOptions,
+    *,
+    progress: ProgressCallback | None = None,
+    prefer_cli: bool = False,
+) -> None:
     """Bring the mirror at ``path`` up to date with upstream: new objects, moved and force-pushed refs, pruned refs.
 
     The caller holds the repository's fetch lock. Readers may use the mirror meanwhile: refs move atomically and
-    packs are added before the refs that need them.
+    packs are added before the refs that need them. ``prefer_cli`` runs ``git fetch`` (when git is installed)
+    instead of libgit2 for every transport: slower for a no-op fetch, but out of process, so a fetch running in
+    a background thread does not compete with the caller's threads for the GIL.
 
     Raises:
         FetchError: upstream is unreachable or the transfer failed; the mirror still serves its previous state.
     """
     throttle = _Throttle(progress, url.url, "fetch", options.progress_interval)
     sweep_mirror(path)
-    use_cli = options.git is not None and url.scheme in ("ssh", "file")
+    try:
+        if ensure_mirror_config(path, url):
+            logger.info("rewrote the config of the mirror of %s to the one repocache writes", url.url)
+    except OSError as exc:
+        raise FetchError(url.url, f"cannot write the mirror's config: {exc}") from None
+    use_cli = options.git is not None and (prefer_cli or url.scheme in ("ssh", "file"))
     if use_cli:
         _run_git(
             [
@@ -731,7 +870,7 @@ def make_worktree(
         repo = pygit2.Repository(str(dest))  # opened after the alternates exist, so it reads the mirror's objects
         try:
             target = repo[commit].peel(pygit2.Commit)
-            repo.checkout_tree(target, strategy=pygit2.enums.CheckoutStrategy.FORCE)  # type: ignore[no-untyped-call]
+            _checkout_libgit2(repo, target.tree)
             if branch:
                 repo.branches.local.create(branch, target, force=True)
                 repo.set_head(f"refs/heads/{branch}")
@@ -745,6 +884,39 @@ def make_worktree(
             repo.free()
     except (pygit2.GitError, KeyError, OSError) as exc:
         raise GitError(url.url, f"checkout of {commit} failed: {scrub(str(exc))}") from None
+
+
+# A submodule `update = !command` line: git refuses it from .gitmodules (it is only honoured from .git/config);
+# libgit2 cannot parse it, and any submodule lookup fails, which fails the whole checkout.
+_UPDATE_COMMAND = re.compile(rb"^[ \t]*update[ \t]*=[ \t]*\"?!", re.IGNORECASE | re.MULTILINE)
+
+
+def _checkout_libgit2(repo: pygit2.Repository, tree: pygit2.Tree) -> None:
+    """Check ``tree`` out into the new repository's working tree and index with libgit2.
+
+    libgit2's checkout looks up every submodule (a gitlink) it creates the directory of, and the lookup reads
+    ``.gitmodules``; a ``update = !command`` entry there makes it fail, so a hostile upstream would block every
+    worktree on a host without git. Such a tree is checked out with a ``.gitmodules`` that lacks those lines
+    (written to the worktree's own object store, never the mirror), then the real file is put back and indexed:
+    the result is the tree as committed, and no command is run or configured.
+    """
+    strategy = pygit2.enums.CheckoutStrategy.FORCE
+    entry = tree[".gitmodules"] if ".gitmodules" in tree else None  # noqa: SIM401 - pygit2.Tree has no get()
+    original = bytes(entry.data) if isinstance(entry, pygit2.Blob) else b""
+    if not _UPDATE_COMMAND.search(original):
+        repo.checkout_tree(tree, strategy=strategy)  # type: ignore[no-untyped-call]
+        return
+    assert entry is not None
+    harmless = _UPDATE_COMMAND.sub(b"#", original)
+    builder = repo.TreeBuilder(tree)
+    builder.insert(".gitmodules", repo.create_blob(harmless), entry.filemode)
+    repo.checkout_tree(repo[builder.write()], strategy=strategy)  # type: ignore[no-untyped-call]
+    workdir = Path(repo.workdir)
+    (workdir / ".gitmodules").write_bytes(original)
+    index = repo.index
+    index.read()
+    index.add(".gitmodules")
+    index.write()
 
 
 def _init_borrowing(dest: Path, mirror: Path, url: RepoURL) -> None:

@@ -8,65 +8,88 @@ costs k small queries whatever the index size.
 
 The index is advisory about the disk: a process can die between a rename and the row update, so callers treat the
 directory as the truth for "is it there" and :meth:`RepoCache.verify` reconciles the two.
+
+The schema's version is the database's ``PRAGMA user_version``; opening an older index runs the missing steps of
+:data:`MIGRATIONS` in one transaction. A damaged file (not a database, truncated, corrupt pages) is moved aside as
+``index.sqlite.damaged-<time>`` and a fresh index is built from the mirrors on disk, by one process at a time; the
+cache reports it with one warning and in ``verify()``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 import psutil
 
-__all__ = ["COUNTERS", "Index", "Row"]
+from repocache import locks
+from repocache.errors import RepoCacheError
+
+__all__ = ["COUNTERS", "MIGRATIONS", "SCHEMA_VERSION", "Freshness", "Index", "Row"]
+
+logger = logging.getLogger("repocache")
 
 COUNTERS = ("hits", "misses", "clones", "fetches", "restores", "evictions", "fetch_errors")
-_SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS entries (
-    key TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL DEFAULT 0,
-    last_used REAL NOT NULL,
-    last_fetched REAL,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS entries_lru ON entries (last_used, key);
-CREATE TABLE IF NOT EXISTS history (
-    key TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    last_size INTEGER NOT NULL DEFAULT 0,
-    in_cold_store INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    key TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    pid INTEGER NOT NULL,
-    pid_started REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS totals (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    bytes INTEGER NOT NULL,
-    count INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO totals (id, bytes, count) VALUES (1, 0, 0);
-CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN
-    UPDATE totals SET bytes = bytes + NEW.size_bytes, count = count + 1 WHERE id = 1;
-END;
-CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries BEGIN
-    UPDATE totals SET bytes = bytes - OLD.size_bytes, count = count - 1 WHERE id = 1;
-END;
-CREATE TRIGGER IF NOT EXISTS entries_size AFTER UPDATE OF size_bytes ON entries BEGIN
-    UPDATE totals SET bytes = bytes - OLD.size_bytes + NEW.size_bytes WHERE id = 1;
-END;
-"""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 0 -> 1: the first schema. Written with IF NOT EXISTS, so roots made before the version was kept in
+    # user_version (they have the tables and user_version 0) pass through it unchanged.
+    (
+        "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, url TEXT NOT NULL, "
+        "size_bytes INTEGER NOT NULL DEFAULT 0, last_used REAL NOT NULL, last_fetched REAL, created REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS entries_lru ON entries (last_used, key)",
+        "CREATE TABLE IF NOT EXISTS history (key TEXT PRIMARY KEY, url TEXT NOT NULL, "
+        "last_size INTEGER NOT NULL DEFAULT 0, in_cold_store INTEGER NOT NULL DEFAULT 0)",
+        "CREATE TABLE IF NOT EXISTS reservations (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, "
+        "size_bytes INTEGER NOT NULL, pid INTEGER NOT NULL, pid_started REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS totals (id INTEGER PRIMARY KEY CHECK (id = 1), bytes INTEGER NOT NULL, "
+        "count INTEGER NOT NULL)",
+        "INSERT OR IGNORE INTO totals (id, bytes, count) VALUES (1, 0, 0)",
+        "CREATE TRIGGER IF NOT EXISTS entries_ins AFTER INSERT ON entries BEGIN "
+        "UPDATE totals SET bytes = bytes + NEW.size_bytes, count = count + 1 WHERE id = 1; END",
+        "CREATE TRIGGER IF NOT EXISTS entries_del AFTER DELETE ON entries BEGIN "
+        "UPDATE totals SET bytes = bytes - OLD.size_bytes, count = count - 1 WHERE id = 1; END",
+        "CREATE TRIGGER IF NOT EXISTS entries_size AFTER UPDATE OF size_bytes ON entries BEGIN "
+        "UPDATE totals SET bytes = bytes - OLD.size_bytes + NEW.size_bytes WHERE id = 1; END",
+        "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', '1')",
+    ),
+    # 1 -> 2: freshness per repository (stale marks, when the last good fetch began, when upstream last changed),
+    # apart from ``entries`` so that it outlives an eviction.
+    (
+        "CREATE TABLE IF NOT EXISTS freshness (key TEXT PRIMARY KEY, stale_since REAL, fetch_started REAL, "
+        "last_changed REAL)",
+    ),
+    # 2 -> 3: the cold store artifact this root last uploaded or restored per repository (fleet publishing).
+    (
+        "CREATE TABLE IF NOT EXISTS cold_published (key TEXT PRIMARY KEY, url TEXT NOT NULL, created REAL NOT NULL, "
+        "generation TEXT NOT NULL)",
+    ),
+)
+"""Migration steps: ``MIGRATIONS[n]`` takes an index from version ``n`` to ``n + 1``. Append, never edit."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this repocache writes (``PRAGMA user_version``)."""
+
+# SQLITE_CORRUPT and SQLITE_NOTADB: the file is damaged (unlike SQLITE_BUSY and the like, which pass).
+_DAMAGE_CODES = (11, 26)
+_DAMAGE_NOTE = "rebuilt_from"
+
+Adopt = Callable[[], Iterable[tuple[str, str, int]]]
+"""What a rebuilt index adopts: (key, url, size in bytes) of every valid mirror on disk."""
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -81,11 +104,79 @@ class Row:
     in_cold_store: bool
 
 
+@dataclass(frozen=True)
+class Freshness:
+    """What the index knows about a repository's freshness beyond its last fetch (table ``freshness``).
+
+    Attributes:
+        key: the repository key.
+        stale_since: epoch seconds of the newest :meth:`Index.mark_stale`, or None.
+        fetch_started: epoch seconds at which the last successful fetch (or clone) began, or None.
+        last_changed: epoch seconds at which upstream was last seen to change, or None when never observed.
+    """
+
+    key: str
+    stale_since: float | None
+    fetch_started: float | None
+    last_changed: float | None
+
+    @property
+    def marked_stale(self) -> bool:
+        """Whether a mark arrived that no successful fetch begun after it has consumed yet."""
+        if self.stale_since is None:
+            return False
+        return self.fetch_started is None or self.stale_since >= self.fetch_started
+
+
 def _process_started(pid: int) -> float:
     try:
         return float(psutil.Process(pid).create_time())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return -1.0
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """True when ``exc`` says the database file is damaged (not merely busy, locked or read-only)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _DAMAGE_CODES
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+def _recovering(method: Callable[Concatenate[Index, _P], _T]) -> Callable[Concatenate[Index, _P], _T]:
+    """Run ``method``; if the database turns out to be damaged, rebuild the index and run it once more."""
+
+    def wrapper(self: Index, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            self._recover(exc)
+        return method(self, *args, **kwargs)
+
+    wrapper.__name__ = method.__name__
+    wrapper.__doc__ = method.__doc__
+    return wrapper
+
+
+def _bump(db: sqlite3.Connection, name: str, amount: int = 1) -> None:
+    """Add ``amount`` to the counter ``name`` (created at 0 the first time)."""
+    db.execute(
+        "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+        (name, amount, amount),
+    )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:
@@ -106,32 +197,65 @@ def _set_wal(conn: sqlite3.Connection) -> None:
 
 
 class Index:
-    """Access to ``<root>/index.sqlite``; thread-safe (a connection per thread) and fork-safe."""
+    """Access to ``<root>/index.sqlite``; thread-safe (a connection per thread) and fork-safe.
 
-    def __init__(self, path: Path) -> None:
+    Args:
+        path: the database file.
+        lock_path: the lock file that makes one process at a time rebuild a damaged index (default: next to it).
+        adopt: what a rebuilt index starts with, called by the rebuilding process under that lock.
+    """
+
+    def __init__(self, path: Path, *, lock_path: Path | None = None, adopt: Adopt | None = None) -> None:
         self.path = path
+        self.lock_path = lock_path or path.with_name(path.name + ".lock")
+        self._adopt = adopt
         self._local = threading.local()
         self._pid_started = _process_started(os.getpid())
-        conn = self._conn()
-        conn.executescript(_SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
-        for name in COUNTERS:
-            conn.execute("INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", (name,))
+        self._open()
+
+    @_recovering
+    def _open(self) -> None:
+        self._migrate(self._conn())
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION` (one transaction; concurrent openers wait for it)."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise RepoCacheError(
+                    f"the index was written by a newer repocache (schema {version}; this one reads up to "
+                    f"{SCHEMA_VERSION}): upgrade repocache or use another root"
+                )
+            for step in MIGRATIONS[version:]:
+                for statement in step:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     # -- connections -------------------------------------------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        if conn is not None and self._local.pid == os.getpid() and self._local.file == _identity(self.path):
             return conn
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()  # the file was replaced (another process rebuilt a damaged index): use the new one
         conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        self._local.file = _identity(self.path)
         _set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         # An unbounded WAL grew to 950 MiB under two busy writers in our measurements: cap it.
         conn.execute("PRAGMA journal_size_limit=67108864")
         conn.execute("PRAGMA wal_autocheckpoint=1000")
-        self._local.conn = conn
-        self._local.pid = os.getpid()
         return conn
 
     class _Tx:
@@ -143,7 +267,11 @@ class Index:
             return self.conn
 
         def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                with contextlib.suppress(sqlite3.Error):  # a damaged file may refuse even the rollback
+                    self.conn.execute("ROLLBACK")
 
     def _transaction(self) -> Index._Tx:
         return Index._Tx(self._conn())
@@ -154,6 +282,95 @@ class Index:
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
         self._local.conn = None
+
+    # -- damage ------------------------------------------------------------------------------------------------
+
+    def _recover(self, exc: sqlite3.DatabaseError) -> None:
+        """Rebuild a damaged index, unless another process did it first; the damaged file is kept aside."""
+        self.close()
+        handle = locks.acquire(self.lock_path, shared=False, timeout=600.0)
+        if handle is None:
+            raise RepoCacheError(f"the index {self.path} is damaged ({exc}) and another process is rebuilding it")
+        with handle:
+            if self._healthy():
+                self._migrate(self._conn())
+                return  # rebuilt by another process while we waited for the lock
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+            adopted = self._build(self.path.with_name(f"{self.path.name}.rebuild-{stamp}"), aside, exc)
+            # The damaged file stays under its new name; the rebuilt one replaces it in one step, so every
+            # process sees either the damaged index or the whole rebuilt one, never an empty one.
+            with contextlib.suppress(FileNotFoundError):
+                os.link(self.path, aside)
+            for suffix in ("-wal", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(f"{self.path}{suffix}", f"{aside}{suffix}")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}-shm")
+            os.replace(self.path.with_name(f"{self.path.name}.rebuild-{stamp}"), self.path)
+        message = (
+            f"the repocache index {self.path} was damaged ({exc}); it was moved to {aside} and rebuilt from the "
+            f"{adopted} mirrors on disk"
+        )
+        logger.warning("%s", message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _build(self, path: Path, aside: Path, exc: sqlite3.DatabaseError) -> int:
+        """Write a fresh index to ``path`` holding every mirror on disk; returns how many it adopted."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            self._migrate(conn)
+            now = time.time()
+            adopted = 0
+            conn.execute("BEGIN IMMEDIATE")
+            for key, url, size in self._adopt() if self._adopt is not None else ():
+                conn.execute(
+                    "INSERT OR IGNORE INTO entries (key, url, size_bytes, last_used, last_fetched, created) "
+                    "VALUES (?, ?, ?, ?, NULL, ?)",
+                    (key, url, size, now, now),
+                )
+                adopted += 1
+            conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (_DAMAGE_NOTE, f"{aside}\t{exc}"))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        conn.close()
+        return adopted
+
+    def _healthy(self) -> bool:
+        """True when the file at :attr:`path` is a sound database (a fresh connection, full page check)."""
+        if not self.path.exists():
+            return False
+        try:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        except sqlite3.DatabaseError:
+            return False
+        try:
+            return bool(conn.execute("PRAGMA quick_check").fetchone()[0] == "ok")
+        except sqlite3.DatabaseError as exc:
+            return not _is_damage(exc)  # busy or locked is not damage: never rebuild a sound index over it
+        finally:
+            conn.close()
+
+    @_recovering
+    def damage_note(self) -> tuple[Path, str] | None:
+        """(where the damaged file was kept, what was wrong) when this index was rebuilt, until acknowledged."""
+        found = self._conn().execute("SELECT value FROM meta WHERE name = ?", (_DAMAGE_NOTE,)).fetchone()
+        if found is None:
+            return None
+        path, _tab, reason = str(found[0]).partition("\t")
+        return Path(path), reason
+
+    @_recovering
+    def acknowledge_damage(self) -> None:
+        """Forget the note left by a rebuild (the damaged file itself is kept)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM meta WHERE name = ?", (_DAMAGE_NOTE,))
 
     # -- reads ------------------------------------------------------------------------------------------------
 
@@ -166,11 +383,13 @@ class Index:
     def _row(values: tuple[str, str, int, float, float | None, int]) -> Row:
         return Row(values[0], values[1], values[2], values[3], values[4], bool(values[5]))
 
+    @_recovering
     def get(self, key: str) -> Row | None:
         """The row of ``key``, or None."""
         found = self._conn().execute(self._ROW_SQL + " WHERE e.key = ?", (key,)).fetchone()
         return None if found is None else self._row(found)
 
+    @_recovering
     def rows(self) -> list[Row]:
         """Every row, most recently used first."""
         cursor = self._conn().execute(self._ROW_SQL + " ORDER BY e.last_used DESC, e.key DESC")
@@ -180,20 +399,21 @@ class Index:
         """Rows from least to most recently used, read in small pages so a caller may delete as it goes."""
         after: tuple[float, str] = (float("-inf"), "")
         while True:
-            page = (
-                self._conn()
-                .execute(
-                    self._ROW_SQL + " WHERE (e.last_used, e.key) > (?, ?) ORDER BY e.last_used, e.key LIMIT ?",
-                    (*after, batch),
-                )
-                .fetchall()
-            )
-            for values in page:
-                yield self._row(values)
+            page = self._lru_page(after, batch)
+            yield from page
             if len(page) < batch:
                 return
-            after = (page[-1][3], page[-1][0])
+            after = (page[-1].last_used, page[-1].key)
 
+    @_recovering
+    def _lru_page(self, after: tuple[float, str], batch: int) -> list[Row]:
+        cursor = self._conn().execute(
+            self._ROW_SQL + " WHERE (e.last_used, e.key) > (?, ?) ORDER BY e.last_used, e.key LIMIT ?",
+            (*after, batch),
+        )
+        return [self._row(values) for values in cursor]
+
+    @_recovering
     def known_size(self, key: str) -> int:
         """The last measured size of ``key`` (on disk or evicted), 0 when never seen."""
         conn = self._conn()
@@ -202,20 +422,20 @@ class Index:
             found = conn.execute("SELECT last_size FROM history WHERE key = ?", (key,)).fetchone()
         return int(found[0]) if found else 0
 
+    @_recovering
     def totals(self) -> tuple[int, int]:
         """(bytes of all indexed mirrors, number of indexed mirrors)."""
         found = self._conn().execute("SELECT bytes, count FROM totals WHERE id = 1").fetchone()
         return int(found[0]), int(found[1])
 
-    def reserved_bytes(self, *, exclude: int | None = None) -> int:
+    @_recovering
+    def reserved_bytes(self) -> int:
         """Bytes reserved by clones in flight in live processes (reservations of dead processes are dropped)."""
         conn = self._conn()
         rows = conn.execute("SELECT id, size_bytes, pid, pid_started FROM reservations").fetchall()
         total = 0
         dead = []
         for ident, size, pid, started in rows:
-            if ident == exclude:
-                continue
             if _process_started(pid) != started:
                 dead.append(ident)
             else:
@@ -224,24 +444,28 @@ class Index:
             conn.executemany("DELETE FROM reservations WHERE id = ?", [(d,) for d in dead])
         return total
 
+    @_recovering
     def counters(self) -> dict[str, int]:
         """The shared counters by name."""
         return dict(self._conn().execute("SELECT name, value FROM counters").fetchall())
 
     # -- writes -----------------------------------------------------------------------------------------------
 
+    @_recovering
     def touch(self, key: str, now: float, *, counter: str | None = "hits") -> None:
         """Mark ``key`` used at ``now`` and count the hit."""
         with self._transaction() as db:
             db.execute("UPDATE entries SET last_used = ? WHERE key = ?", (now, key))
             if counter:
-                db.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (counter,))
+                _bump(db, counter)
 
+    @_recovering
     def count(self, name: str, amount: int = 1) -> None:
         """Add ``amount`` to a counter."""
         with self._transaction() as db:
-            db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (amount, name))
+            _bump(db, name, amount)
 
+    @_recovering
     def put(
         self,
         key: str,
@@ -269,22 +493,77 @@ class Index:
                 (key, url, size_bytes, now, now if fetched else None, now),
             )
             if counter:
-                db.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (counter,))
+                _bump(db, counter)
 
-    def fetched(self, key: str, size_bytes: int, finished: float) -> None:
-        """Record a successful fetch that finished at ``finished`` and the new size."""
+    @_recovering
+    def fetched(
+        self,
+        key: str,
+        size_bytes: int,
+        finished: float,
+        *,
+        started: float | None = None,
+        changed: float | None = None,
+    ) -> None:
+        """Record a successful fetch that finished at ``finished`` and the new size.
+
+        ``started`` (when the fetch began) consumes the stale marks older than it; ``changed`` records that the
+        fetch moved refs, as the time upstream was last seen to change.
+        """
         with self._transaction() as db:
             db.execute(
                 "UPDATE entries SET last_fetched = ?, size_bytes = ? WHERE key = ?",
                 (finished, size_bytes, key),
             )
-            db.execute("UPDATE counters SET value = value + 1 WHERE name = 'fetches'")
+            _bump(db, "fetches")
+            if started is not None:
+                self._record_fetch(db, key, started, changed)
 
+    @staticmethod
+    def _record_fetch(db: sqlite3.Connection, key: str, started: float, changed: float | None) -> None:
+        db.execute(
+            "INSERT INTO freshness (key, fetch_started, last_changed) VALUES (?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET fetch_started = excluded.fetch_started, "
+            "last_changed = MAX(COALESCE(freshness.last_changed, excluded.last_changed), "
+            "COALESCE(excluded.last_changed, freshness.last_changed))",
+            (key, started, changed),
+        )
+
+    @_recovering
+    def freshness(self, key: str) -> Freshness | None:
+        """The freshness row of ``key``, or None."""
+        found = (
+            self._conn()
+            .execute("SELECT key, stale_since, fetch_started, last_changed FROM freshness WHERE key = ?", (key,))
+            .fetchone()
+        )
+        return None if found is None else Freshness(*found)
+
+    @_recovering
+    def mark_stale(self, key: str, now: float) -> bool:
+        """Mark ``key`` stale as of ``now`` if it is indexed; returns whether it is."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO freshness (key, stale_since) SELECT key, ? FROM entries WHERE key = ? "
+                "ON CONFLICT (key) DO UPDATE SET stale_since = MAX(COALESCE(freshness.stale_since, 0), "
+                "excluded.stale_since)",
+                (now, key),
+            )
+            return cursor.rowcount > 0
+
+    @_recovering
+    def cloned(self, key: str, started: float, changed: float | None) -> None:
+        """Record that a clone begun at ``started`` brought ``key`` up to date (``changed``: its newest commit)."""
+        with self._transaction() as db:
+            self._record_fetch(db, key, started, changed)
+
+    @_recovering
     def set_size(self, key: str, size_bytes: int) -> None:
         """Correct the recorded size of ``key``."""
         with self._transaction() as db:
             db.execute("UPDATE entries SET size_bytes = ? WHERE key = ?", (size_bytes, key))
 
+    @_recovering
     def remove(self, key: str, *, counter: str | None = "evictions") -> None:
         """Drop ``key``'s row, remembering its size (and URL) so a later clone can make room first."""
         with self._transaction() as db:
@@ -298,8 +577,9 @@ class Index:
             )
             db.execute("DELETE FROM entries WHERE key = ?", (key,))
             if counter:
-                db.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (counter,))
+                _bump(db, counter)
 
+    @_recovering
     def remember_size(self, key: str, url: str, size_bytes: int) -> None:
         """Remember the size of a repository that is not on disk, so a later clone can make room first."""
         with self._transaction() as db:
@@ -309,6 +589,7 @@ class Index:
                 (key, url, size_bytes),
             )
 
+    @_recovering
     def set_in_cold_store(self, key: str, url: str, value: bool, *, size_bytes: int | None = None) -> None:
         """Remember whether the cold store holds ``key`` (and the mirror size its manifest gives)."""
         with self._transaction() as db:
@@ -319,6 +600,30 @@ class Index:
                 (key, url, size_bytes or 0, int(value), size_bytes),
             )
 
+    @_recovering
+    def set_published(self, key: str, url: str, created: float, generation: str) -> None:
+        """Remember the cold store artifact this root last uploaded or restored for ``key`` (and when it was made)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO cold_published (key, url, created, generation) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET url = excluded.url, created = excluded.created, "
+                "generation = excluded.generation",
+                (key, url, created, generation),
+            )
+
+    @_recovering
+    def published(self, key: str) -> tuple[float, str] | None:
+        """(created, generation) of the artifact recorded by :meth:`set_published`, or None."""
+        found = self._conn().execute("SELECT created, generation FROM cold_published WHERE key = ?", (key,)).fetchone()
+        return None if found is None else (float(found[0]), str(found[1]))
+
+    @_recovering
+    def forget_published(self, key: str) -> None:
+        """Forget the artifact of ``key`` (it was pruned from the store)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM cold_published WHERE key = ?", (key,))
+
+    @_recovering
     def reserve(self, key: str, size_bytes: int) -> int:
         """Reserve ``size_bytes`` for a clone of ``key`` by this process; returns the reservation id."""
         with self._transaction() as db:
@@ -328,15 +633,13 @@ class Index:
             )
             return int(cursor.lastrowid or 0)
 
+    @_recovering
     def unreserve(self, ident: int) -> None:
         """Drop a reservation."""
         with self._transaction() as db:
             db.execute("DELETE FROM reservations WHERE id = ?", (ident,))
 
+    @_recovering
     def checkpoint(self) -> None:
         """Fold the WAL back into the database and truncate it."""
         self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def now(self) -> float:
-        """The clock used for recency (wall time, comparable across processes)."""
-        return time.time()

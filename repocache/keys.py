@@ -1,9 +1,10 @@
 """URL normalization and the on-disk key of a repository.
 
 One repository, one entry: ``https://Host/a/b.git/``, ``https://user:token@host/a/b`` and ``https://host/a/b``
-are the same repository; so are ``git@host:a/b`` and ``ssh://git@host/a/b``. The normalized URL is the identity
-shown to users and matched by pins; the key is a file name derived from it that cannot name a path outside the
-cache root (it contains no separator, never starts with a dot, and ends with a hash of the URL).
+are the same repository; so are ``git@host:/a/b`` and ``ssh://git@host/a/b``, and ``git@host:a/b``,
+``git@host:~/a/b`` and ``ssh://git@host/~/a/b`` (home-relative, as git reads them: not ``/a/b``). The normalized
+URL is the identity shown to users and matched by pins; the key is a file name derived from it that cannot name a
+path outside the cache root (it contains no separator, never starts with a dot, and ends with a hash of the URL).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from urllib.parse import unquote, urlsplit
 
 from repocache.errors import InvalidURLError
 
-__all__ = ["RepoURL", "normalize_url", "scrub"]
+__all__ = ["MAX_URL_LENGTH", "RepoURL", "normalize_url", "scrub"]
+
+MAX_URL_LENGTH = 4096
+"""The longest URL or path accepted, in characters (Linux's PATH_MAX; git hosts accept far less)."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22}
 _SCHEME_ALIASES = {"git+ssh": "ssh", "ssh+git": "ssh"}
@@ -111,6 +115,14 @@ def _normalize_host(host: str, url: str) -> str:
     return ascii_host
 
 
+def _check_length(url: str) -> None:
+    if len(url) > MAX_URL_LENGTH:
+        shown = scrub(url[:80]).encode("unicode_escape").decode("ascii")
+        raise InvalidURLError(
+            f"{shown}... ({len(url)} characters)", f"URLs and paths are limited to {MAX_URL_LENGTH} characters"
+        )
+
+
 def _local(path: str, original: str) -> RepoURL:
     if not path:
         raise _reject(original, "empty path")
@@ -123,6 +135,26 @@ def _local(path: str, original: str) -> RepoURL:
     )
 
 
+def _scp_like(text: str, user: str | None, host: str, path: str) -> RepoURL:
+    """``[user@]host:path`` with git's meaning: ``path`` is absolute if it starts with ``/``, ``~`` (``~user``)
+    names a home directory, and anything else is relative to the ssh user's home directory.
+
+    The identity of a home-relative path is its ``ssh://host/~/path`` spelling, which names the same repository
+    (and is never an absolute one's); git is given the scp-like form as written, so ssh receives the same path.
+    """
+    login = f"{user}@" if user else ""
+    if path.startswith("/"):
+        return normalize_url(f"ssh://{login}{host}{path}")
+    if path.startswith("~"):
+        return normalize_url(f"ssh://{login}{host}/{path}")
+    if not path.strip("/"):
+        raise _reject(text, "the URL names no repository path; " + _ACCEPTED)
+    parsed = normalize_url(f"ssh://{login}{host}/~/{path}")
+    relative = parsed.fetch_url.split("/~/", 1)[1]
+    netloc = parsed.fetch_url[len("ssh://") :].split("/", 1)[0]
+    return RepoURL(url=parsed.url, fetch_url=f"{netloc}:{relative}", key=parsed.key, scheme="ssh")
+
+
 def normalize_url(url: str | os.PathLike[str]) -> RepoURL:
     """Parse and normalize a repository URL or local path.
 
@@ -133,13 +165,19 @@ def normalize_url(url: str | os.PathLike[str]) -> RepoURL:
         The normalized form with its key.
 
     Raises:
-        InvalidURLError: the URL is empty, malformed, uses a transport helper (``ext::``, ``fd::``), starts with
-            ``-`` (option injection), contains control characters or ``..`` segments, or has an unsupported scheme.
+        InvalidURLError: the URL is empty, longer than :data:`MAX_URL_LENGTH`, malformed, uses a transport helper
+            (``ext::``, ``fd::``), starts with ``-`` (option injection), contains control characters or ``..``
+            segments, or has an unsupported scheme.
     """
     if isinstance(url, os.PathLike):
-        return _local(os.fspath(url), os.fspath(url))
+        url = os.fspath(url)
+        if not isinstance(url, str):
+            raise InvalidURLError(repr(url), "expected a text path, got bytes")
+        _check_length(url)
+        return _local(url, url)
     if not isinstance(url, str):
         raise InvalidURLError(repr(url), f"expected a str or os.PathLike, got {type(url).__name__}")
+    _check_length(url)
     text = url.strip()
     if not text:
         raise InvalidURLError(url, "the URL is empty; " + _ACCEPTED)
@@ -156,11 +194,7 @@ def normalize_url(url: str | os.PathLike[str]) -> RepoURL:
     if scheme_match is None:
         scp = _SCP_LIKE.match(text)
         if scp and not os.path.exists(text) and not text.startswith(("/", ".", "~")) and len(scp["host"]) > 1:
-            user = f"{scp['user']}@" if scp["user"] else ""
-            path = scp["path"]
-            if not path.startswith("/") and not path.startswith("~"):
-                path = "/" + path
-            return normalize_url(f"ssh://{user}{scp['host']}{path}")
+            return _scp_like(text, scp["user"], scp["host"], scp["path"])
         return _local(text, text)
 
     scheme = _SCHEME_ALIASES.get(scheme_match.group(1).lower(), scheme_match.group(1).lower())

@@ -5,7 +5,7 @@ Layout of a cache root::
     <root>/index.sqlite          the LRU index (WAL), shared by every process
     <root>/repos/<key>/          bare mirrors, each published by one atomic rename
     <root>/staging/<key>.<id>/   clones and restores in progress (swept under the repository's lock)
-    <root>/staging/<key>.<id>.upload   a cold-store upload being packed
+    <root>/staging/<key>.<id>.upload   a cold-store upload: a hard-linked snapshot being published, or a packed file
     <root>/trash/<key>.<id>/     evicted mirrors being deleted (renamed out first, so nobody sees half a repo)
     <root>/worktrees/<key>.<id>/ temporary working trees, each beside its lock file ``<key>.<id>.lock``
     <root>/locks/<key>.lock      shared by readers, exclusive for clone and eviction
@@ -146,7 +146,7 @@ class Layout:
         return self.staging / _unique(key)
 
     def new_upload(self, key: str) -> Path:
-        """A fresh file name for packing ``key`` for the cold store."""
+        """A fresh name for a cold-store upload of ``key``: a snapshot directory, or a file packed for a plain store."""
         return self.staging / (_unique(key) + ".upload")
 
     def new_trash(self, key: str) -> Path:

@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from repocache import gitops, locks
@@ -18,15 +19,21 @@ from repocache.context import Context
 from repocache.errors import InvalidURLError
 from repocache.index import Row
 from repocache.keys import normalize_url
-from repocache.layout import ExclusiveHold, key_of, listing, remove
+from repocache.layout import ExclusiveHold, Layout, key_of, listing, remove
 from repocache.models import Problem
 
-__all__ = ["sweep_locks", "verify"]
+__all__ = ["mirror_url", "mirrors_on_disk", "sweep_locks", "verify"]
 
 
 def verify(context: Context, budget: Budget, repair: bool) -> list[Problem]:
     """Compare the index with the disk, and find debris; with ``repair``, fix what is found."""
     problems: list[Problem] = []
+    damage = context.index.damage_note()
+    if damage is not None:
+        if repair:
+            context.index.acknowledge_damage()
+        detail = f"the index was damaged ({damage[1]}) and rebuilt from the mirrors on disk; the file is kept"
+        problems.append(Problem("index", "index.sqlite", damage[0], detail, repair))
     indexed = {row.key: row for row in context.index.rows()}
     on_disk = context.layout.mirror_keys()
     for key in [*indexed, *sorted(on_disk - set(indexed))]:
@@ -72,7 +79,7 @@ def _verify_one(context: Context, budget: Budget, hold: ExclusiveHold, row: Row 
             budget.evict_locked(hold, row, reason="invalid")
         return [Problem("invalid", key, mirror, f"the mirror {problem}", repair)]
     if row is None:
-        url = mirror_url(context, mirror)
+        url = mirror_url(context.layout, mirror)
         if repair and url is not None:
             context.index.put(key, url, gitops.disk_usage(mirror), time.time(), counter=None, fetched=False)
         elif repair:
@@ -86,7 +93,16 @@ def _verify_one(context: Context, budget: Budget, hold: ExclusiveHold, row: Row 
     return []
 
 
-def mirror_url(context: Context, mirror: Path) -> str | None:
+def mirrors_on_disk(layout: Layout) -> Iterator[tuple[str, str, int]]:
+    """(key, URL, size) of every valid mirror under ``repos/``: what an index rebuilt after damage adopts."""
+    for entry in listing(layout.repos):
+        mirror = Path(entry.path)
+        url = mirror_url(layout, mirror) if gitops.validate_mirror(mirror) is None else None
+        if url is not None:
+            yield entry.name, url, gitops.disk_usage(mirror)
+
+
+def mirror_url(layout: Layout, mirror: Path) -> str | None:
     """The normalized upstream URL of a mirror, read from its config (which never holds credentials)."""
     try:
         repo = gitops.open_repository(mirror)
@@ -98,7 +114,7 @@ def mirror_url(context: Context, mirror: Path) -> str | None:
         return None
     finally:
         repo.free()
-    return parsed.url if context.layout.mirror(parsed.key) == mirror else None
+    return parsed.url if layout.mirror(parsed.key) == mirror else None
 
 
 def _verify_debris(context: Context, repair: bool) -> list[Problem]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from repocache import gitops
 from repocache.budget import Budget
+from repocache.cold.base import Manifest
 from repocache.cold.tier import ColdTier
 from repocache.context import Context
 from repocache.errors import BudgetError
@@ -49,10 +50,34 @@ def materialize(
             wait (:class:`~repocache.budget.RoomWait`) and try again.
         CloneError: no source could produce a valid mirror.
     """
-    key = hold.key
-    started = time.perf_counter()
     sweep_staging(context, hold)
     manifest = cold.manifest(parsed) if cold is not None else None
+    claim = None
+    if cold is not None and manifest is None:
+        manifest, claim = cold.claim(parsed)  # one clone for the fleet: clone (holding the lease) or restore
+    try:
+        source = _fill(context, budget, cold, hold, parsed, progress, manifest, holding)
+    except BaseException:
+        if claim is not None:
+            claim.release()
+        raise
+    if cold is not None:
+        cold.materialized(parsed, source, manifest, claim)
+    return source
+
+
+def _fill(
+    context: Context,
+    budget: Budget,
+    cold: ColdTier | None,
+    hold: ExclusiveHold,
+    parsed: RepoURL,
+    progress: gitops.ProgressCallback | None,
+    manifest: Manifest | None,
+    holding: Sequence[Held],
+) -> Source:
+    key = hold.key
+    started = time.perf_counter()
     known = max(context.index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
     reservation = budget.make_room(parsed, known, holding)
     staging = context.layout.new_staging(key)

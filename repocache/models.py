@@ -91,7 +91,9 @@ class Problem:
 
     Attributes:
         kind: ``"missing"`` (indexed, not on disk), ``"orphan"`` (on disk, not indexed), ``"invalid"`` (on disk
-            but not a usable mirror), ``"size"`` (recorded size is wrong), ``"leftover"`` (staging or trash debris).
+            but not a usable mirror), ``"size"`` (recorded size is wrong), ``"leftover"`` (staging or trash debris),
+            ``"index"`` (the index file was damaged and rebuilt from the disk; ``path`` is where the damaged file
+            was kept; ``verify(repair=True)`` acknowledges it).
         key: the repository key or leftover name.
         path: the path concerned.
         detail: a sentence describing the problem.

@@ -5,7 +5,12 @@
 | root             | $REPOCACHE_DIR, else the user cache dir | a directory path                           |
 | max_bytes        | None (no limit)              | int >= 0, or "500MiB", "20GB", "1.5 GiB", "4096"      |
 | min_free_bytes   | 0                            | same forms as max_bytes                               |
-| fetch_ttl        | 0.0                          | finite seconds >= 0                                   |
+| fetch_ttl        | 0.0                          | finite seconds >= 0, or "auto" (the adaptive schedule) |
+| fetch_ttl_min    | 60.0                         | finite seconds >= 0: the shortest "auto" interval     |
+| fetch_ttl_max    | 28800.0 (8 h)                | finite seconds >= fetch_ttl_min: the longest one      |
+| refresh          | "foreground"                 | "foreground" or "background" (stale-while-revalidate) |
+| max_stale        | 3600.0                       | finite seconds >= 0, or None (no bound): how far past  |
+|                  |                              | its TTL a hit may be and still be served at once       |
 | lock_timeout     | 600.0                        | finite seconds >= 0                                   |
 | on_fetch_error   | "warn"                       | "warn" or "raise"                                     |
 | connect_timeout  | 30.0                         | finite seconds > 0                                    |
@@ -13,6 +18,8 @@
 | cold_min_bytes   | 0                            | same forms as max_bytes                               |
 | cold_compression | "none"                       | "none" or "zstd" (``repocache.cold.COMPRESSIONS``)    |
 | cold_retention   | None (keep forever)          | finite seconds >= 0                                   |
+| cold_publish     | "off"                        | "off", "clone" or "always" (``PUBLISH_MODES``)        |
+| cold_publish_after | 3600.0                     | finite seconds >= 0                                   |
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ import platformdirs
 
 from repocache.errors import ConfigError
 
-__all__ = ["Settings", "default_root", "parse_bytes", "parse_seconds"]
+__all__ = ["PUBLISH_MODES", "Settings", "default_root", "parse_bytes", "parse_seconds"]
+
+PUBLISH_MODES = ("off", "clone", "always")
+"""When mirrors are uploaded to the cold store besides evictions: never, after a clone, or also after fetches."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
 _FACTORS = {
@@ -111,6 +121,7 @@ def default_root() -> Path:
 
 
 _ON_FETCH_ERROR = ("warn", "raise")
+_REFRESH_MODES = ("foreground", "background")
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,13 @@ class Settings:
     cold_min_bytes: int
     cold_compression: str
     cold_retention: float | None
+    adaptive: bool = False
+    fetch_ttl_min: float = 60.0
+    fetch_ttl_max: float = 28800.0
+    refresh: str = "foreground"
+    max_stale: float | None = 3600.0
+    cold_publish: str = "off"
+    cold_publish_after: float = 3600.0
 
     @classmethod
     def parse(
@@ -138,6 +156,12 @@ class Settings:
         cold_min_bytes: object,
         cold_compression: object,
         cold_retention: object,
+        fetch_ttl_min: object = 60.0,
+        fetch_ttl_max: object = 28800.0,
+        refresh: object = "foreground",
+        max_stale: object = 3600.0,
+        cold_publish: object = "off",
+        cold_publish_after: object = 3600.0,
     ) -> Settings:
         """Validate every setting.
 
@@ -151,15 +175,34 @@ class Settings:
         if cold_compression not in COMPRESSIONS:
             expected = " or ".join(repr(name) for name in COMPRESSIONS)
             raise ConfigError(f"cold_compression={cold_compression!r} is not accepted; expected {expected}")
+        if refresh not in _REFRESH_MODES:
+            raise ConfigError(f"refresh={refresh!r} is not accepted; expected 'foreground' or 'background'")
+        shortest = parse_seconds("fetch_ttl_min", fetch_ttl_min)
+        longest = parse_seconds("fetch_ttl_max", fetch_ttl_max)
+        if longest < shortest:
+            raise ConfigError(f"fetch_ttl_max={fetch_ttl_max!r} is below fetch_ttl_min={fetch_ttl_min!r}")
+        adaptive = isinstance(fetch_ttl, str) and fetch_ttl == "auto"
+        if isinstance(fetch_ttl, str) and not adaptive:
+            raise ConfigError(f"fetch_ttl={fetch_ttl!r} is not accepted; expected finite seconds >= 0 or 'auto'")
+        if cold_publish not in PUBLISH_MODES:
+            expected = ", ".join(repr(name) for name in PUBLISH_MODES)
+            raise ConfigError(f"cold_publish={cold_publish!r} is not accepted; expected one of {expected}")
         return cls(
             max_bytes=parse_bytes("max_bytes", max_bytes, allow_none=True),
             min_free_bytes=parse_bytes("min_free_bytes", min_free_bytes, allow_none=False) or 0,
-            fetch_ttl=parse_seconds("fetch_ttl", fetch_ttl),
+            fetch_ttl=shortest if adaptive else parse_seconds("fetch_ttl", fetch_ttl),
             lock_timeout=parse_seconds("lock_timeout", lock_timeout),
             on_fetch_error=str(on_fetch_error),
             cold_min_bytes=parse_bytes("cold_min_bytes", cold_min_bytes, allow_none=False) or 0,
             cold_compression=str(cold_compression),
             cold_retention=None if cold_retention is None else parse_seconds("cold_retention", cold_retention),
+            adaptive=adaptive,
+            fetch_ttl_min=shortest,
+            fetch_ttl_max=longest,
+            refresh=str(refresh),
+            max_stale=None if max_stale is None else parse_seconds("max_stale", max_stale),
+            cold_publish=str(cold_publish),
+            cold_publish_after=parse_seconds("cold_publish_after", cold_publish_after),
         )
 
     @property

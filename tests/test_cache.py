@@ -368,14 +368,20 @@ def test_closed_cache_refuses_work(cache_root: Path) -> None:
         cache.entries()
 
 
-def test_a_fetch_never_starts_gc_behind_the_locks(cache: RepoCache, upstreams: UpstreamFactory) -> None:
+def test_a_fetch_never_starts_gc_behind_the_locks(
+    cache: RepoCache, upstreams: UpstreamFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """git's automatic gc after a fetch would run detached, outside the repository's locks (repacking under readers,
     after the size was recorded, maybe during an eviction): the cache's fetches must not start it."""
     upstream = upstreams.create("no-auto-gc")
     with cache.checkout(upstream.url) as co:
         mirror = co.path
+    # In the user's git config (a mirror's own config is the cache's and is put back before every fetch).
+    user_config = tmp_path / "xdg" / "git" / "config"
+    user_config.parent.mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     for key, value in (("fetch.unpackLimit", "1"), ("gc.autoPackLimit", "1"), ("gc.autoDetach", "false")):
-        subprocess.run(["git", "config", key, value], cwd=mirror, check=True)  # each fetch a pack; gc at two
+        subprocess.run(["git", "config", "--file", str(user_config), key, value], check=True)  # a pack per fetch
     for round_number in range(3):
         upstream.commits(3, size=500 + round_number)
         with cache.checkout(upstream.url) as co:

@@ -273,11 +273,11 @@ def test_get_json_prints_the_entry(run: Run, upstream: Path) -> None:
     assert entry["last_fetched"] is not None and entry["last_used"] >= entry["last_fetched"]
 
 
-def test_get_of_missing_upstream_exits_3(run: Run, tmp_path: Path) -> None:
-    missing = tmp_path / "no-such-repo.git"
-    result = run("get", str(missing), check=3)
+@pytest.mark.parametrize("spelling", ["no-such-repo.git", "not a url"])
+def test_get_of_a_local_path_that_does_not_exist_is_invalid_input(run: Run, tmp_path: Path, spelling: str) -> None:
+    result = run("get", spelling, check=2)
     assert result.stdout == ""
-    assert_one_error_line(result.stderr, "clone of", str(missing))
+    assert_one_error_line(result.stderr, "invalid repository URL", str(tmp_path / spelling), "does not exist")
     assert ls_json(run) == []
     assert list((tmp_path / "cache" / "staging").iterdir()) == []
 
@@ -312,7 +312,8 @@ def test_invalid_settings_exit_2_naming_the_setting(run: Run, tmp_path: Path) ->
 
 
 def test_verbose_error_shows_the_traceback(run: Run, tmp_path: Path) -> None:
-    result = run("-v", "get", str(tmp_path / "missing"), check=3)
+    (tmp_path / "not-a-repository").mkdir()
+    result = run("-v", "get", str(tmp_path / "not-a-repository"), check=3)
     assert "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("repocache: error: clone of")
 
@@ -659,3 +660,60 @@ def test_interrupt_exits_130_and_stops_git(run: Run, cli_env: dict[str, str], tm
     assert stderr.strip() == "repocache: interrupted"
     assert ls_json(run) == []
     assert list((tmp_path / "cache" / "staging").iterdir()) == []
+
+
+# -- publishing and the cold store ---------------------------------------------------------------------------------
+
+
+def test_publish_uploads_for_another_host_and_cold_ls_lists_it(
+    run: Run, make_upstream: MakeUpstream, tmp_path: Path
+) -> None:
+    first, second = make_upstream("first"), make_upstream("second")
+    cold = f"file://{tmp_path / 'cold'}"
+    out = run("--cold-store", cold, "publish", str(first), str(second), check=0).stdout.splitlines()
+    assert [line.split()[:2] for line in out] == [["published", f"file://{first}"], ["published", f"file://{second}"]]
+    listed = json.loads(run("--cold-store", cold, "cold", "ls", "--json", check=0).stdout)
+    assert {m["url"] for m in listed} == {f"file://{first}", f"file://{second}"}
+    assert all(m["sha256"] and m["size_bytes"] > 0 and m["generation"] for m in listed)
+    table = run("cold", "ls", env={"REPOCACHE_COLD_STORE": cold}, check=0).stdout.splitlines()
+    assert table[0].split() == ["URL", "SIZE", "MIRROR", "CREATED", "REFS", "COMPRESSION"] and len(table) == 3
+    other = {"REPOCACHE_DIR": str(tmp_path / "other-host"), "REPOCACHE_COLD_STORE": cold}
+    run("get", str(first), env=other, check=0)
+    assert json.loads(run("stats", "--json", env=other, check=0).stdout)["restores"] == 1
+
+
+def test_ls_json_shows_the_cold_store_beside_the_entries(run: Run, make_upstream: MakeUpstream, tmp_path: Path) -> None:
+    here, elsewhere = make_upstream("here"), make_upstream("elsewhere")
+    cold = f"file://{tmp_path / 'cold'}"
+    run("--cold-store", cold, "--root", str(tmp_path / "another-host"), "publish", str(elsewhere), check=0)
+    run("--cold-store", cold, "get", str(here), check=0)
+    entries = ls_json(run, "--cold-store", cold)
+    assert [(e["url"], e["path"] is not None, e["cold"] is not None) for e in entries] == [
+        (f"file://{here}", True, False),
+        (f"file://{elsewhere}", False, True),
+    ]
+    assert entries[1]["cold"]["url"] == f"file://{elsewhere}" and entries[1]["size_bytes"] > 0
+    assert set(entries[0]) == set(entries[1])
+    assert "cold" not in ls_json(run)[0]  # without a cold store the entries are as before
+
+
+def test_cold_prune_deletes_by_size_and_prints_the_urls(run: Run, make_upstream: MakeUpstream, tmp_path: Path) -> None:
+    old, new = make_upstream("old"), make_upstream("new")
+    cold = f"file://{tmp_path / 'cold'}"
+    run("--cold-store", cold, "publish", str(old), check=0)
+    run("--cold-store", cold, "publish", str(new), check=0)
+    result = run("--cold-store", cold, "cold", "prune", "--keep-bytes", "1", check=0)
+    assert result.stdout.splitlines() == [f"file://{old}", f"file://{new}"]
+    assert "pruned 2 artifacts" in result.stderr
+    assert json.loads(run("--cold-store", cold, "cold", "ls", "--json", check=0).stdout) == []
+
+
+def test_cold_commands_without_a_cold_store_exit_2(run: Run, upstream: Path) -> None:
+    assert_one_error_line(run("cold", "ls", check=2).stderr, "cold store", "--cold-store")
+    assert_one_error_line(run("publish", str(upstream), check=2).stderr, "cold store")
+
+
+def test_cold_publish_option_publishes_every_clone(run: Run, upstream: Path, tmp_path: Path) -> None:
+    cold = f"file://{tmp_path / 'cold'}"
+    run("--cold-store", cold, "--cold-publish", "clone", "get", str(upstream), check=0)
+    assert len(json.loads(run("--cold-store", cold, "cold", "ls", "--json", check=0).stdout)) == 1

@@ -242,7 +242,13 @@ def test_round_trip_restores_an_identical_mirror(backend: Backend, tmp_path: Pat
     assert backend.names("repo-1") == [stored.generation + ".json", stored.generation + suffix]
 
     restore(store, stored, tmp_path / "restored")
-    assert tree_of(tmp_path / "restored") == tree_of(mirror)
+    packed_part = {
+        name: content
+        for name, content in tree_of(mirror).items()
+        if name.split("/")[0] in ("HEAD", "config", "objects", "packed-refs", "refs")
+        and not name.startswith("objects/info")
+    }
+    assert tree_of(tmp_path / "restored") == packed_part  # the data, and the config older readers expect
     repo = pygit2.Repository(str(tmp_path / "restored"))
     assert str(repo.head.target) == commit
     assert sorted(repo.references) == ["refs/heads/main", "refs/tags/v1"]
@@ -265,7 +271,7 @@ def test_packing_leaves_out_leftovers_of_interrupted_git_operations(tmp_path: Pa
 def test_packing_refuses_a_mirror_with_a_symlink(tmp_path: Path) -> None:
     mirror = tmp_path / "mirror.git"
     make_mirror(mirror)
-    (mirror / "evil").symlink_to("/etc/passwd")
+    (mirror / "refs" / "evil").symlink_to("/etc/passwd")
     with pytest.raises(ColdStoreError, match="not a regular file"):
         pack(mirror, tmp_path / "artifact", "none")
 
@@ -743,7 +749,8 @@ def test_zstd_without_zstandard_names_the_extra_to_install(tmp_path: Path, monke
     monkeypatch.setitem(sys.modules, "zstandard", None)
     with pytest.raises(ConfigError, match=r"git-repocache\[zstd\]"):
         pack(tmp_path / "mirror.git", tmp_path / "artifact", "zstd")
-    with pytest.raises(ConfigError, match=r"git-repocache\[zstd\]"):
+    # Unpacking: the artifact is unusable on this host (the cache clones instead), still naming the extra.
+    with pytest.raises(ColdStoreError, match=r"git-repocache\[zstd\]"):
         unpack_artifact(io.BytesIO(b""), tmp_path / "dest", expected_sha256="00" * 32, compression="zstd")
 
 

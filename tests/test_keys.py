@@ -27,11 +27,18 @@ def test_spellings_of_one_https_repository_share_a_key(url: str) -> None:
     assert normalize_url(url).url == "https://github.com/a/b"
 
 
-@pytest.mark.parametrize("url", ["git@github.com:a/b", "git@github.com:a/b.git", "ssh://git@github.com/a/b"])
-def test_scp_like_and_ssh_urls_share_a_key(url: str) -> None:
+@pytest.mark.parametrize("url", ["git@github.com:/a/b", "git@github.com:/a/b.git", "ssh://git@github.com/a/b"])
+def test_scp_like_and_ssh_urls_of_one_absolute_path_share_a_key(url: str) -> None:
     parsed = normalize_url(url)
     assert parsed.url == "ssh://github.com/a/b"
     assert parsed.fetch_url.startswith("ssh://git@github.com/a/b")
+
+
+@pytest.mark.parametrize("url", ["git@github.com:a/b", "git@github.com:~/a/b.git", "ssh://git@github.com/~/a/b"])
+def test_home_relative_scp_like_urls_share_a_key_apart_from_the_absolute_path(url: str) -> None:
+    parsed = normalize_url(url)
+    assert parsed.url == "ssh://github.com/~/a/b"
+    assert parsed.key != normalize_url("ssh://git@github.com/a/b").key
 
 
 def test_credentials_are_kept_out_of_everything_written() -> None:

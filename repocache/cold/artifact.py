@@ -34,6 +34,10 @@ _CHUNK = 256 * 1024
 _TAR_BUFFERS: dict[str, Any] = {"bufsize": _CHUNK, "copybufsize": _CHUNK}
 _ZSTD_LEVEL = 3
 _ZSTD_HINT = "pip install 'git-repocache[zstd]'"
+# What of a mirror is packed: its data, and the config older readers expect. A restore keeps only the data and
+# writes the config afresh (gitops.sanitize_restored_mirror), so hooks/, info/, description, objects/info/ and the
+# like would only cost time to pack, unpack and delete.
+_PACKED_TOP = frozenset({"HEAD", "config", "objects", "packed-refs", "refs"})
 # Leftovers of interrupted git operations: never part of a consistent mirror.
 _SKIPPED_PREFIXES = ("tmp_pack_", "tmp_idx_", "tmp_obj_", "pack_git2_", "incoming-")
 _SKIPPED_SUFFIXES = (".lock",)
@@ -58,9 +62,11 @@ def pack_mirror(
     """Write a tar of the bare mirror ``mirror_dir`` to ``out_fileobj``, streaming, and hash what is written.
 
     Members are the mirror's directories and regular files, relative to ``mirror_dir``, in sorted order, with
-    owners cleared. Leftovers of interrupted git operations (``*.lock``, ``tmp_pack_*``, ``pack_git2_*``, ...)
-    are left out. ``out_fileobj`` is only written to, sequentially, and is neither flushed nor closed. The caller
-    must keep the mirror from changing while it is packed (hold its lock).
+    owners cleared: ``HEAD``, ``config``, ``packed-refs``, ``refs/`` and ``objects/`` (without ``objects/info/``),
+    which is all a restore keeps; hooks, ``info/`` and the like are left out, and so are leftovers of interrupted
+    git operations (``*.lock``, ``tmp_pack_*``, ``pack_git2_*``, ...). ``out_fileobj`` is only written to,
+    sequentially, and is neither flushed nor closed. The caller must keep the mirror from changing while it is
+    packed (hold its lock).
 
     Args:
         mirror_dir: the bare mirror's directory.
@@ -97,8 +103,13 @@ def pack_mirror(
 def _write_tar(root: Path, sink: Any) -> None:
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, **_TAR_BUFFERS) as tar:
         for directory, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
             base = Path(directory)
+            if base == root:
+                dirnames[:] = [d for d in dirnames if d in _PACKED_TOP]
+                filenames = [f for f in filenames if f in _PACKED_TOP]
+            elif base == root / "objects":
+                dirnames[:] = [d for d in dirnames if d != "info"]
+            dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
             for name in dirnames + sorted(f for f in filenames if not _skipped(f)):
                 path = base / name
                 info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
@@ -141,12 +152,16 @@ def unpack_artifact(
             decompression bombs), or None for no limit.
 
     Raises:
-        ColdStoreError: the artifact is corrupt, truncated, does not match, escapes ``dest_dir``, exceeds
-            ``max_bytes``, or cannot be read or written.
-        ConfigError: ``compression`` is unknown, or ``"zstd"`` without the zstandard package installed.
+        ColdStoreError: the artifact is corrupt, truncated, longer than ``expected_size`` (detected as it streams),
+            does not match, escapes ``dest_dir``, exceeds ``max_bytes``, is compressed with a codec this host
+            lacks (``"zstd"`` without the zstandard package), or cannot be read or written.
+        ConfigError: ``compression`` is unknown.
     """
     artifact_suffix(compression)
-    zstandard = _zstandard() if compression == "zstd" else None
+    try:
+        zstandard = _zstandard() if compression == "zstd" else None
+    except ConfigError as exc:  # the artifact is fine, this host cannot read it: unusable here, not a setting
+        raise ColdStoreError(f"cannot unpack a {compression} artifact on this host: {exc}") from None
     dest = Path(dest_dir)
     created = not dest.exists()
     try:
@@ -155,7 +170,7 @@ def unpack_artifact(
             raise ColdStoreError(f"cannot unpack into {dest}: the directory is not empty")
     except OSError as exc:
         raise ColdStoreError(f"cannot unpack into {dest}: {exc}") from exc
-    hashing = _HashingReader(in_fileobj)
+    hashing = _HashingReader(in_fileobj, limit=expected_size)
     errors: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError, ValueError)
     if zstandard is not None:
         errors += (zstandard.ZstdError,)

@@ -14,6 +14,17 @@ Generations sort by their ``created`` time, and the current manifest of a key is
 older upload can never shadow a newer one; object stores need neither rename nor compare-and-swap for this. After
 committing, an upload deletes the older generations (manifests first, then artifacts), or deletes itself when it
 finds that a newer upload committed meanwhile.
+
+Stores shared by a fleet of hosts (:class:`FleetStore`, which both built-in stores are) also take uploads as a
+stream (:meth:`FleetStore.put_stream`: the artifact is written straight into the store's upload, no local copy)
+and hand out *leases*, one small object per key with an expiry, so that hosts missing the same repository at once
+agree on one of them to clone it::
+
+    <root>/.leases/<key>.json            {"holder": ..., "expires": epoch seconds, "token": ...}
+
+A lease is taken with the store's own atomic primitive (an S3 conditional write, ``If-None-Match: *`` to create and
+``If-Match: <etag>`` to take over an expired one or renew; a lock file in a local directory) and is released by
+overwriting it with an expired one, so a dead holder's lease is taken over once it expires.
 """
 
 from __future__ import annotations
@@ -29,21 +40,26 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields, replace
 from os import PathLike
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 
 from repocache.errors import ColdStoreError, ConfigError
 
 __all__ = [
     "COMPRESSIONS",
     "FORMAT_VERSION",
+    "ArtifactWriter",
     "ColdStore",
+    "FleetStore",
+    "Lease",
     "Manifest",
     "artifact_suffix",
     "check_key",
+    "checked_manifest",
     "prune_store",
 ]
 
@@ -189,6 +205,8 @@ class Manifest:
             raw = json.loads(data)
         except (ValueError, TypeError) as exc:
             raise ColdStoreError(f"malformed cold store manifest: not JSON ({exc})") from exc
+        except RecursionError:
+            raise ColdStoreError("malformed cold store manifest: JSON nested too deeply") from None
         if not isinstance(raw, dict):
             raise ColdStoreError(f"malformed cold store manifest: expected a JSON object, got {type(raw).__name__}")
         known = {f.name for f in fields(cls)}
@@ -251,6 +269,125 @@ class ColdStore(Protocol):
         return prune_store(self, older_than=older_than, keep_bytes=keep_bytes)
 
 
+# A restored mirror occupies at most this many times its artifact's bytes on disk (plus a little): tar pads small
+# files to 512-byte blocks where the disk allocates 4 KiB, and zstd shrinks tar headers to almost nothing.
+_UNPACK_RATIO = {"none": 8, "zstd": 64}
+_UNPACK_SLACK = 1 << 20
+
+
+def checked_manifest(store: ColdStore, manifest: Manifest) -> Manifest:
+    """``manifest`` with its figures checked against the store: its sizes are hints written by whoever uploaded.
+
+    The artifact's size must be what the store holds (when the store can tell, as the built-in stores can), and
+    ``mirror_bytes``, which the budget reserves before a restore, is capped at what an artifact of that size can
+    unpack to, so a manifest that lies cannot refuse a repository forever or evict others to make room for it.
+
+    Raises:
+        ColdStoreError: the stored artifact's size differs from the manifest's, or it is gone.
+    """
+    measure = getattr(store, "artifact_size", None)
+    actual = manifest.size_bytes if measure is None else int(measure(manifest))
+    if actual != manifest.size_bytes:
+        raise ColdStoreError(
+            f"the artifact of {manifest.url} holds {actual} bytes but its manifest declares {manifest.size_bytes}"
+        )
+    cap = actual * _UNPACK_RATIO.get(manifest.compression, 1) + _UNPACK_SLACK
+    if manifest.mirror_bytes > cap:
+        logger.info(
+            "the manifest of %s declares %d mirror bytes for a %d-byte artifact; trusting %d",
+            manifest.url,
+            manifest.mirror_bytes,
+            actual,
+            cap,
+        )
+        return replace(manifest, mirror_bytes=cap)
+    return manifest
+
+
+ArtifactWriter = Callable[[BinaryIO], "Manifest"]
+"""Writes an artifact to the stream it is given and returns the manifest describing exactly those bytes."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held claim on one key of a shared store: "this host is cloning it; restore what it publishes".
+
+    Attributes:
+        key: the repository key.
+        holder: who holds it (host name, process id and a random part: unique per holder).
+        expires: epoch seconds after which anyone may take it over (the holder renews it while it works).
+        token: the store's version of the lease object (an ETag, a random id), for conditional renewal and release.
+    """
+
+    key: str
+    holder: str
+    expires: float
+    token: str
+
+
+@runtime_checkable
+class FleetStore(ColdStore, Protocol):
+    """A :class:`ColdStore` that several hosts share: streaming uploads and leases.
+
+    A store that is only a :class:`ColdStore` still works: the cache packs into a temporary file for
+    :meth:`ColdStore.put` and every host that misses clones independently.
+    """
+
+    @property
+    def supports_leases(self) -> bool:
+        """Whether :meth:`try_lease` is backed by an atomic primitive of the store (False: leases are never taken)."""
+        ...
+
+    def put_stream(
+        self,
+        key: str,
+        write: Callable[[BinaryIO], Manifest],
+        *,
+        compression: str = "none",
+        created: float | None = None,
+    ) -> Manifest | None:
+        """Upload an artifact that ``write`` streams into the store, then its manifest, as the current version.
+
+        ``write`` receives a write-only binary stream, writes the whole artifact to it and returns its manifest
+        (sha256 and size of exactly the bytes written). Nothing of the artifact is staged on local disk. A reader
+        never takes a partial upload for an artifact: the manifest is written last, and an upload that fails or
+        whose writer dies leaves at most objects that no manifest names.
+
+        Args:
+            key: the repository key.
+            write: writes the artifact and returns its manifest.
+            compression: the artifact's compression (its object name depends on it).
+            created: the time of the snapshot (default: now); it orders generations.
+
+        Returns:
+            The manifest as stored (with its generation), or None if a manifest at least as new was already there
+            or committed concurrently (nothing of this upload is left then).
+
+        Raises:
+            ColdStoreError: the store failed, or the stream written differs from the manifest ``write`` returned.
+        """
+        ...
+
+    def try_lease(self, key: str, holder: str, ttl: float) -> Lease | None:
+        """Take the lease of ``key`` for ``ttl`` seconds if nobody else holds an unexpired one.
+
+        Returns:
+            The lease, or None when another holder's lease has not expired (or was taken concurrently).
+
+        Raises:
+            ColdStoreError: the store failed or offers no atomic primitive for it.
+        """
+        ...
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a held lease by ``ttl`` seconds from now; None when it was lost (expired and taken over)."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give a held lease up (a lease already taken over by another holder is left alone)."""
+        ...
+
+
 def prune_store(store: ColdStore, *, older_than: float | None = None, keep_bytes: int | None = None) -> list[Manifest]:
     """Delete old artifacts from ``store`` using only :meth:`ColdStore.list` and :meth:`ColdStore.delete`.
 
@@ -307,12 +444,14 @@ class _HashingReader(io.RawIOBase):
 
     The hashing runs on a helper thread, overlapped with whatever the reader does with the data (hashlib releases
     the GIL): sha256 was the largest cost of a restore (34 of 86 ms for the 50 MB benchmark upstream). At most
-    ``_HASH_AHEAD`` bytes wait to be hashed. Read :attr:`digest` only after the last read.
+    ``_HASH_AHEAD`` bytes wait to be hashed. Read :attr:`digest` only after the last read. With ``limit``, reading
+    more than ``limit`` bytes raises :class:`ColdStoreError` at once (a stream longer than its manifest says).
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, limit: int | None = None) -> None:
         super().__init__()
         self._inner = inner
+        self._limit = limit
         self._digest = hashlib.sha256()
         self._hasher: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: collections.deque[tuple[int, concurrent.futures.Future[None]]] = collections.deque()
@@ -350,6 +489,8 @@ class _HashingReader(io.RawIOBase):
 
     def _update(self, data: bytes) -> None:
         self.size += len(data)
+        if self._limit is not None and self.size > self._limit:
+            raise ColdStoreError(f"the artifact is longer than the {self._limit} bytes its manifest declares")
         if self._hasher is None:
             if len(data) < _CHUNK // 4:  # small streams are not worth a thread
                 self._digest.update(data)
@@ -393,6 +534,53 @@ class _HashingWriter(io.RawIOBase):
         return len(view)
 
 
+class _CountingWriter(io.RawIOBase):
+    """A write-only stream that counts the bytes it passes on to ``inner`` (set before the first write)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner: Any = None
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.inner.write(view)
+        self.size += len(view)
+        return len(view)
+
+
+LEASES = ".leases"
+"""The directory (prefix) of lease objects inside a store; its leading dot keeps it out of key listings."""
+
+
+def lease_document(holder: str, expires: float, token: str = "") -> bytes:
+    """The JSON bytes of a lease object."""
+    return json.dumps({"holder": holder, "expires": expires, "token": token}, sort_keys=True).encode("utf-8")
+
+
+def parse_lease(data: bytes) -> tuple[str, float, str]:
+    """(holder, expires, token) of a lease object; an unreadable one reads as expired (anyone may replace it)."""
+    try:
+        raw = json.loads(data)
+        return str(raw["holder"]), float(raw["expires"]), str(raw.get("token", ""))
+    except (ValueError, TypeError, KeyError):
+        return "", 0.0, ""
+
+
+def check_ttl(ttl: float) -> float:
+    """Return ``ttl`` if it is a positive finite number of seconds.
+
+    Raises:
+        ConfigError: it is not.
+    """
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl <= 0:
+        raise ConfigError(f"invalid lease ttl {ttl!r}: expected a positive number of seconds")
+    return float(ttl)
+
+
 def _new_generation(created: float) -> str:
     return f"{round(created * 1e9):020d}-{secrets.token_hex(8)}"
 
@@ -420,6 +608,11 @@ class _GenerationStore(ColdStore):
     :class:`~repocache.errors.ColdStoreError` for every other failure.
     """
 
+    @property
+    def supports_leases(self) -> bool:
+        """Whether this store can take leases (see :class:`FleetStore`); False unless a backend says otherwise."""
+        return False
+
     def _names(self, key: str) -> builtins.list[str]:
         """Object names directly under ``<root>/<key>/`` (none when it does not exist)."""
         raise NotImplementedError
@@ -428,9 +621,22 @@ class _GenerationStore(ColdStore):
         """(key, object names) for every key directory in the store."""
         raise NotImplementedError
 
+    def _upload(self, key: str, name: str) -> AbstractContextManager[BinaryIO]:
+        """A stream to ``<root>/<key>/<name>``: the object appears complete when the block exits cleanly, and not
+        at all when it raises (or the process dies in it)."""
+        raise NotImplementedError
+
     def _publish(self, key: str, name: str, source: BinaryIO) -> None:
         """Write ``source`` to ``<root>/<key>/<name>`` so that it appears complete or not at all."""
-        raise NotImplementedError
+        with self._upload(key, name) as out:
+            while True:
+                data = source.read(_CHUNK)
+                if not data:
+                    break
+                try:
+                    out.write(data)
+                except OSError as exc:
+                    raise ColdStoreError(f"cold store: cannot write {self._describe(key, name)}: {exc}") from exc
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
         """Return at most ``limit + 1`` bytes of an object; FileNotFoundError when it is missing."""
@@ -485,12 +691,55 @@ class _GenerationStore(ColdStore):
                 self._publish(key, artifact, io.BufferedReader(reader, _CHUNK))
         except OSError as exc:
             raise ColdStoreError(f"cannot read the artifact {artifact_path}: {exc}") from exc
-        try:
-            if reader.digest.hexdigest() != manifest.sha256 or reader.size != manifest.size_bytes:
+        if reader.digest.hexdigest() != manifest.sha256 or reader.size != manifest.size_bytes:
+            self._remove(key, [artifact])
+            raise ColdStoreError(
+                f"artifact {artifact_path} ({reader.size} bytes, sha256 {reader.digest.hexdigest()}) does not "
+                f"match its manifest ({manifest.size_bytes} bytes, sha256 {manifest.sha256})"
+            )
+        return self._commit(key, stored) is not None
+
+    def put_stream(
+        self,
+        key: str,
+        write: Callable[[BinaryIO], Manifest],
+        *,
+        compression: str = "none",
+        created: float | None = None,
+    ) -> Manifest | None:
+        """Stream an artifact into the store, then commit its manifest (see :meth:`FleetStore.put_stream`).
+
+        The bytes ``write`` writes are counted on their way into the store's upload; the manifest it returns
+        must name ``key``, ``compression`` and exactly that many bytes, and the stored object must hold them.
+        """
+        check_key(key)
+        suffix = artifact_suffix(compression)
+        generation = _new_generation(time.time() if created is None else created)
+        committed, _ = _parse(self._names(key))
+        if committed and committed[0][:20] >= generation[:20]:
+            logger.info("cold store already holds a newer or same-age artifact of %s; not uploading", key)
+            return None
+        artifact = generation + suffix
+        counter = _CountingWriter()
+        with self._upload(key, artifact) as out:
+            counter.inner = out
+            manifest = write(cast(BinaryIO, counter))
+            if manifest.key != key or manifest.compression != compression or manifest.size_bytes != counter.size:
                 raise ColdStoreError(
-                    f"artifact {artifact_path} ({reader.size} bytes, sha256 {reader.digest.hexdigest()}) does not "
-                    f"match its manifest ({manifest.size_bytes} bytes, sha256 {manifest.sha256})"
+                    f"the artifact streamed for {key} ({counter.size} bytes, {compression}) does not match its "
+                    f"manifest ({manifest.key}, {manifest.size_bytes} bytes, {manifest.compression})"
                 )
+        return self._commit(key, replace(manifest, generation=generation))
+
+    def _commit(self, key: str, stored: Manifest) -> Manifest | None:
+        """Check the uploaded artifact of ``stored``, write its manifest, then drop older generations.
+
+        Returns ``stored``, or None when a newer upload committed meanwhile (this one's objects are deleted).
+        """
+        generation = stored.generation
+        artifact = stored.artifact_name
+        manifest = stored
+        try:
             stored_size = self._size(key, artifact)
             if stored_size != manifest.size_bytes:
                 raise ColdStoreError(
@@ -504,7 +753,7 @@ class _GenerationStore(ColdStore):
             if committed and committed[0] > generation:
                 # A newer upload committed meanwhile and swept this one's artifact as an older orphan.
                 logger.info("a newer artifact of %s was committed concurrently; dropping this upload", manifest.url)
-                return False
+                return None
             raise ColdStoreError(f"{self._describe(key, artifact)} vanished right after upload") from exc
         except BaseException:
             self._remove(key, [generation + ".json", artifact])
@@ -513,9 +762,9 @@ class _GenerationStore(ColdStore):
         if committed and committed[0] > generation:
             logger.info("a newer artifact of %s was committed concurrently; dropping this upload", manifest.url)
             self._remove(key, [generation + ".json", artifact])
-            return False
+            return None
         self._collect(key, generation, objects)
-        return True
+        return stored
 
     def _collect(self, key: str, current: str, objects: dict[str, builtins.list[str]]) -> None:
         """Delete every generation older than ``current``: all their manifests first, then their artifacts."""
@@ -565,6 +814,19 @@ class _GenerationStore(ColdStore):
                 f"{self._describe(manifest.key, name)} is gone (replaced by a newer upload or deleted); "
                 "read the manifest again"
             ) from exc
+
+    def artifact_size(self, manifest: Manifest) -> int:
+        """The size of the stored artifact ``manifest`` describes, as the store reports it (not as declared).
+
+        Raises:
+            ColdStoreError: the artifact is gone or the store failed.
+        """
+        check_key(manifest.key)
+        name = manifest.artifact_name
+        try:
+            return self._size(manifest.key, name)
+        except FileNotFoundError as exc:
+            raise ColdStoreError(f"{self._describe(manifest.key, name)} is gone") from exc
 
     def exists(self, key: str) -> bool:
         """Return True when a manifest of ``key`` is stored (see :meth:`ColdStore.exists`)."""

@@ -10,11 +10,20 @@ import builtins
 import contextlib
 import importlib
 import io
-import shutil
+import time
 from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
-from repocache.cold.base import _GenerationStore
+from repocache.cold.base import (
+    LEASES,
+    MANIFEST_MAX_BYTES,
+    Lease,
+    _GenerationStore,
+    check_key,
+    check_ttl,
+    lease_document,
+    parse_lease,
+)
 from repocache.errors import ColdStoreError, ConfigError
 from repocache.keys import scrub
 
@@ -80,6 +89,7 @@ class FsspecStore(_GenerationStore):
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
         # Object stores have no directories to make, and s3fs's makedirs would create a missing bucket.
         self._object_store = bool(_OBJECT_STORE_PROTOCOLS.intersection(protocols))
+        self._s3 = bool(set(_S3_PROTOCOLS).intersection(protocols))
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"
@@ -135,17 +145,19 @@ class FsspecStore(_GenerationStore):
         for key in sorted(by_key):
             yield key, by_key[key]
 
-    def _publish(self, key: str, name: str, source: BinaryIO) -> None:
+    @contextlib.contextmanager
+    def _upload(self, key: str, name: str) -> Iterator[BinaryIO]:
         path = self._path(key, name)
         with self._translated("write", key, name):
             if not self._object_store:
                 self._fs.makedirs(self._path(key), exist_ok=True)
             out = self._fs.open(path, "wb", block_size=_BLOCK)
-            try:
-                shutil.copyfileobj(source, out, _CHUNK)
-            except BaseException:
-                _abandon(out)
-                raise
+        try:
+            yield cast(BinaryIO, _TranslatingWriter(out, self, key, name))
+        except BaseException:
+            _abandon(out)
+            raise
+        with self._translated("write", key, name):
             out.close()  # completes the upload: only now does the object appear
             self._fs.invalidate_cache(self._path(key))
 
@@ -168,6 +180,86 @@ class FsspecStore(_GenerationStore):
             self._fs.invalidate_cache(self._path(key))
             return int(self._fs.size(self._path(key, name)))
 
+    # -- leases (S3 conditional writes) ------------------------------------------------------------------------
+
+    @property
+    def supports_leases(self) -> bool:
+        """True on S3, whose conditional writes (``If-None-Match``, ``If-Match``) make a lease atomic."""
+        return bool(self._s3)
+
+    def _lease_path(self, key: str) -> str:
+        return f"{self._root}/{LEASES}/{check_key(key)}.json"
+
+    def _conditional_put(self, key: str, data: bytes, **condition: str) -> str | None:
+        """PUT ``data`` as the lease of ``key`` under ``condition``; its new ETag, or None if the condition failed."""
+        path = self._lease_path(key)
+        try:
+            with self._translated("write the lease of", key, missing_ok=True):
+                reply = self._fs.pipe_file(path, data, **condition)
+        except FileNotFoundError:
+            return None  # If-Match on a lease deleted meanwhile: another holder's doing
+        except ColdStoreError as exc:
+            if _precondition_failed(exc):
+                return None
+            raise
+        finally:
+            self._fs.invalidate_cache(f"{self._root}/{LEASES}")
+        etag = reply.get("ETag") if isinstance(reply, dict) else None
+        if not etag:
+            with self._translated("stat the lease of", key):
+                etag = self._fs.info(path).get("ETag")
+        return str(etag)
+
+    def _read_lease(self, key: str) -> tuple[tuple[str, float, str], str] | None:
+        """((holder, expires, token), ETag) of the lease of ``key``, or None. The ETag is read first, so a change
+        in between makes a conditional write with it fail instead of acting on a lease that was replaced."""
+        path = self._lease_path(key)
+        self._fs.invalidate_cache(f"{self._root}/{LEASES}")
+        try:
+            with self._translated("read the lease of", key, missing_ok=True):
+                etag = str(self._fs.info(path).get("ETag"))
+                data = self._fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        return parse_lease(bytes(data)[:MANIFEST_MAX_BYTES]), etag
+
+    def _require_leases(self) -> None:
+        if not self._s3:
+            raise ColdStoreError(f"cold store {self.url}: leases need conditional writes, which only S3 offers here")
+
+    def try_lease(self, key: str, holder: str, ttl: float) -> Lease | None:
+        """Take the lease of ``key`` with a conditional write (see :meth:`FleetStore.try_lease`).
+
+        A missing lease is created with ``If-None-Match: *``; an expired one (or our own) is replaced with
+        ``If-Match`` on the ETag it was read with, so of two hosts taking over the same expired lease one wins.
+        """
+        self._require_leases()
+        ttl = check_ttl(ttl)
+        current = self._read_lease(key)
+        now = time.time()
+        expires = now + ttl
+        if current is None:
+            etag = self._conditional_put(key, lease_document(holder, expires), IfNoneMatch="*")
+        else:
+            (owner, until, _token), seen = current
+            if until > now and owner != holder:
+                return None
+            etag = self._conditional_put(key, lease_document(holder, expires), IfMatch=seen)
+        return None if etag is None else Lease(key, holder, expires, etag)
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a held lease, if its ETag is still ours (see :meth:`FleetStore.renew_lease`)."""
+        self._require_leases()
+        expires = time.time() + check_ttl(ttl)
+        etag = self._conditional_put(lease.key, lease_document(lease.holder, expires), IfMatch=lease.token)
+        return None if etag is None else Lease(lease.key, lease.holder, expires, etag)
+
+    def release_lease(self, lease: Lease) -> None:
+        """Overwrite a held lease with an expired one, if its ETag is still ours (see
+        :meth:`FleetStore.release_lease`); a lease taken over meanwhile is left alone."""
+        self._require_leases()
+        self._conditional_put(lease.key, lease_document("", 0.0), IfMatch=lease.token)
+
     def _remove(self, key: str, names: Iterable[str]) -> None:
         for name in names:
             try:
@@ -176,6 +268,44 @@ class FsspecStore(_GenerationStore):
             except FileNotFoundError:
                 continue
         self._fs.invalidate_cache(self._path(key))
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether a backend error says a conditional write's precondition did not hold (HTTP 412, or 409 when S3
+    reports a concurrent conditional write)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, FileExistsError):
+            return True
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return True
+        if "pre-condition" in str(seen) or "precondition" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class _TranslatingWriter(io.RawIOBase):
+    """A write-only stream over a backend file whose errors surface as ColdStoreError."""
+
+    def __init__(self, inner: Any, store: FsspecStore, key: str, name: str) -> None:
+        super().__init__()
+        self._inner = inner
+        self._store = store
+        self._key = key
+        self._name = name
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        with self._store._translated("write", self._key, self._name):
+            written = self._inner.write(data)
+        return int(written) if written is not None else len(memoryview(data))
 
 
 def _abandon(out: Any) -> None:

@@ -6,18 +6,28 @@ import builtins
 import contextlib
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from repocache.cold.base import _GenerationStore
+from repocache import locks
+from repocache.cold.base import (
+    LEASES,
+    MANIFEST_MAX_BYTES,
+    Lease,
+    _GenerationStore,
+    check_key,
+    check_ttl,
+    lease_document,
+    parse_lease,
+)
 from repocache.errors import ColdStoreError, ConfigError
 
 __all__ = ["LocalDirStore"]
 
 _TEMP_PREFIX = ".tmp-"
+_LEASE_LOCK_TIMEOUT = 30.0  # seconds: the lock only guards a read and a rename
 _TEMP_MAX_AGE = 24 * 3600.0  # an upload still writing after a day has crashed
 _CHUNK = 256 * 1024
 
@@ -74,20 +84,31 @@ class LocalDirStore(_GenerationStore):
             if not key.startswith("."):
                 yield key, self._names(key)
 
-    def _publish(self, key: str, name: str, source: BinaryIO) -> None:
+    @contextlib.contextmanager
+    def _upload(self, key: str, name: str) -> Iterator[BinaryIO]:
         directory = self.root / key
         temp = directory / f"{_TEMP_PREFIX}{secrets.token_hex(8)}-{name}"
         try:
-            with _create(temp) as out:
-                shutil.copyfileobj(source, out, _CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, directory / name)
-            _fsync_directory(directory)
+            out = _create(temp)
         except OSError as exc:
+            raise self._fail("write", key, name, exc) from exc
+        try:
+            with out:
+                yield out  # the writer's own errors pass through unchanged
+                try:
+                    out.flush()
+                    os.fsync(out.fileno())
+                except OSError as exc:
+                    raise self._fail("write", key, name, exc) from exc
+            try:
+                os.replace(temp, directory / name)
+            except OSError as exc:
+                raise self._fail("write", key, name, exc) from exc
+            _fsync_directory(directory)
+        except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
-            raise self._fail("write", key, name, exc) from exc
+            raise
         self._sweep_temporaries(key)
 
     def _sweep_temporaries(self, key: str) -> None:
@@ -133,6 +154,83 @@ class LocalDirStore(_GenerationStore):
                 continue
             except OSError as exc:
                 raise self._fail("delete", key, name, exc) from exc
+
+    # -- leases ------------------------------------------------------------------------------------------------
+
+    @property
+    def supports_leases(self) -> bool:
+        """True: a lock file next to the lease makes taking it atomic."""
+        return True
+
+    def _lease_path(self, key: str) -> Path:
+        return self.root / LEASES / f"{check_key(key)}.json"
+
+    @contextlib.contextmanager
+    def _lease_lock(self, key: str) -> Iterator[Path]:
+        """Hold ``.leases/<key>.lock`` (flock, freed by the kernel if the holder dies) around a read-modify-write."""
+        path = self._lease_path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = locks.acquire(path.with_suffix(".lock"), shared=False, timeout=_LEASE_LOCK_TIMEOUT)
+        except OSError as exc:
+            raise ColdStoreError(f"cold store: cannot lock the lease {path}: {exc}") from exc
+        if handle is None:
+            raise ColdStoreError(f"cold store: the lease lock {path.with_suffix('.lock')} stayed held")
+        with handle:
+            yield path
+
+    def _read_lease(self, path: Path) -> tuple[str, float, str] | None:
+        try:
+            return parse_lease(path.read_bytes()[:MANIFEST_MAX_BYTES])
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ColdStoreError(f"cold store: cannot read the lease {path}: {exc}") from exc
+
+    def _write_lease(self, path: Path, holder: str, expires: float) -> str:
+        token = secrets.token_hex(8)
+        temp = path.with_name(f"{_TEMP_PREFIX}{token}-{path.name}")
+        try:
+            temp.write_bytes(lease_document(holder, expires, token))
+            os.replace(temp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise ColdStoreError(f"cold store: cannot write the lease {path}: {exc}") from exc
+        return token
+
+    def try_lease(self, key: str, holder: str, ttl: float) -> Lease | None:
+        """Take the lease of ``key`` unless another holder's is live (see :meth:`FleetStore.try_lease`)."""
+        ttl = check_ttl(ttl)
+        with self._lease_lock(key) as path:
+            current = self._read_lease(path)
+            now = time.time()
+            if current is not None and current[1] > now and current[0] != holder:
+                return None
+            expires = now + ttl
+            return Lease(key, holder, expires, self._write_lease(path, holder, expires))
+
+    def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a held lease (see :meth:`FleetStore.renew_lease`)."""
+        ttl = check_ttl(ttl)
+        with self._lease_lock(lease.key) as path:
+            current = self._read_lease(path)
+            if current is None or current[2] != lease.token:
+                return None
+            expires = time.time() + ttl
+            return Lease(lease.key, lease.holder, expires, self._write_lease(path, lease.holder, expires))
+
+    def release_lease(self, lease: Lease) -> None:
+        """Give a held lease up (see :meth:`FleetStore.release_lease`)."""
+        with self._lease_lock(lease.key) as path:
+            current = self._read_lease(path)
+            if current is not None and current[2] == lease.token:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise ColdStoreError(f"cold store: cannot release the lease {path}: {exc}") from exc
 
     def _forget_key(self, key: str) -> None:
         self._sweep_temporaries(key)

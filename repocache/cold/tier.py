@@ -1,32 +1,92 @@
-"""The cache's use of a cold store: manifest lookup, restore into staging, offload of evicted mirrors, pruning.
+"""The cache's use of a cold store: manifest lookup, restore into staging, offload of evicted mirrors, publishing
+for a fleet, the fleet's one clone per repository, pruning.
 
 The store itself (:class:`~repocache.cold.base.ColdStore`) only keeps artifacts; this module decides when to use it,
 and turns every failure of the store into "carry on without it" (a clone instead of a restore, an eviction that
-is not uploaded), never into a failed checkout.
+is not uploaded, an independent clone instead of waiting for another host), never into a failed checkout.
+
+Publishing (``cold_publish="clone"`` or ``"always"``): after a clone, and with ``"always"`` after a fetch once the
+stored artifact is older than ``cold_publish_after``, the mirror is uploaded on a background thread of this process.
+The upload holds the repository *shared* (a reader: never evicted under it, never blocking another reader or a
+miss of any other repository) and never the budget lock; for the few milliseconds it takes to hard-link a snapshot
+of the mirror it also holds the fetch lock, so the artifact is one consistent state of the mirror while fetches
+go on. The artifact streams from ``pack_mirror`` straight into the store (:meth:`FleetStore.put_stream`).
+
+One clone for a fleet: when publishing is on and the store offers leases, a miss that finds no artifact takes the
+key's lease before cloning; a host that finds the lease held waits, polling, until the artifact appears (and
+restores it) or the lease is released or expires (and takes it and clones). The holder renews its lease while it
+clones and uploads, and releases it after the upload committed or failed. Every wait is bounded by
+``lock_timeout``; a store without leases, or one that fails, means independent clones, never a stuck host.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
+import secrets
 import shutil
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from repocache import gitops
-from repocache.cold.artifact import pack_mirror, unpack_artifact
-from repocache.cold.base import ColdStore, Manifest
+from repocache.cold.artifact import _skipped, pack_mirror, unpack_artifact
+from repocache.cold.base import ArtifactWriter, ColdStore, FleetStore, Lease, Manifest, checked_manifest
 from repocache.context import Context
-from repocache.errors import CloneError, ColdStoreError
-from repocache.events import warn_caller
+from repocache.errors import CloneError, ColdStoreError, LockTimeoutError
+from repocache.events import Source, warn_caller
 from repocache.index import Row
 from repocache.keys import RepoURL
-from repocache.layout import ExclusiveHold
+from repocache.layout import ExclusiveHold, remove
 from repocache.models import Progress
 
-__all__ = ["ColdTier"]
+__all__ = ["LEASE_TTL", "Claim", "ColdTier"]
 
 _PRUNE_EVERY = 3600.0  # seconds between automatic prunes (per process) when cold_retention is set
+LEASE_TTL = 60.0
+"""Seconds a clone lease lasts unless renewed: how long the fleet waits for a host that died while cloning."""
+_POLL_FIRST = 0.05  # seconds between a waiter's looks at the store, growing to _POLL_MAX
+_POLL_MAX = 0.5
+
+
+class Claim:
+    """A held clone lease, renewed on a helper thread until :meth:`release` (which is idempotent)."""
+
+    def __init__(self, store: FleetStore, lease: Lease, context: Context, url: str) -> None:
+        self._store = store
+        self.lease = lease
+        self._context = context
+        self._url = url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="repocache-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_TTL / 3):
+            try:
+                renewed = self._store.renew_lease(self.lease, LEASE_TTL)
+            except ColdStoreError as exc:
+                self._context.events.cold_problem("renew the clone lease of", self._url, exc)
+                continue
+            if renewed is None:
+                self._context.events.cold_problem("renew the clone lease of", self._url, "another host took it over")
+                return
+            self.lease = renewed
+
+    def release(self) -> None:
+        """Stop renewing and give the lease up; failures are reported (the lease then expires by itself)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._store.release_lease(self.lease)
+        except ColdStoreError as exc:
+            self._context.events.cold_problem("release the clone lease of", self._url, exc)
 
 
 def _disk_full(exc: BaseException) -> OSError | None:
@@ -46,6 +106,15 @@ class ColdTier:
         self._context = context
         self.store = store
         self._last_prune = 0.0
+        self._fleet: FleetStore | None = store if isinstance(store, FleetStore) else None
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._jobs: dict[str, threading.Thread] = {}
+        self._jobs_lock = threading.Lock()
+
+    @property
+    def publishing(self) -> bool:
+        """Whether mirrors are published besides evictions (``cold_publish`` is not ``"off"``)."""
+        return self._context.settings.cold_publish != "off"
 
     def entries(self) -> list[Manifest]:
         """The manifests in the store (one per repository), newest first.
@@ -60,6 +129,7 @@ class ColdTier:
         deleted = self.store.prune(older_than=older_than, keep_bytes=keep_bytes)
         for manifest in deleted:
             self._context.index.set_in_cold_store(manifest.key, manifest.url, False)
+            self._context.index.forget_published(manifest.key)
         self._last_prune = time.monotonic()
         return deleted
 
@@ -73,6 +143,13 @@ class ColdTier:
         if manifest is not None and manifest.url != parsed.url:
             self._context.events.cold_problem("use the artifact of", parsed.url, f"it names {manifest.url}")
             return None
+        if manifest is not None:
+            try:
+                return checked_manifest(self.store, manifest)
+            except ColdStoreError as exc:  # a manifest is a hint from a store others write: check it first
+                self._context.events.restore_unusable(parsed.url, exc)
+                warn_caller(f"cold store artifact of {parsed.url} is unusable ({exc}); cloning")
+                return None
         return manifest
 
     def restore(
@@ -102,6 +179,7 @@ class ColdTier:
                     expected_size=manifest.size_bytes,
                     max_bytes=max(manifest.mirror_bytes * 4, 1 << 20),
                 )
+            gitops.sanitize_restored_mirror(staging, parsed)  # an artifact is data, never configuration
             problem = gitops.validate_mirror(staging)
             if problem is not None:
                 raise ColdStoreError(f"the restored mirror {problem}")
@@ -123,38 +201,262 @@ class ColdTier:
         return True
 
     def offload(self, hold: ExclusiveHold, row: Row) -> None:
-        """Upload the mirror before it is deleted; failures are reported, never fatal."""
+        """Upload the mirror before it is deleted; failures are reported, never fatal.
+
+        Skipped when the store holds an artifact this root published or restored after the mirror's last fetch
+        (it has every object and ref). The artifact streams into the store; only a store that is not a
+        :class:`FleetStore` gets a temporary file packed first.
+        """
         context = self._context
         if row.size_bytes < context.settings.cold_min_bytes:
             return
-        mirror = context.layout.mirror(hold.key)
-        upload = context.layout.new_upload(hold.key)
-        compression = context.settings.cold_compression
-        started = time.perf_counter()
         try:
-            with open(upload, "wb") as out:
-                sha256, size = pack_mirror(mirror, out, compression=compression)
-            ref_count, head = gitops.describe_mirror(mirror)
-            manifest = Manifest(
-                url=row.url,
-                key=row.key,
-                sha256=sha256,
-                size_bytes=size,
-                mirror_bytes=row.size_bytes,
-                ref_count=ref_count,
-                head=head,
-                created=time.time(),
-                compression=compression,
-            )
-            self.store.put(row.key, manifest, upload)
-            context.index.set_in_cold_store(row.key, row.url, True, size_bytes=row.size_bytes)
-            context.events.published(row.url, row.key, time.perf_counter() - started, size, "evict")
+            if self._current_artifact(row) is not None:
+                return
+            started = time.perf_counter()
+            stored = self._upload(row.url, hold.key, context.layout.mirror(hold.key), row.size_bytes, time.time())
+            if stored is not None:
+                context.events.published(row.url, row.key, time.perf_counter() - started, stored.size_bytes, "evict")
         except (ColdStoreError, OSError, ValueError) as exc:
             context.events.cold_problem("offload", row.url, exc)
+        self._prune_if_due()
+
+    def _current_artifact(self, row: Row) -> Manifest | None:
+        """The store's artifact of ``row`` if this root recorded it and it is not older than the last fetch."""
+        recorded = self._context.index.published(row.key)
+        if recorded is None or row.last_fetched is None or recorded[0] < row.last_fetched:
+            return None
+        current = self.store.get_manifest(row.key)
+        return current if current is not None and current.generation == recorded[1] else None
+
+    def _upload(self, url: str, key: str, mirror: Path, mirror_bytes: int, created: float) -> Manifest | None:
+        """Pack ``mirror`` (which must not change meanwhile) into the store; the manifest stored, or None when a
+        newer artifact was there already. Records it in the index."""
+        context = self._context
+        compression = context.settings.cold_compression
+        ref_count, head = gitops.describe_mirror(mirror)
+
+        def write(out: BinaryIO) -> Manifest:
+            sha256, size = pack_mirror(mirror, out, compression=compression)
+            return Manifest(
+                url=url,
+                key=key,
+                sha256=sha256,
+                size_bytes=size,
+                mirror_bytes=mirror_bytes,
+                ref_count=ref_count,
+                head=head,
+                created=created,
+                compression=compression,
+            )
+
+        if self._fleet is not None:
+            stored = self._fleet.put_stream(key, write, compression=compression, created=created)
+        else:
+            stored = self._put_through_file(key, write)
+        if stored is not None:
+            context.index.set_published(key, url, stored.created, stored.generation)
+            context.index.set_in_cold_store(key, url, True, size_bytes=mirror_bytes)
+        return stored
+
+    def _put_through_file(self, key: str, write: ArtifactWriter) -> Manifest | None:
+        """For a store that only offers :meth:`ColdStore.put`: pack into ``staging/<key>.<id>.upload`` first."""
+        upload = self._context.layout.new_upload(key)
+        try:
+            with open(upload, "wb") as out:
+                manifest = write(out)
+            if not self.store.put(key, manifest, upload):
+                return None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 upload.unlink()
-        self._prune_if_due()
+        return self.store.get_manifest(key)
+
+    # -- publishing for a fleet ---------------------------------------------------------------------------------
+
+    def claim(self, parsed: RepoURL) -> tuple[Manifest | None, Claim | None]:
+        """For a miss the store has no artifact of: become the fleet's one cloner, or wait for the one cloning.
+
+        Returns:
+            (manifest, None) when another host published the repository meanwhile: restore it;
+            (None, claim) when this host holds the clone lease: clone, then publish (which releases it);
+            (None, None) when leases are off, unsupported or failing, or the wait ran out: clone independently.
+        """
+        context = self._context
+        fleet = self._fleet
+        if not self.publishing or fleet is None or not fleet.supports_leases:
+            return None, None
+        started = time.monotonic()
+        deadline = started + context.settings.lock_timeout
+        delay = _POLL_FIRST
+        waited = False
+        while True:
+            try:
+                lease = fleet.try_lease(parsed.key, self.holder, LEASE_TTL)
+            except ColdStoreError as exc:
+                context.events.cold_problem("take the clone lease of", parsed.url, f"{exc}; cloning independently")
+                return None, None
+            if lease is not None:
+                claim = Claim(fleet, lease, context, parsed.url)
+                manifest = self.manifest(parsed)  # published between our first look and the lease: use it
+                if manifest is not None:
+                    claim.release()
+                    return manifest, None
+                if waited:
+                    context.events.fleet_wait(parsed.url, "the lease came free: cloning", time.monotonic() - started)
+                return None, claim
+            waited = True
+            manifest = self.manifest(parsed)
+            if manifest is not None:
+                context.events.fleet_wait(parsed.url, "restoring what it published", time.monotonic() - started)
+                return manifest, None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                context.events.cold_problem(
+                    "wait for another host's clone of", parsed.url, "lock_timeout passed; cloning independently"
+                )
+                return None, None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, _POLL_MAX)
+
+    def materialized(self, parsed: RepoURL, source: Source, manifest: Manifest | None, claim: Claim | None) -> None:
+        """After a miss was published into place: remember a restored artifact, or publish a clone."""
+        context = self._context
+        if source is Source.RESTORE and manifest is not None:
+            context.index.set_published(parsed.key, parsed.url, manifest.created, manifest.generation)
+        if source is Source.CLONE and self.publishing:
+            self._start_job(parsed, claim, fresh_enough=None)
+        elif claim is not None:
+            claim.release()
+
+    def after_fetch(self, parsed: RepoURL) -> None:
+        """With ``cold_publish="always"``: publish again once the stored artifact is older than
+        ``cold_publish_after`` (one host at a time when the store has leases)."""
+        settings = self._context.settings
+        if settings.cold_publish != "always":
+            return
+        recorded = self._context.index.published(parsed.key)
+        if recorded is not None and time.time() - recorded[0] < settings.cold_publish_after:
+            return
+        with self._jobs_lock:
+            if parsed.key in self._jobs:
+                return
+        claim = None
+        fleet = self._fleet
+        if fleet is not None and fleet.supports_leases:
+            try:
+                lease = fleet.try_lease(parsed.key, self.holder, LEASE_TTL)
+            except ColdStoreError as exc:
+                self._context.events.cold_problem("take the publish lease of", parsed.url, exc)
+                return
+            if lease is None:
+                return  # another host is cloning or publishing it now
+            claim = Claim(fleet, lease, self._context, parsed.url)
+        self._start_job(parsed, claim, fresh_enough=settings.cold_publish_after, reason="fetch")
+
+    def _start_job(
+        self, parsed: RepoURL, claim: Claim | None, *, fresh_enough: float | None, reason: str = "clone"
+    ) -> None:
+        """Publish on a background thread (non-daemon: the interpreter lets it finish before exiting)."""
+
+        def job() -> None:
+            try:
+                self.publish(parsed, fresh_enough=fresh_enough, reason=reason)
+            except Exception as exc:  # a background job has nobody to raise to: report it
+                self._context.events.cold_problem("publish", parsed.url, exc)
+            finally:
+                if claim is not None:
+                    claim.release()
+                with self._jobs_lock:
+                    self._jobs.pop(parsed.key, None)
+
+        with self._jobs_lock:
+            if parsed.key in self._jobs:
+                if claim is not None:
+                    claim.release()
+                return
+            thread = threading.Thread(target=job, name=f"repocache-publish-{parsed.key[:40]}")
+            self._jobs[parsed.key] = thread
+            thread.start()
+
+    def wait(self, key: str | None = None) -> None:
+        """Wait for this process's background uploads (of ``key``, or all of them) to finish."""
+        while True:
+            with self._jobs_lock:
+                threads = [t for k, t in self._jobs.items() if key is None or k == key]
+            if not threads:
+                return
+            for thread in threads:
+                thread.join()
+
+    def publish(
+        self, parsed: RepoURL, *, fresh_enough: float | None = None, reason: str = "explicit"
+    ) -> Manifest | None:
+        """Upload the mirror of ``parsed`` (on disk) to the store now, holding it shared; the manifest stored.
+
+        Returns the store's current manifest instead, without uploading, when it already covers the mirror's last
+        fetch, or (with ``fresh_enough``) when it is younger than that many seconds. None when the mirror is not
+        on disk.
+
+        Raises:
+            ColdStoreError: the store failed.
+            LockTimeoutError: the repository or its fetch lock stayed held longer than ``lock_timeout`` (and a
+                minute, :data:`LEASE_TTL`).
+        """
+        context = self._context
+        layout = context.layout
+        # At least a lease's time: a publish started by a clone waits for that clone's own exclusive hold to end.
+        timeout = max(context.settings.lock_timeout, LEASE_TTL)
+        hold = layout.hold_shared(parsed.key, timeout)
+        if hold is None:
+            raise LockTimeoutError(parsed.url, timeout, "publish")
+        with hold:
+            mirror = layout.mirror(parsed.key)
+            row = context.index.get(parsed.key)
+            if row is None or not mirror.is_dir():
+                return None
+            current = self._current_artifact(row)
+            if current is None and fresh_enough is not None:
+                current = self.store.get_manifest(parsed.key)
+                if current is not None and time.time() - current.created >= fresh_enough:
+                    current = None
+            if current is not None:
+                context.index.set_published(parsed.key, parsed.url, current.created, current.generation)
+                return current
+            started = time.monotonic()
+            with self._snapshot(parsed, mirror) as (snapshot, created):
+                stored = self._upload(parsed.url, parsed.key, snapshot, row.size_bytes, created)
+            if stored is None:
+                return self.store.get_manifest(parsed.key)
+            context.events.published(parsed.url, parsed.key, time.monotonic() - started, stored.size_bytes, reason)
+            return stored
+
+    @contextlib.contextmanager
+    def _snapshot(self, parsed: RepoURL, mirror: Path) -> Iterator[tuple[Path, float]]:
+        """A consistent copy of the held mirror to pack: hard links made under the fetch lock (milliseconds), so
+        fetches go on during the upload. Where links cannot be made, the mirror itself, under the fetch lock."""
+        context = self._context
+        timeout = max(context.settings.lock_timeout, LEASE_TTL)
+        fetch = context.layout.hold_fetch(parsed.key, timeout)
+        if fetch is None:
+            raise LockTimeoutError(parsed.url, timeout, "publish")
+        snapshot = context.layout.new_upload(parsed.key)
+        try:
+            with fetch:
+                created = time.time()
+                try:
+                    _link_tree(mirror, snapshot)
+                except OSError:
+                    remove(snapshot)
+                    yield mirror, created  # packed under the fetch lock
+                    return
+            yield snapshot, created
+        finally:
+            remove(snapshot)
+
+    def close(self) -> None:
+        """Wait for background uploads (called when the cache closes)."""
+        self.wait()
 
     def _prune_if_due(self) -> None:
         retention = self._context.settings.cold_retention
@@ -164,3 +466,20 @@ class ColdTier:
             self.prune(older_than=retention, keep_bytes=None)
         except ColdStoreError as exc:
             self._context.events.cold_problem("prune", "the store", exc)
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """Hard-link every file of ``source`` into a new tree at ``dest`` (leftovers of git operations left out).
+
+    git and libgit2 never modify a file of a repository in place (packs are immutable, refs and config are
+    replaced by renaming a lock file), so the links keep the state of the moment they were made.
+    """
+    dest.mkdir()
+    for directory, dirnames, filenames in os.walk(source):
+        dirnames[:] = [d for d in dirnames if not _skipped(d)]
+        target = dest / Path(directory).relative_to(source)
+        for name in dirnames:
+            (target / name).mkdir()
+        for name in filenames:
+            if not _skipped(name):
+                os.link(Path(directory) / name, target / name)
