@@ -14,6 +14,10 @@ import os
 import sys
 import warnings
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from repocache.models import MaintenanceReport
 
 __all__ = ["Counter", "Events", "Source", "warn_caller"]
 
@@ -93,6 +97,29 @@ class Events:
     def cold_problem(self, action: str, url: str, detail: object) -> None:
         """The cold store could not be used for ``action``; the cache carries on without it."""
         logger.warning("cold store: could not %s %s: %s", action, url, detail)
+
+    def maintained(self, report: MaintenanceReport) -> None:
+        """A mirror was maintained (repacked, refs packed, commit-graph written)."""
+        logger.info(
+            "maintained %s: %s; packs %d -> %d, loose objects %d -> %d, loose refs %d -> %d, %d -> %d bytes, "
+            "%.3fs, peak memory %d bytes",
+            report.url,
+            ", ".join(report.tasks),
+            report.packs_before,
+            report.packs_after,
+            report.loose_objects_before,
+            report.loose_objects_after,
+            report.loose_refs_before,
+            report.loose_refs_after,
+            report.size_before,
+            report.size_after,
+            report.seconds,
+            report.peak_rss_bytes,
+        )
+
+    def maintenance_failed(self, url: str, detail: object) -> None:
+        """Automatic maintenance failed; the mirror keeps every object and the caller is not disturbed."""
+        logger.warning("maintenance of %s failed: %s", url, detail)
 
     def restore_unusable(self, url: str, detail: object) -> None:
         """A cold artifact could not be restored and the repository is cloned: logged, and warned to the caller."""

@@ -13,6 +13,13 @@
 | cold_min_bytes   | 0                            | same forms as max_bytes                               |
 | cold_compression | "none"                       | "none" or "zstd" (``repocache.cold.COMPRESSIONS``)    |
 | cold_retention   | None (keep forever)          | finite seconds >= 0                                   |
+| maintenance      | "auto"                       | "auto" (after a fetch that crossed a threshold) or "off" |
+| maintenance_max_packs | None (grows with the log of the size) | int >= 1                                  |
+| maintenance_max_loose_objects | 1024                | int >= 0                                              |
+| maintenance_max_loose_refs | 128                    | int >= 0                                              |
+| maintenance_window_memory | "128MiB"              | same forms as max_bytes; 0 for git's default (unbounded) |
+| maintenance_threads | 1                         | int >= 1                                              |
+| maintenance_grace | 1209600.0 (two weeks)       | finite seconds >= 0: unreachable objects younger are kept |
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import platformdirs
 
 from repocache.errors import ConfigError
 
-__all__ = ["Settings", "default_root", "parse_bytes", "parse_seconds"]
+__all__ = ["MAINTENANCE_MODES", "Settings", "default_root", "parse_bytes", "parse_count", "parse_seconds"]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
 _FACTORS = {
@@ -111,6 +118,21 @@ def default_root() -> Path:
 
 
 _ON_FETCH_ERROR = ("warn", "raise")
+MAINTENANCE_MODES = ("auto", "off")
+
+
+def parse_count(name: str, value: object, *, minimum: int = 0, allow_none: bool = False) -> int | None:
+    """Parse a whole number at least ``minimum`` (None allowed with ``allow_none``).
+
+    Raises:
+        ConfigError: the value is not an int in range.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        raise ConfigError(f"{name}={value!r} is not accepted; expected {wanted}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,13 @@ class Settings:
     cold_min_bytes: int
     cold_compression: str
     cold_retention: float | None
+    maintenance: str = "auto"
+    maintenance_max_packs: int | None = None
+    maintenance_max_loose_objects: int = 1024
+    maintenance_max_loose_refs: int = 128
+    maintenance_window_memory: int = 128 * 1024**2
+    maintenance_threads: int = 1
+    maintenance_grace: float = 14 * 86400.0
 
     @classmethod
     def parse(
@@ -138,6 +167,13 @@ class Settings:
         cold_min_bytes: object,
         cold_compression: object,
         cold_retention: object,
+        maintenance: object = "auto",
+        maintenance_max_packs: object = None,
+        maintenance_max_loose_objects: object = 1024,
+        maintenance_max_loose_refs: object = 128,
+        maintenance_window_memory: object = "128MiB",
+        maintenance_threads: object = 1,
+        maintenance_grace: object = 14 * 86400.0,
     ) -> Settings:
         """Validate every setting.
 
@@ -151,6 +187,8 @@ class Settings:
         if cold_compression not in COMPRESSIONS:
             expected = " or ".join(repr(name) for name in COMPRESSIONS)
             raise ConfigError(f"cold_compression={cold_compression!r} is not accepted; expected {expected}")
+        if maintenance not in MAINTENANCE_MODES:
+            raise ConfigError(f"maintenance={maintenance!r} is not accepted; expected 'auto' or 'off'")
         return cls(
             max_bytes=parse_bytes("max_bytes", max_bytes, allow_none=True),
             min_free_bytes=parse_bytes("min_free_bytes", min_free_bytes, allow_none=False) or 0,
@@ -160,6 +198,19 @@ class Settings:
             cold_min_bytes=parse_bytes("cold_min_bytes", cold_min_bytes, allow_none=False) or 0,
             cold_compression=str(cold_compression),
             cold_retention=None if cold_retention is None else parse_seconds("cold_retention", cold_retention),
+            maintenance=str(maintenance),
+            maintenance_max_packs=parse_count(
+                "maintenance_max_packs", maintenance_max_packs, minimum=1, allow_none=True
+            ),
+            maintenance_max_loose_objects=parse_count("maintenance_max_loose_objects", maintenance_max_loose_objects)
+            or 0,
+            maintenance_max_loose_refs=parse_count("maintenance_max_loose_refs", maintenance_max_loose_refs) or 0,
+            maintenance_window_memory=parse_bytes(
+                "maintenance_window_memory", maintenance_window_memory, allow_none=False
+            )
+            or 0,
+            maintenance_threads=parse_count("maintenance_threads", maintenance_threads, minimum=1) or 1,
+            maintenance_grace=parse_seconds("maintenance_grace", maintenance_grace),
         )
 
     @property
