@@ -4,12 +4,13 @@
 ``time.monotonic()`` stamp (one clock for all processes on Linux), to the file ``spec["events"]``, so the parent
 that SIGKILLs it can tell in which phase the kill landed. The steps are seen by wrapping
 ``gitops.clone_mirror``, ``gitops.fetch_mirror``, ``gitops.make_worktree``, ``Budget.evict_locked``,
-``ColdTier.offload`` (cold upload) and ``ColdTier.restore`` with functions that only log and then call the
-original: the library's behaviour is unchanged.
+``ColdTier.offload`` (cold upload), ``ColdTier.restore`` and the maintenance steps (``gitops.repack_geometric``,
+``gitops.pack_refs``, ``gitops.write_commit_graph``, ``gitops.repack_pruning``) with functions that only log and
+then call the original: the library's behaviour is unchanged.
 
-Spec keys (crash): ``root``, ``events``, ``action`` ("checkout", "worktree", "evict", "evict_loop"), ``url`` or
-``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds to stay inside the
-block), ``seed`` (evict_loop).
+Spec keys (crash): ``root``, ``events``, ``action`` ("checkout", "worktree", "evict", "evict_loop", "maintain"),
+``url`` or ``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds to stay
+inside the block), ``seed`` (evict_loop), ``prune`` (maintain).
 
 ``load`` mode runs ``spec["ops"]`` random operations against a cache shared with other workers and checks the
 invariants as it goes; it writes a JSON report to ``spec["report"]``: every operation with its start and end time
@@ -73,6 +74,10 @@ def instrument(log: Log) -> None:
     _wrap(budget.Budget, "evict_locked", "evict", log)
     _wrap(tier.ColdTier, "offload", "upload", log)
     _wrap(tier.ColdTier, "restore", "restore", log)
+    _wrap(gitops, "repack_geometric", "repack", log)
+    _wrap(gitops, "pack_refs", "pack-refs", log)
+    _wrap(gitops, "write_commit_graph", "commit-graph", log)
+    _wrap(gitops, "repack_pruning", "prune", log)
 
 
 def fsck(path: Path) -> str | None:
@@ -117,6 +122,9 @@ def crash(spec: dict[str, Any]) -> None:
                 time.sleep(hold)
         elif action == "evict":
             log(f"evicted:{cache.evict(spec['url'])}")
+        elif action == "maintain":
+            reports = cache.maintain(spec["url"], prune=bool(spec.get("prune", False)))
+            log(f"maintained:{','.join(reports[0].tasks) if reports else 'none'}")
         elif action == "evict_loop":
             rng = random.Random(spec.get("seed", 0))
             urls: list[str] = spec["urls"]
