@@ -68,6 +68,8 @@ def _value(value: float | None, unit: str) -> str:
         return "-"
     if unit == "B":
         return f"{value / 1e6:.0f} MB"
+    if unit == "n":
+        return f"{value:,.0f}"
     return _seconds(value)
 
 

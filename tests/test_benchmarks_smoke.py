@@ -36,6 +36,7 @@ def test_benchmarks_smoke_prints_the_table(tmp_path: Path) -> None:
         "restore from cold storage (S3 endpoint on loopback)",
         "worktree: create and remove",
         "eviction of 10 repos (enforce)",
+        "after 20 fetch-on-hits, maintenance at its defaults: blob reads",
     ):
         assert f"| {case}" in table, f"{case!r} missing from:\n{table}"
     assert (tmp_path / "out" / "results.md").read_text() in table
