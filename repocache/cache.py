@@ -105,7 +105,7 @@ class RepoCache:
                 maintains it if it crossed a threshold below (see :meth:`maintain`); ``"off"``: only
                 :meth:`maintain` does.
             maintenance_max_packs: packs a mirror may have before it is repacked; None lets it grow with the log of
-                the mirror's size (4 + log2 of its MiB).
+                the mirror's size (log base 1.3 of its MiB, between 8 and 32, as Gitaly's housekeeping does).
             maintenance_max_loose_objects: loose objects (estimated as ``git gc`` does) before a repack.
             maintenance_max_loose_refs: loose refs before they are packed.
             maintenance_window_memory: delta window memory per repack thread (``pack.windowMemory``); 0 for git's
