@@ -266,6 +266,8 @@ def maintain_one(
                     tasks.append("commit-graph")
                 if tasks:
                     _record_size(context, key, mirror)
+        after = gitops.mirror_shape(mirror, exact=True)
+        size_after = gitops.disk_usage(mirror)
     if prune:
         exclusive = layout.try_exclusive(key)
         if exclusive is None:
@@ -282,11 +284,8 @@ def maintain_one(
                     if graph_due(gitops.mirror_shape(mirror), forced=True):
                         peak = max(peak, gitops.write_commit_graph(mirror, context.git, limits).peak_rss_bytes)
                     _record_size(context, key, mirror)
-    try:
-        after = gitops.mirror_shape(mirror, exact=True)
-        size_after = gitops.disk_usage(mirror)
-    except FileNotFoundError:
-        return None  # evicted as soon as we let go
+                    after = gitops.mirror_shape(mirror, exact=True)
+                    size_after = gitops.disk_usage(mirror)
     report = MaintenanceReport(
         url=url,
         key=key,

@@ -191,12 +191,12 @@ class LoadWorker:
     def one(self, cache: RepoCache) -> None:
         repo = self.rng.choice(self.repos)
         op = self.rng.choices(
-            ["checkout", "worktree", "ensure", "evict", "enforce", "verify", "repair"],
-            weights=[34, 16, 22, 12, 8, 5, 3],
+            ["checkout", "worktree", "ensure", "evict", "enforce", "verify", "repair", "maintain"],
+            weights=[34, 16, 22, 12, 8, 5, 3, 5],
         )[0]
         record: dict[str, Any] = {
             "op": op,
-            "key": repo["key"] if op in ("checkout", "worktree", "ensure", "evict") else None,
+            "key": repo["key"] if op in ("checkout", "worktree", "ensure", "evict", "maintain") else None,
         }
         record["t0"] = time.monotonic()
         try:
@@ -282,6 +282,12 @@ class LoadWorker:
         pinned = {r["key"] for r in self.repos if r["pinned"]}
         if any(e.key in pinned for e in evicted):
             self.violation(f"enforce() evicted a pinned repository: {evicted}")
+
+    def op_maintain(self, cache: RepoCache, repo: dict[str, Any], record: dict[str, Any]) -> None:
+        reports = cache.maintain(repo["url"], prune=self.rng.random() < 0.3)
+        record["tasks"] = list(reports[0].tasks) if reports else []
+        if reports and reports[0].skipped is not None and "in use" not in reports[0].skipped:
+            self.violation(f"maintain({repo['url']}) skipped: {reports[0].skipped}")
 
     def op_verify(self, cache: RepoCache, repo: dict[str, Any], record: dict[str, Any]) -> None:
         self.judge(cache.verify(), record, "verify()")

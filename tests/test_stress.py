@@ -1146,6 +1146,7 @@ def _load(
     max_bytes = measured[pinned] + others[-1] + others[-2] + others[0] // 2
     root = tmp_path / "cache"
     options: dict[str, Any] = {"max_bytes": max_bytes, "pins": [pinned], "cold_store": f"file://{tmp_path / 'cold'}"}
+    options["maintenance_max_packs"] = 3  # automatic maintenance runs often, beside every other operation
     repos: list[dict[str, Any]] = [{"url": url, "key": _key(url), "pinned": url == pinned} for url in urls]
     pusher = Pusher(upstreams, random.Random(rng.random()))
     watcher = PinWatcher(root / "repos" / _key(pinned))
