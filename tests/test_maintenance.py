@@ -267,3 +267,22 @@ def test_cli_maintain_reports_what_it_did(
     assert report["packs_after"] < report["packs_before"]
     assert main(["--root", str(cache_root), "maintain"]) == 0
     assert url.removesuffix(".git") in capsys.readouterr().out
+
+
+@pytest.mark.timeout(120)
+def test_loose_objects_of_cli_fetches_are_packed(cache_root: Path, upstreams: UpstreamFactory) -> None:
+    """git fetch (used for local and ssh upstreams) unpacks small fetches into loose objects."""
+    upstream = upstreams.create("loose")
+    url = str(upstream.path)
+    with RepoCache(cache_root, maintenance="off") as cache:
+        cache.ensure(url)
+        mirror = cache.info(url).path  # type: ignore[union-attr]
+        for _ in range(3):
+            upstream.commits(2, size=100)
+            cache.ensure(url)
+        assert mirror_shape(mirror, exact=True).loose_objects > 0
+        before = _all_objects(mirror)
+        (report,) = cache.maintain(url)
+        assert report.loose_objects_before > 0 and report.loose_objects_after == 0
+        assert _all_objects(mirror) == before
+        assert_consistent(cache)
