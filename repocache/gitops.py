@@ -55,6 +55,7 @@ __all__ = [
     "mirror_shape",
     "open_repository",
     "pack_refs",
+    "repack_all_keeping",
     "repack_geometric",
     "repack_pruning",
     "run_maintenance_git",
@@ -754,6 +755,7 @@ class MirrorShape:
     Attributes:
         packs: pack files in ``objects/pack``.
         pack_bytes: their total size.
+        largest_pack_bytes: the size of the largest.
         loose_objects: loose objects, estimated from the directory ``objects/17`` (times 256) as ``git gc``
             does; exact when ``exact`` was asked for.
         loose_refs: ref files under ``refs/`` (refs not yet in ``packed-refs``).
@@ -764,6 +766,7 @@ class MirrorShape:
 
     packs: int
     pack_bytes: int
+    largest_pack_bytes: int
     loose_objects: int
     loose_refs: int
     commit_graph: str
@@ -832,6 +835,7 @@ def mirror_shape(path: Path, *, exact: bool = False) -> MirrorShape:
     return MirrorShape(
         packs=len(sizes),
         pack_bytes=sum(sizes),
+        largest_pack_bytes=max(sizes, default=0),
         loose_objects=loose,
         loose_refs=loose_refs,
         commit_graph=graph_state,
@@ -943,6 +947,17 @@ def repack_geometric(path: Path, options: GitOptions, limits: MaintenanceLimits)
     return run_maintenance_git(
         path, ["repack", "--geometric=2", "-d", "-q", "--no-write-bitmap-index"], options, limits
     )
+
+
+def repack_all_keeping(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Repack every object into one pack, unreachable ones included (``-a -d -k``), with deltas found afresh.
+
+    A geometric roll-up reuses objects as the packs store them, and libgit2's fetched packs carry whole copies of
+    the delta bases it appended to complete thin packs: repacking them by traversal (which knows paths, so finds
+    good deltas) brings the mirror back to a fresh clone's size. Objects no ref reaches are appended, not dropped.
+    """
+    args = ["repack", "-a", "-d", "-k", "-q", "--no-write-bitmap-index"]
+    return run_maintenance_git(path, args, options, limits)
 
 
 def repack_pruning(path: Path, options: GitOptions, limits: MaintenanceLimits, grace: float) -> GitRun:

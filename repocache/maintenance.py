@@ -31,7 +31,16 @@ from repocache.layout import ExclusiveHold, key_of, listing, remove
 from repocache.models import MaintenanceReport, Problem
 from repocache.settings import Settings
 
-__all__ = ["after_fetch", "allowed_packs", "due_tasks", "failed_report", "graph_due", "maintain_one", "verify"]
+__all__ = [
+    "after_fetch",
+    "allowed_packs",
+    "due_tasks",
+    "failed_report",
+    "graph_due",
+    "maintain_one",
+    "rolls_up_all",
+    "verify",
+]
 
 
 def verify(context: Context, budget: Budget, repair: bool) -> list[Problem]:
@@ -201,6 +210,13 @@ def graph_due(shape: gitops.MirrorShape, *, forced: bool, repacked: bool = True)
     return repacked and shape.graph_stale_bytes > GRAPH_STALE_SHARE * shape.pack_bytes
 
 
+def rolls_up_all(shape: gitops.MirrorShape, *, forced: bool) -> bool:
+    """Whether a geometric repack would merge everything into one pack anyway (the smaller packs hold at least
+    half the bytes of the largest), or the repack is explicit: then repack all by traversal instead, which finds
+    better deltas for the same work (see :func:`gitops.repack_all_keeping`)."""
+    return forced or 2 * (shape.pack_bytes - shape.largest_pack_bytes) >= shape.largest_pack_bytes
+
+
 def _limits(settings: Settings) -> gitops.MaintenanceLimits:
     return gitops.MaintenanceLimits(
         window_memory=settings.maintenance_window_memory, threads=settings.maintenance_threads
@@ -255,7 +271,10 @@ def maintain_one(
                 shape = gitops.mirror_shape(mirror, exact=forced)
                 due = due_tasks(shape, settings, forced=forced)
                 if "repack" in due:
-                    peak = max(peak, gitops.repack_geometric(mirror, context.git, limits).peak_rss_bytes)
+                    repack = (
+                        gitops.repack_all_keeping if rolls_up_all(shape, forced=forced) else gitops.repack_geometric
+                    )
+                    peak = max(peak, repack(mirror, context.git, limits).peak_rss_bytes)
                     tasks.append("repack")
                     shape = gitops.mirror_shape(mirror, exact=forced)  # the graph may be stale now
                 if "pack-refs" in due:

@@ -5,6 +5,7 @@
 that SIGKILLs it can tell in which phase the kill landed. The steps are seen by wrapping
 ``gitops.clone_mirror``, ``gitops.fetch_mirror``, ``gitops.make_worktree``, ``Budget.evict_locked``,
 ``ColdTier.offload`` (cold upload), ``ColdTier.restore`` and the maintenance steps (``gitops.repack_geometric``,
+``gitops.repack_all_keeping``,
 ``gitops.pack_refs``, ``gitops.write_commit_graph``, ``gitops.repack_pruning``) with functions that only log and
 then call the original: the library's behaviour is unchanged.
 
@@ -75,6 +76,7 @@ def instrument(log: Log) -> None:
     _wrap(tier.ColdTier, "offload", "upload", log)
     _wrap(tier.ColdTier, "restore", "restore", log)
     _wrap(gitops, "repack_geometric", "repack", log)
+    _wrap(gitops, "repack_all_keeping", "repack", log)
     _wrap(gitops, "pack_refs", "pack-refs", log)
     _wrap(gitops, "write_commit_graph", "commit-graph", log)
     _wrap(gitops, "repack_pruning", "prune", log)

@@ -193,7 +193,12 @@ def test_unreachable_objects_survive_maintenance_and_prune_needs_the_mirror_free
         _fetch_many(cache, upstream, url, 3)
         mirror = cache.info(url).path  # type: ignore[union-attr]
         assert old_tip in _all_objects(mirror)
-        cache.maintain(url)
+        with RepoCache(cache_root, maintenance_max_packs=2) as automatic:
+            upstream.commits(1, size=100)
+            automatic.ensure(url)  # a geometric roll-up of the small packs
+        assert mirror_shape(mirror).packs <= 2
+        assert old_tip in _all_objects(mirror), "a geometric repack dropped an unreachable object"
+        cache.maintain(url)  # everything into one pack, by traversal
         assert old_tip in _all_objects(mirror), "an unreachable object was dropped without a grace period"
         with cache.worktree(url, "HEAD"):
             (report,) = cache.maintain(url, prune=True)
