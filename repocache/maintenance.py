@@ -161,6 +161,7 @@ def _verify_debris(context: Context, repair: bool) -> list[Problem]:
 # -- maintenance -------------------------------------------------------------------------------------------------
 
 _MIB = 1024**2
+FULL_REPACK_SHARE = 0.1  # repack all once the packs besides the largest hold this share of its bytes
 GRAPH_STALE_SHARE = 0.2  # rewrite the commit-graph once packs written after it hold this share of the bytes
 
 
@@ -211,10 +212,15 @@ def graph_due(shape: gitops.MirrorShape, *, forced: bool, repacked: bool = True)
 
 
 def rolls_up_all(shape: gitops.MirrorShape, *, forced: bool) -> bool:
-    """Whether a geometric repack would merge everything into one pack anyway (the smaller packs hold at least
-    half the bytes of the largest), or the repack is explicit: then repack all by traversal instead, which finds
-    better deltas for the same work (see :func:`gitops.repack_all_keeping`)."""
-    return forced or 2 * (shape.pack_bytes - shape.largest_pack_bytes) >= shape.largest_pack_bytes
+    """Whether to repack everything by traversal (:func:`gitops.repack_all_keeping`) instead of geometrically:
+    when asked explicitly, or once the packs besides the largest hold :data:`FULL_REPACK_SHARE` of its bytes.
+
+    libgit2's fetched packs carry whole copies of delta bases and a roll-up reuses them as they are, so the packs
+    rolled up cost more disk than the same objects in a fresh clone; a repack by traversal finds deltas again.
+    Doing it once the fetched packs reach a tenth of the largest bounds that excess to about 10% and rewrites the
+    mirror about once each time it grows by a tenth: amortized, ten bytes written per byte fetched.
+    """
+    return forced or shape.pack_bytes - shape.largest_pack_bytes >= FULL_REPACK_SHARE * shape.largest_pack_bytes
 
 
 def _limits(settings: Settings) -> gitops.MaintenanceLimits:
