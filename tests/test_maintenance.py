@@ -186,6 +186,7 @@ def test_unreachable_objects_survive_maintenance_and_prune_needs_the_mirror_free
     cache_root: Path, upstream: Upstream, daemon: GitDaemon
 ) -> None:
     url = daemon.url_for(upstream)
+    upstream.commits(30, size=20_000)  # a large first pack: the small fetched ones are rolled up geometrically
     with RepoCache(cache_root, maintenance="off", maintenance_grace=0) as cache:
         cache.ensure(url)
         old_tip = upstream.resolve("main")
