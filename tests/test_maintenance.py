@@ -4,14 +4,16 @@ broken, debris of killed maintenance swept, the budget told the new size."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import threading
+import warnings
 from pathlib import Path
 
 import pygit2
 import pytest
 
-from repocache import ConfigError, RepoCache
+from repocache import ConfigError, GitError, RepoCache
 from repocache.cli import main
 from repocache.gitops import commit_graph_state, disk_usage, mirror_shape
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
@@ -292,3 +294,23 @@ def test_loose_objects_of_cli_fetches_are_packed(cache_root: Path, upstreams: Up
         assert report.loose_objects_before > 0 and report.loose_objects_after == 0
         assert _all_objects(mirror) == before
         assert_consistent(cache)
+
+
+@pytest.mark.timeout(120)
+def test_without_a_git_binary_fetches_work_and_maintain_says_why_it_cannot(
+    cache_root: Path,
+    upstream: Upstream,
+    daemon: GitDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("REPOCACHE_GIT", "")  # libgit2 only: it cannot repack
+    url = daemon.url_for(upstream)
+    with RepoCache(cache_root, maintenance_max_packs=1) as cache:
+        cache.ensure(url)
+        with warnings.catch_warnings(), caplog.at_level(logging.WARNING, logger="repocache"):
+            warnings.simplefilter("error")
+            _fetch_many(cache, upstream, url, 3)  # over the threshold: automatic maintenance stays quiet
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        with pytest.raises(GitError, match="needs the git command line tool"):
+            cache.maintain(url)
