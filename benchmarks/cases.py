@@ -990,3 +990,157 @@ def link_upstream(source: Path, serve_dir: Path, name: str) -> Path:
     _rm(dest)
     link_copy(source, dest)
     return dest
+
+
+# -- maintenance of a long-lived mirror ---------------------------------------------------------------------------
+
+
+def maintenance(ctx: Context, data: SizeData, name: str, upstream_path: Path, fetches: int) -> list[Result]:
+    """A mirror after ``fetches`` fetch-on-hits of a few commits each, with maintenance at its defaults and with
+    it off, against a fresh ``git clone --mirror`` of the same upstream made at the end (issue 13).
+
+    Both caches run in this process and fetch the same new commits each round (three commits of
+    ``new_commit_size`` bytes, made once). Each round times the fetch (entering the checkout) apart from what the
+    release costs (leaving it: automatic maintenance when a threshold was crossed). Afterwards, on the three
+    mirrors in turn (alternating the order): reading every blob of HEAD's tree with pygit2, a topological pygit2
+    walk of HEAD, ``git log`` of HEAD, a no-op libgit2 fetch (the library's own fetch), the disk size and the
+    pack count. Each figure of the maintained mirror should be at most 1.1x the fresh clone's.
+    """
+    import statistics
+
+    import pygit2
+
+    from repocache import RepoCache, normalize_url
+    from repocache.gitops import GitOptions, disk_usage, fetch_mirror, find_git, mirror_shape
+    from repocache.testing import Upstream
+
+    url = ctx.url(name)
+    scratch = ctx.scratch(f"{data.label}-maintenance")
+    upstream = Upstream(upstream_path, f"bench-maint-{data.label}")
+    kept = RepoCache(scratch / "maintained", fetch_ttl=0)
+    decayed = RepoCache(scratch / "off", fetch_ttl=0, maintenance="off")
+    fetch_seconds = {"maintained": 0.0, "off": 0.0}
+    release_seconds = {"maintained": 0.0, "off": 0.0}
+    most_packs = {"maintained": 0, "off": 0}
+    maintenances = 0
+    try:
+        for cache in (kept, decayed):
+            cache.ensure(url)
+        paths = {"maintained": kept.info(url), "off": decayed.info(url)}
+        mirrors = {side: entry.path for side, entry in paths.items() if entry is not None}
+        started = time.monotonic()
+        for number in range(fetches):
+            upstream.commits(3, size=data.generated.spec.new_commit_size)
+            for side, cache in (("maintained", kept), ("off", decayed)):
+                t0 = time.perf_counter()
+                with cache.checkout(url) as co:
+                    t1 = time.perf_counter()
+                    assert co.fetched, co
+                t2 = time.perf_counter()
+                fetch_seconds[side] += t1 - t0
+                release_seconds[side] += t2 - t1
+                packs = mirror_shape(mirrors[side]).packs
+                if side == "maintained" and packs < most_packs[side] and packs < 3:
+                    maintenances += 1
+                most_packs[side] = max(most_packs[side], packs)
+            if number % 100 == 99:
+                ctx.log(f"  {number + 1} fetches, {time.monotonic() - started:.0f} s")
+        fresh = scratch / "fresh.git"
+        _git_clone(url, fresh)
+        mirrors["fresh"] = fresh
+        tip = upstream.resolve("main")
+        for side, path in mirrors.items():
+            found = _tip(path, "git")
+            if found != tip:
+                raise RuntimeError(f"the {side} mirror has main at {found}, upstream at {tip}")
+        options = GitOptions(git=find_git())
+        parsed = normalize_url(url)
+        figures: dict[str, dict[str, list[float]]] = {side: {} for side in mirrors}
+
+        def measure(side: str) -> None:
+            path = mirrors[side]
+            into = figures[side]
+            repo = pygit2.Repository(str(path))
+            try:
+                t0 = time.perf_counter()
+                stack: list[Any] = [repo.revparse_single("HEAD").peel(pygit2.Tree)]
+                read = 0
+                while stack:
+                    for entry in stack.pop():
+                        obj: Any = repo[entry.id]
+                        if entry.type_str == "tree":
+                            stack.append(obj)
+                        else:
+                            read += len(obj.data)
+                into.setdefault("blob reads", []).append(time.perf_counter() - t0)
+            finally:
+                repo.free()
+            repo = pygit2.Repository(str(path))
+            try:
+                t0 = time.perf_counter()
+                walked = sum(1 for _ in repo.walk(repo.head.target, pygit2.enums.SortMode.TOPOLOGICAL))
+                into.setdefault("pygit2 history walk", []).append(time.perf_counter() - t0)
+            finally:
+                repo.free()
+            into.setdefault("`git log`", []).append(timed_run(["git", "-C", str(path), "log", "--format=%H %s"]))
+            t0 = time.perf_counter()
+            fetch_mirror(parsed, path, options)
+            into.setdefault("no-op fetch", []).append(time.perf_counter() - t0)
+            into.setdefault("disk size", []).append(float(disk_usage(path)))
+            into.setdefault("packs", []).append(float(mirror_shape(path).packs))
+            del read, walked
+
+        sides = list(mirrors)
+        for rep in range(max(3 * data.reps, 9)):  # more repetitions than other cases: each one is short
+            _rotate(rep, [(side, partial(measure, side)) for side in sides])
+        probe: dict[str, float] = {}
+        for side in ("maintained", "off"):
+            samples = []
+            for _ in range(200):
+                t0 = time.perf_counter()
+                mirror_shape(mirrors[side])
+                samples.append(time.perf_counter() - t0)
+            probe[side] = statistics.median(samples)
+    finally:
+        kept.close()
+        decayed.close()
+    results: list[Result] = []
+    for metric in ("blob reads", "pygit2 history walk", "`git log`", "no-op fetch", "disk size", "packs"):
+        unit = "B" if metric == "disk size" else ("n" if metric == "packs" else "s")
+        row = Result(
+            f"after {fetches:,} fetch-on-hits, maintenance at its defaults: {metric}",
+            data.label,
+            "a fresh `git clone --mirror`",
+            "at most 1.1x" if metric != "packs" else "bounded",
+            unit=unit,
+            ours=figures["maintained"][metric],
+            base=figures["fresh"][metric],
+        )
+        off = median(figures["off"][metric])
+        row.with_ratio(None if metric == "packs" else 1.1)
+        if metric == "packs":
+            row.met = most_packs["maintained"] <= 32
+            row.note = f"most during the run: {most_packs['maintained']}; without maintenance: {off:.0f}"
+        else:
+            shown = f"{off / 1e6:.1f} MB" if unit == "B" else f"{off * 1e3:.1f} ms"
+            row.note = f"without maintenance: {shown}, {off / median(row.base):.2f}x"
+        row.extra = {"without_maintenance": figures["off"][metric]}
+        results.append(row)
+    cost = Result(
+        f"{fetches:,} fetch-on-hits: time of automatic maintenance (on release) against the fetches",
+        data.label,
+        "the fetches' total",
+        "reported",
+        ours=[release_seconds["maintained"]],
+        base=[fetch_seconds["maintained"]],
+    )
+    cost.ratio = release_seconds["maintained"] / fetch_seconds["maintained"]
+    cost.note = (
+        f"about {maintenances} maintenances; releases without maintenance took {release_seconds['off']:.2f} s, "
+        f"fetches without maintenance {fetch_seconds['off']:.2f} s; the threshold check after a fetch: "
+        f"{probe['maintained'] * 1e6:.0f} µs ({probe['off'] * 1e6:.0f} µs on the unmaintained mirror)"
+    )
+    cost.extra = {"fetch_seconds": fetch_seconds, "release_seconds": release_seconds, "probe_seconds": probe}
+    results.append(cost)
+    _rm(scratch)
+    return results

@@ -70,6 +70,8 @@ def _value(value: float | None, unit: str) -> str:
         return f"{value / 1e6:.0f} MB"
     if unit == "count":
         return f"{value:,.1f}"
+    if unit == "n":
+        return f"{value:,.0f}"
     return _seconds(value)
 
 

@@ -31,7 +31,19 @@ BENCH_DIR = Path(__file__).resolve().parent
 WORK_DIR = BENCH_DIR / ".work"
 PEER_VENV = WORK_DIR / "peer-venv"
 PEER_PACKAGE = "git-cache-clone"
-CASES = ("hit", "fetch", "miss", "concurrent", "baseline", "cold", "fleet", "worktree", "eviction", "freshness")
+CASES = (
+    "hit",
+    "fetch",
+    "miss",
+    "concurrent",
+    "baseline",
+    "cold",
+    "fleet",
+    "worktree",
+    "eviction",
+    "freshness",
+    "maintenance",
+)
 
 # Repetitions, hits per repetition and requests of the no-cache case, by size class.
 _REPS = {"tiny": 1, "small": 7, "medium": 5, "large": 3}
@@ -102,6 +114,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="directory for results.md and results.json (default: a new one under benchmarks/.work/results/)",
     )
+    parser.add_argument(
+        "--maintenance-fetches",
+        metavar="N",
+        type=int,
+        default=None,
+        help="fetch-on-hits of the maintenance case (default: 1000; 20 with --smoke)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's scratch directory")
     args = parser.parse_args(argv)
     args.sizes = [size.strip() for size in args.sizes.split(",") if size.strip()]
@@ -113,6 +132,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"unknown case in {args.cases}; choose from {', '.join(CASES)}")
     if args.peer is None:
         args.peer = not args.smoke
+    if args.maintenance_fetches is None:
+        args.maintenance_fetches = 20 if args.smoke else 1000
     if args.index_entries is None:
         args.index_entries = 10_000 if args.smoke else 100_000
     return args
@@ -278,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ("cold", partial(cases.cold_restore, ctx, data, pristine)),
                 ("fleet", partial(_fleet, ctx, data, serve_dir, pristine)),
                 ("worktree", partial(cases.worktree, ctx, data, pristine)),
+                ("maintenance", partial(_maintenance, ctx, data, serve_dir, args.maintenance_fetches)),
             ]
             for case, run in plan:
                 if case in args.cases:
@@ -324,6 +346,12 @@ def _fetch(ctx: Context, data: SizeData, serve_dir: Path) -> list[Result]:
     moving = f"{data.label}-fetch.git"
     path = cases.link_upstream(data.generated.path, serve_dir, moving)
     return cases.hit_with_fetch(ctx, data, moving, path)
+
+
+def _maintenance(ctx: Context, data: SizeData, serve_dir: Path, fetches: int) -> list[Result]:
+    moving = f"{data.label}-maintenance.git"
+    path = cases.link_upstream(data.generated.path, serve_dir, moving)
+    return cases.maintenance(ctx, data, moving, path, fetches)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         RepoCacheError,
     )
     from repocache.keys import RepoURL, normalize_url
-    from repocache.models import Entry, Problem, Progress, Stats
+    from repocache.models import Entry, MaintenanceReport, Problem, Progress, Stats
 
 __version__ = "0.1.0"
 
@@ -43,6 +43,7 @@ _EXPORTS = {
     "InvalidRefError": "repocache.errors",
     "InvalidURLError": "repocache.errors",
     "LockTimeoutError": "repocache.errors",
+    "MaintenanceReport": "repocache.models",
     "Problem": "repocache.models",
     "Progress": "repocache.models",
     "RefNotFoundError": "repocache.errors",
@@ -67,6 +68,7 @@ __all__ = [
     "InvalidRefError",
     "InvalidURLError",
     "LockTimeoutError",
+    "MaintenanceReport",
     "Problem",
     "Progress",
     "RefNotFoundError",

@@ -26,6 +26,7 @@ from repocache.cold.tier import ColdTier
 from repocache.context import Context
 from repocache.errors import (
     ConfigError,
+    GitError,
     InvalidRefError,
     InvalidURLError,
     LockTimeoutError,
@@ -36,8 +37,9 @@ from repocache.events import Counter, EventHook, Events, Source
 from repocache.index import Index
 from repocache.keys import RepoURL, normalize_url
 from repocache.layout import Layout, SharedHold
+from repocache.maintenance import mirrors_on_disk, sweep_locks
 from repocache.materialize import materialize
-from repocache.models import Entry, Problem, Stats
+from repocache.models import Entry, MaintenanceReport, Problem, Stats
 from repocache.pins import Pins
 from repocache.refresh import USE_TTL, Background, MaxAge, Request, parse_max_age
 from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
@@ -80,6 +82,13 @@ class RepoCache:
         max_stale: float | None = 3600.0,
         cold_publish: str = "off",
         cold_publish_after: float = 3600.0,
+        maintenance: str = "auto",
+        maintenance_max_packs: int | None = None,
+        maintenance_max_loose_objects: int = 1024,
+        maintenance_max_loose_refs: int = 128,
+        maintenance_window_memory: int | str = "128MiB",
+        maintenance_threads: int = 1,
+        maintenance_grace: float = 14 * 86400.0,
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
@@ -119,6 +128,17 @@ class RepoCache:
                 offers leases); ``"always"``, also after a fetch once the stored artifact is older than
                 ``cold_publish_after``.
             cold_publish_after: seconds after which a fetched mirror is published again (``"always"``).
+            maintenance: ``"auto"``: after a checkout or ensure that fetched releases the mirror, the caller
+                maintains it if it crossed a threshold below (see :meth:`maintain`); ``"off"``: only
+                :meth:`maintain` does.
+            maintenance_max_packs: packs a mirror may have before it is repacked; None lets it grow with the log of
+                the mirror's size (log base 1.3 of its MiB, between 8 and 32, as Gitaly's housekeeping does).
+            maintenance_max_loose_objects: loose objects (estimated as ``git gc`` does) before a repack.
+            maintenance_max_loose_refs: loose refs before they are packed.
+            maintenance_window_memory: delta window memory per repack thread (``pack.windowMemory``); 0 for git's
+                default (unbounded).
+            maintenance_threads: repack threads (``pack.threads``).
+            maintenance_grace: seconds an unreachable object is kept by ``maintain(prune=True)``.
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
@@ -138,6 +158,13 @@ class RepoCache:
             max_stale=max_stale,
             cold_publish=cold_publish,
             cold_publish_after=cold_publish_after,
+            maintenance=maintenance,
+            maintenance_max_packs=maintenance_max_packs,
+            maintenance_max_loose_objects=maintenance_max_loose_objects,
+            maintenance_max_loose_refs=maintenance_max_loose_refs,
+            maintenance_window_memory=maintenance_window_memory,
+            maintenance_threads=maintenance_threads,
+            maintenance_grace=maintenance_grace,
         )
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
@@ -163,9 +190,7 @@ class RepoCache:
         self._context = Context(
             settings=settings,
             layout=layout,
-            index=Index(
-                layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: maintenance.mirrors_on_disk(layout)
-            ),
+            index=Index(layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: mirrors_on_disk(layout)),
             pins=self.pins,
             git=git,
             events=events,
@@ -175,7 +200,7 @@ class RepoCache:
         self._background = Background(self._context)
         self._closed = False
         self._budget.empty_trash()
-        maintenance.sweep_locks(self._context)
+        sweep_locks(self._context)
 
     # -- settings, read-only --------------------------------------------------------------------------------
 
@@ -323,6 +348,7 @@ class RepoCache:
             held.close()
             checkout._close()
             hold.release()
+            self._maintain_if_due(checkout, parsed)
             self._enforce_if_over()
 
     @contextlib.contextmanager
@@ -450,11 +476,13 @@ class RepoCache:
         self, url: str | os.PathLike[str], progress: gitops.ProgressCallback | None, max_age: MaxAge, *, strict: bool
     ) -> Entry:
         parsed = self._parse(url)
-        hold, _checkout = self._acquire(parsed, progress or self.progress, max_age, strict=strict)
+        hold, checkout = self._acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
             entry = self._entry_of(parsed.key)
         finally:
             hold.release()
+        if self._maintain_if_due(checkout, parsed):
+            entry = self._entry_of(parsed.key) or entry
         self._enforce_if_over()
         if entry is None:  # pragma: no cover - the row is written before the hold is released
             raise RepoCacheError(f"{parsed.url} vanished from the index while held")
@@ -524,6 +552,53 @@ class RepoCache:
             bytes_limit=self.max_bytes,
             entries=count,
         )
+
+    def maintain(self, url: str | os.PathLike[str] | None = None, *, prune: bool = False) -> list[MaintenanceReport]:
+        """Repack, pack refs and write the commit-graph of one cached repository (or of every one) now.
+
+        Runs under the mirror's fetch lock while readers keep reading (waits up to ``lock_timeout`` for a fetch
+        in flight): small packs and loose objects are rolled up geometrically (every object kept), loose refs
+        packed, the commit-graph written in the format libgit2 reads, and debris of killed git processes removed.
+        The index gets the new size. Automatic maintenance (``maintenance="auto"``) does the same when a fetch
+        left a mirror over a threshold.
+
+        Args:
+            url: the repository; None for every cached one.
+            prune: also repack fully and drop unreachable objects older than ``maintenance_grace``. That needs the
+                repository's exclusive lock and never waits for it: a mirror held by a reader or a worktree is
+                left alone (``skipped`` says so).
+
+        Returns:
+            One report per repository maintained (empty when ``url`` is not cached).
+
+        Raises:
+            GitError: git failed for ``url`` (for all repositories, failures are logged and reported as skipped).
+            LockTimeoutError: another worker held ``url`` longer than ``lock_timeout``.
+        """
+        if url is not None:
+            parsed = self._parse(url)
+            found = maintenance.maintain_one(self._context, parsed.key, parsed.url, wait=True, forced=True, prune=prune)
+            return [] if found is None else [found]
+        self._check_open()
+        reports = []
+        for row in self._context.index.rows():
+            try:
+                report = maintenance.maintain_one(self._context, row.key, row.url, wait=True, forced=True, prune=prune)
+            except (GitError, LockTimeoutError) as exc:
+                self._context.events.maintenance_failed(row.url, exc)
+                report = maintenance.failed_report(self._context, row, exc)
+            if report is not None:
+                reports.append(report)
+        return reports
+
+    def _maintain_if_due(self, checkout: Checkout, parsed: RepoURL) -> bool:
+        """Automatic maintenance after a hit or restore that fetched, in the releasing caller; True when it ran.
+
+        Hits that did not fetch changed nothing and cost nothing here; a fresh clone has one pack.
+        """
+        if not checkout.fetched or checkout.source == Source.CLONE or self._closed:
+            return False
+        return maintenance.after_fetch(self._context, parsed.key, parsed.url) is not None
 
     def verify(self, repair: bool = False) -> list[Problem]:
         """Compare the index with the disk.

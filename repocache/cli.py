@@ -16,6 +16,7 @@ Usage (global options go before or after the command)::
     publish URL... [--json]   clone or refresh each URL and upload its mirror to the cold store for other hosts
     cold ls [--json]          the artifacts in the cold store, newest first
     cold prune [--older-than SECONDS] [--keep-bytes SIZE]   delete old artifacts from the cold store
+    maintain [URL] [--prune] [--json]  repack, pack refs and write the commit-graph of URL (default: every mirror)
 
 Settings come from the options, else the environment: ``REPOCACHE_DIR`` (the root; else the platform's user cache
 directory), ``REPOCACHE_MAX_BYTES`` (the budget, e.g. ``20GB``), ``REPOCACHE_PINS`` (a never-evict YAML file),
@@ -457,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help='then delete the oldest while the artifacts total more than this, e.g. "50GB"',
     )
+    maintain = command("maintain", "repack, pack refs and write the commit-graph of one mirror or of all of them")
+    maintain.add_argument("url", metavar="URL", nargs="?", help="repository URL or local path (default: every one)")
+    maintain.add_argument(
+        "--prune",
+        action="store_true",
+        help="also drop unreachable objects older than the grace period (only mirrors nobody holds)",
+    )
+    maintain.add_argument("--json", action="store_true", help="print a JSON list of reports")
     return parser
 
 
@@ -828,6 +837,33 @@ def _cmd_cold(context: _Context) -> int:
     return EXIT_OK
 
 
+def _cmd_maintain(context: _Context) -> int:
+    with _open_cache(context) as cache:
+        reports = cache.maintain(context.args.url, prune=bool(context.args.prune))
+    if context.args.json:
+        context.emit_json([dataclasses.asdict(report) for report in reports])
+    elif reports:
+        rows = [("URL", "DONE", "PACKS", "LOOSE OBJECTS", "LOOSE REFS", "SIZE", "SECONDS", "PEAK MEMORY")]
+        rows += [
+            (
+                r.url,
+                ", ".join(r.tasks) or (f"nothing ({r.skipped})" if r.skipped else "nothing needed"),
+                f"{r.packs_before} -> {r.packs_after}",
+                f"{r.loose_objects_before} -> {r.loose_objects_after}",
+                f"{r.loose_refs_before} -> {r.loose_refs_after}",
+                f"{_human_bytes(r.size_before)} -> {_human_bytes(r.size_after)}",
+                f"{r.seconds:.2f}",
+                _human_bytes(r.peak_rss_bytes),
+            )
+            for r in reports
+        ]
+        context.emit(_table(rows))
+    else:
+        context.note("nothing to maintain" if context.args.url is None else f"{context.args.url} is not cached")
+    failed = [r for r in reports if r.skipped is not None and r.skipped.startswith("failed")]
+    return EXIT_NOT_DONE if failed else EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[_Context], int]] = {
     "get": _cmd_get,
     "ls": _cmd_ls,
@@ -840,6 +876,7 @@ _COMMANDS: dict[str, Callable[[_Context], int]] = {
     "stale": _cmd_stale,
     "publish": _cmd_publish,
     "cold": _cmd_cold,
+    "maintain": _cmd_maintain,
 }
 
 

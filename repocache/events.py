@@ -19,7 +19,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from repocache.models import MaintenanceReport
 
 __all__ = [
     "BudgetWaitEvent",
@@ -325,12 +328,6 @@ class Events:
             seconds,
         )
 
-    def maintained(self, url: str, key: str, seconds: float, size_bytes: int, detail: str) -> None:
-        """Maintenance ran on a mirror."""
-        logger.info("maintained %s in %.3f s (%s)", url, seconds, detail)
-        if self._hooks:
-            self.emit(MaintenanceEvent(url, key, time.time(), seconds, size_bytes, detail))
-
     def published(self, url: str, key: str, seconds: float, size_bytes: int, reason: str) -> None:
         """A mirror was uploaded to the cold store."""
         logger.info("offloaded %s to the cold store (%d bytes, %s)", url, size_bytes, reason)
@@ -348,6 +345,32 @@ class Events:
     def fleet_wait(self, url: str, outcome: str, seconds: float) -> None:
         """A miss waited for another host's clone of the same repository: ``outcome`` says how the wait ended."""
         logger.info("waited %.2fs for another host's clone of %s: %s", seconds, url, outcome)
+
+    def maintained(self, report: MaintenanceReport) -> None:
+        """A mirror was maintained (repacked, refs packed, commit-graph written)."""
+        logger.info(
+            "maintained %s: %s; packs %d -> %d, loose objects %d -> %d, loose refs %d -> %d, %d -> %d bytes, "
+            "%.3fs, peak memory %d bytes",
+            report.url,
+            ", ".join(report.tasks),
+            report.packs_before,
+            report.packs_after,
+            report.loose_objects_before,
+            report.loose_objects_after,
+            report.loose_refs_before,
+            report.loose_refs_after,
+            report.size_before,
+            report.size_after,
+            report.seconds,
+            report.peak_rss_bytes,
+        )
+        if self._hooks:
+            detail = ", ".join(report.tasks) or (report.skipped or "nothing to do")
+            self.emit(MaintenanceEvent(report.url, report.key, time.time(), report.seconds, report.size_after, detail))
+
+    def maintenance_failed(self, url: str, detail: object) -> None:
+        """Automatic maintenance failed; the mirror keeps every object and the caller is not disturbed."""
+        logger.warning("maintenance of %s failed: %s", url, detail)
 
     def restore_unusable(self, url: str, detail: object) -> None:
         """A cold artifact could not be restored and the repository is cloned: logged, and warned to the caller."""

@@ -44,8 +44,12 @@ from repocache.models import Progress
 
 __all__ = [
     "GitOptions",
+    "GitRun",
+    "MaintenanceLimits",
+    "MirrorShape",
     "ProgressCallback",
     "clone_mirror",
+    "commit_graph_state",
     "disk_usage",
     "fetch_mirror",
     "find_git",
@@ -53,9 +57,15 @@ __all__ = [
     "newest_commit_time",
     "open_repository",
     "ref_tips",
-    "sanitize_restored_mirror",
+    "mirror_shape",
+    "pack_refs",
+    "repack_all_keeping",
+    "repack_geometric",
+    "repack_pruning",
+    "run_maintenance_git",
     "sweep_mirror",
     "validate_mirror",
+    "write_commit_graph",
 ]
 
 logger = logging.getLogger("repocache")
@@ -66,7 +76,7 @@ _PROGRESS_LINE = re.compile(
     r"(?:,\s+(?P<amount>[\d.]+) (?P<unit>[KMG]?i?B))?"
 )
 _UNITS = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
-_LEFTOVER_PACK_PREFIXES = ("tmp_pack_", "pack_git2_", "tmp_idx_", "tmp_rev_")
+_LEFTOVER_PACK_PREFIXES = ("tmp_pack_", "pack_git2_", "tmp_idx_", "tmp_rev_", ".tmp-")  # .tmp-: git pack-objects
 _GIT_LOCK_FILES = (
     "HEAD.lock",
     "config.lock",
@@ -74,6 +84,8 @@ _GIT_LOCK_FILES = (
     "shallow.lock",
     "index.lock",
     "FETCH_HEAD.lock",
+    "objects/info/commit-graph.lock",
+    "objects/pack/multi-pack-index.lock",
 )
 _CANCEL_POLL = 0.05  # seconds: how often a cancellable git run looks at its token
 _PARTIAL_UPSTREAM = ("promisor", "did not receive expected object", "missing blob object", "unable to read ")
@@ -497,10 +509,11 @@ def newest_commit_time(path: Path) -> float | None:
         repo.free()
 
 
-def sweep_mirror(path: Path) -> list[Path]:
+def sweep_mirror(path: Path, *, dry_run: bool = False) -> list[Path]:
     """Delete what a killed git or libgit2 leaves inside a mirror: temporary packs and stale ``*.lock`` files.
 
-    The caller must hold the repository's fetch lock, so no transfer of ours is running in the mirror.
+    The caller must hold the repository's fetch lock (or its exclusive lock), so no transfer or maintenance of
+    ours is running in the mirror. With ``dry_run``, only list them.
     """
     removed: list[Path] = []
     pack_dir = path / "objects" / "pack"
@@ -520,6 +533,13 @@ def sweep_mirror(path: Path) -> list[Path]:
     refs = path / "refs"
     for directory, _dirs, files in os.walk(refs):
         removed.extend(Path(directory, name) for name in files if name.endswith(".lock"))
+    with contextlib.suppress(FileNotFoundError), os.scandir(objects / "info") as entries:
+        for entry in entries:
+            if entry.name.startswith("tmp_graph_") or entry.name.endswith(".lock"):
+                removed.append(Path(entry.path))  # a commit-graph write killed before its rename
+    removed = sorted(set(removed))
+    if dry_run:
+        return removed
     for item in removed:
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item, ignore_errors=True)
@@ -932,3 +952,249 @@ def _init_borrowing(dest: Path, mirror: Path, url: RepoURL) -> None:
         (info / "alternates").write_text(str(mirror / "objects") + "\n", encoding="utf-8")
     except (pygit2.GitError, OSError) as exc:
         raise GitError(url.url, f"cannot create a repository in {dest}: {scrub(str(exc))}") from None
+
+
+# -- maintenance ------------------------------------------------------------------------------------------------
+
+_LOOSE_SAMPLE = "17"  # git gc --auto's sample directory: loose objects are estimated from one of the 256
+_GRAPH_CHUNKS_LIBGIT2_READS = {b"OIDF", b"OIDL", b"CDAT", b"EDGE", b"BIDX", b"BDAT"}
+
+
+@dataclass(frozen=True)
+class MirrorShape:
+    """What maintenance decides from: counted from a few directory listings and stats, never by reading objects.
+
+    Attributes:
+        packs: pack files in ``objects/pack``.
+        pack_bytes: their total size.
+        largest_pack_bytes: the size of the largest.
+        loose_objects: loose objects, estimated from the directory ``objects/17`` (times 256) as ``git gc``
+            does; exact when ``exact`` was asked for.
+        loose_refs: ref files under ``refs/`` (refs not yet in ``packed-refs``).
+        commit_graph: ``"missing"``, ``"unreadable"`` (a format libgit2 rejects: generation data v2 chunks, or a
+            split chain it does not read) or ``"ok"``.
+        graph_stale_bytes: bytes of the packs written after the commit-graph (all of them when there is none).
+    """
+
+    packs: int
+    pack_bytes: int
+    largest_pack_bytes: int
+    loose_objects: int
+    loose_refs: int
+    commit_graph: str
+    graph_stale_bytes: int
+
+
+def commit_graph_state(path: Path) -> str:
+    """``"missing"``, ``"unreadable"`` (libgit2 would ignore it) or ``"ok"`` for the mirror at ``path``.
+
+    libgit2 (1.9) reads only ``objects/info/commit-graph`` (not split chains) and rejects a whole file that
+    has a chunk it does not know, such as the generation data v2 chunks (``GDA2``, ``GDO2``) that git writes by
+    default since 2.31: such a graph is invisible to pygit2.
+    """
+    graph = path / "objects" / "info" / "commit-graph"
+    try:
+        with open(graph, "rb") as handle:
+            header = handle.read(8)
+            if len(header) < 8 or header[:4] != b"CGPH":
+                return "unreadable"
+            table = handle.read(12 * (header[6] + 1))
+    except FileNotFoundError:
+        chain = path / "objects" / "info" / "commit-graphs" / "commit-graph-chain"
+        return "unreadable" if chain.exists() else "missing"
+    except OSError:
+        return "unreadable"
+    chunks = {table[i : i + 4] for i in range(0, 12 * header[6], 12)}
+    return "ok" if chunks <= _GRAPH_CHUNKS_LIBGIT2_READS else "unreadable"
+
+
+def mirror_shape(path: Path, *, exact: bool = False) -> MirrorShape:
+    """Count packs, loose objects and loose refs of the mirror at ``path`` (a few directory listings).
+
+    Raises:
+        FileNotFoundError: the mirror is gone.
+    """
+    pack_dir = path / "objects" / "pack"
+    sizes: list[int] = []
+    stale = 0
+    graph_state = commit_graph_state(path)
+    graph_mtime = None
+    if graph_state == "ok":
+        with contextlib.suppress(FileNotFoundError):
+            graph_mtime = (path / "objects" / "info" / "commit-graph").stat().st_mtime
+    with os.scandir(pack_dir) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".pack") or entry.name.startswith(_LEFTOVER_PACK_PREFIXES):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            sizes.append(st.st_size)
+            if graph_mtime is None or st.st_mtime > graph_mtime:
+                stale += st.st_size
+    loose = 0
+    objects_dir = path / "objects"
+    samples = [e.name for e in listing_dirs(objects_dir) if len(e.name) == 2] if exact else [_LOOSE_SAMPLE]
+    for name in samples:
+        with contextlib.suppress(FileNotFoundError), os.scandir(objects_dir / name) as entries:
+            loose += sum(1 for _ in entries)
+    if not exact:
+        loose *= 256
+    loose_refs = 0
+    for _directory, _dirs, files in os.walk(path / "refs"):
+        loose_refs += sum(1 for name in files if not name.endswith(".lock"))
+    return MirrorShape(
+        packs=len(sizes),
+        pack_bytes=sum(sizes),
+        largest_pack_bytes=max(sizes, default=0),
+        loose_objects=loose,
+        loose_refs=loose_refs,
+        commit_graph=graph_state,
+        graph_stale_bytes=stale,
+    )
+
+
+def listing_dirs(directory: Path) -> list[os.DirEntry[str]]:
+    """The subdirectories of ``directory`` (empty when it does not exist)."""
+    try:
+        with os.scandir(directory) as entries:
+            return [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+
+
+@dataclass(frozen=True)
+class MaintenanceLimits:
+    """How much a maintenance git may use.
+
+    Attributes:
+        window_memory: bytes of delta window per thread (``pack.windowMemory``); 0 for git's default (none).
+        threads: delta search threads (``pack.threads``).
+    """
+
+    window_memory: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class GitRun:
+    """One maintenance git process: how long it took and the peak resident memory of its process tree."""
+
+    seconds: float
+    peak_rss_bytes: int
+
+
+def _maintenance_environment(options: GitOptions, limits: MaintenanceLimits) -> dict[str, str]:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("GIT_CONFIG_", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX", "GIT_OBJECT_DIRECTORY"))
+        and name not in ("GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE")
+    }
+    env.update(LC_ALL="C", LANGUAGE="C", GIT_TERMINAL_PROMPT="0")
+    settings = [
+        ("gc.auto", "0"),
+        ("maintenance.auto", "false"),
+        ("pack.threads", str(limits.threads)),
+        ("repack.writeBitmaps", "false"),  # a fresh `git clone --mirror` has none; libgit2 does not read them
+        ("repack.updateServerInfo", "false"),
+        # Generation data v2 (git's default) makes libgit2 reject the whole graph; v1 is read by both.
+        ("commitGraph.generationVersion", "1"),
+        ("fetch.writeCommitGraph", "false"),
+    ]
+    if limits.window_memory:
+        settings.append(("pack.windowMemory", str(limits.window_memory)))
+    env["GIT_CONFIG_COUNT"] = str(len(settings))
+    for number, (key, value) in enumerate(settings):
+        env[f"GIT_CONFIG_KEY_{number}"] = key
+        env[f"GIT_CONFIG_VALUE_{number}"] = value
+    return env
+
+
+def run_maintenance_git(path: Path, args: list[str], options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Run ``git args`` in the mirror at ``path`` with bounded memory; returns its time and peak memory.
+
+    Raises:
+        GitError: git failed (the message is its last lines of standard error).
+    """
+    if options.git is None:
+        raise GitError(str(path), "maintenance needs the git command line tool, which was not found")
+    command, preexec = _with_death_signal([options.git, *args])
+    started = time.monotonic()
+    process = subprocess.Popen(
+        command,
+        cwd=path,
+        env=_maintenance_environment(options, limits),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=preexec,
+    )
+    assert process.stderr is not None
+    try:
+        error = process.stderr.read()
+        # wait4 gives the resource usage of git and of the children it waited for (pack-objects).
+        _pid, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    except BaseException:
+        _kill(process)
+        raise
+    finally:
+        process.stderr.close()
+    seconds = time.monotonic() - started
+    if process.returncode != 0:
+        detail = error.decode("utf-8", "replace").strip().splitlines()[-4:]
+        raise GitError(str(path), f"git {args[0]} failed: {'; '.join(detail) or process.returncode}")
+    return GitRun(seconds=seconds, peak_rss_bytes=int(usage.ru_maxrss) * 1024)
+
+
+def repack_geometric(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Roll small packs and loose objects into packs that form a geometric progression (factor 2).
+
+    Every object of the packs rolled up (reachable or not) and every loose object goes into the new pack before
+    the old ones are deleted, so nothing is ever lost and no unreachable object is pruned.
+    """
+    return run_maintenance_git(
+        path, ["repack", "--geometric=2", "-d", "-q", "--no-write-bitmap-index"], options, limits
+    )
+
+
+def repack_all_keeping(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Repack every object into one pack, unreachable ones included (``-a -d -k``), with deltas found afresh.
+
+    A geometric roll-up reuses objects as the packs store them, and libgit2's fetched packs carry whole copies of
+    the delta bases it appended to complete thin packs: repacking them by traversal (which knows paths, so finds
+    good deltas) brings the mirror back to a fresh clone's size. Objects no ref reaches are appended, not dropped.
+    """
+    args = ["repack", "-a", "-d", "-k", "-q", "--no-write-bitmap-index"]
+    return run_maintenance_git(path, args, options, limits)
+
+
+def repack_pruning(path: Path, options: GitOptions, limits: MaintenanceLimits, grace: float) -> GitRun:
+    """Repack everything into one pack plus a cruft pack; unreachable objects older than ``grace`` seconds go.
+
+    Only safe while nobody reads the mirror (a worktree may need an unreachable commit): the caller holds the
+    repository's exclusive lock.
+    """
+    expiration = f"{int(grace)}.seconds.ago" if grace > 0 else "now"
+    args = ["repack", "-a", "-d", "-q", "--cruft", f"--cruft-expiration={expiration}", "--no-write-bitmap-index"]
+    return run_maintenance_git(path, args, options, limits)
+
+
+def pack_refs(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Move loose refs into ``packed-refs`` (written whole, then the loose files are deleted)."""
+    return run_maintenance_git(path, ["pack-refs", "--all", "--prune"], options, limits)
+
+
+def write_commit_graph(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Write ``objects/info/commit-graph`` for every reachable commit, in the format libgit2 and git both read.
+
+    One file (libgit2 does not read split chains) with generation numbers v1 (libgit2 rejects a graph that has
+    the generation data v2 chunks git writes by default); any split chain is replaced.
+    """
+    run = run_maintenance_git(path, ["commit-graph", "write", "--reachable", "--no-progress"], options, limits)
+    # git reads the single file first, so a chain left by someone else's split write is dead weight now.
+    shutil.rmtree(path / "objects" / "info" / "commit-graphs", ignore_errors=True)
+    return run

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Entry", "Problem", "Progress", "Stats"]
+__all__ = ["Entry", "MaintenanceReport", "Problem", "Progress", "Stats"]
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,42 @@ class Problem:
     path: Path
     detail: str
     repaired: bool = False
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    """What :meth:`RepoCache.maintain` (or automatic maintenance) did to one mirror.
+
+    Attributes:
+        url: the normalized URL.
+        key: the mirror's directory name in the cache.
+        tasks: what ran, in order: ``"sweep"`` (debris of killed git processes removed), ``"repack"``
+            (geometric: small packs and loose objects rolled up), ``"pack-refs"``, ``"commit-graph"``,
+            ``"prune"`` (full repack dropping unreachable objects older than the grace period).
+        skipped: why some or all of the work was not done (the mirror was busy or gone), else None.
+        packs_before: pack files before.
+        packs_after: pack files after.
+        loose_objects_before: loose objects before (exact count).
+        loose_objects_after: loose objects after.
+        loose_refs_before: loose refs before.
+        loose_refs_after: loose refs after.
+        size_before: allocated bytes of the mirror before (as the index had it).
+        size_after: allocated bytes after, now recorded in the index (the budget sees it).
+        seconds: wall time of the whole maintenance.
+        peak_rss_bytes: the largest peak resident memory of the git processes it ran.
+    """
+
+    url: str
+    key: str
+    tasks: tuple[str, ...]
+    skipped: str | None
+    packs_before: int
+    packs_after: int
+    loose_objects_before: int
+    loose_objects_after: int
+    loose_refs_before: int
+    loose_refs_after: int
+    size_before: int
+    size_after: int
+    seconds: float
+    peak_rss_bytes: int

@@ -20,6 +20,13 @@
 | cold_retention   | None (keep forever)          | finite seconds >= 0                                   |
 | cold_publish     | "off"                        | "off", "clone" or "always" (``PUBLISH_MODES``)        |
 | cold_publish_after | 3600.0                     | finite seconds >= 0                                   |
+| maintenance      | "auto"                       | "auto" (after a fetch that crossed a threshold) or "off" |
+| maintenance_max_packs | None (grows with the log of the size) | int >= 1                                  |
+| maintenance_max_loose_objects | 1024                | int >= 0                                              |
+| maintenance_max_loose_refs | 128                    | int >= 0                                              |
+| maintenance_window_memory | "128MiB"              | same forms as max_bytes; 0 for git's default (unbounded) |
+| maintenance_threads | 1                         | int >= 1                                              |
+| maintenance_grace | 1209600.0 (two weeks)       | finite seconds >= 0: unreachable objects younger are kept |
 """
 
 from __future__ import annotations
@@ -34,7 +41,15 @@ import platformdirs
 
 from repocache.errors import ConfigError
 
-__all__ = ["PUBLISH_MODES", "Settings", "default_root", "parse_bytes", "parse_seconds"]
+__all__ = [
+    "MAINTENANCE_MODES",
+    "PUBLISH_MODES",
+    "Settings",
+    "default_root",
+    "parse_bytes",
+    "parse_count",
+    "parse_seconds",
+]
 
 PUBLISH_MODES = ("off", "clone", "always")
 """When mirrors are uploaded to the cold store besides evictions: never, after a clone, or also after fetches."""
@@ -122,6 +137,21 @@ def default_root() -> Path:
 
 _ON_FETCH_ERROR = ("warn", "raise")
 _REFRESH_MODES = ("foreground", "background")
+MAINTENANCE_MODES = ("auto", "off")
+
+
+def parse_count(name: str, value: object, *, minimum: int = 0, allow_none: bool = False) -> int | None:
+    """Parse a whole number at least ``minimum`` (None allowed with ``allow_none``).
+
+    Raises:
+        ConfigError: the value is not an int in range.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        wanted = f"an int >= {minimum}" + (" or None" if allow_none else "")
+        raise ConfigError(f"{name}={value!r} is not accepted; expected {wanted}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -143,6 +173,13 @@ class Settings:
     max_stale: float | None = 3600.0
     cold_publish: str = "off"
     cold_publish_after: float = 3600.0
+    maintenance: str = "auto"
+    maintenance_max_packs: int | None = None
+    maintenance_max_loose_objects: int = 1024
+    maintenance_max_loose_refs: int = 128
+    maintenance_window_memory: int = 128 * 1024**2
+    maintenance_threads: int = 1
+    maintenance_grace: float = 14 * 86400.0
 
     @classmethod
     def parse(
@@ -162,6 +199,13 @@ class Settings:
         max_stale: object = 3600.0,
         cold_publish: object = "off",
         cold_publish_after: object = 3600.0,
+        maintenance: object = "auto",
+        maintenance_max_packs: object = None,
+        maintenance_max_loose_objects: object = 1024,
+        maintenance_max_loose_refs: object = 128,
+        maintenance_window_memory: object = "128MiB",
+        maintenance_threads: object = 1,
+        maintenance_grace: object = 14 * 86400.0,
     ) -> Settings:
         """Validate every setting.
 
@@ -187,6 +231,8 @@ class Settings:
         if cold_publish not in PUBLISH_MODES:
             expected = ", ".join(repr(name) for name in PUBLISH_MODES)
             raise ConfigError(f"cold_publish={cold_publish!r} is not accepted; expected one of {expected}")
+        if maintenance not in MAINTENANCE_MODES:
+            raise ConfigError(f"maintenance={maintenance!r} is not accepted; expected 'auto' or 'off'")
         return cls(
             max_bytes=parse_bytes("max_bytes", max_bytes, allow_none=True),
             min_free_bytes=parse_bytes("min_free_bytes", min_free_bytes, allow_none=False) or 0,
@@ -203,6 +249,19 @@ class Settings:
             max_stale=None if max_stale is None else parse_seconds("max_stale", max_stale),
             cold_publish=str(cold_publish),
             cold_publish_after=parse_seconds("cold_publish_after", cold_publish_after),
+            maintenance=str(maintenance),
+            maintenance_max_packs=parse_count(
+                "maintenance_max_packs", maintenance_max_packs, minimum=1, allow_none=True
+            ),
+            maintenance_max_loose_objects=parse_count("maintenance_max_loose_objects", maintenance_max_loose_objects)
+            or 0,
+            maintenance_max_loose_refs=parse_count("maintenance_max_loose_refs", maintenance_max_loose_refs) or 0,
+            maintenance_window_memory=parse_bytes(
+                "maintenance_window_memory", maintenance_window_memory, allow_none=False
+            )
+            or 0,
+            maintenance_threads=parse_count("maintenance_threads", maintenance_threads, minimum=1) or 1,
+            maintenance_grace=parse_seconds("maintenance_grace", maintenance_grace),
         )
 
     @property

@@ -4,12 +4,14 @@
 ``time.monotonic()`` stamp (one clock for all processes on Linux), to the file ``spec["events"]``, so the parent
 that SIGKILLs it can tell in which phase the kill landed. The steps are seen by wrapping
 ``gitops.clone_mirror``, ``gitops.fetch_mirror``, ``gitops.make_worktree``, ``Budget.evict_locked``,
-``ColdTier.offload`` (cold upload) and ``ColdTier.restore`` with functions that only log and then call the
-original: the library's behaviour is unchanged.
+``ColdTier.offload`` (cold upload), ``ColdTier.restore`` and the maintenance steps (``gitops.repack_geometric``,
+``gitops.repack_all_keeping``,
+``gitops.pack_refs``, ``gitops.write_commit_graph``, ``gitops.repack_pruning``) with functions that only log and
+then call the original: the library's behaviour is unchanged.
 
-Spec keys (crash): ``root``, ``events``, ``action`` ("checkout", "worktree", "evict", "evict_loop"), ``url`` or
-``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds to stay inside the
-block), ``seed`` (evict_loop).
+Spec keys (crash): ``root``, ``events``, ``action`` ("checkout", "worktree", "evict", "evict_loop", "maintain"),
+``url`` or ``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds to stay
+inside the block), ``seed`` (evict_loop), ``prune`` (maintain).
 
 ``load`` mode runs ``spec["ops"]`` random operations against a cache shared with other workers and checks the
 invariants as it goes; it writes a JSON report to ``spec["report"]``: every operation with its start and end time
@@ -73,6 +75,11 @@ def instrument(log: Log) -> None:
     _wrap(budget.Budget, "evict_locked", "evict", log)
     _wrap(tier.ColdTier, "offload", "upload", log)
     _wrap(tier.ColdTier, "restore", "restore", log)
+    _wrap(gitops, "repack_geometric", "repack", log)
+    _wrap(gitops, "repack_all_keeping", "repack", log)
+    _wrap(gitops, "pack_refs", "pack-refs", log)
+    _wrap(gitops, "write_commit_graph", "commit-graph", log)
+    _wrap(gitops, "repack_pruning", "prune", log)
 
 
 def fsck(path: Path) -> str | None:
@@ -117,6 +124,9 @@ def crash(spec: dict[str, Any]) -> None:
                 time.sleep(hold)
         elif action == "evict":
             log(f"evicted:{cache.evict(spec['url'])}")
+        elif action == "maintain":
+            reports = cache.maintain(spec["url"], prune=bool(spec.get("prune", False)))
+            log(f"maintained:{','.join(reports[0].tasks) if reports else 'none'}")
         elif action == "evict_loop":
             rng = random.Random(spec.get("seed", 0))
             urls: list[str] = spec["urls"]
@@ -185,12 +195,12 @@ class LoadWorker:
     def one(self, cache: RepoCache) -> None:
         repo = self.rng.choice(self.repos)
         op = self.rng.choices(
-            ["checkout", "worktree", "ensure", "evict", "enforce", "verify", "repair"],
-            weights=[34, 16, 22, 12, 8, 5, 3],
+            ["checkout", "worktree", "ensure", "evict", "enforce", "verify", "repair", "maintain"],
+            weights=[34, 16, 22, 12, 8, 5, 3, 5],
         )[0]
         record: dict[str, Any] = {
             "op": op,
-            "key": repo["key"] if op in ("checkout", "worktree", "ensure", "evict") else None,
+            "key": repo["key"] if op in ("checkout", "worktree", "ensure", "evict", "maintain") else None,
         }
         record["t0"] = time.monotonic()
         try:
@@ -297,6 +307,12 @@ class LoadWorker:
         pinned = {r["key"] for r in self.repos if r["pinned"]}
         if any(e.key in pinned for e in evicted):
             self.violation(f"enforce() evicted a pinned repository: {evicted}")
+
+    def op_maintain(self, cache: RepoCache, repo: dict[str, Any], record: dict[str, Any]) -> None:
+        reports = cache.maintain(repo["url"], prune=self.rng.random() < 0.3)
+        record["tasks"] = list(reports[0].tasks) if reports else []
+        if reports and reports[0].skipped is not None and "in use" not in reports[0].skipped:
+            self.violation(f"maintain({repo['url']}) skipped: {reports[0].skipped}")
 
     def op_verify(self, cache: RepoCache, repo: dict[str, Any], record: dict[str, Any]) -> None:
         self.judge(cache.verify(), record, "verify()")

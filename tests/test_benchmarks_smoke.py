@@ -43,6 +43,7 @@ def test_benchmarks_smoke_prints_the_table(tmp_path: Path) -> None:
         "push to visible: webhook (mark_stale) vs TTL polling",
         "upstream contacts per 1,000 checkouts: adaptive schedule",
         "hit latency with refresh='background' while fetches are in flight",
+        "after 20 fetch-on-hits, maintenance at its defaults: blob reads",
     ):
         assert f"| {case}" in table, f"{case!r} missing from:\n{table}"
     assert (tmp_path / "out" / "results.md").read_text() in table

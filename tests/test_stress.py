@@ -40,7 +40,7 @@ import pytest
 
 from repocache import Problem, RepoCache, normalize_url
 from repocache.cold import LocalDirStore
-from repocache.gitops import validate_mirror
+from repocache.gitops import sweep_mirror, validate_mirror
 from repocache.locks import acquire
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests._stress_worker import fsck
@@ -173,8 +173,12 @@ def _phase(events: list[tuple[float, str]]) -> str:
             state = "eviction (after the upload)"
         elif name == "evict:end":
             state = "after eviction"
-        elif name.startswith("evicted:"):
+        elif name.startswith("evicted:") or name.startswith("maintained:"):
             state = "after the operation"
+        elif name.split(":")[0] in _MAINTENANCE_STEPS and name.endswith(":start"):
+            state = f"maintenance ({name.split(':')[0]})"
+        elif name.split(":")[0] in _MAINTENANCE_STEPS and name.endswith(":end"):
+            state = "maintenance (between steps)"
         elif name.startswith("held"):
             state = "held by the caller"
         elif name == "op:end":
@@ -185,7 +189,14 @@ def _phase(events: list[tuple[float, str]]) -> str:
     return state
 
 
+_MAINTENANCE_STEPS = ("repack", "pack-refs", "commit-graph", "prune")
+
 _BUCKET = {
+    "maintenance (repack)": "during",
+    "maintenance (pack-refs)": "during",
+    "maintenance (commit-graph)": "during",
+    "maintenance (prune)": "during",
+    "maintenance (between steps)": "during",
     "starting": "before",
     "before transfer": "before",
     "between operations": "before",
@@ -226,6 +237,7 @@ class Scenario:
     duration: float = 0.0  # measured length of the operation (T)
     windows: dict[str, float] = field(default_factory=dict)  # measured length of what follows each target event
     fixed_windows: dict[str, float] = field(default_factory=dict)  # windows chosen instead of measured
+    objects: set[str] = field(default_factory=set)  # every object in the mirror before the trial (maintenance)
 
 
 class CrashLab:
@@ -254,6 +266,8 @@ class CrashLab:
             spec["url"] = scenario.urls[0]
         if scenario.action == "worktree":
             spec["ref"] = self.rng.choice(["HEAD", "main", "v1"])
+        if scenario.action == "maintain":
+            spec["prune"] = self.rng.random() < 0.3  # the grace period keeps every object of this trial
         return spec
 
     def _events_file(self) -> Path:
@@ -371,6 +385,11 @@ class CrashLab:
         _wait_no_process_in(root)
         self._debris(root, record)
         self._published_mirrors_are_whole(root, None)
+        if scenario.objects:
+            mirror = root / "repos" / _key(url)
+            lost = scenario.objects - _all_objects(mirror)
+            assert not lost, f"maintenance killed in flight lost {len(lost)} objects, e.g. {sorted(lost)[:3]}"
+            record["left_in_mirror"] = len(sweep_mirror(mirror, dry_run=True))
         assert _held_locks(root) == [], f"locks still held after the worker died: {_held_locks(root)}"
         self._cold_store_whole(scenario, record)
         with RepoCache(root, lock_timeout=5, **scenario.options) as cache:
@@ -457,6 +476,18 @@ class CrashLab:
         }
 
 
+def _all_objects(path: Path) -> set[str]:
+    """Every object in the repository at ``path``, reachable or not."""
+    out = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch-check=%(objectname)"],
+        cwd=path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(out.split())
+
+
 def _big_tree(upstream: Upstream, files: int) -> None:
     upstream.commit({f"src/{i:04d}/module.py": f"# file {i}\n" + "x = 1\n" * 40 for i in range(files)})
 
@@ -530,6 +561,22 @@ def _scenarios(
         if rng.random() < 0.5:
             scenario.upstreams[0].commits(rng.randint(1, 5), size=20_000)
 
+    def many_packs(scenario: Scenario, rng: random.Random) -> None:
+        """Before a maintenance trial: the mirror has a pack per fetch, loose refs, maybe unreachable objects."""
+        upstream = scenario.upstreams[0]
+        with RepoCache(scenario.root, **scenario.options) as cache:
+            cache.ensure(scenario.urls[0])
+            for number in range(rng.randint(4, 10)):
+                upstream.commits(rng.randint(1, 3), size=rng.choice([500, 5_000]))
+                if rng.random() < 0.2:
+                    upstream.force_push()
+                if rng.random() < 0.3:
+                    upstream.commit({"side.txt": str(number)}, branch=f"side-{number % 3}")
+                cache.ensure(scenario.urls[0])
+            entry = cache.info(scenario.urls[0])
+            assert entry is not None
+            scenario.objects = _all_objects(entry.path)
+
     scenarios: list[Scenario] = []
     for name in names:
         root = base / name.replace("/", "-").replace(" ", "-")
@@ -577,6 +624,21 @@ def _scenarios(
                     Scenario(name, "checkout", [upstream], [daemon.url_for(upstream)], root, cold, in_cold_store)
                 )
                 scenarios[-1].targets = ("restore:start", "restore:end")
+        elif kind == "maintenance":
+            upstream = served.create("crash-maintenance")
+            upstream.commits(30, size=5_000)
+            scenarios.append(
+                Scenario(
+                    name,
+                    "maintain",
+                    [upstream],
+                    [daemon.url_for(upstream)],
+                    root,
+                    {"maintenance": "off"},
+                    many_packs,
+                    targets=("repack:start", "commit-graph:start"),
+                )
+            )
         elif kind == "eviction loop":
             loop_upstreams = []
             for number in range(6):
@@ -654,12 +716,13 @@ def test_workers_killed_at_random_instants_lose_nothing(
             "cold/upload": 1,
             "cold/restore": 1,
             "eviction loop/cold": 2,
+            "maintenance": 2,
         },
         targeted_trials={},
     )
     _report("crash injection (default run)", summary)
     assert lab.failures == [], "\n".join(lab.failures)
-    assert summary["trials"] == 9
+    assert summary["trials"] == 11
 
 
 _SLOW_RANDOM = {
@@ -676,6 +739,7 @@ _SLOW_RANDOM = {
     "cold/restore": 25,
     "eviction loop": 30,
     "eviction loop/cold": 30,
+    "maintenance": 30,
 }
 _SLOW_TARGETED = {
     "clone:end": 4,
@@ -687,6 +751,8 @@ _SLOW_TARGETED = {
     "restore:start": 6,
     "restore:end": 6,
     "evict:start": 10,
+    "repack:start": 8,
+    "commit-graph:start": 6,
 }
 
 
@@ -1080,6 +1146,7 @@ def _load(
     max_bytes = measured[pinned] + others[-1] + others[-2] + others[0] // 2
     root = tmp_path / "cache"
     options: dict[str, Any] = {"max_bytes": max_bytes, "pins": [pinned], "cold_store": f"file://{tmp_path / 'cold'}"}
+    options["maintenance_max_packs"] = 3  # automatic maintenance runs often, beside every other operation
     repos: list[dict[str, Any]] = [{"url": url, "key": _key(url), "pinned": url == pinned} for url in urls]
     pusher = Pusher(upstreams, random.Random(rng.random()))
     watcher = PinWatcher(root / "repos" / _key(pinned))
