@@ -273,17 +273,7 @@ def _run_git(
     assert options.git is not None
     cancel.check()
     poll = 1.0 if cancel.current() is None else _CANCEL_POLL
-    command, preexec = _with_death_signal([options.git, *args])
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=_environment(url, options),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=preexec,
-    )
+    process = _spawn_git(options.git, args, cwd, _environment(url, options))
     assert process.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=20)
     pending = b""
@@ -342,6 +332,22 @@ def _error_lines(tail: Iterable[str], *, hide: Path | None) -> str:
 def _hide(detail: str, staging: Path) -> str:
     """``detail`` with the internal staging path named as what it is."""
     return detail.replace(f"'{staging}'", str(staging)).replace(str(staging), "the staging directory")
+
+
+def _spawn_git(git: str, args: list[str], cwd: Path | str | None, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``git args`` in ``cwd``: no stdin or stdout, stderr piped, in a session of its own, and killed with
+    this process (see :func:`_with_death_signal`)."""
+    command, preexec = _with_death_signal([git, *args])
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=preexec,
+    )
 
 
 def _with_death_signal(command: list[str]) -> tuple[list[str], Callable[[], None] | None]:
@@ -1120,18 +1126,8 @@ def run_maintenance_git(path: Path, args: list[str], options: GitOptions, limits
     """
     if options.git is None:
         raise GitError(str(path), "maintenance needs the git command line tool, which was not found")
-    command, preexec = _with_death_signal([options.git, *args])
     started = time.monotonic()
-    process = subprocess.Popen(
-        command,
-        cwd=path,
-        env=_maintenance_environment(options, limits),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        preexec_fn=preexec,
-    )
+    process = _spawn_git(options.git, args, path, _maintenance_environment(options, limits))
     assert process.stderr is not None
     try:
         error = process.stderr.read()
