@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from repocache import RepoCache
+from repocache.cold import ColdStore, Manifest
 from repocache.testing import GitDaemon, SmartHTTPServer, UpstreamFactory
 from tests._s3 import s3_endpoint  # noqa: F401  (a real S3 endpoint, moto_server on 127.0.0.1)
 
@@ -165,3 +168,46 @@ def wait_for_file(path: Path, timeout: float = 60.0, worker: Worker | None = Non
         time.sleep(0.01)
     time.sleep(0.01)
     return path.read_text()
+
+
+def all_objects(path: Path) -> set[str]:
+    """Every object id in the repository at ``path``, reachable or not (packed and loose)."""
+    import subprocess
+
+    out = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch-check=%(objectname)"],
+        cwd=path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return set(out.split())
+
+
+class DelegatingStore:
+    """A plain :class:`~repocache.cold.ColdStore` (no streaming put, no leases, as a user's own store may be) that
+    hands every call to ``inner``; tests override the calls they want to change."""
+
+    def __init__(self, inner: ColdStore) -> None:
+        self.inner = inner
+
+    def put(self, key: str, manifest: Manifest, artifact_path: Path) -> bool:
+        return self.inner.put(key, manifest, artifact_path)
+
+    def get_manifest(self, key: str) -> Manifest | None:
+        return self.inner.get_manifest(key)
+
+    def open_artifact(self, manifest: Manifest) -> BinaryIO:
+        return self.inner.open_artifact(manifest)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def list(self) -> Iterator[Manifest]:
+        return self.inner.list()
+
+    def prune(self, *, older_than: float | None = None, keep_bytes: int | None = None) -> builtins.list[Manifest]:
+        return self.inner.prune(older_than=older_than, keep_bytes=keep_bytes)

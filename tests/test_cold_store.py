@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pygit2
 import pytest
@@ -35,6 +35,7 @@ from repocache.cold import (
 )
 from repocache.errors import ColdStoreError, ConfigError
 from tests._s3 import s3_endpoint  # noqa: F401
+from tests.conftest import DelegatingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400.0
@@ -629,28 +630,13 @@ def test_prune_by_age_then_by_size(backend: Backend, tmp_path: Path) -> None:
         store.prune(older_than=-1)
 
 
-class _ReuploadsDuringList:
+class _ReuploadsDuringList(DelegatingStore):
     """A ColdStore wrapper that re-uploads one key right after listing, as another host might."""
 
     def __init__(self, inner: LocalDirStore, key: str, upload: tuple[Manifest, Path]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.key = key
         self.upload = upload
-
-    def put(self, key: str, manifest: Manifest, artifact_path: Path) -> bool:
-        return self.inner.put(key, manifest, artifact_path)
-
-    def get_manifest(self, key: str) -> Manifest | None:
-        return self.inner.get_manifest(key)
-
-    def open_artifact(self, manifest: Manifest) -> BinaryIO:
-        return self.inner.open_artifact(manifest)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
     def list(self) -> Iterator[Manifest]:
         listed = builtins.list(self.inner.list())

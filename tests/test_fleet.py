@@ -3,7 +3,6 @@ fleet, uploads that no miss waits for. Real upstreams over git://, a real direct
 
 from __future__ import annotations
 
-import builtins
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest
 from repocache.cold.base import ArtifactWriter
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
-from tests.conftest import assert_consistent, mirror_refs
+from tests.conftest import DelegatingStore, assert_consistent, mirror_refs
 
 ROOT = Path(__file__).resolve().parents[1]
 StoreFactory = Callable[[], Any]
@@ -216,40 +215,12 @@ def test_a_waiting_host_clones_itself_when_lock_timeout_runs_out(
         assert time.monotonic() - started < 20
 
 
-class _PlainStore:
-    """A ColdStore that is not a FleetStore (no streaming put, no leases): what a user's own store may be."""
-
-    def __init__(self, inner: LocalDirStore) -> None:
-        self.inner = inner
-
-    def put(self, key: str, manifest: Manifest, artifact_path: Path) -> bool:
-        return self.inner.put(key, manifest, artifact_path)
-
-    def get_manifest(self, key: str) -> Manifest | None:
-        return self.inner.get_manifest(key)
-
-    def open_artifact(self, manifest: Manifest) -> BinaryIO:
-        return self.inner.open_artifact(manifest)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def list(self) -> Iterator[Manifest]:
-        return self.inner.list()
-
-    def prune(self, *, older_than: float | None = None, keep_bytes: int | None = None) -> builtins.list[Manifest]:
-        return self.inner.prune(older_than=older_than, keep_bytes=keep_bytes)
-
-
 def test_a_store_without_leases_or_streaming_still_publishes(
     tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
 ) -> None:
     upstream = _served(served, "plain-store")
     url = daemon.url_for(upstream)
-    plain = _PlainStore(LocalDirStore(tmp_path / "store"))
+    plain = DelegatingStore(LocalDirStore(tmp_path / "store"))
     assert isinstance(plain, ColdStore)
     with RepoCache(tmp_path / "a", cold_store=plain, cold_publish="clone") as cache:
         assert cache.ensure(url)

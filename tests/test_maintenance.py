@@ -17,19 +17,7 @@ from repocache import ConfigError, GitError, RepoCache
 from repocache.cli import main
 from repocache.gitops import commit_graph_state, disk_usage, mirror_shape
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
-from tests.conftest import assert_consistent
-
-
-def _all_objects(path: Path) -> set[str]:
-    """Every object id in the repository at ``path``, reachable or not (packed and loose)."""
-    out = subprocess.run(
-        ["git", "cat-file", "--batch-all-objects", "--batch-check=%(objectname)"],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return set(out.split())
+from tests.conftest import all_objects, assert_consistent
 
 
 def _fetch_many(cache: RepoCache, upstream: Upstream, url: str, times: int) -> None:
@@ -56,11 +44,11 @@ def test_fetches_pile_up_packs_and_maintain_rolls_them_up_keeping_every_object(
         _fetch_many(cache, upstream, url, 12)
         mirror = cache.info(url).path  # type: ignore[union-attr]
         assert mirror_shape(mirror).packs >= 12, "libgit2 writes one pack per fetch"
-        before = _all_objects(mirror)
+        before = all_objects(mirror)
         (report,) = cache.maintain(url)
         assert "repack" in report.tasks and "commit-graph" in report.tasks
         assert report.packs_before >= 12 and report.packs_after <= 3
-        assert _all_objects(mirror) == before
+        assert all_objects(mirror) == before
         assert report.peak_rss_bytes > 0
         entry = cache.info(url)
         assert entry is not None and entry.size_bytes == disk_usage(mirror) == report.size_after
@@ -148,7 +136,7 @@ def test_readers_keep_seeing_every_object_while_maintenance_runs(
         with cache.worktree(url, old_tip) as wt:
             with cache.checkout(url) as co:
                 mirror = co.path
-                everything = _all_objects(mirror)
+                everything = all_objects(mirror)
                 assert old_tip in everything
                 repo = co.repo
                 ids = sorted(everything)
@@ -195,21 +183,21 @@ def test_unreachable_objects_survive_maintenance_and_prune_needs_the_mirror_free
         upstream.force_push()
         _fetch_many(cache, upstream, url, 3)
         mirror = cache.info(url).path  # type: ignore[union-attr]
-        assert old_tip in _all_objects(mirror)
+        assert old_tip in all_objects(mirror)
         with RepoCache(cache_root, maintenance_max_packs=2) as automatic:
             upstream.commits(1, size=100)
             automatic.ensure(url)  # a geometric roll-up of the small packs
         assert mirror_shape(mirror).packs <= 2
-        assert old_tip in _all_objects(mirror), "a geometric repack dropped an unreachable object"
+        assert old_tip in all_objects(mirror), "a geometric repack dropped an unreachable object"
         cache.maintain(url)  # everything into one pack, by traversal
-        assert old_tip in _all_objects(mirror), "an unreachable object was dropped without a grace period"
+        assert old_tip in all_objects(mirror), "an unreachable object was dropped without a grace period"
         with cache.worktree(url, "HEAD"):
             (report,) = cache.maintain(url, prune=True)
             assert "prune" not in report.tasks and report.skipped is not None and "in use" in report.skipped
-            assert old_tip in _all_objects(mirror)
+            assert old_tip in all_objects(mirror)
         (report,) = cache.maintain(url, prune=True)
         assert "prune" in report.tasks
-        assert old_tip not in _all_objects(mirror), "grace 0: the unreachable commit is pruned once nobody reads"
+        assert old_tip not in all_objects(mirror), "grace 0: the unreachable commit is pruned once nobody reads"
         with cache.checkout(url) as co:
             assert co.repo.head.target == pygit2.Oid(hex=upstream.resolve("main"))
         assert_consistent(cache)
@@ -289,10 +277,10 @@ def test_loose_objects_of_cli_fetches_are_packed(cache_root: Path, upstreams: Up
             upstream.commits(2, size=100)
             cache.ensure(url)
         assert mirror_shape(mirror, exact=True).loose_objects > 0
-        before = _all_objects(mirror)
+        before = all_objects(mirror)
         (report,) = cache.maintain(url)
         assert report.loose_objects_before > 0 and report.loose_objects_after == 0
-        assert _all_objects(mirror) == before
+        assert all_objects(mirror) == before
         assert_consistent(cache)
 
 

@@ -44,7 +44,7 @@ from repocache.gitops import sweep_mirror, validate_mirror
 from repocache.locks import acquire
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests._stress_worker import fsck
-from tests.conftest import assert_consistent, mirror_refs
+from tests.conftest import all_objects, assert_consistent, mirror_refs
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -387,7 +387,7 @@ class CrashLab:
         self._published_mirrors_are_whole(root, None)
         if scenario.objects:
             mirror = root / "repos" / _key(url)
-            lost = scenario.objects - _all_objects(mirror)
+            lost = scenario.objects - all_objects(mirror)
             assert not lost, f"maintenance killed in flight lost {len(lost)} objects, e.g. {sorted(lost)[:3]}"
             record["left_in_mirror"] = len(sweep_mirror(mirror, dry_run=True))
         assert _held_locks(root) == [], f"locks still held after the worker died: {_held_locks(root)}"
@@ -474,18 +474,6 @@ class CrashLab:
             "cold_artifacts_checked": sum(t.get("cold_artifacts", 0) for t in self.trials),
             "failures": len(self.failures),
         }
-
-
-def _all_objects(path: Path) -> set[str]:
-    """Every object in the repository at ``path``, reachable or not."""
-    out = subprocess.run(
-        ["git", "cat-file", "--batch-all-objects", "--batch-check=%(objectname)"],
-        cwd=path,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return set(out.split())
 
 
 def _big_tree(upstream: Upstream, files: int) -> None:
@@ -575,7 +563,7 @@ def _scenarios(
                 cache.ensure(scenario.urls[0])
             entry = cache.info(scenario.urls[0])
             assert entry is not None
-            scenario.objects = _all_objects(entry.path)
+            scenario.objects = all_objects(entry.path)
 
     scenarios: list[Scenario] = []
     for name in names:
