@@ -374,9 +374,12 @@ class Index:
 
     # -- reads ------------------------------------------------------------------------------------------------
 
-    _ROW_SQL = (
-        "SELECT e.key, e.url, e.size_bytes, e.last_used, e.last_fetched, COALESCE(h.in_cold_store, 0) "
-        "FROM entries e LEFT JOIN history h ON h.key = e.key"
+    _ROW_COLUMNS = "e.key, e.url, e.size_bytes, e.last_used, e.last_fetched, COALESCE(h.in_cold_store, 0)"
+    _ROW_FROM = "FROM entries e LEFT JOIN history h ON h.key = e.key"
+    _ROW_SQL = f"SELECT {_ROW_COLUMNS} {_ROW_FROM}"
+    _ROW_AND_FRESHNESS_SQL = (
+        f"SELECT {_ROW_COLUMNS}, f.key, f.stale_since, f.fetch_started, f.last_changed {_ROW_FROM} "
+        "LEFT JOIN freshness f ON f.key = e.key WHERE e.key = ?"
     )
 
     @staticmethod
@@ -388,6 +391,14 @@ class Index:
         """The row of ``key``, or None."""
         found = self._conn().execute(self._ROW_SQL + " WHERE e.key = ?", (key,)).fetchone()
         return None if found is None else self._row(found)
+
+    @_recovering
+    def get_with_freshness(self, key: str) -> tuple[Row | None, Freshness | None]:
+        """:meth:`get` and :meth:`freshness` of ``key`` in one query (what every hit reads)."""
+        found = self._conn().execute(self._ROW_AND_FRESHNESS_SQL, (key,)).fetchone()
+        if found is None:
+            return None, None
+        return self._row(found[:6]), None if found[6] is None else Freshness(*found[6:])
 
     @_recovering
     def rows(self) -> list[Row]:

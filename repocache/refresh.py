@@ -166,10 +166,10 @@ def refresh(
     """
     settings = context.settings
     index = context.index
-    row = index.get(hold.key)
+    row, fresh = index.get_with_freshness(hold.key)
     if row is None:
         row = adopt(context, hold, parsed)
-    fresh = index.freshness(hold.key)
+        fresh = index.freshness(hold.key)
     limit = age_limit(settings, row, fresh, request.max_age)
     now = time.time()
     if not needs_fetch(row, fresh, request.started, limit, now):
