@@ -18,11 +18,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from repocache import gitops, holding, locks, maintenance, refresh
-from repocache.budget import Budget, RoomShortfall, RoomWait, entry_of_row
+from repocache import gitops, locks, maintenance
+from repocache.acquire import Acquirer
+from repocache.budget import Budget, entry_of_row
 from repocache.checkout import Checkout, Worktree
 from repocache.cold.base import Manifest
 from repocache.cold.tier import ColdTier
+from repocache.consequences import Consequences
 from repocache.context import Context
 from repocache.errors import (
     ConfigError,
@@ -33,20 +35,18 @@ from repocache.errors import (
     RefNotFoundError,
     RepoCacheError,
 )
-from repocache.events import Counter, EventHook, Events, Source
+from repocache.events import Counter, EventHook, Events
 from repocache.index import Index
 from repocache.keys import RepoURL, normalize_url
-from repocache.layout import Layout, SharedHold
+from repocache.layout import Layout
+from repocache.lifecycle import Lifecycle
 from repocache.maintenance import mirrors_on_disk, sweep_locks
-from repocache.materialize import materialize
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
 from repocache.pins import Pins
-from repocache.refresh import USE_TTL, Background, MaxAge, Request, parse_max_age
+from repocache.refresh import USE_TTL, Background, MaxAge, parse_max_age
 from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
 
 __all__ = ["RepoCache"]
-
-_MAX_ATTEMPTS = 8
 
 
 class RepoCache:
@@ -197,8 +197,12 @@ class RepoCache:
         )
         self._cold = self._open_cold_store(cold_store)
         self._budget = Budget(self._context, self._cold)
-        self._background = Background(self._context)
-        self._closed = False
+        self._lifecycle = Lifecycle("RepoCache")
+        consequences = Consequences(self._context, self._cold, self._lifecycle)
+        self._background = Background(self._context, consequences)
+        self._acquirer = Acquirer(
+            self._context, self._budget, self._cold, consequences, self._background, self._lifecycle
+        )
         self._budget.empty_trash()
         sweep_locks(self._context)
 
@@ -264,8 +268,7 @@ class RepoCache:
         then cancelled (their git is killed; the repository keeps its previous state). Background uploads to the
         cold store (``cold_publish``) are waited for.
         """
-        if not self._closed:
-            self._closed = True
+        if self._lifecycle.close():
             self._background.close(timeout)
             if self._cold is not None:
                 self._cold.close()
@@ -283,8 +286,7 @@ class RepoCache:
         return f"RepoCache(root={str(self.root)!r}, max_bytes={self.max_bytes!r}, fetch_ttl={self.fetch_ttl!r})"
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise RepoCacheError("this RepoCache is closed")
+        self._lifecycle.check()
 
     def _parse(self, url: str | os.PathLike[str]) -> RepoURL:
         self._check_open()
@@ -306,10 +308,6 @@ class RepoCache:
             ConfigError: ``hook`` is not callable.
         """
         return self._context.events.subscribe(hook)
-
-    def _enforce_if_over(self) -> None:
-        if not self._closed:
-            self._budget.enforce_if_over()
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -339,17 +337,8 @@ class RepoCache:
             BudgetError: the repository cannot fit in the budget.
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
         """
-        parsed = self._parse(url)
-        hold, checkout = self._acquire(parsed, progress or self.progress, parse_max_age(max_age))
-        held = holding.hold(self._context.layout.root, parsed.key, parsed.url)
-        try:
+        with self._acquirer.held(self._parse(url), progress or self.progress, parse_max_age(max_age)) as checkout:
             yield checkout
-        finally:
-            held.close()
-            checkout._close()
-            hold.release()
-            self._maintain_if_due(checkout, parsed)
-            self._enforce_if_over()
 
     @contextlib.contextmanager
     def worktree(
@@ -476,14 +465,13 @@ class RepoCache:
         self, url: str | os.PathLike[str], progress: gitops.ProgressCallback | None, max_age: MaxAge, *, strict: bool
     ) -> Entry:
         parsed = self._parse(url)
-        hold, checkout = self._acquire(parsed, progress or self.progress, max_age, strict=strict)
+        acquired = self._acquirer.acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
             entry = self._entry_of(parsed.key)
         finally:
-            hold.release()
-        if self._maintain_if_due(checkout, parsed):
+            maintained = self._acquirer.release(acquired)
+        if maintained is not None:
             entry = self._entry_of(parsed.key) or entry
-        self._enforce_if_over()
         if entry is None:  # pragma: no cover - the row is written before the hold is released
             raise RepoCacheError(f"{parsed.url} vanished from the index while held")
         return entry
@@ -514,7 +502,7 @@ class RepoCache:
         parsed = self._parse(url)
         if not force and self.pins.matches(parsed.url):
             return False
-        hold = self._context.layout.try_exclusive(parsed.key)
+        hold = self._context.layout.try_exclusive(parsed)
         if hold is None:
             return False
         with hold:
@@ -590,15 +578,6 @@ class RepoCache:
             if report is not None:
                 reports.append(report)
         return reports
-
-    def _maintain_if_due(self, checkout: Checkout, parsed: RepoURL) -> bool:
-        """Automatic maintenance after a hit or restore that fetched, in the releasing caller; True when it ran.
-
-        Hits that did not fetch changed nothing and cost nothing here; a fresh clone has one pack.
-        """
-        if not checkout.fetched or checkout.source == Source.CLONE or self._closed:
-            return False
-        return maintenance.after_fetch(self._context, parsed.key, parsed.url) is not None
 
     def verify(self, repair: bool = False) -> list[Problem]:
         """Compare the index with the disk.
@@ -687,111 +666,3 @@ class RepoCache:
     def _entry_of(self, key: str) -> Entry | None:
         row = self._context.index.get(key)
         return None if row is None else entry_of_row(self._context, row)
-
-    def _acquire(
-        self,
-        parsed: RepoURL,
-        progress: gitops.ProgressCallback | None,
-        max_age: MaxAge = USE_TTL,
-        *,
-        strict: bool = False,
-    ) -> tuple[SharedHold, Checkout]:
-        """Hold ``parsed`` shared, cloning or refreshing as needed; returns the hold and the checkout.
-
-        Every wait of the call is bounded by one deadline, ``lock_timeout`` from now; a wait for room held by
-        other workers (:class:`~repocache.budget.RoomWait`) is reported when the call ends, whatever its outcome.
-        """
-        started = time.time()
-        deadline = time.monotonic() + self.lock_timeout
-        request = Request(started=started, deadline=deadline, max_age=max_age, strict=strict)
-        room = RoomWait(self._context, parsed, deadline, progress)
-        try:
-            return self._acquire_until(parsed, progress, request, room)
-        finally:
-            room.finish()
-
-    def _acquire_until(
-        self, parsed: RepoURL, progress: gitops.ProgressCallback | None, request: Request, room: RoomWait
-    ) -> tuple[SharedHold, Checkout]:
-        """The acquire loop.
-
-        A miss takes the exclusive lock to materialize the mirror, then comes round again for the shared hold;
-        an eviction can slip in between (the budget is too small for the working set), hence the bounded count of
-        materializations. A miss that lacks room held by other workers releases the exclusive lock, waits for them
-        holding nothing (``room``) and comes round again.
-        """
-        context = self._context
-        started = request.started
-        deadline = request.deadline
-        clock = time.perf_counter()
-        key = parsed.key
-        mirror = context.layout.mirror(key)
-        source = Source.HIT
-        fetched = False
-        materialized = 0
-        while True:
-            hold = context.layout.hold_shared(key, max(0.0, deadline - time.monotonic()))
-            if hold is None:
-                raise LockTimeoutError(parsed.url, self.lock_timeout, "checkout")
-            try:
-                if mirror.is_dir():
-                    stale = False
-                    if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
-                        fetched, stale = refresh.refresh(context, hold, parsed, request, progress, self._background)
-                        if fetched and self._cold is not None:
-                            self._cold.after_fetch(parsed)
-                    # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
-                    context.index.touch(
-                        key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES
-                    )
-                    if context.events.active:
-                        if source is Source.HIT:
-                            context.events.hit(parsed.url, key, time.perf_counter() - clock, fetched)
-                        else:
-                            context.events.miss(parsed.url, key, time.perf_counter() - clock, source)
-                    checkout = Checkout(
-                        path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
-                    )
-                    return hold, checkout
-            except BaseException:
-                hold.release()
-                raise
-            hold.release()
-            if materialized == _MAX_ATTEMPTS:
-                raise RepoCacheError(
-                    f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
-                    "the budget is too small for the working set"
-                )
-            # While another worker clones it, stop waiting as soon as the mirror is published: go back to the shared
-            # path beside the other readers instead of waiting for every reader's block to end.
-            exclusive = context.layout.hold_exclusive(key, max(0.0, deadline - time.monotonic()), unless=mirror.is_dir)
-            if exclusive is None:
-                if mirror.is_dir():
-                    continue
-                raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
-            shortfall = None
-            with exclusive:
-                if not mirror.is_dir():
-                    try:
-                        source = materialize(
-                            context,
-                            self._budget,
-                            self._cold,
-                            exclusive,
-                            parsed,
-                            progress,
-                            holding.held_in(context.layout.root),
-                        )
-                    except RoomShortfall as short:
-                        shortfall = short  # waited for below, once the exclusive lock is released
-                    except BaseException:
-                        if not mirror.is_dir():  # a failed miss (a typo, a dead URL) leaves no lock file behind
-                            locks.discard(exclusive.handle)
-                        raise
-                    else:
-                        fetched = source is Source.CLONE
-                        if fetched:
-                            refresh.cloned(context, exclusive, started)
-                        materialized += 1
-            if shortfall is not None:
-                room.wait(shortfall)

@@ -19,6 +19,7 @@ from repocache import gitops
 from repocache.budget import Budget
 from repocache.cold.base import Manifest
 from repocache.cold.tier import ColdTier
+from repocache.consequences import Consequences
 from repocache.context import Context
 from repocache.errors import BudgetError
 from repocache.events import Source
@@ -35,14 +36,18 @@ def materialize(
     context: Context,
     budget: Budget,
     cold: ColdTier | None,
+    consequences: Consequences,
     hold: ExclusiveHold,
-    parsed: RepoURL,
     progress: gitops.ProgressCallback | None,
+    *,
+    started: float,
     holding: Sequence[Held] = (),
 ) -> Source:
-    """Restore or clone ``parsed`` into place; returns where it came from.
+    """Restore or clone the held repository into place; returns where it came from.
 
-    ``holding`` is what the caller holds under this root (it decides whether it may wait for held room).
+    What follows is recorded by :meth:`Consequences.materialized` before the hold is released. ``started`` is when
+    the request began (a clone is as fresh as that); ``holding`` is what the caller holds under this root (it
+    decides whether it may wait for held room).
 
     Raises:
         BudgetError: it cannot fit (before any download when its size is known, else after the clone).
@@ -50,6 +55,7 @@ def materialize(
             wait (:class:`~repocache.budget.RoomWait`) and try again.
         CloneError: no source could produce a valid mirror.
     """
+    parsed = hold.url
     sweep_staging(context, hold)
     manifest = cold.manifest(parsed) if cold is not None else None
     claim = None
@@ -61,8 +67,7 @@ def materialize(
         if claim is not None:
             claim.release()
         raise
-    if cold is not None:
-        cold.materialized(parsed, source, manifest, claim)
+    consequences.materialized(hold, parsed, source, started=started, manifest=manifest, claim=claim)
     return source
 
 
