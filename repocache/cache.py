@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from repocache import gitops, locks, maintenance
+from repocache import gitops, maintenance
 from repocache.acquire import Acquirer
 from repocache.budget import Budget, entry_of_row
 from repocache.checkout import Checkout, Worktree
@@ -29,10 +28,8 @@ from repocache.context import Context
 from repocache.errors import (
     ConfigError,
     GitError,
-    InvalidRefError,
     InvalidURLError,
     LockTimeoutError,
-    RefNotFoundError,
     RepoCacheError,
 )
 from repocache.events import Counter, EventHook, Events
@@ -45,6 +42,7 @@ from repocache.models import Entry, MaintenanceReport, Problem, Stats
 from repocache.pins import Pins
 from repocache.refresh import USE_TTL, Background, MaxAge, parse_max_age
 from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
+from repocache.worktrees import check_ref, worktree_of
 
 __all__ = ["RepoCache"]
 
@@ -375,42 +373,14 @@ class RepoCache:
             RepoCacheError: whatever :meth:`checkout` raises (``InvalidURLError``, ``CloneError``, ``FetchError``,
                 ``BudgetError``, ``LockTimeoutError``).
         """
-        if not isinstance(ref, str) or not ref or ref.startswith("-") or any(c in ref for c in "\n\r\x00"):
-            raise InvalidRefError(repr(ref), "expected a branch, tag, ref name or commit id")
-        with self.checkout(url, progress=progress, max_age=max_age) as co:
-            try:
-                commit, branch = gitops.resolve_commit(co.path, ref)
-            except KeyError:
-                raise RefNotFoundError(co.url, ref) from None
-            dest, owner = self._worktree_dir(co.key, path)
-            try:
-                gitops.make_worktree(
-                    co.path, dest, commit, branch, self._parse(url), self._context.git, submodules=submodules
-                )
-                yield Worktree(path=dest, commit=commit, ref=ref, url=co.url)
-            finally:
-                shutil.rmtree(dest, ignore_errors=True)
-                if owner is not None:
-                    # Unlink while still holding it: whoever takes a lock at this path later finds no file, or a
-                    # file with no tree, and never mistakes a live worktree for a dead one.
-                    with contextlib.suppress(FileNotFoundError):
-                        owner.path.unlink()
-                    owner.release()
-
-    def _worktree_dir(self, key: str, path: str | os.PathLike[str] | None) -> tuple[Path, locks.FileLockHandle | None]:
-        """Choose the worktree directory; default ones carry a lock file so ``verify`` can tell dead from live."""
-        if path is not None:
-            dest = Path(path)
-            if dest.is_symlink():  # the tree would be made inside its target and outlive the block
-                raise ConfigError(f"path={str(dest)!r} is a symbolic link; pass the directory itself")
-            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-                raise ConfigError(f"path={str(dest)!r} exists and is not an empty directory")
-            return dest, None
-        layout = self._context.layout
-        layout.worktrees.mkdir(exist_ok=True)
-        dest = layout.new_worktree(key)
-        # Created already locked: verify must never find it unlocked and take the live worktree for a dead one.
-        return dest, locks.create_locked(layout.worktree_lock(dest))
+        check_ref(ref)
+        parsed = self._parse(url)
+        context = self._context
+        with (
+            self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout,
+            worktree_of(context.layout, context.git, checkout, parsed, ref, path=path, submodules=submodules) as tree,
+        ):
+            yield tree
 
     def ensure(
         self,
