@@ -150,11 +150,11 @@ class Budget:
             deficit = max(deficit, settings.min_free_bytes + needed + reserved - free)
         return max(0, deficit)
 
-    def make_room(self, parsed: RepoURL, needed: int, holding: Sequence[Held] = ()) -> int | None:
+    def make_room(self, hold: ExclusiveHold, needed: int, holding: Sequence[Held] = ()) -> int | None:
         """Evict so that ``needed`` bytes fit, then reserve them; returns the reservation (None when unbudgeted).
 
         Args:
-            parsed: the repository being materialized (its exclusive lock is held by the caller).
+            hold: the exclusive hold of the repository being materialized (it carries its URL).
             needed: its known size (0 when unknown).
             holding: what the caller holds under this root (:func:`repocache.holding.held_in`).
 
@@ -163,6 +163,7 @@ class Budget:
                 repositories itself (``reason="holding"``).
             RoomShortfall: the room is held by other workers or reserved by clones in flight: wait and retry.
         """
+        parsed = hold.url
         settings = self._context.settings
         if not settings.budgeted:
             return None

@@ -32,7 +32,7 @@ from repocache.errors import (
     LockTimeoutError,
     RepoCacheError,
 )
-from repocache.events import Counter, EventHook, Events
+from repocache.events import EventHook, Events
 from repocache.index import Index
 from repocache.keys import RepoURL, normalize_url
 from repocache.layout import Layout
@@ -496,20 +496,8 @@ class RepoCache:
     def stats(self) -> Stats:
         """Counters shared by all processes using this root, and the bytes used."""
         self._check_open()
-        counters = self._context.index.counters()
         used, count = self._context.index.totals()
-        return Stats(
-            hits=counters.get(Counter.HITS, 0),
-            misses=counters.get(Counter.MISSES, 0),
-            clones=counters.get(Counter.CLONES, 0),
-            fetches=counters.get(Counter.FETCHES, 0),
-            restores=counters.get(Counter.RESTORES, 0),
-            evictions=counters.get(Counter.EVICTIONS, 0),
-            fetch_errors=counters.get(Counter.FETCH_ERRORS, 0),
-            bytes_used=used,
-            bytes_limit=self.max_bytes,
-            entries=count,
-        )
+        return Stats.of(self._context.index.counters(), bytes_used=used, bytes_limit=self.max_bytes, entries=count)
 
     def maintain(self, url: str | os.PathLike[str] | None = None, *, prune: bool = False) -> list[MaintenanceReport]:
         """Repack, pack refs and write the commit-graph of one cached repository (or of every one) now.

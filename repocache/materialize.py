@@ -84,7 +84,7 @@ def _fill(
     key = hold.key
     started = time.perf_counter()
     known = max(context.index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
-    reservation = budget.make_room(parsed, known, holding)
+    reservation = budget.make_room(hold, known, holding)
     staging = context.layout.new_staging(key)
 
     def clone(staging: Path) -> bool:
