@@ -247,6 +247,25 @@ class Budget:
         if self._context.settings.budgeted and self.deficit(0, 0) > 0:
             self.enforce()
 
+    def evict_now(self, parsed: RepoURL, *, force: bool) -> bool:
+        """Evict one repository at its caller's request, unless it is pinned (and not ``force``) or held.
+
+        Returns:
+            True if it was evicted; False if it was not on disk, is held by a reader in any process, or is pinned.
+        """
+        context = self._context
+        if not force and context.pins.matches(parsed.url):
+            return False
+        hold = context.layout.try_exclusive(parsed)
+        if hold is None:
+            return False
+        with hold:
+            if not context.layout.mirror(parsed.key).is_dir():
+                context.index.remove(parsed.key, counter=None)
+                return False
+            self.evict_locked(hold, context.index.get(parsed.key), reason="explicit")
+            return True
+
     def evict_locked(self, hold: ExclusiveHold, row: Row | None, reason: str = "budget") -> None:
         """Offload the mirror to the cold store (if configured) and remove it from disk and from the index.
 

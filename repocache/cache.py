@@ -469,18 +469,7 @@ class RepoCache:
             True if it was evicted; False if it was not on disk, is held by a reader (in any process), or is
             pinned and ``force`` is False.
         """
-        parsed = self._parse(url)
-        if not force and self.pins.matches(parsed.url):
-            return False
-        hold = self._context.layout.try_exclusive(parsed)
-        if hold is None:
-            return False
-        with hold:
-            if not self._context.layout.mirror(parsed.key).is_dir():
-                self._context.index.remove(parsed.key, counter=None)
-                return False
-            self._budget.evict_locked(hold, self._context.index.get(parsed.key), reason="explicit")
-            return True
+        return self._budget.evict_now(self._parse(url), force=force)
 
     def enforce(self) -> list[Entry]:
         """Evict least recently used repositories until the budget and ``min_free_bytes`` hold.
