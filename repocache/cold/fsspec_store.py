@@ -14,16 +14,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
-from repocache.cold.base import (
-    LEASES,
-    MANIFEST_MAX_BYTES,
-    Lease,
-    _GenerationStore,
-    check_key,
-    check_ttl,
-    lease_document,
-    parse_lease,
-)
+from repocache.cold.generations import LEASES, GenerationStore, check_ttl, lease_document, parse_lease
+from repocache.cold.manifest import MANIFEST_MAX_BYTES, check_key
+from repocache.cold.store import Lease
 from repocache.errors import ColdStoreError, ConfigError
 from repocache.keys import scrub
 
@@ -42,7 +35,7 @@ _S3_HINT = "pip install 'git-repocache[s3]'"
 _OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "tos"})
 
 
-class FsspecStore(_GenerationStore):
+class FsspecStore(GenerationStore):
     """A :class:`~repocache.cold.ColdStore` under an fsspec URL such as ``s3://bucket/prefix``.
 
     Objects follow the layout of :mod:`repocache.cold.base`. Object stores have no rename, so atomicity comes
