@@ -38,7 +38,7 @@ _OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "ab
 class FsspecStore(GenerationStore):
     """A :class:`~repocache.cold.ColdStore` under an fsspec URL such as ``s3://bucket/prefix``.
 
-    Objects follow the layout of :mod:`repocache.cold.base`. Object stores have no rename, so atomicity comes
+    Objects follow the layout of :mod:`repocache.cold.generations`. Object stores have no rename, so atomicity comes
     from the layout: each upload writes an artifact under a name of its own (one PUT, or a multipart upload that
     only becomes visible when completed, and is aborted on failure), then its manifest in one PUT. Listings are
     never served from fsspec's cache, so uploads by other hosts are seen at once. Uploads stream in parts of 5 MiB,

@@ -28,7 +28,7 @@ _CHUNK = 256 * 1024
 class LocalDirStore(GenerationStore):
     """A :class:`~repocache.cold.ColdStore` in a directory, shared safely by processes and by hosts mounting it.
 
-    Objects follow the layout of :mod:`repocache.cold.base`. Each object is written to a temporary file in its
+    Objects follow the layout of :mod:`repocache.cold.generations`. Each object is written to a temporary file in its
     final directory (``<key>/.tmp-*``), flushed with ``fsync`` and renamed into place with :func:`os.replace`, and
     the directory is synced, so after a crash a file is either complete or absent. Temporary files left by
     crashed uploads are swept after a day. The directory is created on the first upload.
