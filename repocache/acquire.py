@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from repocache import gitops, holding, locks, refresh
 from repocache.budget import Budget, RoomShortfall, RoomWait
 from repocache.checkout import Checkout
-from repocache.cold.tier import ColdTier
+from repocache.cold_tier import ColdTier
 from repocache.consequences import Consequences, Fetched
 from repocache.context import Context
 from repocache.errors import LockTimeoutError, RepoCacheError

@@ -36,7 +36,7 @@ from repocache.layout import BudgetHold, ExclusiveHold, key_of, listing, remove
 from repocache.models import Entry, Progress
 
 if TYPE_CHECKING:
-    from repocache.cold.tier import ColdTier
+    from repocache.cold_tier import ColdTier
 
 __all__ = ["POLICIES", "Budget", "EvictionPolicy", "Freed", "RoomShortfall", "RoomWait", "entry_of_row"]
 

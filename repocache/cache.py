@@ -2,7 +2,7 @@
 
 The work is done by the parts below it, which share a :class:`~repocache.context.Context` and never import this
 module: :mod:`~repocache.refresh` (hits), :mod:`~repocache.materialize` (misses), :mod:`~repocache.budget`
-(room and eviction), :mod:`~repocache.cold.tier` (the cold store), :mod:`~repocache.maintenance` (verify and
+(room and eviction), :mod:`~repocache.cold_tier` (the cold store), :mod:`~repocache.maintenance` (verify and
 repair), :mod:`~repocache.layout` (paths and holds) and :mod:`~repocache.events` (outcomes). The design, the
 lock order and the flow of a checkout are in ``docs/architecture.md``.
 """
@@ -21,8 +21,8 @@ from repocache import gitops, maintenance
 from repocache.acquire import Acquirer
 from repocache.budget import Budget, entry_of_row
 from repocache.checkout import Checkout, Worktree
-from repocache.cold.base import Manifest
-from repocache.cold.tier import ColdTier
+from repocache.cold.manifest import Manifest
+from repocache.cold_tier import ColdTier
 from repocache.consequences import Consequences
 from repocache.context import Context
 from repocache.errors import (

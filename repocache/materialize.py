@@ -17,8 +17,8 @@ from pathlib import Path
 
 from repocache import gitops
 from repocache.budget import Budget
-from repocache.cold.base import Manifest
-from repocache.cold.tier import ColdTier
+from repocache.cold.manifest import Manifest
+from repocache.cold_tier import ColdTier
 from repocache.consequences import Consequences
 from repocache.context import Context
 from repocache.errors import BudgetError

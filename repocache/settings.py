@@ -212,7 +212,7 @@ class Settings:
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
         """
-        from repocache.cold.base import COMPRESSIONS
+        from repocache.cold.manifest import COMPRESSIONS
 
         if on_fetch_error not in _ON_FETCH_ERROR:
             raise ConfigError(f"on_fetch_error={on_fetch_error!r} is not accepted; expected 'warn' or 'raise'")
