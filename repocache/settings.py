@@ -534,6 +534,9 @@ class Settings:
     maintenance_window_memory = _Grouped[int]()
     maintenance_threads = _Grouped[int]()
     maintenance_grace = _Grouped[float]()
+    allow_local = _Grouped[bool]()
+    connect_timeout = _Grouped[float]()
+    idle_timeout = _Grouped[float]()
 
     def __post_init__(self) -> None:
         for group, cls in _GROUP_CLASSES.items():
@@ -558,12 +561,15 @@ class Settings:
         groups: dict[str, Any] = {}
         for group, group_class in _GROUP_CLASSES.items():
             given = options.get(group)
-            flat = {row.field: options[row.name] for row in _OPTIONS_OF[group_class] if row.name in options}
-            if group == "maintenance" and not isinstance(given, Maintenance) and "maintenance" in options:
-                given = None  # the flat mode, maintenance="off", already in ``flat``
-            elif given is not None:
+            if group == "maintenance" and not isinstance(given, Maintenance):
+                given = None  # the flat mode (maintenance="off"), read below as Maintenance(mode=...)
+            rows = [row for row in _OPTIONS_OF[group_class] if row.name in options and row.name != group]
+            if given is None and group in options:
+                rows.append(_BY_NAME[group])
+            flat = {row.field: options[row.name] for row in rows}
+            if given is not None:
                 if flat:
-                    names = ", ".join(sorted(row.name for row in _OPTIONS_OF[group_class] if row.name in options))
+                    names = ", ".join(sorted(row.name for row in rows))
                     raise ConfigError(f"{names} cannot be given beside {group}=; set them in {group_class.__name__}")
                 groups[group] = given
                 continue
