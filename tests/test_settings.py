@@ -67,7 +67,7 @@ def test_cache_settings_reads_every_option_back_by_group_and_by_flat_name(tmp_pa
         max_bytes="1MiB",
         fetch_ttl="auto",
         freshness=Freshness(fetch_ttl_min=5, fetch_ttl_max=50, refresh="background", max_stale=None),
-        cold=ColdOptions(min_bytes="2KiB", retention=60.0, publish_after=7.0),
+        cold=ColdOptions(min_bytes=2048, retention=60.0, publish_after=7.0),
         maintenance=Maintenance(max_packs=4, window_memory=0, threads=2, grace=1.0),
         transport=Transport(allow_local=True, connect_timeout=3.0, idle_timeout=4.0),
     ) as cache:
