@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from repocache import gitops, maintenance
 from repocache.acquire import Acquirer
@@ -41,8 +41,13 @@ from repocache.maintenance import mirrors_on_disk, sweep_locks
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
 from repocache.pins import Pins
 from repocache.refresh import USE_TTL, Background, MaxAge, parse_max_age
-from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
+from repocache.settings import CacheOptions, Settings, default_root, parse_bytes, parse_seconds
 from repocache.worktrees import check_ref, worktree_of
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from repocache.cold import ColdStoreSpec
 
 __all__ = ["RepoCache"]
 
@@ -59,121 +64,36 @@ class RepoCache:
         self,
         root: str | os.PathLike[str] | None = None,
         *,
-        max_bytes: int | str | None = None,
-        min_free_bytes: int | str = 0,
-        pins: str | os.PathLike[str] | Iterable[str] | None = None,
-        fetch_ttl: float | str = 0.0,
-        cold_store: Any = None,
-        lock_timeout: float = 600.0,
-        on_fetch_error: str = "warn",
         progress: gitops.ProgressCallback | None = None,
-        allow_local: bool = True,
-        connect_timeout: float = 30.0,
-        idle_timeout: float = 300.0,
-        cold_min_bytes: int | str = 0,
-        cold_compression: str = "none",
-        cold_retention: float | None = None,
-        on_event: EventHook | None = None,
-        fetch_ttl_min: float = 60.0,
-        fetch_ttl_max: float = 28800.0,
-        refresh: str = "foreground",
-        max_stale: float | None = 3600.0,
-        cold_publish: str = "off",
-        cold_publish_after: float = 3600.0,
-        maintenance: str = "auto",
-        maintenance_max_packs: int | None = None,
-        maintenance_max_loose_objects: int = 1024,
-        maintenance_max_loose_refs: int = 128,
-        maintenance_window_memory: int | str = "128MiB",
-        maintenance_threads: int = 1,
-        maintenance_grace: float = 14 * 86400.0,
+        **options: Unpack[CacheOptions],
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
         Args:
             root: the cache directory; ``$REPOCACHE_DIR`` or the platform's user cache directory when None.
-            max_bytes: budget for all mirrors together (int or a string such as ``"20GB"``); None for no limit.
-            min_free_bytes: keep at least this much free on the cache's filesystem.
-            pins: a never-evict YAML file, or an iterable of URLs / glob patterns.
-            fetch_ttl: a hit fetched less than this many seconds ago does not contact upstream; ``"auto"``: each
-                repository's own interval, half the time since upstream last changed, within ``fetch_ttl_min`` and
-                ``fetch_ttl_max`` (kept in the index across restarts).
-            cold_store: None, ``"file:///dir"``, an fsspec URL such as ``"s3://bucket/prefix"``, or a ColdStore.
-            lock_timeout: seconds to wait for another worker's clone, fetch or eviction of the same repository.
-            on_fetch_error: ``"warn"`` serves the cached copy (``co.stale``) when a fetch fails; ``"raise"``
-                raises :class:`FetchError` instead.
             progress: default progress callback for clones, fetches and restores.
-            allow_local: whether local paths and ``file://`` URLs may be cached.
-            connect_timeout: seconds to wait for a connection to upstream.
-            idle_timeout: seconds a transfer may make no progress before it is abandoned.
-            cold_min_bytes: only evicted repositories at least this large go to the cold store (0: all of them).
-            cold_compression: ``"none"`` (a plain tar, fastest to restore) or ``"zstd"`` (needs ``zstandard``).
-            cold_retention: seconds an artifact is kept in the cold store; older ones are pruned after uploads
-                (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
-            on_event: a function called with every :class:`~repocache.events.Event` of this cache (hit, miss,
-                clone, restore, fetch, stale, eviction, ...); see :meth:`subscribe`.
-            fetch_ttl_min: the shortest interval of ``fetch_ttl="auto"``, in seconds.
-            fetch_ttl_max: the longest interval of ``fetch_ttl="auto"`` (the staleness bound of a dormant
-                repository), in seconds.
-            refresh: ``"foreground"``: a due hit waits for its fetch; ``"background"``: a due hit no older than
-                ``max_stale`` is handed out at once and one fetch runs in a background thread (stale-while-
-                revalidate), joined by :meth:`close`.
-            max_stale: with ``refresh="background"``, seconds past its TTL beyond which a hit waits for the
-                fetch after all; None: no bound.
-            cold_publish: when mirrors go to the cold store besides evictions, for other hosts to restore:
-                ``"off"``; ``"clone"``, after each clone (uploaded on a background thread, holding the repository
-                shared; hosts missing the same repository at once then clone it once between them when the store
-                offers leases); ``"always"``, also after a fetch once the stored artifact is older than
-                ``cold_publish_after``.
-            cold_publish_after: seconds after which a fetched mirror is published again (``"always"``).
-            maintenance: ``"auto"``: after a checkout or ensure that fetched releases the mirror, the caller
-                maintains it if it crossed a threshold below (see :meth:`maintain`); ``"off"``: only
-                :meth:`maintain` does.
-            maintenance_max_packs: packs a mirror may have before it is repacked; None lets it grow with the log of
-                the mirror's size (log base 1.3 of its MiB, between 8 and 32, as Gitaly's housekeeping does).
-            maintenance_max_loose_objects: loose objects (estimated as ``git gc`` does) before a repack.
-            maintenance_max_loose_refs: loose refs before they are packed.
-            maintenance_window_memory: delta window memory per repack thread (``pack.windowMemory``); 0 for git's
-                default (unbounded).
-            maintenance_threads: repack threads (``pack.threads``).
-            maintenance_grace: seconds an unreachable object is kept by ``maintain(prune=True)``.
+            **options: the settings, each declared once in :mod:`repocache.settings` with its default and meaning
+                (the table in the README): the everyday ones as plain keywords (``max_bytes``, ``min_free_bytes``,
+                ``pins``, ``fetch_ttl``, ``cold_store``, ``lock_timeout``, ``on_fetch_error``, ``on_event``), the
+                rest in group objects (``freshness=Freshness(...)``, ``cold=ColdOptions(...)``,
+                ``maintenance=Maintenance(...)``, ``transport=Transport(...)``) or by their flat names
+                (``maintenance_max_packs=4``). :attr:`settings` reads them back.
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
         """
-        settings = Settings.parse(
-            max_bytes=max_bytes,
-            min_free_bytes=min_free_bytes,
-            fetch_ttl=fetch_ttl,
-            lock_timeout=lock_timeout,
-            on_fetch_error=on_fetch_error,
-            cold_min_bytes=cold_min_bytes,
-            cold_compression=cold_compression,
-            cold_retention=cold_retention,
-            fetch_ttl_min=fetch_ttl_min,
-            fetch_ttl_max=fetch_ttl_max,
-            refresh=refresh,
-            max_stale=max_stale,
-            cold_publish=cold_publish,
-            cold_publish_after=cold_publish_after,
-            maintenance=maintenance,
-            maintenance_max_packs=maintenance_max_packs,
-            maintenance_max_loose_objects=maintenance_max_loose_objects,
-            maintenance_max_loose_refs=maintenance_max_loose_refs,
-            maintenance_window_memory=maintenance_window_memory,
-            maintenance_threads=maintenance_threads,
-            maintenance_grace=maintenance_grace,
-        )
+        settings = Settings.from_options(options)
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
         self.progress = progress
+        transport = settings.transport
         git = gitops.GitOptions(
             git=gitops.find_git(),
-            allow_local=bool(allow_local),
-            connect_timeout=parse_seconds("connect_timeout", connect_timeout, positive=True),
-            idle_timeout=parse_seconds("idle_timeout", idle_timeout, positive=True),
+            allow_local=transport.allow_local,
+            connect_timeout=transport.connect_timeout,
+            idle_timeout=transport.idle_timeout,
         )
-        self.pins = Pins(pins)
+        self.pins = Pins(options.get("pins"))
         self.root = Path(root) if root is not None else default_root()
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"root={str(self.root)!r} exists and is not a directory")
@@ -183,6 +103,7 @@ class RepoCache:
         except OSError as exc:
             raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
         events = Events()
+        on_event = options.get("on_event")
         if on_event is not None:
             events.subscribe(on_event)
         self._context = Context(
@@ -193,7 +114,7 @@ class RepoCache:
             git=git,
             events=events,
         )
-        self._cold = self._open_cold_store(cold_store)
+        self._cold = self._open_cold_store(options.get("cold_store"))
         self._budget = Budget(self._context, self._cold)
         self._lifecycle = Lifecycle("RepoCache")
         consequences = Consequences(self._context, self._cold, self._lifecycle)
@@ -205,6 +126,11 @@ class RepoCache:
         sweep_locks(self._context)
 
     # -- settings, read-only --------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """Every setting of this cache, validated (``cache.settings.maintenance.max_packs``)."""
+        return self._context.settings
 
     @property
     def max_bytes(self) -> int | None:
@@ -219,8 +145,7 @@ class RepoCache:
     @property
     def fetch_ttl(self) -> float | str:
         """Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule)."""
-        settings = self._context.settings
-        return "auto" if settings.adaptive else settings.fetch_ttl
+        return self._context.settings.fetch_ttl
 
     @property
     def lock_timeout(self) -> float:
@@ -548,7 +473,7 @@ class RepoCache:
 
     # -- cold store -----------------------------------------------------------------------------------------------
 
-    def _open_cold_store(self, spec: Any) -> ColdTier | None:
+    def _open_cold_store(self, spec: ColdStoreSpec) -> ColdTier | None:
         if spec is None:
             return None
         from repocache.cold import open_cold_store

@@ -380,7 +380,7 @@ def after_fetch(context: Context, key: str, url: str) -> MaintenanceReport | Non
     maintain, and only if the mirror's locks are free now (it never waits, and never holds the budget lock).
     Failures are logged, never raised: the caller's checkout already succeeded.
     """
-    if context.settings.maintenance != "auto" or context.git.git is None:
+    if context.settings.maintenance.mode != "auto" or context.git.git is None:
         return None  # off, or no git command line tool to maintain with (libgit2 cannot repack)
     try:
         shape = gitops.mirror_shape(context.layout.mirror(key))

@@ -9,6 +9,7 @@ everywhere (disable with ``-p no:repocache``):
 | ``git_upstream`` | function | a fresh :class:`~repocache.testing.Upstream` made by ``git_upstreams`` |
 | ``git_server`` | session | :class:`GitServer`: ``git://`` and smart HTTP on 127.0.0.1, each started on first use |
 | ``repo_cache`` | function | :class:`~repocache.RepoCache` in the test's ``tmp_path``, closed after the test |
+| ``repo_cache_factory`` | function | :class:`RepoCacheFactory`: opens caches with settings, closed after the test |
 | ``repo_cache_persistent_dir`` | session | :class:`~pathlib.Path` of the cache kept between runs |
 | ``repo_cache_persistent`` | session | :class:`~repocache.RepoCache` on that directory, shared by xdist workers |
 
@@ -31,11 +32,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from repocache.cache import RepoCache
+    from repocache.gitops import ProgressCallback
+    from repocache.settings import CacheOptions
     from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 
 # The fixtures are found by pytest through the entry point; importing them elsewhere would register them twice.
-__all__ = ["CACHE_SUBDIR", "DIR_ENV", "DIR_INI", "DIR_OPTION", "GitServer", "persistent_dir"]
+__all__ = ["CACHE_SUBDIR", "DIR_ENV", "DIR_INI", "DIR_OPTION", "GitServer", "RepoCacheFactory", "persistent_dir"]
 
 #: The command-line option naming the persistent cache directory.
 DIR_OPTION = "--repocache-dir"
@@ -258,6 +263,51 @@ def repo_cache(tmp_path: Path) -> Iterator[RepoCache]:
 
     with RepoCache(tmp_path / "repocache") as cache:
         yield cache
+
+
+class RepoCacheFactory:
+    """Opens :class:`~repocache.RepoCache` objects with settings, each in its own directory, and closes them all.
+
+    ``repo_cache_factory(max_bytes="1GiB", maintenance=Maintenance(max_packs=2))`` takes exactly the keywords of
+    ``RepoCache`` (:class:`~repocache.settings.CacheOptions`); ``root`` defaults to a new directory under the
+    test's ``tmp_path``.
+    """
+
+    def __init__(self, base: Path) -> None:
+        """Prepare a factory whose default roots are directories below ``base``."""
+        self.base = base
+        self.caches: list[RepoCache] = []
+
+    def __call__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        **options: Unpack[CacheOptions],
+    ) -> RepoCache:
+        """Open a cache at ``root`` (default: a new directory) with these settings; it is closed after the test."""
+        from repocache.cache import RepoCache
+
+        if root is None:
+            root = self.base / f"repocache-{len(self.caches)}"
+        cache = RepoCache(root, progress=progress, **options)
+        self.caches.append(cache)
+        return cache
+
+    def close(self) -> None:
+        """Close every cache this factory opened."""
+        for cache in self.caches:
+            cache.close()
+
+
+@pytest.fixture
+def repo_cache_factory(tmp_path: Path) -> Iterator[RepoCacheFactory]:
+    """A :class:`RepoCacheFactory` opening caches under ``tmp_path`` with any settings; all closed after the test."""
+    factory = RepoCacheFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 @pytest.fixture(scope="session")
