@@ -2,8 +2,9 @@
 
 The work is done by the parts below it, which share a :class:`~repocache.context.Context` and never import this
 module: :mod:`~repocache.refresh` (hits), :mod:`~repocache.materialize` (misses), :mod:`~repocache.budget`
-(room and eviction), :mod:`~repocache.cold_tier` (the cold store), :mod:`~repocache.maintenance` (verify and
-repair), :mod:`~repocache.layout` (paths and holds) and :mod:`~repocache.events` (outcomes). The design, the
+(room and eviction), :mod:`~repocache.cold_tier` (the cold store), :mod:`~repocache.maintenance` (upkeep of
+mirrors), :mod:`~repocache.verify` (verify and repair), :mod:`~repocache.layout` (paths and holds) and
+:mod:`~repocache.events` (outcomes). The design, the
 lock order and the flow of a checkout are in ``docs/architecture.md``.
 """
 
@@ -37,11 +38,11 @@ from repocache.index import Index
 from repocache.keys import RepoURL, normalize_url
 from repocache.layout import Layout
 from repocache.lifecycle import Lifecycle
-from repocache.maintenance import mirrors_on_disk, sweep_locks
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
 from repocache.pins import Pins
 from repocache.refresh import USE_TTL, Background, MaxAge, parse_max_age
 from repocache.settings import CacheOptions, Settings, default_root, parse_bytes, parse_seconds
+from repocache.verify import mirrors_on_disk, sweep_locks, verify_root
 from repocache.worktrees import check_ref, worktree_of
 
 if TYPE_CHECKING:
@@ -466,9 +467,9 @@ class RepoCache:
             The problems found, each with ``repaired`` set when it was fixed.
         """
         self._check_open()
-        problems = maintenance.verify(self._context, self._budget, repair)
+        problems = verify_root(self._context, self._budget, repair)
         if repair:
-            maintenance.sweep_locks(self._context)
+            sweep_locks(self._context)
         return problems
 
     # -- cold store -----------------------------------------------------------------------------------------------
