@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from repocache import cancel, holding
 from repocache.cache import RepoCache
 from repocache.checkout import Checkout, Worktree
-from repocache.errors import ConfigError, RepoCacheError
+from repocache.errors import ConfigError
 from repocache.events import EventHook
 from repocache.gitops import ProgressCallback
 from repocache.keys import normalize_url
+from repocache.lifecycle import Lifecycle
 from repocache.models import Entry, MaintenanceReport, Problem, Progress, Stats
 from repocache.refresh import USE_TTL, MaxAge
 from repocache.settings import CacheOptions, Settings
@@ -113,7 +114,7 @@ class AsyncRepoCache:
         self._releasers = concurrent.futures.ThreadPoolExecutor(
             _RELEASE_WORKERS, thread_name_prefix="repocache-release"
         )
-        self._closed = False
+        self._lifecycle = Lifecycle("AsyncRepoCache")
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -123,9 +124,8 @@ class AsyncRepoCache:
         Closing twice is a no-op. A ``checkout`` or ``worktree`` block still open may be left afterwards: its
         hold is released all the same.
         """
-        if self._closed:
+        if not self._lifecycle.close():
             return
-        self._closed = True
 
         def shut_down() -> None:
             self._workers.shutdown(wait=True)
@@ -394,8 +394,7 @@ class AsyncRepoCache:
             abandoned: run (in a release thread) on the result of a call that completed although the caller was
                 cancelled, e.g. to release a hold nobody will use.
         """
-        if self._closed:
-            raise RepoCacheError("this AsyncRepoCache is closed")
+        self._lifecycle.check()
         token = cancel.CancelToken()
         future = self._submit(self._workers, function, token=token)
         waiter = asyncio.wrap_future(future)

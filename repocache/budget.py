@@ -38,7 +38,7 @@ from repocache.models import Entry, Progress
 if TYPE_CHECKING:
     from repocache.cold_tier import ColdTier
 
-__all__ = ["POLICIES", "Budget", "EvictionPolicy", "Freed", "RoomShortfall", "RoomWait", "entry_of_row"]
+__all__ = ["POLICIES", "Budget", "EvictionPolicy", "Freed", "RoomShortfall", "RoomWait", "entry_of", "entry_of_row"]
 
 #: The longest a waiting miss blocks on one holder before it looks at the whole budget again (reservations that
 #: dropped, other holders that let go).
@@ -63,6 +63,12 @@ class EvictionPolicy:
 POLICIES = {
     "least-recently-used": EvictionPolicy("least-recently-used", lambda index: index.lru()),
 }
+
+
+def entry_of(context: Context, key: str) -> Entry | None:
+    """The entry of ``key`` as the index has it now, or None when it is not indexed."""
+    row = context.index.get(key)
+    return None if row is None else entry_of_row(context, row)
 
 
 def entry_of_row(context: Context, row: Row) -> Entry:

@@ -1,11 +1,12 @@
-"""RepoCache: the facade users hold. It validates settings, offers the public API and runs the acquire loop.
+"""RepoCache: the facade users hold: one short method per public verb, each forwarded to the room that owns it.
 
-The work is done by the parts below it, which share a :class:`~repocache.context.Context` and never import this
-module: :mod:`~repocache.refresh` (hits), :mod:`~repocache.materialize` (misses), :mod:`~repocache.budget`
-(room and eviction), :mod:`~repocache.cold_tier` (the cold store), :mod:`~repocache.maintenance` (upkeep of
-mirrors), :mod:`~repocache.verify` (verify and repair), :mod:`~repocache.layout` (paths and holds) and
-:mod:`~repocache.events` (outcomes). The design, the
-lock order and the flow of a checkout are in ``docs/architecture.md``.
+The rooms share a :class:`~repocache.context.Context` and never import this module: :mod:`~repocache.assembly`
+(puts them together from the settings), :mod:`~repocache.acquire` (hold a repository as a hit or a miss),
+:mod:`~repocache.consequences` (what follows a fetch, a clone, a restore), :mod:`~repocache.refresh` (hits),
+:mod:`~repocache.materialize` (misses), :mod:`~repocache.budget` (room and eviction), :mod:`~repocache.cold_tier`
+(the cold store), :mod:`~repocache.maintenance` (upkeep of mirrors), :mod:`~repocache.verify` (verify and repair),
+:mod:`~repocache.worktrees`, :mod:`~repocache.layout` (paths and holds) and :mod:`~repocache.events` (outcomes).
+The design, the lock order and the flow of a checkout are in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -14,41 +15,30 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from repocache import gitops, maintenance
-from repocache.acquire import Acquirer
-from repocache.budget import Budget, entry_of_row
+from repocache.assembly import assemble
+from repocache.budget import entry_of, entry_of_row
 from repocache.checkout import Checkout, Worktree
 from repocache.cold.manifest import Manifest
-from repocache.cold_tier import ColdTier
-from repocache.consequences import Consequences
-from repocache.context import Context
 from repocache.errors import (
     ConfigError,
-    GitError,
     InvalidURLError,
-    LockTimeoutError,
     RepoCacheError,
 )
-from repocache.events import EventHook, Events
-from repocache.index import Index
+from repocache.events import EventHook
 from repocache.keys import RepoURL, normalize_url
-from repocache.layout import Layout
-from repocache.lifecycle import Lifecycle
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
-from repocache.pins import Pins
-from repocache.refresh import USE_TTL, Background, MaxAge, parse_max_age
-from repocache.settings import CacheOptions, Settings, default_root, parse_bytes, parse_seconds
-from repocache.verify import mirrors_on_disk, sweep_locks, verify_root
+from repocache.refresh import USE_TTL, MaxAge, parse_max_age
+from repocache.settings import CacheOptions, ReadBack, Settings, parse_bytes, parse_seconds
+from repocache.verify import sweep_locks, verify_root
 from repocache.worktrees import check_ref, worktree_of
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from repocache.cold import ColdStoreSpec
 
 __all__ = ["RepoCache"]
 
@@ -83,48 +73,19 @@ class RepoCache:
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
         """
-        settings = Settings.from_options(options)
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
         self.progress = progress
-        transport = settings.transport
-        git = gitops.GitOptions(
-            git=gitops.find_git(),
-            allow_local=transport.allow_local,
-            connect_timeout=transport.connect_timeout,
-            idle_timeout=transport.idle_timeout,
+        parts = assemble(
+            root,
+            Settings.from_options(options),
+            pins=options.get("pins"),
+            cold_store=options.get("cold_store"),
+            on_event=options.get("on_event"),
         )
-        self.pins = Pins(options.get("pins"))
-        self.root = Path(root) if root is not None else default_root()
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"root={str(self.root)!r} exists and is not a directory")
-        layout = Layout(self.root)
-        try:
-            layout.create()
-        except OSError as exc:
-            raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
-        events = Events()
-        on_event = options.get("on_event")
-        if on_event is not None:
-            events.subscribe(on_event)
-        self._context = Context(
-            settings=settings,
-            layout=layout,
-            index=Index(layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: mirrors_on_disk(layout)),
-            pins=self.pins,
-            git=git,
-            events=events,
-        )
-        self._cold = self._open_cold_store(options.get("cold_store"))
-        self._budget = Budget(self._context, self._cold)
-        self._lifecycle = Lifecycle("RepoCache")
-        consequences = Consequences(self._context, self._cold, self._lifecycle)
-        self._background = Background(self._context, consequences)
-        self._acquirer = Acquirer(
-            self._context, self._budget, self._cold, consequences, self._background, self._lifecycle
-        )
-        self._budget.empty_trash()
-        sweep_locks(self._context)
+        self.root, self.pins = parts.root, parts.context.pins
+        self._context, self._budget, self._cold = parts.context, parts.budget, parts.cold
+        self._background, self._acquirer, self._lifecycle = parts.background, parts.acquirer, parts.lifecycle
 
     # -- settings, read-only --------------------------------------------------------------------------------
 
@@ -133,55 +94,22 @@ class RepoCache:
         """Every setting of this cache, validated (``cache.settings.maintenance.max_packs``)."""
         return self._context.settings
 
-    @property
-    def max_bytes(self) -> int | None:
-        """The byte budget for all mirrors together (None: no limit)."""
-        return self._context.settings.max_bytes
-
-    @property
-    def min_free_bytes(self) -> int:
-        """Bytes kept free on the cache's filesystem."""
-        return self._context.settings.min_free_bytes
-
-    @property
-    def fetch_ttl(self) -> float | str:
-        """Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule)."""
-        return self._context.settings.fetch_ttl
-
-    @property
-    def lock_timeout(self) -> float:
-        """Seconds any wait for another worker is bounded by."""
-        return self._context.settings.lock_timeout
-
-    @property
-    def on_fetch_error(self) -> str:
-        """``"warn"`` (serve a stale copy) or ``"raise"``."""
-        return self._context.settings.on_fetch_error
-
-    @property
-    def cold_min_bytes(self) -> int:
-        """Evicted repositories smaller than this are not offloaded to the cold store."""
-        return self._context.settings.cold_min_bytes
-
-    @property
-    def cold_compression(self) -> str:
-        """How cold artifacts are compressed (``"none"`` or ``"zstd"``)."""
-        return self._context.settings.cold_compression
-
-    @property
-    def cold_retention(self) -> float | None:
-        """Seconds an artifact is kept in the cold store (None: forever)."""
-        return self._context.settings.cold_retention
-
-    @property
-    def cold_publish(self) -> str:
-        """When mirrors are published to the cold store besides evictions (``"off"``, ``"clone"``, ``"always"``)."""
-        return self._context.settings.cold_publish
-
-    @property
-    def cold_publish_after(self) -> float:
-        """Seconds after which a fetched mirror is published again (with ``cold_publish="always"``)."""
-        return self._context.settings.cold_publish_after
+    max_bytes: ReadBack[int | None] = ReadBack("The byte budget for all mirrors together (None: no limit).")
+    min_free_bytes: ReadBack[int] = ReadBack("Bytes kept free on the cache's filesystem.")
+    fetch_ttl: ReadBack[float | str] = ReadBack(
+        'Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule).'
+    )
+    lock_timeout: ReadBack[float] = ReadBack("Seconds any wait for another worker is bounded by.")
+    on_fetch_error: ReadBack[str] = ReadBack('``"warn"`` (serve a stale copy) or ``"raise"``.')
+    cold_min_bytes: ReadBack[int] = ReadBack("Evicted repositories smaller than this are not offloaded.")
+    cold_compression: ReadBack[str] = ReadBack('How cold artifacts are compressed (``"none"`` or ``"zstd"``).')
+    cold_retention: ReadBack[float | None] = ReadBack("Seconds an artifact is kept in the cold store (None: forever).")
+    cold_publish: ReadBack[str] = ReadBack(
+        'When mirrors are published besides evictions (``"off"``, ``"clone"``, ``"always"``).'
+    )
+    cold_publish_after: ReadBack[float] = ReadBack(
+        'Seconds after which a fetched mirror is published again (``"always"``).'
+    )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -363,11 +291,11 @@ class RepoCache:
         parsed = self._parse(url)
         acquired = self._acquirer.acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
-            entry = self._entry_of(parsed.key)
+            entry = entry_of(self._context, parsed.key)
         finally:
             maintained = self._acquirer.release(acquired)
         if maintained is not None:
-            entry = self._entry_of(parsed.key) or entry
+            entry = entry_of(self._context, parsed.key) or entry
         if entry is None:  # pragma: no cover - the row is written before the hold is released
             raise RepoCacheError(f"{parsed.url} vanished from the index while held")
         return entry
@@ -377,7 +305,7 @@ class RepoCache:
         parsed = self._parse(url)
         if not self._context.layout.mirror(parsed.key).is_dir():
             return None
-        return self._entry_of(parsed.key)
+        return entry_of(self._context, parsed.key)
 
     def entries(self) -> list[Entry]:
         """Every repository on disk, most recently used first."""
@@ -441,16 +369,7 @@ class RepoCache:
             found = maintenance.maintain_one(self._context, parsed.key, parsed.url, wait=True, forced=True, prune=prune)
             return [] if found is None else [found]
         self._check_open()
-        reports = []
-        for row in self._context.index.rows():
-            try:
-                report = maintenance.maintain_one(self._context, row.key, row.url, wait=True, forced=True, prune=prune)
-            except (GitError, LockTimeoutError) as exc:
-                self._context.events.maintenance_failed(row.url, exc)
-                report = maintenance.failed_report(self._context, row, exc)
-            if report is not None:
-                reports.append(report)
-        return reports
+        return maintenance.maintain_all(self._context, prune=prune)
 
     def verify(self, repair: bool = False) -> list[Problem]:
         """Compare the index with the disk.
@@ -473,14 +392,6 @@ class RepoCache:
         return problems
 
     # -- cold store -----------------------------------------------------------------------------------------------
-
-    def _open_cold_store(self, spec: ColdStoreSpec) -> ColdTier | None:
-        if spec is None:
-            return None
-        from repocache.cold import open_cold_store
-
-        store = open_cold_store(spec)
-        return None if store is None else ColdTier(self._context, store)
 
     @property
     def has_cold_store(self) -> bool:
@@ -533,9 +444,3 @@ class RepoCache:
         limit = parse_bytes("keep_bytes", keep_bytes, allow_none=True)
         age = self.cold_retention if older_than is None else parse_seconds("older_than", older_than)
         return self._cold.prune(older_than=age, keep_bytes=limit)
-
-    # -- acquiring ------------------------------------------------------------------------------------------
-
-    def _entry_of(self, key: str) -> Entry | None:
-        row = self._context.index.get(key)
-        return None if row is None else entry_of_row(self._context, row)

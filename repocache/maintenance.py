@@ -379,6 +379,20 @@ def after_fetch(context: Context, key: str, url: str) -> MaintenanceReport | Non
         return None
 
 
+def maintain_all(context: Context, *, prune: bool) -> list[MaintenanceReport]:
+    """:func:`maintain_one` of every cached repository, waiting for each; a failure is reported, never raised."""
+    reports = []
+    for row in context.index.rows():
+        try:
+            report = maintain_one(context, row.key, row.url, wait=True, forced=True, prune=prune)
+        except (GitError, LockTimeoutError) as exc:
+            context.events.maintenance_failed(row.url, exc)
+            report = failed_report(context, row, exc)
+        if report is not None:
+            reports.append(report)
+    return reports
+
+
 def failed_report(context: Context, row: Row, error: Exception) -> MaintenanceReport:
     """The report of a maintenance that failed (the mirror is as it was: every object kept)."""
     shape = gitops.MirrorShape(0, 0, 0, 0, 0, "missing", 0)

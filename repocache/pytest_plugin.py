@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from repocache.lifecycle import Lifecycle
+
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
@@ -152,7 +154,7 @@ class GitServer:
         self._lock = threading.Lock()
         self._daemon: GitDaemon | None = None
         self._http: SmartHTTPServer | None = None
-        self._closed = False
+        self._lifecycle = Lifecycle("GitServer")
 
     def __repr__(self) -> str:
         return f"GitServer(base_path={str(self.base_path)!r})"
@@ -208,7 +210,7 @@ class GitServer:
     def close(self) -> None:
         """Stop whichever servers were started and wait for their processes and threads. Safe to call twice."""
         with self._lock:
-            self._closed = True
+            self._lifecycle.close()
             daemon, self._daemon = self._daemon, None
             http, self._http = self._http, None
         try:
@@ -219,7 +221,7 @@ class GitServer:
                 http.stop()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if not self._lifecycle.is_open:
             raise RuntimeError("this GitServer is closed (its session ended)")
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "Freshness",
     "Maintenance",
     "Option",
+    "ReadBack",
     "Settings",
     "Transport",
     "default_root",
@@ -751,3 +752,25 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(_main(sys.argv[1:]))
+
+
+class ReadBack(Generic[T]):
+    """A read-only attribute of an object with a ``settings`` attribute: ``cache.max_bytes`` is
+    ``cache.settings.max_bytes`` (the facades' read-back properties, each one line)."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> ReadBack[T]: ...
+    @overload
+    def __get__(self, obj: object, owner: type) -> T: ...
+    def __get__(self, obj: object | None, owner: type) -> ReadBack[T] | T:
+        if obj is None:
+            return self
+        value: T = getattr(obj.settings, self._name)  # type: ignore[attr-defined]
+        return value
