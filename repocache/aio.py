@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from repocache import cancel, holding
+from repocache import cancel, uses
 from repocache.cache import RepoCache
 from repocache.checkout import Checkout, Worktree
 from repocache.errors import ConfigError
@@ -177,7 +177,7 @@ class AsyncRepoCache:
         """
         manager = self.cache.checkout(url, progress=self._on_loop(progress), max_age=max_age)
         async with self._held(manager) as checkout:
-            held = holding.hold(self.cache.root, checkout.key, checkout.url)  # in the awaiting task's context
+            held = uses.begin(self.cache.root, checkout.key, checkout.url)  # in the awaiting task's context
             try:
                 yield checkout
             finally:
@@ -211,7 +211,7 @@ class AsyncRepoCache:
             url, ref, path=path, submodules=submodules, progress=self._on_loop(progress), max_age=max_age
         )
         async with self._held(manager) as worktree:
-            held = holding.hold(self.cache.root, normalize_url(worktree.url).key, worktree.url)
+            held = uses.begin(self.cache.root, normalize_url(worktree.url).key, worktree.url)
             try:
                 yield worktree
             finally:
@@ -365,7 +365,7 @@ class AsyncRepoCache:
             with cancel.scope(token):
                 return function()
 
-        # In a copy of the awaiting task's context: the call sees what the task holds (repocache.holding).
+        # In a copy of the awaiting task's context: the call sees what the task holds (repocache.uses).
         return executor.submit(contextvars.copy_context().run, run)
 
     def _release(self, function: Callable[[], None]) -> concurrent.futures.Future[None]:
