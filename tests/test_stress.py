@@ -44,7 +44,7 @@ from repocache.gitops import sweep_mirror, validate_mirror
 from repocache.locks import acquire
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests._stress_worker import fsck
-from tests.conftest import all_objects, assert_consistent, mirror_refs
+from tests.helpers import all_objects, assert_consistent, mirror_refs
 
 PROJECT = Path(__file__).resolve().parent.parent
 
