@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pygit2
 import pytest
@@ -186,3 +188,30 @@ def wait_for_file(path: Path, timeout: float = 60.0, worker: Worker | None = Non
         time.sleep(0.01)
     time.sleep(0.01)
     return path.read_text()
+
+
+def stress_worker(mode: str, spec: dict[str, Any]) -> subprocess.Popen[str]:
+    """Start ``tests._stress_worker`` in ``mode`` ("crash" or "load") with a JSON spec."""
+    return spawn_worker("_stress_worker", mode, json.dumps(spec))
+
+
+# -- stress runs ---------------------------------------------------------------------------------------------------
+
+
+def stress_seed() -> int:
+    """The seed of a stress run: ``$REPOCACHE_STRESS_SEED`` to replay one, else a fresh random one."""
+    return int(os.environ.get("REPOCACHE_STRESS_SEED") or random.SystemRandom().randrange(1 << 32))
+
+
+def report_figures(name: str, summary: dict[str, Any]) -> None:
+    """Print the figures (visible with ``-s``) and append them to ``$REPOCACHE_STRESS_REPORT`` when it is set."""
+    print(f"\n=== {name} ===\n{json.dumps(summary, indent=2, sort_keys=True)}")
+    target = os.environ.get("REPOCACHE_STRESS_REPORT")
+    if target:
+        with open(target, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"test": name, **summary}, sort_keys=True) + "\n")
+
+
+def listing(directory: Path) -> list[str]:
+    """The names in ``directory``, sorted (none when it does not exist)."""
+    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
