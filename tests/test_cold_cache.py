@@ -12,7 +12,7 @@ import pytest
 from repocache import ConfigError, Progress, RepoCache
 from repocache.cold import FsspecStore, LocalDirStore
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
-from tests.conftest import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, mirror_refs, served_upstream
 
 StoreFactory = Callable[[str], Any]
 
@@ -30,11 +30,7 @@ def cold(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
 
 
 def _served(served: UpstreamFactory, name: str, size: int = 50_000) -> Upstream:
-    upstream = served.create(name)
-    upstream.commits(4, size=size)
-    upstream.branch("feature")
-    upstream.tag("v1", annotated=True)
-    return upstream
+    return served_upstream(served, name, commits=4, size=size, tag=True)
 
 
 def test_evicted_mirror_is_offloaded_and_restored_then_fetched(

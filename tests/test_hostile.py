@@ -26,7 +26,7 @@ from repocache import (
     RepoCacheError,
 )
 from repocache.testing import GitDaemon, HangingServer, UpstreamFactory
-from tests.conftest import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, mirror_refs
 
 pytestmark = pytest.mark.timeout(120)
 
