@@ -10,7 +10,7 @@ from repocache import RepoCache
 from repocache.events import Event, FetchEvent, MaintenanceEvent, PublishEvent
 from repocache.gitops import disk_usage, mirror_shape
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
-from tests.conftest import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, mirror_refs
 
 
 @pytest.fixture
