@@ -1,52 +1,46 @@
-"""RepoCache: the facade users hold. It validates settings, offers the public API and runs the acquire loop.
+"""RepoCache: the facade users hold: one short method per public verb, each forwarded to the room that owns it.
 
-The work is done by the parts below it, which share a :class:`~repocache.context.Context` and never import this
-module: :mod:`~repocache.refresh` (hits), :mod:`~repocache.materialize` (misses), :mod:`~repocache.budget`
-(room and eviction), :mod:`~repocache.cold.tier` (the cold store), :mod:`~repocache.maintenance` (verify and
-repair), :mod:`~repocache.layout` (paths and holds) and :mod:`~repocache.events` (outcomes). The design, the
-lock order and the flow of a checkout are in ``docs/architecture.md``.
+The rooms share a :class:`~repocache.context.Context` and never import this module: :mod:`~repocache.assembly`
+(puts them together from the settings), :mod:`~repocache.acquire` (hold a repository as a hit or a miss),
+:mod:`~repocache.consequences` (what follows a fetch, a clone, a restore), :mod:`~repocache.refresh` (hits),
+:mod:`~repocache.materialize` (misses), :mod:`~repocache.budget` (room and eviction), :mod:`~repocache.cold_tier`
+(the cold store), :mod:`~repocache.maintenance` (upkeep of mirrors), :mod:`~repocache.verify` (verify and repair),
+:mod:`~repocache.worktrees`, :mod:`~repocache.layout` (paths and holds) and :mod:`~repocache.events` (outcomes).
+The design, the lock order and the flow of a checkout are in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
-from repocache import gitops, holding, locks, maintenance, refresh
-from repocache.budget import Budget, RoomShortfall, RoomWait, entry_of_row
+from repocache import gitops, maintenance
+from repocache.assembly import assemble
+from repocache.budget import entry_of, entry_of_row
 from repocache.checkout import Checkout, Worktree
-from repocache.cold.base import Manifest
-from repocache.cold.tier import ColdTier
-from repocache.context import Context
+from repocache.cold.manifest import Manifest
 from repocache.errors import (
     ConfigError,
-    GitError,
-    InvalidRefError,
     InvalidURLError,
-    LockTimeoutError,
-    RefNotFoundError,
     RepoCacheError,
 )
-from repocache.events import Counter, EventHook, Events, Source
-from repocache.index import Index
+from repocache.events import EventHook
 from repocache.keys import RepoURL, normalize_url
-from repocache.layout import Layout, SharedHold
-from repocache.maintenance import mirrors_on_disk, sweep_locks
-from repocache.materialize import materialize
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
-from repocache.pins import Pins
-from repocache.refresh import USE_TTL, Background, MaxAge, Request, parse_max_age
-from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
+from repocache.refresh import USE_TTL, MaxAge, parse_max_age
+from repocache.settings import CacheOptions, ReadBack, Settings, parse_bytes, parse_seconds
+from repocache.verify import sweep_locks, verify_root
+from repocache.worktrees import check_ref, worktree_of
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 
 __all__ = ["RepoCache"]
-
-_MAX_ATTEMPTS = 8
 
 
 class RepoCache:
@@ -61,199 +55,61 @@ class RepoCache:
         self,
         root: str | os.PathLike[str] | None = None,
         *,
-        max_bytes: int | str | None = None,
-        min_free_bytes: int | str = 0,
-        pins: str | os.PathLike[str] | Iterable[str] | None = None,
-        fetch_ttl: float | str = 0.0,
-        cold_store: Any = None,
-        lock_timeout: float = 600.0,
-        on_fetch_error: str = "warn",
         progress: gitops.ProgressCallback | None = None,
-        allow_local: bool = True,
-        connect_timeout: float = 30.0,
-        idle_timeout: float = 300.0,
-        cold_min_bytes: int | str = 0,
-        cold_compression: str = "none",
-        cold_retention: float | None = None,
-        on_event: EventHook | None = None,
-        fetch_ttl_min: float = 60.0,
-        fetch_ttl_max: float = 28800.0,
-        refresh: str = "foreground",
-        max_stale: float | None = 3600.0,
-        cold_publish: str = "off",
-        cold_publish_after: float = 3600.0,
-        maintenance: str = "auto",
-        maintenance_max_packs: int | None = None,
-        maintenance_max_loose_objects: int = 1024,
-        maintenance_max_loose_refs: int = 128,
-        maintenance_window_memory: int | str = "128MiB",
-        maintenance_threads: int = 1,
-        maintenance_grace: float = 14 * 86400.0,
+        **options: Unpack[CacheOptions],
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
         Args:
             root: the cache directory; ``$REPOCACHE_DIR`` or the platform's user cache directory when None.
-            max_bytes: budget for all mirrors together (int or a string such as ``"20GB"``); None for no limit.
-            min_free_bytes: keep at least this much free on the cache's filesystem.
-            pins: a never-evict YAML file, or an iterable of URLs / glob patterns.
-            fetch_ttl: a hit fetched less than this many seconds ago does not contact upstream; ``"auto"``: each
-                repository's own interval, half the time since upstream last changed, within ``fetch_ttl_min`` and
-                ``fetch_ttl_max`` (kept in the index across restarts).
-            cold_store: None, ``"file:///dir"``, an fsspec URL such as ``"s3://bucket/prefix"``, or a ColdStore.
-            lock_timeout: seconds to wait for another worker's clone, fetch or eviction of the same repository.
-            on_fetch_error: ``"warn"`` serves the cached copy (``co.stale``) when a fetch fails; ``"raise"``
-                raises :class:`FetchError` instead.
             progress: default progress callback for clones, fetches and restores.
-            allow_local: whether local paths and ``file://`` URLs may be cached.
-            connect_timeout: seconds to wait for a connection to upstream.
-            idle_timeout: seconds a transfer may make no progress before it is abandoned.
-            cold_min_bytes: only evicted repositories at least this large go to the cold store (0: all of them).
-            cold_compression: ``"none"`` (a plain tar, fastest to restore) or ``"zstd"`` (needs ``zstandard``).
-            cold_retention: seconds an artifact is kept in the cold store; older ones are pruned after uploads
-                (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
-            on_event: a function called with every :class:`~repocache.events.Event` of this cache (hit, miss,
-                clone, restore, fetch, stale, eviction, ...); see :meth:`subscribe`.
-            fetch_ttl_min: the shortest interval of ``fetch_ttl="auto"``, in seconds.
-            fetch_ttl_max: the longest interval of ``fetch_ttl="auto"`` (the staleness bound of a dormant
-                repository), in seconds.
-            refresh: ``"foreground"``: a due hit waits for its fetch; ``"background"``: a due hit no older than
-                ``max_stale`` is handed out at once and one fetch runs in a background thread (stale-while-
-                revalidate), joined by :meth:`close`.
-            max_stale: with ``refresh="background"``, seconds past its TTL beyond which a hit waits for the
-                fetch after all; None: no bound.
-            cold_publish: when mirrors go to the cold store besides evictions, for other hosts to restore:
-                ``"off"``; ``"clone"``, after each clone (uploaded on a background thread, holding the repository
-                shared; hosts missing the same repository at once then clone it once between them when the store
-                offers leases); ``"always"``, also after a fetch once the stored artifact is older than
-                ``cold_publish_after``.
-            cold_publish_after: seconds after which a fetched mirror is published again (``"always"``).
-            maintenance: ``"auto"``: after a checkout or ensure that fetched releases the mirror, the caller
-                maintains it if it crossed a threshold below (see :meth:`maintain`); ``"off"``: only
-                :meth:`maintain` does.
-            maintenance_max_packs: packs a mirror may have before it is repacked; None lets it grow with the log of
-                the mirror's size (log base 1.3 of its MiB, between 8 and 32, as Gitaly's housekeeping does).
-            maintenance_max_loose_objects: loose objects (estimated as ``git gc`` does) before a repack.
-            maintenance_max_loose_refs: loose refs before they are packed.
-            maintenance_window_memory: delta window memory per repack thread (``pack.windowMemory``); 0 for git's
-                default (unbounded).
-            maintenance_threads: repack threads (``pack.threads``).
-            maintenance_grace: seconds an unreachable object is kept by ``maintain(prune=True)``.
+            **options: the settings, each declared once in :mod:`repocache.settings` with its default and meaning
+                (the table in the README): the everyday ones as plain keywords (``max_bytes``, ``min_free_bytes``,
+                ``pins``, ``fetch_ttl``, ``cold_store``, ``lock_timeout``, ``on_fetch_error``, ``on_event``), the
+                rest in group objects (``freshness=Freshness(...)``, ``cold=ColdOptions(...)``,
+                ``maintenance=Maintenance(...)``, ``transport=Transport(...)``) or by their flat names
+                (``maintenance_max_packs=4``). :attr:`settings` reads them back.
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
         """
-        settings = Settings.parse(
-            max_bytes=max_bytes,
-            min_free_bytes=min_free_bytes,
-            fetch_ttl=fetch_ttl,
-            lock_timeout=lock_timeout,
-            on_fetch_error=on_fetch_error,
-            cold_min_bytes=cold_min_bytes,
-            cold_compression=cold_compression,
-            cold_retention=cold_retention,
-            fetch_ttl_min=fetch_ttl_min,
-            fetch_ttl_max=fetch_ttl_max,
-            refresh=refresh,
-            max_stale=max_stale,
-            cold_publish=cold_publish,
-            cold_publish_after=cold_publish_after,
-            maintenance=maintenance,
-            maintenance_max_packs=maintenance_max_packs,
-            maintenance_max_loose_objects=maintenance_max_loose_objects,
-            maintenance_max_loose_refs=maintenance_max_loose_refs,
-            maintenance_window_memory=maintenance_window_memory,
-            maintenance_threads=maintenance_threads,
-            maintenance_grace=maintenance_grace,
-        )
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
         self.progress = progress
-        git = gitops.GitOptions(
-            git=gitops.find_git(),
-            allow_local=bool(allow_local),
-            connect_timeout=parse_seconds("connect_timeout", connect_timeout, positive=True),
-            idle_timeout=parse_seconds("idle_timeout", idle_timeout, positive=True),
+        parts = assemble(
+            root,
+            Settings.from_options(options),
+            pins=options.get("pins"),
+            cold_store=options.get("cold_store"),
+            on_event=options.get("on_event"),
         )
-        self.pins = Pins(pins)
-        self.root = Path(root) if root is not None else default_root()
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"root={str(self.root)!r} exists and is not a directory")
-        layout = Layout(self.root)
-        try:
-            layout.create()
-        except OSError as exc:
-            raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
-        events = Events()
-        if on_event is not None:
-            events.subscribe(on_event)
-        self._context = Context(
-            settings=settings,
-            layout=layout,
-            index=Index(layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: mirrors_on_disk(layout)),
-            pins=self.pins,
-            git=git,
-            events=events,
-        )
-        self._cold = self._open_cold_store(cold_store)
-        self._budget = Budget(self._context, self._cold)
-        self._background = Background(self._context)
-        self._closed = False
-        self._budget.empty_trash()
-        sweep_locks(self._context)
+        self.root, self.pins = parts.root, parts.context.pins
+        self._context, self._budget, self._cold = parts.context, parts.budget, parts.cold
+        self._background, self._acquirer, self._lifecycle = parts.background, parts.acquirer, parts.lifecycle
 
     # -- settings, read-only --------------------------------------------------------------------------------
 
     @property
-    def max_bytes(self) -> int | None:
-        """The byte budget for all mirrors together (None: no limit)."""
-        return self._context.settings.max_bytes
+    def settings(self) -> Settings:
+        """Every setting of this cache, validated (``cache.settings.maintenance.max_packs``)."""
+        return self._context.settings
 
-    @property
-    def min_free_bytes(self) -> int:
-        """Bytes kept free on the cache's filesystem."""
-        return self._context.settings.min_free_bytes
-
-    @property
-    def fetch_ttl(self) -> float | str:
-        """Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule)."""
-        settings = self._context.settings
-        return "auto" if settings.adaptive else settings.fetch_ttl
-
-    @property
-    def lock_timeout(self) -> float:
-        """Seconds any wait for another worker is bounded by."""
-        return self._context.settings.lock_timeout
-
-    @property
-    def on_fetch_error(self) -> str:
-        """``"warn"`` (serve a stale copy) or ``"raise"``."""
-        return self._context.settings.on_fetch_error
-
-    @property
-    def cold_min_bytes(self) -> int:
-        """Evicted repositories smaller than this are not offloaded to the cold store."""
-        return self._context.settings.cold_min_bytes
-
-    @property
-    def cold_compression(self) -> str:
-        """How cold artifacts are compressed (``"none"`` or ``"zstd"``)."""
-        return self._context.settings.cold_compression
-
-    @property
-    def cold_retention(self) -> float | None:
-        """Seconds an artifact is kept in the cold store (None: forever)."""
-        return self._context.settings.cold_retention
-
-    @property
-    def cold_publish(self) -> str:
-        """When mirrors are published to the cold store besides evictions (``"off"``, ``"clone"``, ``"always"``)."""
-        return self._context.settings.cold_publish
-
-    @property
-    def cold_publish_after(self) -> float:
-        """Seconds after which a fetched mirror is published again (with ``cold_publish="always"``)."""
-        return self._context.settings.cold_publish_after
+    max_bytes: ReadBack[int | None] = ReadBack("The byte budget for all mirrors together (None: no limit).")
+    min_free_bytes: ReadBack[int] = ReadBack("Bytes kept free on the cache's filesystem.")
+    fetch_ttl: ReadBack[float | str] = ReadBack(
+        'Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule).'
+    )
+    lock_timeout: ReadBack[float] = ReadBack("Seconds any wait for another worker is bounded by.")
+    on_fetch_error: ReadBack[str] = ReadBack('``"warn"`` (serve a stale copy) or ``"raise"``.')
+    cold_min_bytes: ReadBack[int] = ReadBack("Evicted repositories smaller than this are not offloaded.")
+    cold_compression: ReadBack[str] = ReadBack('How cold artifacts are compressed (``"none"`` or ``"zstd"``).')
+    cold_retention: ReadBack[float | None] = ReadBack("Seconds an artifact is kept in the cold store (None: forever).")
+    cold_publish: ReadBack[str] = ReadBack(
+        'When mirrors are published besides evictions (``"off"``, ``"clone"``, ``"always"``).'
+    )
+    cold_publish_after: ReadBack[float] = ReadBack(
+        'Seconds after which a fetched mirror is published again (``"always"``).'
+    )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -264,8 +120,7 @@ class RepoCache:
         then cancelled (their git is killed; the repository keeps its previous state). Background uploads to the
         cold store (``cold_publish``) are waited for.
         """
-        if not self._closed:
-            self._closed = True
+        if self._lifecycle.close():
             self._background.close(timeout)
             if self._cold is not None:
                 self._cold.close()
@@ -283,8 +138,7 @@ class RepoCache:
         return f"RepoCache(root={str(self.root)!r}, max_bytes={self.max_bytes!r}, fetch_ttl={self.fetch_ttl!r})"
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise RepoCacheError("this RepoCache is closed")
+        self._lifecycle.check()
 
     def _parse(self, url: str | os.PathLike[str]) -> RepoURL:
         self._check_open()
@@ -306,10 +160,6 @@ class RepoCache:
             ConfigError: ``hook`` is not callable.
         """
         return self._context.events.subscribe(hook)
-
-    def _enforce_if_over(self) -> None:
-        if not self._closed:
-            self._budget.enforce_if_over()
 
     # -- public API -----------------------------------------------------------------------------------------
 
@@ -339,17 +189,8 @@ class RepoCache:
             BudgetError: the repository cannot fit in the budget.
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
         """
-        parsed = self._parse(url)
-        hold, checkout = self._acquire(parsed, progress or self.progress, parse_max_age(max_age))
-        held = holding.hold(self._context.layout.root, parsed.key, parsed.url)
-        try:
+        with self._acquirer.held(self._parse(url), progress or self.progress, parse_max_age(max_age)) as checkout:
             yield checkout
-        finally:
-            held.close()
-            checkout._close()
-            hold.release()
-            self._maintain_if_due(checkout, parsed)
-            self._enforce_if_over()
 
     @contextlib.contextmanager
     def worktree(
@@ -386,42 +227,14 @@ class RepoCache:
             RepoCacheError: whatever :meth:`checkout` raises (``InvalidURLError``, ``CloneError``, ``FetchError``,
                 ``BudgetError``, ``LockTimeoutError``).
         """
-        if not isinstance(ref, str) or not ref or ref.startswith("-") or any(c in ref for c in "\n\r\x00"):
-            raise InvalidRefError(repr(ref), "expected a branch, tag, ref name or commit id")
-        with self.checkout(url, progress=progress, max_age=max_age) as co:
-            try:
-                commit, branch = gitops.resolve_commit(co.path, ref)
-            except KeyError:
-                raise RefNotFoundError(co.url, ref) from None
-            dest, owner = self._worktree_dir(co.key, path)
-            try:
-                gitops.make_worktree(
-                    co.path, dest, commit, branch, self._parse(url), self._context.git, submodules=submodules
-                )
-                yield Worktree(path=dest, commit=commit, ref=ref, url=co.url)
-            finally:
-                shutil.rmtree(dest, ignore_errors=True)
-                if owner is not None:
-                    # Unlink while still holding it: whoever takes a lock at this path later finds no file, or a
-                    # file with no tree, and never mistakes a live worktree for a dead one.
-                    with contextlib.suppress(FileNotFoundError):
-                        owner.path.unlink()
-                    owner.release()
-
-    def _worktree_dir(self, key: str, path: str | os.PathLike[str] | None) -> tuple[Path, locks.FileLockHandle | None]:
-        """Choose the worktree directory; default ones carry a lock file so ``verify`` can tell dead from live."""
-        if path is not None:
-            dest = Path(path)
-            if dest.is_symlink():  # the tree would be made inside its target and outlive the block
-                raise ConfigError(f"path={str(dest)!r} is a symbolic link; pass the directory itself")
-            if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-                raise ConfigError(f"path={str(dest)!r} exists and is not an empty directory")
-            return dest, None
-        layout = self._context.layout
-        layout.worktrees.mkdir(exist_ok=True)
-        dest = layout.new_worktree(key)
-        # Created already locked: verify must never find it unlocked and take the live worktree for a dead one.
-        return dest, locks.create_locked(layout.worktree_lock(dest))
+        check_ref(ref)
+        parsed = self._parse(url)
+        context = self._context
+        with (
+            self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout,
+            worktree_of(context.layout, context.git, checkout, parsed, ref, path=path, submodules=submodules) as tree,
+        ):
+            yield tree
 
     def ensure(
         self,
@@ -476,14 +289,13 @@ class RepoCache:
         self, url: str | os.PathLike[str], progress: gitops.ProgressCallback | None, max_age: MaxAge, *, strict: bool
     ) -> Entry:
         parsed = self._parse(url)
-        hold, checkout = self._acquire(parsed, progress or self.progress, max_age, strict=strict)
+        acquired = self._acquirer.acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
-            entry = self._entry_of(parsed.key)
+            entry = entry_of(self._context, parsed.key)
         finally:
-            hold.release()
-        if self._maintain_if_due(checkout, parsed):
-            entry = self._entry_of(parsed.key) or entry
-        self._enforce_if_over()
+            maintained = self._acquirer.release(acquired)
+        if maintained is not None:
+            entry = entry_of(self._context, parsed.key) or entry
         if entry is None:  # pragma: no cover - the row is written before the hold is released
             raise RepoCacheError(f"{parsed.url} vanished from the index while held")
         return entry
@@ -493,7 +305,7 @@ class RepoCache:
         parsed = self._parse(url)
         if not self._context.layout.mirror(parsed.key).is_dir():
             return None
-        return self._entry_of(parsed.key)
+        return entry_of(self._context, parsed.key)
 
     def entries(self) -> list[Entry]:
         """Every repository on disk, most recently used first."""
@@ -511,18 +323,7 @@ class RepoCache:
             True if it was evicted; False if it was not on disk, is held by a reader (in any process), or is
             pinned and ``force`` is False.
         """
-        parsed = self._parse(url)
-        if not force and self.pins.matches(parsed.url):
-            return False
-        hold = self._context.layout.try_exclusive(parsed.key)
-        if hold is None:
-            return False
-        with hold:
-            if not self._context.layout.mirror(parsed.key).is_dir():
-                self._context.index.remove(parsed.key, counter=None)
-                return False
-            self._budget.evict_locked(hold, self._context.index.get(parsed.key), reason="explicit")
-            return True
+        return self._budget.evict_now(self._parse(url), force=force)
 
     def enforce(self) -> list[Entry]:
         """Evict least recently used repositories until the budget and ``min_free_bytes`` hold.
@@ -538,20 +339,8 @@ class RepoCache:
     def stats(self) -> Stats:
         """Counters shared by all processes using this root, and the bytes used."""
         self._check_open()
-        counters = self._context.index.counters()
         used, count = self._context.index.totals()
-        return Stats(
-            hits=counters.get(Counter.HITS, 0),
-            misses=counters.get(Counter.MISSES, 0),
-            clones=counters.get(Counter.CLONES, 0),
-            fetches=counters.get(Counter.FETCHES, 0),
-            restores=counters.get(Counter.RESTORES, 0),
-            evictions=counters.get(Counter.EVICTIONS, 0),
-            fetch_errors=counters.get(Counter.FETCH_ERRORS, 0),
-            bytes_used=used,
-            bytes_limit=self.max_bytes,
-            entries=count,
-        )
+        return Stats.of(self._context.index.counters(), bytes_used=used, bytes_limit=self.max_bytes, entries=count)
 
     def maintain(self, url: str | os.PathLike[str] | None = None, *, prune: bool = False) -> list[MaintenanceReport]:
         """Repack, pack refs and write the commit-graph of one cached repository (or of every one) now.
@@ -580,25 +369,7 @@ class RepoCache:
             found = maintenance.maintain_one(self._context, parsed.key, parsed.url, wait=True, forced=True, prune=prune)
             return [] if found is None else [found]
         self._check_open()
-        reports = []
-        for row in self._context.index.rows():
-            try:
-                report = maintenance.maintain_one(self._context, row.key, row.url, wait=True, forced=True, prune=prune)
-            except (GitError, LockTimeoutError) as exc:
-                self._context.events.maintenance_failed(row.url, exc)
-                report = maintenance.failed_report(self._context, row, exc)
-            if report is not None:
-                reports.append(report)
-        return reports
-
-    def _maintain_if_due(self, checkout: Checkout, parsed: RepoURL) -> bool:
-        """Automatic maintenance after a hit or restore that fetched, in the releasing caller; True when it ran.
-
-        Hits that did not fetch changed nothing and cost nothing here; a fresh clone has one pack.
-        """
-        if not checkout.fetched or checkout.source == Source.CLONE or self._closed:
-            return False
-        return maintenance.after_fetch(self._context, parsed.key, parsed.url) is not None
+        return maintenance.maintain_all(self._context, prune=prune)
 
     def verify(self, repair: bool = False) -> list[Problem]:
         """Compare the index with the disk.
@@ -615,20 +386,12 @@ class RepoCache:
             The problems found, each with ``repaired`` set when it was fixed.
         """
         self._check_open()
-        problems = maintenance.verify(self._context, self._budget, repair)
+        problems = verify_root(self._context, self._budget, repair)
         if repair:
-            maintenance.sweep_locks(self._context)
+            sweep_locks(self._context)
         return problems
 
     # -- cold store -----------------------------------------------------------------------------------------------
-
-    def _open_cold_store(self, spec: Any) -> ColdTier | None:
-        if spec is None:
-            return None
-        from repocache.cold import open_cold_store
-
-        store = open_cold_store(spec)
-        return None if store is None else ColdTier(self._context, store)
 
     @property
     def has_cold_store(self) -> bool:
@@ -681,117 +444,3 @@ class RepoCache:
         limit = parse_bytes("keep_bytes", keep_bytes, allow_none=True)
         age = self.cold_retention if older_than is None else parse_seconds("older_than", older_than)
         return self._cold.prune(older_than=age, keep_bytes=limit)
-
-    # -- acquiring ------------------------------------------------------------------------------------------
-
-    def _entry_of(self, key: str) -> Entry | None:
-        row = self._context.index.get(key)
-        return None if row is None else entry_of_row(self._context, row)
-
-    def _acquire(
-        self,
-        parsed: RepoURL,
-        progress: gitops.ProgressCallback | None,
-        max_age: MaxAge = USE_TTL,
-        *,
-        strict: bool = False,
-    ) -> tuple[SharedHold, Checkout]:
-        """Hold ``parsed`` shared, cloning or refreshing as needed; returns the hold and the checkout.
-
-        Every wait of the call is bounded by one deadline, ``lock_timeout`` from now; a wait for room held by
-        other workers (:class:`~repocache.budget.RoomWait`) is reported when the call ends, whatever its outcome.
-        """
-        started = time.time()
-        deadline = time.monotonic() + self.lock_timeout
-        request = Request(started=started, deadline=deadline, max_age=max_age, strict=strict)
-        room = RoomWait(self._context, parsed, deadline, progress)
-        try:
-            return self._acquire_until(parsed, progress, request, room)
-        finally:
-            room.finish()
-
-    def _acquire_until(
-        self, parsed: RepoURL, progress: gitops.ProgressCallback | None, request: Request, room: RoomWait
-    ) -> tuple[SharedHold, Checkout]:
-        """The acquire loop.
-
-        A miss takes the exclusive lock to materialize the mirror, then comes round again for the shared hold;
-        an eviction can slip in between (the budget is too small for the working set), hence the bounded count of
-        materializations. A miss that lacks room held by other workers releases the exclusive lock, waits for them
-        holding nothing (``room``) and comes round again.
-        """
-        context = self._context
-        started = request.started
-        deadline = request.deadline
-        clock = time.perf_counter()
-        key = parsed.key
-        mirror = context.layout.mirror(key)
-        source = Source.HIT
-        fetched = False
-        materialized = 0
-        while True:
-            hold = context.layout.hold_shared(key, max(0.0, deadline - time.monotonic()))
-            if hold is None:
-                raise LockTimeoutError(parsed.url, self.lock_timeout, "checkout")
-            try:
-                if mirror.is_dir():
-                    stale = False
-                    if source is not Source.CLONE:  # a restored mirror is as old as its artifact: fetch it
-                        fetched, stale = refresh.refresh(context, hold, parsed, request, progress, self._background)
-                        if fetched and self._cold is not None:
-                            self._cold.after_fetch(parsed)
-                    # Counted once, when the outcome is known: a miss is a call that cloned or restored it.
-                    context.index.touch(
-                        key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES
-                    )
-                    if context.events.active:
-                        if source is Source.HIT:
-                            context.events.hit(parsed.url, key, time.perf_counter() - clock, fetched)
-                        else:
-                            context.events.miss(parsed.url, key, time.perf_counter() - clock, source)
-                    checkout = Checkout(
-                        path=mirror, url=parsed.url, key=key, source=source, fetched=fetched, stale=stale
-                    )
-                    return hold, checkout
-            except BaseException:
-                hold.release()
-                raise
-            hold.release()
-            if materialized == _MAX_ATTEMPTS:
-                raise RepoCacheError(
-                    f"{parsed.url} was evicted {_MAX_ATTEMPTS} times between being cloned and being held; "
-                    "the budget is too small for the working set"
-                )
-            # While another worker clones it, stop waiting as soon as the mirror is published: go back to the shared
-            # path beside the other readers instead of waiting for every reader's block to end.
-            exclusive = context.layout.hold_exclusive(key, max(0.0, deadline - time.monotonic()), unless=mirror.is_dir)
-            if exclusive is None:
-                if mirror.is_dir():
-                    continue
-                raise LockTimeoutError(parsed.url, self.lock_timeout, "clone")
-            shortfall = None
-            with exclusive:
-                if not mirror.is_dir():
-                    try:
-                        source = materialize(
-                            context,
-                            self._budget,
-                            self._cold,
-                            exclusive,
-                            parsed,
-                            progress,
-                            holding.held_in(context.layout.root),
-                        )
-                    except RoomShortfall as short:
-                        shortfall = short  # waited for below, once the exclusive lock is released
-                    except BaseException:
-                        if not mirror.is_dir():  # a failed miss (a typo, a dead URL) leaves no lock file behind
-                            locks.discard(exclusive.handle)
-                        raise
-                    else:
-                        fetched = source is Source.CLONE
-                        if fetched:
-                            refresh.cloned(context, exclusive, started)
-                        materialized += 1
-            if shortfall is not None:
-                room.wait(shortfall)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, ClassVar
 
+from repocache.counters import Counter
+
 if TYPE_CHECKING:
     from repocache.models import MaintenanceReport
 
@@ -54,18 +56,6 @@ class _StrEnum(str, Enum):
 
     def __format__(self, spec: str) -> str:
         return format(str(self.value), spec)
-
-
-class Counter(_StrEnum):
-    """The counters kept in the index and shown by :meth:`RepoCache.stats`."""
-
-    HITS = "hits"
-    MISSES = "misses"
-    CLONES = "clones"
-    FETCHES = "fetches"
-    RESTORES = "restores"
-    EVICTIONS = "evictions"
-    FETCH_ERRORS = "fetch_errors"
 
 
 class Source(_StrEnum):

@@ -32,13 +32,14 @@ from typing import Concatenate, ParamSpec, TypeVar
 import psutil
 
 from repocache import locks
+from repocache.counters import Counter
 from repocache.errors import RepoCacheError
 
 __all__ = ["COUNTERS", "MIGRATIONS", "SCHEMA_VERSION", "Freshness", "Index", "Row"]
 
 logger = logging.getLogger("repocache")
 
-COUNTERS = ("hits", "misses", "clones", "fetches", "restores", "evictions", "fetch_errors")
+COUNTERS = tuple(counter.value for counter in Counter)
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: the first schema. Written with IF NOT EXISTS, so roots made before the version was kept in

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from repocache import locks
+from repocache.keys import RepoURL
 
 __all__ = [
     "BudgetHold",
@@ -69,13 +70,29 @@ _H = TypeVar("_H", bound="Hold")
 
 
 class Hold:
-    """A held lock of one repository (or of the budget); release it with :meth:`release` or ``with``."""
+    """A held lock of one repository (or of the budget); release it with :meth:`release` or ``with``.
 
-    __slots__ = ("handle", "key")
+    A hold taken for a parsed URL carries it (:attr:`url`), so the key it guards has one source: code that has
+    the hold never takes the repository's identity from a second argument.
+    """
 
-    def __init__(self, key: str, handle: locks.FileLockHandle) -> None:
+    __slots__ = ("_repo", "handle", "key")
+
+    def __init__(self, key: str, handle: locks.FileLockHandle, repo: RepoURL | None = None) -> None:
         self.key = key
         self.handle = handle
+        self._repo = repo
+
+    @property
+    def url(self) -> RepoURL:
+        """The repository held, as its caller parsed it (with the caller's credentials, for transfers).
+
+        Raises:
+            TypeError: the hold was taken by key alone (an eviction or a sweep of an index row).
+        """
+        if self._repo is None:
+            raise TypeError(f"the hold of {self.key} was taken by key alone and carries no URL")
+        return self._repo
 
     def release(self) -> None:
         """Release the lock; releasing twice is a no-op."""
@@ -172,34 +189,42 @@ class Layout:
 
     # -- holds -------------------------------------------------------------------------------------------------
 
-    def hold_shared(self, key: str, timeout: float) -> SharedHold | None:
-        """Hold ``key`` as a reader, waiting up to ``timeout`` seconds (None when it could not)."""
+    def hold_shared(self, repo: RepoURL | str, timeout: float) -> SharedHold | None:
+        """Hold ``repo`` (a parsed URL, or a key) as a reader, waiting up to ``timeout`` seconds (None when it could
+        not)."""
+        key, parsed = _identify(repo)
         handle = locks.acquire(self._lock_file(key, "lock"), shared=True, timeout=timeout)
-        return None if handle is None else SharedHold(key, handle)
+        return None if handle is None else SharedHold(key, handle, parsed)
 
     def hold_exclusive(
-        self, key: str, timeout: float, *, unless: Callable[[], bool] | None = None
+        self, repo: RepoURL | str, timeout: float, *, unless: Callable[[], bool] | None = None
     ) -> ExclusiveHold | None:
-        """Hold ``key`` exclusively, waiting up to ``timeout`` seconds; 0 tries once without waiting.
+        """Hold ``repo`` exclusively, waiting up to ``timeout`` seconds; 0 tries once without waiting.
 
         ``unless`` is asked while the lock is contended: when it answers True the wait ends (None is returned).
         """
+        key, parsed = _identify(repo)
         handle = locks.acquire(self._lock_file(key, "lock"), shared=False, timeout=timeout, unless=unless)
-        return None if handle is None else ExclusiveHold(key, handle)
+        return None if handle is None else ExclusiveHold(key, handle, parsed)
 
-    def try_exclusive(self, key: str) -> ExclusiveHold | None:
-        """Hold ``key`` exclusively if nobody holds it now; never waits (safe under the budget lock)."""
-        return self.hold_exclusive(key, 0)
+    def try_exclusive(self, repo: RepoURL | str) -> ExclusiveHold | None:
+        """Hold ``repo`` exclusively if nobody holds it now; never waits (safe under the budget lock)."""
+        return self.hold_exclusive(repo, 0)
 
-    def hold_fetch(self, key: str, timeout: float) -> FetchHold | None:
-        """Become the one fetch in flight for ``key``, waiting up to ``timeout`` seconds."""
+    def hold_fetch(self, repo: RepoURL | str, timeout: float) -> FetchHold | None:
+        """Become the one fetch in flight for ``repo``, waiting up to ``timeout`` seconds."""
+        key, parsed = _identify(repo)
         handle = locks.acquire(self._lock_file(key, "fetch"), shared=False, timeout=timeout)
-        return None if handle is None else FetchHold(key, handle)
+        return None if handle is None else FetchHold(key, handle, parsed)
 
     def hold_budget(self, timeout: float) -> BudgetHold | None:
         """Hold the root's budget lock, waiting up to ``timeout`` seconds."""
         handle = locks.acquire(self.locks / "budget.lock", shared=False, timeout=timeout)
         return None if handle is None else BudgetHold("", handle)
+
+
+def _identify(repo: RepoURL | str) -> tuple[str, RepoURL | None]:
+    return (repo, None) if isinstance(repo, str) else (repo.key, repo)
 
 
 def remove(path: Path) -> None:

@@ -22,7 +22,11 @@ The lock order, for every process (the one place it is stated; :mod:`repocache.l
 2. then its fetch lock (``<key>.fetch``), waited for, only while holding 1 shared;
 3. then the root's budget lock (``budget.lock``), waited for, while holding at most 1 of the repository being
    cloned; from under the budget lock other repositories' main locks are only *tried* (timeout 0), never waited
-   for, so a budget decision can never wait on a reader and no cycle can form.
+   for, so a budget decision can never wait on a reader and no cycle can form;
+4. last, the root's index lock (``index.lock``), waited for by a process that found the index damaged and
+   rebuilds it, under any of 1-3: its holder takes no other lock and runs only SQLite and file operations, so it
+   cannot close a cycle. (SQLite's own locks inside the index are held for one statement or one transaction and
+   are never held while a lock above is waited for.)
 
 A miss short of room held by other workers waits for a held repository's main lock only while holding no lock at
 all (:class:`repocache.budget.RoomWait`), and a caller holding a checkout never waits for held room, so that wait

@@ -17,14 +17,15 @@ from pathlib import Path
 
 from repocache import gitops
 from repocache.budget import Budget
-from repocache.cold.base import Manifest
-from repocache.cold.tier import ColdTier
+from repocache.cold.manifest import Manifest
+from repocache.cold_tier import ColdTier
+from repocache.consequences import Consequences
 from repocache.context import Context
 from repocache.errors import BudgetError
 from repocache.events import Source
-from repocache.holding import Held
 from repocache.keys import RepoURL
 from repocache.layout import ExclusiveHold, remove
+from repocache.uses import Use
 
 __all__ = ["materialize", "sweep_staging"]
 
@@ -35,14 +36,18 @@ def materialize(
     context: Context,
     budget: Budget,
     cold: ColdTier | None,
+    consequences: Consequences,
     hold: ExclusiveHold,
-    parsed: RepoURL,
     progress: gitops.ProgressCallback | None,
-    holding: Sequence[Held] = (),
+    *,
+    started: float,
+    in_use: Sequence[Use] = (),
 ) -> Source:
-    """Restore or clone ``parsed`` into place; returns where it came from.
+    """Restore or clone the held repository into place; returns where it came from.
 
-    ``holding`` is what the caller holds under this root (it decides whether it may wait for held room).
+    What follows is recorded by :meth:`Consequences.materialized` before the hold is released. ``started`` is when
+    the request began (a clone is as fresh as that); ``in_use`` is what the caller is using under this root (it
+    decides whether it may wait for held room).
 
     Raises:
         BudgetError: it cannot fit (before any download when its size is known, else after the clone).
@@ -50,19 +55,19 @@ def materialize(
             wait (:class:`~repocache.budget.RoomWait`) and try again.
         CloneError: no source could produce a valid mirror.
     """
+    parsed = hold.url
     sweep_staging(context, hold)
     manifest = cold.manifest(parsed) if cold is not None else None
     claim = None
     if cold is not None and manifest is None:
         manifest, claim = cold.claim(parsed)  # one clone for the fleet: clone (holding the lease) or restore
     try:
-        source = _fill(context, budget, cold, hold, parsed, progress, manifest, holding)
+        source = _fill(context, budget, cold, hold, parsed, progress, manifest, in_use)
     except BaseException:
         if claim is not None:
             claim.release()
         raise
-    if cold is not None:
-        cold.materialized(parsed, source, manifest, claim)
+    consequences.materialized(hold, parsed, source, started=started, manifest=manifest, claim=claim)
     return source
 
 
@@ -74,12 +79,12 @@ def _fill(
     parsed: RepoURL,
     progress: gitops.ProgressCallback | None,
     manifest: Manifest | None,
-    holding: Sequence[Held],
+    in_use: Sequence[Use],
 ) -> Source:
     key = hold.key
     started = time.perf_counter()
     known = max(context.index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
-    reservation = budget.make_room(parsed, known, holding)
+    reservation = budget.make_room(hold, known, in_use)
     staging = context.layout.new_staging(key)
 
     def clone(staging: Path) -> bool:

@@ -28,6 +28,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("repocache.metrics needs prometheus_client: pip install 'git-repocache[metrics]'") from exc
 
+from repocache.counters import Counter
 from repocache.events import (
     BudgetWaitEvent,
     Event,
@@ -46,15 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["CacheCollector", "Metrics", "instrument", "start_http_server"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-_COUNTERS = (
-    ("hits", "Checkouts served from disk"),
-    ("misses", "Checkouts that found nothing on disk"),
-    ("clones", "Mirrors cloned from upstream"),
-    ("fetches", "Successful fetches from upstream"),
-    ("restores", "Mirrors restored from the cold store"),
-    ("evictions", "Mirrors removed from disk"),
-    ("fetch_errors", "Failed fetches"),
-)
+_COUNTERS = tuple((counter.value, counter.description.rstrip(".")) for counter in Counter)
 
 
 class CacheCollector(Collector):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from repocache.counters import Counter
 
 __all__ = ["Entry", "MaintenanceReport", "Problem", "Progress", "Stats"]
 
@@ -38,15 +41,10 @@ class Stats:
     """Counters shared by every process using the cache root, and the current budget.
 
     Attributes:
-        hits: checkouts (and ensures) served from disk, including those that waited for another worker's clone.
-        misses: checkouts (and ensures) that cloned or restored the repository. Each call that is handed a
-            repository counts once, as a hit or a miss; a call that fails (clone error, budget, lock timeout,
-            fetch error with ``on_fetch_error="raise"``) counts as neither.
-        clones: successful clones from upstream.
-        fetches: fetches that contacted upstream successfully.
-        restores: repositories restored from the cold store.
-        evictions: repositories removed from disk.
-        fetch_errors: fetches that failed (stale copies served or errors raised).
+        hits, misses, clones, fetches, restores, evictions, fetch_errors: the root's counters, one field per
+            :class:`~repocache.counters.Counter` (each described there). Each call that is handed a repository
+            counts once, as a hit or a miss; a call that fails (clone error, budget, lock timeout, fetch error
+            with ``on_fetch_error="raise"``) counts as neither.
         bytes_used: allocated bytes of all mirrors on disk.
         bytes_limit: ``max_bytes``, or None when there is no limit.
         entries: number of repositories on disk.
@@ -62,6 +60,12 @@ class Stats:
     bytes_used: int
     bytes_limit: int | None
     entries: int
+
+    @classmethod
+    def of(cls, counters: Mapping[str, int], *, bytes_used: int, bytes_limit: int | None, entries: int) -> Stats:
+        """The stats of a root whose index holds ``counters`` (a counter never counted is 0)."""
+        counted = {counter.value: counters.get(counter.value, 0) for counter in Counter}
+        return cls(**counted, bytes_used=bytes_used, bytes_limit=bytes_limit, entries=entries)
 
 
 @dataclass(frozen=True)

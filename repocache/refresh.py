@@ -33,12 +33,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from repocache import cancel, gitops
+from repocache.consequences import Consequences, Fetched
 from repocache.context import Context
 from repocache.errors import FetchError, LockTimeoutError
 from repocache.events import Counter, warn_caller
 from repocache.index import Freshness, Row
-from repocache.keys import RepoURL
-from repocache.layout import ExclusiveHold, FetchHold, SharedHold
+from repocache.layout import FetchHold, SharedHold
+from repocache.lifecycle import Lifecycle
 from repocache.settings import Settings, parse_seconds
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "Request",
     "adopt",
     "age_limit",
-    "cloned",
     "fetch_interval",
     "fetch_with_retry",
     "is_fresh",
@@ -126,7 +126,7 @@ def age_limit(settings: Settings, row: Row, fresh: Freshness | None, max_age: Ma
             minimum=settings.fetch_ttl_min,
             maximum=settings.fetch_ttl_max,
         )
-    return settings.fetch_ttl
+    return settings.fetch_ttl_seconds
 
 
 def needs_fetch(row: Row, fresh: Freshness | None, started: float, limit: float | None, now: float) -> bool:
@@ -149,16 +149,17 @@ def is_fresh(row: Row, started: float, fetch_ttl: float) -> bool:
 
 def refresh(
     context: Context,
+    consequences: Consequences,
     hold: SharedHold,
-    parsed: RepoURL,
     request: Request,
     progress: gitops.ProgressCallback | None,
     background: Background | None = None,
-) -> tuple[bool, bool]:
-    """Fetch the held mirror unless it is fresh enough for ``request``; returns (fetched, stale).
+) -> tuple[Fetched | None, bool]:
+    """Fetch the held mirror unless it is fresh enough for ``request``; returns (the fetch made, stale).
 
+    A fetch made is recorded (:meth:`Consequences.fetched`); the caller settles it once it has released the hold.
     Under ``refresh="background"`` (and with ``background`` given), a due copy at most ``max_stale`` past its age
-    limit is handed out at once and the fetch is left to ``background``; the call then returns (False, False).
+    limit is handed out at once and the fetch is left to ``background``; the call then returns (None, False).
 
     Raises:
         FetchError: the fetch failed and ``on_fetch_error="raise"`` (or the request is strict).
@@ -166,14 +167,15 @@ def refresh(
     """
     settings = context.settings
     index = context.index
+    parsed = hold.url
     row, fresh = index.get_with_freshness(hold.key)
     if row is None:
-        row = adopt(context, hold, parsed)
+        row = adopt(context, hold)
         fresh = index.freshness(hold.key)
     limit = age_limit(settings, row, fresh, request.max_age)
     now = time.time()
     if not needs_fetch(row, fresh, request.started, limit, now):
-        return False, False
+        return None, False
     if (
         background is not None
         and settings.refresh == "background"
@@ -181,40 +183,43 @@ def refresh(
         and row.last_fetched is not None
         and (settings.max_stale is None or now - row.last_fetched - (limit or 0.0) <= settings.max_stale)
     ):
-        background.submit(hold, parsed, request.started, progress)
-        return False, False
-    fetch_hold = context.layout.hold_fetch(hold.key, max(0.0, request.deadline - time.monotonic()))
+        background.submit(hold, request.started, progress)
+        return None, False
+    fetch_hold = context.layout.hold_fetch(hold.url, max(0.0, request.deadline - time.monotonic()))
     if fetch_hold is None:
         raise LockTimeoutError(parsed.url, settings.lock_timeout, "fetch")
     with fetch_hold:
         row = index.get(hold.key) or row
         if not needs_fetch(row, index.freshness(hold.key), request.started, limit, time.time()):
-            return False, False  # coalesced with a fetch that began after the mark and finished after the request
+            return None, False  # coalesced with a fetch that began after the mark and finished after the request
         try:
-            fetch_locked(context, fetch_hold, parsed, progress, previous_size=row.size_bytes)
+            fetched = fetch_locked(context, consequences, fetch_hold, progress, previous_size=row.size_bytes)
         except FetchError as exc:
             context.index.count(Counter.FETCH_ERRORS)
             if settings.on_fetch_error == "raise" or request.strict:
                 raise
             context.events.stale_served(parsed.url, hold.key, exc.detail)
             warn_caller(f"serving a stale copy: {exc}")
-            return False, True
-    return True, False
+            return None, True
+    return fetched, False
 
 
 def fetch_locked(
     context: Context,
+    consequences: Consequences,
     fetch: FetchHold,
-    parsed: RepoURL,
     progress: gitops.ProgressCallback | None,
     *,
     previous_size: int,
     background: bool = False,
-) -> None:
-    """Fetch under the held fetch lock and record it: its size, when it began, and whether it moved refs.
+) -> Fetched:
+    """Fetch under the held fetch lock; a success is recorded by :meth:`Consequences.fetched`.
 
     The outcome is reported to :attr:`Context.events` either way (a :class:`~repocache.events.FetchEvent`).
     A ``background`` fetch runs git out of process (see :func:`~repocache.gitops.fetch_mirror`'s ``prefer_cli``).
+
+    Returns:
+        The fetch made, for its caller to settle once it has released the repository.
 
     Raises:
         FetchError: the fetch failed (nothing is recorded in the index).
@@ -224,19 +229,19 @@ def fetch_locked(
     clock = time.perf_counter()
     before = gitops.ref_tips(mirror)
     try:
-        fetch_with_retry(context, parsed, progress, prefer_cli=background)
+        fetch_with_retry(context, fetch, progress, prefer_cli=background)
     except FetchError as exc:
         seconds = time.perf_counter() - clock
-        context.events.fetched(parsed.url, fetch.key, seconds, previous_size, 0, error=exc.detail)
+        context.events.fetched(fetch.url.url, fetch.key, seconds, previous_size, 0, error=exc.detail)
         raise
-    changed = started if gitops.ref_tips(mirror) != before else None
-    size = gitops.disk_usage(mirror)
-    context.index.fetched(fetch.key, size, time.time(), started=started, changed=changed)
-    context.events.fetched(parsed.url, fetch.key, time.perf_counter() - clock, size, size - previous_size)
+    moved = gitops.ref_tips(mirror) != before
+    return consequences.fetched(
+        fetch, started=started, moved=moved, seconds=time.perf_counter() - clock, previous_size=previous_size
+    )
 
 
 def fetch_with_retry(
-    context: Context, parsed: RepoURL, progress: gitops.ProgressCallback | None, *, prefer_cli: bool = False
+    context: Context, fetch: FetchHold, progress: gitops.ProgressCallback | None, *, prefer_cli: bool = False
 ) -> None:
     """Fetch; a fetch that failed quickly is tried once more.
 
@@ -245,7 +250,8 @@ def fetch_with_retry(
     upstream fails fast too (connection refused), so the retry costs little; a fetch that failed slowly (a
     timeout) is not retried, so a stalled upstream does not hold the caller twice as long.
     """
-    mirror = context.layout.mirror(parsed.key)
+    parsed = fetch.url
+    mirror = context.layout.mirror(fetch.key)
     attempt_started = time.monotonic()
     try:
         gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
@@ -256,18 +262,9 @@ def fetch_with_retry(
         gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
 
 
-def cloned(context: Context, hold: ExclusiveHold, started: float) -> None:
-    """Record that a clone begun at ``started`` brought the held repository up to date.
-
-    Its newest commit's time seeds the adaptive schedule (a repository dormant for months starts at the longest
-    interval); a change seen by an earlier life of the repository (before an eviction) is kept if newer.
-    """
-    newest = gitops.newest_commit_time(context.layout.mirror(hold.key))
-    context.index.cloned(hold.key, started, None if newest is None else min(newest, started))
-
-
-def adopt(context: Context, hold: SharedHold, parsed: RepoURL) -> Row:
+def adopt(context: Context, hold: SharedHold) -> Row:
     """Index a held mirror found on disk without a row (a process died between its rename and the row)."""
+    parsed = hold.url
     size = gitops.disk_usage(context.layout.mirror(hold.key))
     context.index.put(hold.key, parsed.url, size, time.time(), counter=None, fetched=False)
     context.events.adopted(parsed.url)
@@ -288,39 +285,38 @@ class Background:
     ``timeout`` has passed: git is killed and the fetch unwinds like a failed one, but is not counted as failed.
     """
 
-    def __init__(self, context: Context, *, workers: int = BACKGROUND_WORKERS) -> None:
+    def __init__(self, context: Context, consequences: Consequences, *, workers: int = BACKGROUND_WORKERS) -> None:
         self._context = context
+        self._consequences = consequences
         self._workers = workers
         self._lock = threading.RLock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = os.getpid()
         self._pending: dict[concurrent.futures.Future[None], tuple[SharedHold, FetchHold]] = {}
         self._token = cancel.CancelToken()
-        self._closed = False
+        self._lifecycle = Lifecycle("background pool")
 
-    def submit(
-        self, hold: SharedHold, parsed: RepoURL, started: float, progress: gitops.ProgressCallback | None
-    ) -> bool:
+    def submit(self, hold: SharedHold, started: float, progress: gitops.ProgressCallback | None) -> bool:
         """Queue a fetch of the held repository for a request that began at ``started``.
 
         Returns:
             True if a fetch was queued; False if another fetch of it is in flight or the pool is closed.
         """
         layout = self._context.layout
-        shared = layout.hold_shared(hold.key, 0)  # never fails while the caller's own shared hold is held
+        shared = layout.hold_shared(hold.url, 0)  # never fails while the caller's own shared hold is held
         if shared is None:
             return False
-        fetch = layout.hold_fetch(hold.key, 0)
+        fetch = layout.hold_fetch(hold.url, 0)
         if fetch is None:
             shared.release()
             return False
         with self._lock:
-            if self._closed:
+            if not self._lifecycle.is_open:
                 fetch.release()
                 shared.release()
                 return False
             executor = self._pool()
-            future = executor.submit(self._run, shared, fetch, parsed, started, progress)
+            future = executor.submit(self._run, shared, fetch, started, progress)
             self._pending[future] = (shared, fetch)
             future.add_done_callback(self._done)
         return True
@@ -343,33 +339,44 @@ class Background:
                 held.release()
 
     def _run(
-        self,
-        shared: SharedHold,
-        fetch: FetchHold,
-        parsed: RepoURL,
-        started: float,
-        progress: gitops.ProgressCallback | None,
+        self, shared: SharedHold, fetch: FetchHold, started: float, progress: gitops.ProgressCallback | None
     ) -> None:
         context = self._context
+        parsed = shared.url
+        fetched = None
         try:
             with cancel.scope(self._token), shared, fetch:
-                if not context.layout.mirror(shared.key).is_dir():
-                    return
-                row = context.index.get(shared.key)
-                if row is None:
-                    return
-                fresh = context.index.freshness(shared.key)
-                if not needs_fetch(row, fresh, started, 0.0, time.time()):
-                    return  # another worker's fetch finished since the hit
-                try:
-                    fetch_locked(context, fetch, parsed, progress, previous_size=row.size_bytes, background=True)
-                except FetchError as exc:
-                    context.index.count(Counter.FETCH_ERRORS)
-                    context.events.background_fetch_failed(parsed.url, exc.detail)
+                fetched = self._fetch(shared, fetch, started, progress)
         except cancel.Cancelled:
             context.events.background_fetch_cancelled(parsed.url)
         except Exception:  # a background thread has no caller to raise to: say so in the log
             logger.exception("background fetch of %s failed unexpectedly", parsed.url)
+        try:
+            self._consequences.settle(fetched)  # holds released: republish and maintain as a foreground fetch does
+        except Exception:  # pragma: no cover - settle logs its own failures; this is the thread's last guard
+            logger.exception("what follows the background fetch of %s failed unexpectedly", parsed.url)
+
+    def _fetch(
+        self, shared: SharedHold, fetch: FetchHold, started: float, progress: gitops.ProgressCallback | None
+    ) -> Fetched | None:
+        """The fetch itself, under both holds, unless another worker's fetch made it needless."""
+        context = self._context
+        if not context.layout.mirror(shared.key).is_dir():
+            return None
+        row = context.index.get(shared.key)
+        if row is None:
+            return None
+        fresh = context.index.freshness(shared.key)
+        if not needs_fetch(row, fresh, started, 0.0, time.time()):
+            return None  # another worker's fetch finished since the hit
+        try:
+            return fetch_locked(
+                context, self._consequences, fetch, progress, previous_size=row.size_bytes, background=True
+            )
+        except FetchError as exc:
+            context.index.count(Counter.FETCH_ERRORS)
+            context.events.background_fetch_failed(shared.url.url, exc.detail)
+            return None
 
     def join(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the queued and running fetches; True when none is left."""
@@ -388,7 +395,7 @@ class Background:
             True if no background fetch is left running.
         """
         with self._lock:
-            self._closed = True
+            self._lifecycle.close()
             executor, self._executor = self._executor, None
             pending = list(self._pending)
         if executor is None:

@@ -17,7 +17,7 @@ import pytest_asyncio
 from repocache import AsyncRepoCache, ConfigError, Progress, RepoCache, RepoCacheError, normalize_url
 from repocache.index import Index
 from repocache.testing import GitDaemon, SmartHTTPServer, UpstreamFactory
-from tests.conftest import assert_consistent
+from tests.helpers import assert_consistent, key_of, upload_packs
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -60,10 +60,6 @@ def _exclusive_lock_is_free(lock_file: Path) -> bool:
     return subprocess.run([sys.executable, "-c", probe, str(lock_file)], check=False).returncode == 0
 
 
-def _upload_packs(server: SmartHTTPServer) -> int:
-    return sum(1 for method, path in server.requests if method == "POST" and path.endswith("git-upload-pack"))
-
-
 async def _until(condition: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
@@ -94,7 +90,7 @@ async def test_eight_concurrent_async_misses_make_one_clone(
     with SmartHTTPServer(served_dir, delay=0.5) as server:  # slow enough that all eight overlap
         with RepoCache(acache.cache.root.parent / "reference") as reference:
             reference.ensure(server.url_for(served.create("aio-stampede-reference")))
-        one_clone = _upload_packs(server)
+        one_clone = upload_packs(server)
         url = server.url_for(upstream)
         sources: list[str] = []
 
@@ -104,7 +100,7 @@ async def test_eight_concurrent_async_misses_make_one_clone(
                 await asyncio.sleep(0.05)
 
         await asyncio.gather(*(one() for _ in range(8)))
-        assert _upload_packs(server) == 2 * one_clone  # the reference clone and one more; no waiter fetched
+        assert upload_packs(server) == 2 * one_clone  # the reference clone and one more; no waiter fetched
     assert sorted(sources) == ["clone"] + ["hit"] * 7
     stats = await acache.stats()
     assert (stats.clones, stats.fetches, stats.hits) == (1, 0, 7)
@@ -116,7 +112,7 @@ async def test_cancelling_a_checkout_during_a_clone_kills_git_and_leaves_nothing
     upstream = served.create("aio-cancel-clone")
     url = slow_http.url_for(upstream)
     root = acache.cache.root
-    key = normalize_url(url).key
+    key = key_of(url)
     ticks = 0
 
     async def hold() -> None:
@@ -185,7 +181,7 @@ async def test_cancelling_a_checkout_that_waits_for_another_process_stops_waitin
 ) -> None:
     url = daemon.url_for(served.create("aio-cancel-wait"))
     async with AsyncRepoCache(cache_root, lock_timeout=60) as acache:
-        lock_file = cache_root / "locks" / f"{normalize_url(url).key}.lock"
+        lock_file = cache_root / "locks" / f"{key_of(url)}.lock"
         holder = subprocess.Popen(  # another worker "cloning" the repository: it holds the exclusive lock
             [
                 sys.executable,
@@ -235,7 +231,7 @@ async def test_a_checkout_cancelled_during_an_uninterruptible_fetch_releases_its
             with pytest.warns(RuntimeWarning, match="stale"), pytest.raises(asyncio.CancelledError):
                 await task  # the fetch gave up, the stale copy was served to nobody, and its hold released
             assert not entered.is_set()
-            assert _exclusive_lock_is_free(cache_root / "locks" / f"{normalize_url(url).key}.lock")
+            assert _exclusive_lock_is_free(cache_root / "locks" / f"{key_of(url)}.lock")
             server.delay = 0.0
 
 

@@ -12,16 +12,7 @@ import pytest
 
 from repocache import BudgetError, Progress, RepoCache, normalize_url
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
-from tests.conftest import Worker, assert_consistent, wait_for_file
-
-
-def _sizes(root: Path, upstreams: list[Upstream]) -> list[int]:
-    """Clone each upstream once without a budget to learn its size, then evict it (the index remembers)."""
-    with RepoCache(root) as cache:
-        sizes = [cache.ensure(u.url).size_bytes for u in upstreams]
-        for u in upstreams:
-            assert cache.evict(u.url)
-    return sizes
+from tests.helpers import Worker, assert_consistent, learn_sizes, wait_for_file
 
 
 @pytest.fixture
@@ -40,7 +31,7 @@ def _on_disk(cache: RepoCache) -> set[str]:
 
 
 def test_least_recently_used_repository_is_evicted_first(cache_root: Path, three: list[Upstream]) -> None:
-    sizes = _sizes(cache_root, three)
+    sizes = learn_sizes(cache_root, three)
     with RepoCache(cache_root, max_bytes=sizes[0] + sizes[1] + sizes[2] // 2) as cache:
         cache.ensure(three[0].url)
         cache.ensure(three[1].url)
@@ -56,7 +47,7 @@ def test_pinned_least_recently_used_repo_does_not_stop_eviction_of_the_next(
     cache_root: Path, three: list[Upstream]
 ) -> None:
     """pizza's bug: its loop stopped at a pinned LRU repository instead of moving on to the next one."""
-    sizes = _sizes(cache_root, three)
+    sizes = learn_sizes(cache_root, three)
     with RepoCache(cache_root, max_bytes=sum(sizes) - min(sizes) // 2, pins=[three[0].url]) as cache:
         cache.ensure(three[0].url)
         cache.ensure(three[1].url)
@@ -68,7 +59,7 @@ def test_pinned_least_recently_used_repo_does_not_stop_eviction_of_the_next(
 
 
 def test_eviction_skips_repo_held_by_other_process(cache_root: Path, three: list[Upstream], tmp_path: Path) -> None:
-    sizes = _sizes(cache_root, three)
+    sizes = learn_sizes(cache_root, three)
     budget = sum(sizes) - min(sizes) // 2
     with RepoCache(cache_root, max_bytes=budget) as cache:
         cache.ensure(three[0].url)
@@ -152,7 +143,7 @@ def test_a_clone_that_cannot_fit_raises_before_downloading(
 def test_a_repository_larger_than_the_whole_budget_is_reported_as_such(
     cache_root: Path, three: list[Upstream], tmp_path: Path
 ) -> None:
-    size = _sizes(tmp_path / "measure", three)[0]
+    size = learn_sizes(tmp_path / "measure", three)[0]
     budget = size // 2
     with RepoCache(cache_root, max_bytes=budget) as cache:
         for attempt in ("size unknown: refused after the clone", "size known: refused before downloading"):
@@ -167,7 +158,7 @@ def test_a_repository_larger_than_the_whole_budget_is_reported_as_such(
 
 
 def test_pinned_and_held_bytes_that_leave_no_room_raise_budget_error(cache_root: Path, three: list[Upstream]) -> None:
-    sizes = _sizes(cache_root, three)
+    sizes = learn_sizes(cache_root, three)
     with RepoCache(cache_root, max_bytes=sizes[0] + sizes[1] + 4096, pins=[three[0].url]) as cache:
         cache.ensure(three[0].url)
         with cache.checkout(three[1].url):
@@ -179,7 +170,7 @@ def test_pinned_and_held_bytes_that_leave_no_room_raise_budget_error(cache_root:
 def test_excess_from_held_repos_comes_down_when_released(
     cache_root: Path, three: list[Upstream], tmp_path: Path
 ) -> None:
-    size = max(_sizes(tmp_path / "measure", three))
+    size = max(learn_sizes(tmp_path / "measure", three))
     budget = size * 3 // 2
     with RepoCache(cache_root, max_bytes=budget) as cache:
         with cache.checkout(three[0].url), cache.checkout(three[1].url):
@@ -192,7 +183,7 @@ def test_excess_from_held_repos_comes_down_when_released(
 def test_unknown_size_clone_is_followed_by_eviction_to_the_budget(
     cache_root: Path, three: list[Upstream], tmp_path: Path
 ) -> None:
-    budget = max(_sizes(tmp_path / "measure", three)) * 3 // 2
+    budget = max(learn_sizes(tmp_path / "measure", three)) * 3 // 2
     with RepoCache(cache_root, max_bytes=budget) as cache:
         for upstream in three:
             cache.ensure(upstream.url)
@@ -254,7 +245,7 @@ def test_a_clone_finishing_is_not_counted_twice_by_a_miss_beside_it(
     from repocache.index import Index
 
     first, second = three[0], three[1]
-    sizes = _sizes(cache_root, [first, second])
+    sizes = learn_sizes(cache_root, [first, second])
     budget = sizes[0] + sizes[1] + sizes[0] // 2  # both fit; counting the first twice would not
     real_put = Index.put
     beside: list[int] = []

@@ -21,7 +21,7 @@ import pytest
 from repocache import AsyncRepoCache, BudgetError, Progress, RepoCache, normalize_url
 from repocache.events import BudgetWaitEvent, Event
 from repocache.testing import Upstream, UpstreamFactory
-from tests.conftest import Worker, assert_consistent, wait_for_file
+from tests.helpers import Worker, assert_consistent, learn_sizes, wait_for_file
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,15 +35,6 @@ def four(upstreams: UpstreamFactory) -> list[Upstream]:
         upstream.commits(3, size=100_000)
         made.append(upstream)
     return made
-
-
-def _learn_sizes(root: Path, upstreams: list[Upstream]) -> list[int]:
-    """Clone each upstream once without a budget to learn its size, then evict it (the index remembers it)."""
-    with RepoCache(root) as cache:
-        sizes = [cache.ensure(u.url).size_bytes for u in upstreams]
-        for u in upstreams:
-            assert cache.evict(u.url)
-    return sizes
 
 
 def _holder(root: Path, url: str, tmp_path: Path, name: str, **options: object) -> Worker:
@@ -65,7 +56,7 @@ def test_a_miss_short_of_room_held_by_another_process_waits_for_it_then_proceeds
     cache_root: Path, four: list[Upstream], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     alpha, beta = four[0], four[1]
-    sizes = _learn_sizes(cache_root, [alpha, beta])
+    sizes = learn_sizes(cache_root, [alpha, beta])
     budget = max(sizes) * 3 // 2  # one fits, not both
     holder = _holder(cache_root, alpha.url, tmp_path, "alpha", max_bytes=budget)
     reports: list[Progress] = []
@@ -111,7 +102,7 @@ def test_a_wait_for_room_that_outlasts_lock_timeout_names_the_held_repositories(
     cache_root: Path, four: list[Upstream], tmp_path: Path
 ) -> None:
     alpha, beta = four[0], four[1]
-    sizes = _learn_sizes(cache_root, [alpha, beta])
+    sizes = learn_sizes(cache_root, [alpha, beta])
     budget = max(sizes) * 3 // 2
     holder = _holder(cache_root, alpha.url, tmp_path, "alpha", max_bytes=budget)
     try:
@@ -138,7 +129,7 @@ def test_two_workers_each_holding_one_repository_and_missing_room_held_by_the_ot
 
     If holders waited for held room, each would wait for the other until lock_timeout."""
     alpha, beta, gamma = four[0], four[1], four[2]
-    sizes = _learn_sizes(cache_root, [alpha, beta, gamma])
+    sizes = learn_sizes(cache_root, [alpha, beta, gamma])
     budget = sum(sizes[:2]) + min(sizes) // 2  # alpha and beta fit together; gamma beside both does not
     options = {"max_bytes": budget, "lock_timeout": 60}
     workers = [
@@ -179,7 +170,7 @@ def test_a_repository_that_cannot_fit_beside_the_pinned_ones_fails_at_once_while
 ) -> None:
     alpha, gamma = four[0], four[2]
     beta = upstreams.create("tiny")  # held by another worker; it fits beside pinned alpha
-    sizes = _learn_sizes(cache_root, [alpha, beta, gamma])
+    sizes = learn_sizes(cache_root, [alpha, beta, gamma])
     budget = sizes[0] + sizes[1] + sizes[2] // 2  # gamma cannot fit beside pinned alpha even with nothing held
     options = {"max_bytes": budget, "pins": [alpha.url], "lock_timeout": 60}
     with RepoCache(cache_root, **options) as cache:  # type: ignore[arg-type]
@@ -201,7 +192,7 @@ def test_a_thread_holding_nothing_waits_and_a_thread_holding_a_repository_does_n
     cache_root: Path, four: list[Upstream]
 ) -> None:
     alpha, beta, gamma = four[0], four[1], four[2]
-    sizes = _learn_sizes(cache_root, [alpha, beta, gamma])
+    sizes = learn_sizes(cache_root, [alpha, beta, gamma])
     budget = max(sizes) * 3 // 2
     with RepoCache(cache_root, max_bytes=budget, lock_timeout=60) as cache:
         waiting = threading.Event()
@@ -237,7 +228,7 @@ def test_a_checkout_left_in_another_thread_no_longer_counts_as_held_by_the_threa
     cache_root: Path, four: list[Upstream]
 ) -> None:
     alpha, beta, gamma = four[0], four[1], four[2]
-    sizes = _learn_sizes(cache_root, [alpha, beta, gamma])
+    sizes = learn_sizes(cache_root, [alpha, beta, gamma])
     budget = max(sizes) * 3 // 2
     with RepoCache(cache_root, max_bytes=budget, lock_timeout=60) as cache:
         manager = cache.checkout(alpha.url)
@@ -269,7 +260,7 @@ def test_asyncio_tasks_holding_nothing_wait_and_a_task_holding_a_repository_does
     the task, not the threads. With one worker thread, every call runs on the thread that entered the holder's
     block: bookkeeping per thread would make the waiter look like a holder (and the holder's own miss not)."""
     alpha, beta, gamma = four[0], four[1], four[2]
-    sizes = _learn_sizes(cache_root, [alpha, beta, gamma])
+    sizes = learn_sizes(cache_root, [alpha, beta, gamma])
     budget = max(sizes) * 3 // 2
 
     async def main() -> None:

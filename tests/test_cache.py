@@ -21,7 +21,7 @@ from repocache import (
     RepoCacheError,
 )
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
-from tests.conftest import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, mirror_refs
 
 Transport = Callable[[Upstream], str]
 

@@ -31,6 +31,7 @@ from repocache.errors import (
     LockTimeoutError,
     RepoCacheError,
 )
+from tests.helpers import git, refs
 
 Run = Callable[..., "subprocess.CompletedProcess[str]"]
 MakeUpstream = Callable[..., Path]
@@ -85,11 +86,6 @@ def run(cli_env: dict[str, str], tmp_path: Path) -> Run:
     return run_cli
 
 
-def _git(*args: str, env: dict[str, str], cwd: Path | None = None) -> str:
-    done = subprocess.run(["git", *args], env=env, cwd=cwd, capture_output=True, text=True, check=True, timeout=60)
-    return done.stdout
-
-
 @pytest.fixture
 def make_upstream(tmp_path: Path, cli_env: dict[str, str]) -> MakeUpstream:
     """Build a bare upstream repository with a few commits on ``main``, a branch ``feature`` and a tag ``v1``."""
@@ -97,15 +93,15 @@ def make_upstream(tmp_path: Path, cli_env: dict[str, str]) -> MakeUpstream:
     def make(name: str = "upstream", *, commits: int = 2) -> Path:
         bare = tmp_path / "upstreams" / f"{name}.git"
         work = tmp_path / "upstreams" / f"{name}-work"
-        _git("init", "-q", "--bare", "-b", "main", str(bare), env=cli_env)
-        _git("init", "-q", "-b", "main", str(work), env=cli_env)
+        git("init", "-q", "--bare", "-b", "main", str(bare), env=cli_env)
+        git("init", "-q", "-b", "main", str(work), env=cli_env)
         for number in range(commits):
             (work / f"file{number}.txt").write_text(f"{name} {number}\n" * 50)
-            _git("add", "-A", env=cli_env, cwd=work)
-            _git("commit", "-q", "-m", f"commit {number}", env=cli_env, cwd=work)
-        _git("tag", "v1", env=cli_env, cwd=work)
-        _git("branch", "feature", "HEAD~1" if commits > 1 else "HEAD", env=cli_env, cwd=work)
-        _git("push", "-q", str(bare), "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*", env=cli_env, cwd=work)
+            git("add", "-A", env=cli_env, cwd=work)
+            git("commit", "-q", "-m", f"commit {number}", env=cli_env, cwd=work)
+        git("tag", "v1", env=cli_env, cwd=work)
+        git("branch", "feature", "HEAD~1" if commits > 1 else "HEAD", env=cli_env, cwd=work)
+        git("push", "-q", str(bare), "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*", env=cli_env, cwd=work)
         shutil.rmtree(work)
         return bare
 
@@ -121,18 +117,12 @@ def upstream(make_upstream: MakeUpstream) -> Path:
 def add_commit(bare: Path, env: dict[str, str], tmp_path: Path, *, size: int = 0) -> None:
     """Push one more commit (with ``size`` random bytes) to ``main`` of the bare repository."""
     work = tmp_path / "add-commit"
-    _git("clone", "-q", str(bare), str(work), env=env)
+    git("clone", "-q", str(bare), str(work), env=env)
     (work / "more.bin").write_bytes(os.urandom(size) if size else b"more\n")
-    _git("add", "-A", env=env, cwd=work)
-    _git("commit", "-q", "-m", "more", env=env, cwd=work)
-    _git("push", "-q", "origin", "main", env=env, cwd=work)
+    git("add", "-A", env=env, cwd=work)
+    git("commit", "-q", "-m", "more", env=env, cwd=work)
+    git("push", "-q", "origin", "main", env=env, cwd=work)
     shutil.rmtree(work)
-
-
-def refs(repository: Path, env: dict[str, str]) -> dict[str, str]:
-    """Every ref of a repository and the object it points to."""
-    listing = _git("for-each-ref", "--format=%(refname) %(objectname)", env=env, cwd=repository)
-    return dict(line.split(" ", 1) for line in listing.splitlines())
 
 
 def ls_json(run: Run, *args: str) -> list[dict[str, Any]]:
@@ -235,7 +225,7 @@ def test_get_prints_the_path_of_a_bare_mirror_with_upstream_refs(
     path = Path(result.stdout.strip())
     assert path.is_dir()
     assert path.parent == tmp_path / "cache" / "repos"
-    assert _git("rev-parse", "--is-bare-repository", env=cli_env, cwd=path).strip() == "true"
+    assert git("rev-parse", "--is-bare-repository", env=cli_env, cwd=path).strip() == "true"
     mirrored = refs(path, cli_env)
     assert mirrored == refs(upstream, cli_env)
     assert {"refs/heads/main", "refs/heads/feature", "refs/tags/v1"} <= set(mirrored)

@@ -12,7 +12,7 @@ import pytest
 from repocache import ConfigError, Progress, RepoCache
 from repocache.cold import FsspecStore, LocalDirStore
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
-from tests.conftest import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, mirror_refs, served_upstream
 
 StoreFactory = Callable[[str], Any]
 
@@ -30,11 +30,7 @@ def cold(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
 
 
 def _served(served: UpstreamFactory, name: str, size: int = 50_000) -> Upstream:
-    upstream = served.create(name)
-    upstream.commits(4, size=size)
-    upstream.branch("feature")
-    upstream.tag("v1", annotated=True)
-    return upstream
+    return served_upstream(served, name, commits=4, size=size, tag=True)
 
 
 def test_evicted_mirror_is_offloaded_and_restored_then_fetched(
@@ -191,7 +187,7 @@ def test_cold_settings_are_validated(cache_root: Path) -> None:
     with pytest.raises(ConfigError, match="cold_min_bytes"):
         RepoCache(cache_root, cold_min_bytes="big")
     with pytest.raises(ConfigError, match="cold_store"):
-        RepoCache(cache_root, cold_store=42)
+        RepoCache(cache_root, cold_store=42)  # type: ignore[arg-type]
 
 
 def test_an_s3_url_string_works_with_the_endpoint_from_the_environment(

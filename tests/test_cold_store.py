@@ -35,7 +35,7 @@ from repocache.cold import (
 )
 from repocache.errors import ColdStoreError, ConfigError
 from tests._s3 import s3_endpoint  # noqa: F401
-from tests.conftest import DelegatingStore
+from tests.helpers import DelegatingStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400.0

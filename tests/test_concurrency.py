@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from repocache import Checkout, CloneError, LockTimeoutError, RepoCache, locks, normalize_url
+from repocache import Checkout, CloneError, LockTimeoutError, RepoCache, locks
 from repocache.testing import SmartHTTPServer, UpstreamFactory
-from tests.conftest import Worker, assert_consistent, mirror_refs, wait_for_file
+from tests.helpers import Worker, assert_consistent, key_of, mirror_refs, upload_packs, wait_for_file
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -24,17 +24,13 @@ def slow_http(served_dir: Path) -> Iterator[SmartHTTPServer]:
         yield server
 
 
-def _upload_packs(server: SmartHTTPServer) -> int:
-    return sum(1 for method, path in server.requests if method == "POST" and path.endswith("git-upload-pack"))
-
-
 def test_concurrent_misses_in_processes_cause_exactly_one_clone(
     cache_root: Path, served: UpstreamFactory, slow_http: SmartHTTPServer
 ) -> None:
     reference = served.create("one-clone")
     with RepoCache(cache_root / "reference") as cache:
         cache.ensure(slow_http.url_for(reference))
-    one_clone = _upload_packs(slow_http)
+    one_clone = upload_packs(slow_http)
     upstream = served.create("stampede")
     upstream.commits(5, size=20_000)
     url = slow_http.url_for(upstream)
@@ -46,7 +42,7 @@ def test_concurrent_misses_in_processes_cause_exactly_one_clone(
     assert [r.get("error") for r in results] == [None] * 8
     assert sorted(str(r["source"]) for r in results) == ["clone"] + ["hit"] * 7
     assert all(r["refs"] == upstream.refs() for r in results)
-    assert _upload_packs(slow_http) == 2 * one_clone  # the reference clone and one more; no waiter fetched
+    assert upload_packs(slow_http) == 2 * one_clone  # the reference clone and one more; no waiter fetched
     with RepoCache(cache_root) as cache:
         stats = cache.stats()
         assert (stats.clones, stats.fetches, stats.misses, stats.hits) == (1, 0, 1, 7)  # 7 waited, then hit
@@ -59,7 +55,7 @@ def test_concurrent_misses_in_threads_cause_exactly_one_clone(
     reference = served.create("one-clone-threads")
     with RepoCache(cache.root / "reference") as other:
         other.ensure(slow_http.url_for(reference))
-    one_clone = _upload_packs(slow_http)
+    one_clone = upload_packs(slow_http)
     upstream = served.create("threads")
     url = slow_http.url_for(upstream)
     barrier = threading.Barrier(6)
@@ -82,7 +78,7 @@ def test_concurrent_misses_in_threads_cause_exactly_one_clone(
         thread.join(120)
     assert errors == []
     assert sorted(sources) == ["clone"] + ["hit"] * 5
-    assert cache.stats().clones == 1 and _upload_packs(slow_http) == 2 * one_clone
+    assert cache.stats().clones == 1 and upload_packs(slow_http) == 2 * one_clone
 
 
 @pytest.mark.timeout(120)
@@ -91,7 +87,7 @@ def test_a_checkout_that_waited_for_another_workers_clone_counts_one_hit_and_no_
 ) -> None:
     upstream = upstreams.create("counted-once")
     # A reader of the repository's lock keeps both callers between "found nothing" and "may clone" until released.
-    gate = locks.acquire(cache.root / "locks" / f"{normalize_url(upstream.url).key}.lock", shared=True, timeout=0)
+    gate = locks.acquire(cache.root / "locks" / f"{key_of(upstream.url)}.lock", shared=True, timeout=0)
     assert gate is not None
     sources: list[str] = []
 
@@ -136,11 +132,11 @@ def test_concurrent_hits_coalesce_into_one_fetch(
         cache.ensure(url)
     with RepoCache(cache_root) as cache:  # one fetch alone, to count what a fetch costs the server
         upstream.commit({"first": "1"})
-        packs_before = _upload_packs(slow_http)
+        packs_before = upload_packs(slow_http)
         assert cache.ensure(url).last_fetched
-        one_fetch = _upload_packs(slow_http) - packs_before
+        one_fetch = upload_packs(slow_http) - packs_before
     upstream.commits(3, size=5_000)
-    packs_before = _upload_packs(slow_http)
+    packs_before = upload_packs(slow_http)
     start_at = time.time() + 2.0
     workers = [
         Worker({"root": str(cache_root), "url": url, "action": "checkout", "start_at": start_at}) for _ in range(6)
@@ -151,7 +147,7 @@ def test_concurrent_hits_coalesce_into_one_fetch(
     assert all(r["source"] == "hit" and not r["stale"] for r in results)
     expected = upstream.refs()
     assert all(r["refs"] == expected for r in results)  # the coalesced callers see the fetched state
-    assert _upload_packs(slow_http) - packs_before == one_fetch
+    assert upload_packs(slow_http) - packs_before == one_fetch
     with RepoCache(cache_root) as cache:
         assert cache.stats().fetches == 2
 
@@ -293,7 +289,7 @@ def test_readers_waiting_for_another_workers_clone_enter_together_once_it_is_pub
     url = slow_http.url_for(upstream)
     # A reader of the repository's lock keeps every caller between "found nothing" and "may clone" until released:
     # all four then wait for the exclusive lock, one clones, three find the mirror published.
-    gate = locks.acquire(cache.root / "locks" / f"{normalize_url(url).key}.lock", shared=True, timeout=0)
+    gate = locks.acquire(cache.root / "locks" / f"{key_of(url)}.lock", shared=True, timeout=0)
     assert gate is not None
     spans: list[tuple[float, float, str]] = []
     errors: list[BaseException] = []

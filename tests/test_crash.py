@@ -14,7 +14,7 @@ import pytest
 
 from repocache import RepoCache
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
-from tests.conftest import Worker, assert_consistent, mirror_refs, wait_for_file
+from tests.helpers import Worker, assert_consistent, mirror_refs, wait_for_file
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,10 +18,10 @@ import pytest
 
 from repocache import ConfigError, RepoCache
 from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest
-from repocache.cold.base import ArtifactWriter
+from repocache.cold.store import ArtifactWriter
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
-from tests.conftest import DelegatingStore, assert_consistent, mirror_refs
+from tests.helpers import DelegatingStore, assert_consistent, key_of, mirror_refs, served_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 StoreFactory = Callable[[], Any]
@@ -41,10 +41,7 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
 
 
 def _served(served: UpstreamFactory, name: str, size: int = 50_000) -> Upstream:
-    upstream = served.create(name)
-    upstream.commits(3, size=size)
-    upstream.branch("feature")
-    return upstream
+    return served_upstream(served, name, commits=3, size=size)
 
 
 def test_a_clone_is_published_for_another_host_to_restore(
@@ -189,7 +186,7 @@ def test_a_dead_hosts_lease_is_taken_over_once_it_expires(
     with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone") as cache:
         fleet = cache._cold.store  # type: ignore[union-attr]
         assert isinstance(fleet, FleetStore)
-        dead = fleet.try_lease(normalize_url(url).key, "a-host-that-died", 1.5)
+        dead = fleet.try_lease(key_of(url), "a-host-that-died", 1.5)
         assert dead is not None
         started = time.monotonic()
         left = dead.expires - time.time()
@@ -199,7 +196,7 @@ def test_a_dead_hosts_lease_is_taken_over_once_it_expires(
         assert left - 0.1 <= waited < 30, (left, waited)
         cache._cold.wait()  # type: ignore[union-attr]
         assert len(cache.cold_entries()) == 1
-        assert fleet.try_lease(normalize_url(url).key, "next-host", 60) is not None  # released after the upload
+        assert fleet.try_lease(key_of(url), "next-host", 60) is not None  # released after the upload
 
 
 def test_a_waiting_host_clones_itself_when_lock_timeout_runs_out(
@@ -207,7 +204,7 @@ def test_a_waiting_host_clones_itself_when_lock_timeout_runs_out(
 ) -> None:
     url = daemon.url_for(_served(served, "stuck-holder"))
     store = LocalDirStore(tmp_path / "store")
-    assert store.try_lease(normalize_url(url).key, "a-live-but-stuck-host", 3600) is not None
+    assert store.try_lease(key_of(url), "a-live-but-stuck-host", 3600) is not None
     with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone", lock_timeout=1.0) as cache:
         started = time.monotonic()
         with cache.checkout(url) as co:
@@ -267,9 +264,9 @@ def test_no_miss_or_reader_waits_for_an_upload(tmp_path: Path, served: UpstreamF
 def test_a_held_clone_lease_is_renewed_while_its_holder_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstreams: UpstreamFactory
 ) -> None:
-    from repocache.cold import tier
+    from repocache import cold_tier
 
-    monkeypatch.setattr(tier, "LEASE_TTL", 0.4)
+    monkeypatch.setattr(cold_tier, "LEASE_TTL", 0.4)
     store = LocalDirStore(tmp_path / "store")
     upstream = upstreams.create("long-clone")
     with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone") as cache:
@@ -294,7 +291,7 @@ def test_a_failed_clone_gives_its_lease_up_at_once(tmp_path: Path, served_dir: P
     with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone") as cache:
         with pytest.raises(CloneError):
             cache.ensure(url)
-    assert store.try_lease(normalize_url(url).key, "a-waiting-host", 60) is not None  # it may clone now
+    assert store.try_lease(key_of(url), "a-waiting-host", 60) is not None  # it may clone now
 
 
 class _WatchingStore(LocalDirStore):

@@ -16,7 +16,7 @@ import pytest
 from repocache import ConfigError, FetchError, Progress, RepoCache
 from repocache.refresh import fetch_interval
 from repocache.testing import GitDaemon, SmartHTTPServer, UpstreamFactory
-from tests.conftest import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, mirror_refs
 
 # -- mark_stale and refresh ------------------------------------------------------------------------------------
 

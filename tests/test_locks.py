@@ -13,7 +13,7 @@ import pytest
 
 from repocache import RepoCache, locks
 from repocache.testing import UpstreamFactory
-from tests.conftest import wait_for_file
+from tests.helpers import key_of, wait_for_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,32 +104,26 @@ def test_startup_and_repair_delete_lock_files_of_absent_repositories_only(
     locks_dir = cache_root / "locks"
     # A lock file of an absent repository that another process holds (it is about to clone it) is not touched.
     ready = tmp_path / "ready"
-    holder = _hold_lock(locks_dir / f"{_key(held.url)}.lock", ready, tmp_path / "release")
+    holder = _hold_lock(locks_dir / f"{key_of(held.url)}.lock", ready, tmp_path / "release")
     try:
         wait_for_file(ready)
-        evicted_files = {f"{_key(evicted.url)}.lock", f"{_key(evicted.url)}.fetch"}
+        evicted_files = {f"{key_of(evicted.url)}.lock", f"{key_of(evicted.url)}.fetch"}
         assert evicted_files <= {p.name for p in locks_dir.iterdir()}
         with RepoCache(cache_root) as cache:  # the startup sweep
             names = _lock_files(cache)
             assert not evicted_files & names, names
-            assert {f"{_key(kept.url)}.lock", f"{_key(kept.url)}.fetch", f"{_key(held.url)}.lock"} <= names
+            assert {f"{key_of(kept.url)}.lock", f"{key_of(kept.url)}.fetch", f"{key_of(held.url)}.lock"} <= names
             assert "budget.lock" in names or not (locks_dir / "budget.lock").exists()
     finally:
         (tmp_path / "release").write_text("go")
         holder.wait(30)
     with RepoCache(cache_root) as cache:
         cache.evict(kept.url)
-        (locks_dir / f"{_key(kept.url)}.lock").touch()
+        (locks_dir / f"{key_of(kept.url)}.lock").touch()
         assert cache.verify(repair=True) == []
         assert not {n for n in _lock_files(cache) if n != "budget.lock"}, _lock_files(cache)
         with cache.checkout(kept.url) as co:  # and the cache works on as before
             assert co.source == "clone"
-
-
-def _key(url: str) -> str:
-    from repocache import normalize_url
-
-    return normalize_url(url).key
 
 
 def _hold_lock(path: Path, ready: Path, release: Path) -> subprocess.Popen[str]:

@@ -17,7 +17,7 @@ from repocache import ConfigError, GitError, RepoCache
 from repocache.cli import main
 from repocache.gitops import commit_graph_state, disk_usage, mirror_shape
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
-from tests.conftest import all_objects, assert_consistent
+from tests.helpers import all_objects, assert_consistent
 
 
 def _fetch_many(cache: RepoCache, upstream: Upstream, url: str, times: int) -> None:

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from repocache import RepoCache, metrics
 from repocache.testing import UpstreamFactory
-from tests.conftest import Worker
+from tests.helpers import Worker
 
 
 def _scrape(port: int) -> dict[str, float]:

@@ -24,6 +24,7 @@ from repocache.testing import (
     UpstreamFactory,
     isolated_git_env,
 )
+from tests.helpers import git, refs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,25 +59,8 @@ def http(base: Path) -> Iterator[SmartHTTPServer]:
         yield server
 
 
-def git(env: dict[str, str], *args: str, cwd: Path | None = None, check: bool = True) -> str:
-    """Run the git CLI and return its stdout; fail the test with stderr when ``check`` and git fails."""
-    result = subprocess.run(["git", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=30, check=False)
-    if check and result.returncode != 0:
-        pytest.fail(f"git {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-    return result.stdout
-
-
 def git_status(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=30)
-
-
-def refs_of(env: dict[str, str], repository: Path) -> dict[str, str]:
-    output = git(env, "-C", str(repository), "for-each-ref", "--format=%(refname) %(objectname)")
-    refs: dict[str, str] = {}
-    for line in output.splitlines():
-        name, target = line.split(" ", 1)
-        refs[name] = target
-    return dict(sorted(refs.items()))
 
 
 def times_out(env: dict[str, str], args: list[str], timeout: float) -> bool:
@@ -111,13 +95,13 @@ def test_create_makes_a_bare_repository_whose_head_resolves(factory: UpstreamFac
 
     assert upstream.path == factory.base_dir / "project.git"
     assert upstream.url == str(upstream.path)
-    assert git(git_env, "-C", upstream.url, "rev-parse", "--is-bare-repository").strip() == "true"
+    assert git("-C", upstream.url, "rev-parse", "--is-bare-repository", env=git_env).strip() == "true"
     assert upstream.head() == "refs/heads/main"
     assert list(upstream.refs()) == ["refs/heads/main"]
     assert upstream.read("README.md") == b"# project\n"
     assert upstream.read("src/app.py") == b"print('hi')\n"
     assert upstream.read("data.bin") == b"\x00\x01"
-    assert git(git_env, "-C", upstream.url, "rev-parse", "HEAD").strip() == upstream.resolve("HEAD")
+    assert git("-C", upstream.url, "rev-parse", "HEAD", env=git_env).strip() == upstream.resolve("HEAD")
 
 
 def test_create_never_reuses_a_name(factory: UpstreamFactory) -> None:
@@ -173,10 +157,10 @@ def test_branches_tags_merges_and_head(factory: UpstreamFactory, git_env: dict[s
 
     merge = upstream.merge("feature")
 
-    parents = git(git_env, "-C", upstream.url, "rev-list", "--parents", "-n", "1", merge).split()
+    parents = git("-C", upstream.url, "rev-list", "--parents", "-n", "1", merge, env=git_env).split()
     assert parents[1:] == [upstream.resolve("v1"), upstream.resolve("feature")]
     assert upstream.read("feature.txt") == b"f" and upstream.read("main.txt") == b"m"
-    assert git(git_env, "-C", upstream.url, "cat-file", "-t", annotated).strip() == "tag"
+    assert git("-C", upstream.url, "cat-file", "-t", annotated, env=git_env).strip() == "tag"
     assert upstream.refs()["refs/tags/v2"] == annotated
     assert upstream.refs()["refs/tags/v1"] == light != feature_start
 
@@ -198,8 +182,8 @@ def test_force_push_is_a_non_fast_forward(factory: UpstreamFactory, git_env: dic
     assert upstream.resolve() == new_tip != old_tip
     not_ancestor = git_status(git_env, "-C", upstream.url, "merge-base", "--is-ancestor", old_tip, new_tip)
     assert not_ancestor.returncode == 1
-    parent = git(git_env, "-C", upstream.url, "rev-parse", f"{old_tip}^").strip()
-    assert git(git_env, "-C", upstream.url, "rev-parse", f"{new_tip}^").strip() == parent
+    parent = git("-C", upstream.url, "rev-parse", f"{old_tip}^", env=git_env).strip()
+    assert git("-C", upstream.url, "rev-parse", f"{new_tip}^", env=git_env).strip() == parent
 
     assert upstream.force_push(to=parent) == parent == upstream.resolve()
 
@@ -224,11 +208,11 @@ def test_submodule_is_recorded_and_can_be_cloned(
     app.add_submodule("vendor/library", daemon.url_for(library), commit=library)
 
     assert b"path = vendor/library" in app.read(".gitmodules")
-    tree = git(git_env, "-C", app.url, "ls-tree", "HEAD", "vendor/library")
+    tree = git("-C", app.url, "ls-tree", "HEAD", "vendor/library", env=git_env)
     assert tree.split()[:3] == ["160000", "commit", library.resolve()]
 
     checkout = tmp_path / "checkout"
-    git(git_env, "clone", "--recurse-submodules", daemon.url_for(app), str(checkout))
+    git("clone", "--recurse-submodules", daemon.url_for(app), str(checkout), env=git_env)
     assert (checkout / "vendor" / "library" / "lib.txt").read_text() == "lib"
 
 
@@ -266,10 +250,10 @@ def test_mirror_clone_returns_the_upstream_refs_and_head(
     mirror = tmp_path / "mirror.git"
 
     with server_for(kind, base) as server:
-        git(git_env, "clone", "--mirror", server.url_for(upstream), str(mirror))
+        git("clone", "--mirror", server.url_for(upstream), str(mirror), env=git_env)
 
-    assert refs_of(git_env, mirror) == upstream.refs()
-    assert git(git_env, "-C", str(mirror), "symbolic-ref", "HEAD").strip() == upstream.head() == "refs/heads/dev"
+    assert refs(mirror, git_env) == upstream.refs()
+    assert git("-C", str(mirror), "symbolic-ref", "HEAD", env=git_env).strip() == upstream.head() == "refs/heads/dev"
 
 
 @pytest.mark.parametrize("kind", ["git", "http"])
@@ -282,7 +266,7 @@ def test_fetch_mirrors_force_push_new_and_deleted_refs(
     mirror = tmp_path / "mirror.git"
 
     with server_for(kind, base) as server:
-        git(git_env, "clone", "--mirror", server.url_for(upstream), str(mirror))
+        git("clone", "--mirror", server.url_for(upstream), str(mirror), env=git_env)
         upstream.force_push()
         upstream.delete_ref("refs/heads/doomed")
         upstream.tag("v1", annotated=True)
@@ -291,7 +275,7 @@ def test_fetch_mirrors_force_push_new_and_deleted_refs(
 
     assert result.returncode == 0, result.stderr
     assert "(forced update)" in result.stderr
-    assert refs_of(git_env, mirror) == upstream.refs()
+    assert refs(mirror, git_env) == upstream.refs()
 
 
 @pytest.mark.parametrize(
@@ -316,9 +300,9 @@ def test_smart_http_serves_gzipped_and_chunked_request_bodies(
     mirror = tmp_path / "mirror.git"
     options = ["-c", f"http.postBuffer={post_buffer}"] if post_buffer else []
 
-    git(git_env, *options, "clone", "--mirror", http.url_for(upstream), str(mirror))
+    git(*options, "clone", "--mirror", http.url_for(upstream), str(mirror), env=git_env)
 
-    assert refs_of(git_env, mirror) == upstream.refs()
+    assert refs(mirror, git_env) == upstream.refs()
     posts = [request for request in http.received if request.method == "POST"]
     assert any(request.headers.get(encoding_header) == expected for request in posts)
 
@@ -327,7 +311,7 @@ def test_smart_http_records_requests_and_answers_404_for_unknown_repositories(
     factory: UpstreamFactory, http: SmartHTTPServer, git_env: dict[str, str], base: Path
 ) -> None:
     upstream = factory.create()
-    git(git_env, "ls-remote", http.url_for(upstream))
+    git("ls-remote", http.url_for(upstream), env=git_env)
     missing = git_status(git_env, "ls-remote", http.url_for(base / "missing.git"))
 
     assert missing.returncode != 0
@@ -352,14 +336,14 @@ def test_basic_auth_refuses_anonymous_clones_and_accepts_credentials_in_the_url(
 
         url = server.url_for(upstream, credentials=True)
         assert url.startswith(f"http://user:s3cret%2F%2B@127.0.0.1:{server.port}/")
-        git(git_env, "clone", "--mirror", url, str(tmp_path / "authed"))
+        git("clone", "--mirror", url, str(tmp_path / "authed"), env=git_env)
         assert server.requests_with_authorization > 0
         authorizations = {request.headers.get("Authorization") for request in server.received}
         assert authorizations == {None, "Basic ***"}
 
         wrong = url.replace("s3cret", "wrong")
         assert git_status(git_env, "ls-remote", wrong).returncode != 0
-    assert refs_of(git_env, tmp_path / "authed") == upstream.refs()
+    assert refs(tmp_path / "authed", git_env) == upstream.refs()
 
 
 @pytest.mark.parametrize("scheme", ["git", "http"])
@@ -375,7 +359,7 @@ def test_delay_slows_every_answer(factory: UpstreamFactory, base: Path, git_env:
     upstream = factory.create()
     with SmartHTTPServer(base, delay=0.3) as server:
         started = time.monotonic()
-        git(git_env, "ls-remote", server.url_for(upstream))
+        git("ls-remote", server.url_for(upstream), env=git_env)
         elapsed = time.monotonic() - started
     assert elapsed >= 0.6  # two requests: info/refs and the ls-refs POST of protocol v2
 

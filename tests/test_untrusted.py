@@ -24,13 +24,9 @@ from repocache.cold import LocalDirStore, Manifest
 from repocache.gitops import describe_mirror, disk_usage
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
-from tests.conftest import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, git, key_of, mirror_refs
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _git(*args: str, cwd: Path | None = None) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
 def _store_artifact(store_dir: Path, url: str, mirror: Path, **overrides: object) -> Manifest:
@@ -62,7 +58,7 @@ def _store_artifact(store_dir: Path, url: str, mirror: Path, **overrides: object
 def _hostile_mirror(tmp_path: Path, upstream_url: str, other: Path, marker: Path) -> Path:
     """A real mirror of the upstream whose config, hooks, alternates and commondir act on whoever uses it."""
     mirror = tmp_path / "hostile.git"
-    _git("clone", "-q", "--mirror", upstream_url, str(mirror))
+    git("clone", "-q", "--mirror", upstream_url, str(mirror))
     evil_hooks = mirror / "evil-hooks"
     for hooks in (mirror / "hooks", evil_hooks):
         hooks.mkdir(exist_ok=True)
@@ -187,13 +183,13 @@ def test_git_config_value_of_a_path_with_comment_characters_round_trips(tmp_path
 
 def _mirror_of(tmp_path: Path, url: str) -> Path:
     mirror = tmp_path / "packed.git"
-    _git("clone", "-q", "--mirror", url, str(mirror))
+    git("clone", "-q", "--mirror", url, str(mirror))
     return mirror
 
 
 def _rewrite_manifest(store: Path, url: str, text: str | None = None, **changes: object) -> None:
     """Change the stored manifest of ``url`` behind the store's back (as a peer with write access could)."""
-    [path] = (store / normalize_url(url).key).glob("*.json")
+    [path] = (store / key_of(url)).glob("*.json")
     if text is None:
         values = json.loads(path.read_text())
         values.update(changes)

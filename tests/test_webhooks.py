@@ -25,7 +25,7 @@ from repocache.errors import (
 )
 from repocache.testing import SmartHTTPServer, UpstreamFactory
 from repocache.webhooks import parse_event, wsgi_app
-from tests.conftest import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, mirror_refs
 
 SECRET = "It's a Secret to Everybody"
 

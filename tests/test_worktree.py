@@ -11,7 +11,7 @@ import pytest
 
 from repocache import InvalidRefError, RefNotFoundError, RepoCache
 from repocache.testing import Upstream, UpstreamFactory
-from tests.conftest import assert_consistent
+from tests.helpers import assert_consistent, git
 
 
 def _snapshot(path: Path) -> dict[str, str]:
@@ -19,10 +19,6 @@ def _snapshot(path: Path) -> dict[str, str]:
     return {
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in path.rglob("*") if p.is_file()
     }
-
-
-def _git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.fixture
@@ -50,8 +46,8 @@ def test_worktree_checks_out_the_ref(
             assert (wt.path / expected_file).exists()
         if absent_file:
             assert not (wt.path / absent_file).exists()
-        assert _git("rev-parse", "HEAD", cwd=wt.path) == wt.commit
-        assert _git("status", "--porcelain", cwd=wt.path) == ""
+        assert git("rev-parse", "HEAD", cwd=wt.path).strip() == wt.commit
+        assert git("status", "--porcelain", cwd=wt.path).strip() == ""
         path = wt.path
     assert not path.exists()
 
@@ -62,7 +58,7 @@ def test_a_branch_worktree_is_on_that_branch_and_a_commit_is_detached(
     upstream = upstreams.create("branches")
     upstream.branch("feature")
     with cache.worktree(upstream.url, "feature") as wt:
-        assert _git("symbolic-ref", "--short", "HEAD", cwd=wt.path) == "feature"
+        assert git("symbolic-ref", "--short", "HEAD", cwd=wt.path).strip() == "feature"
     sha = upstream.resolve("main")
     with cache.worktree(upstream.url, sha) as wt:
         assert wt.commit == sha
@@ -75,7 +71,7 @@ def test_worktree_does_not_touch_the_mirror(cache: RepoCache, upstreams: Upstrea
     before = _snapshot(mirror)
     with RepoCache(cache.root, fetch_ttl=3600) as quiet, quiet.worktree(upstream.url) as wt:
         (wt.path / "a").write_text("edited")
-        _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "local change", cwd=wt.path)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "local change", cwd=wt.path)
         assert (wt.path / ".git" / "objects" / "info" / "alternates").read_text().strip() == str(mirror / "objects")
     assert _snapshot(mirror) == before
     assert not (mirror / "worktrees").exists()
