@@ -293,6 +293,7 @@ class Background:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = os.getpid()
         self._pending: dict[concurrent.futures.Future[None], tuple[SharedHold, FetchHold]] = {}
+        self._in_flight: set[str] = set()  # keys of the pending fetches, read without the lock by submit
         self._token = cancel.CancelToken()
         self._lifecycle = Lifecycle("background pool")
 
@@ -302,6 +303,8 @@ class Background:
         Returns:
             True if a fetch was queued; False if another fetch of it is in flight or the pool is closed.
         """
+        if hold.key in self._in_flight and self._pid == os.getpid():  # this process's fetch of it is under way
+            return False
         layout = self._context.layout
         shared = layout.hold_shared(hold.url, 0)  # never fails while the caller's own shared hold is held
         if shared is None:
@@ -318,6 +321,7 @@ class Background:
             executor = self._pool()
             future = executor.submit(self._run, shared, fetch, started, progress)
             self._pending[future] = (shared, fetch)
+            self._in_flight.add(hold.key)
             future.add_done_callback(self._done)
         return True
 
@@ -326,6 +330,7 @@ class Background:
             # A forked child inherits neither the parent's threads nor its queued work.
             self._pid = os.getpid()
             self._pending = {}
+            self._in_flight = set()
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._workers, thread_name_prefix="repocache-refresh"
             )
@@ -334,6 +339,8 @@ class Background:
     def _done(self, future: concurrent.futures.Future[None]) -> None:
         with self._lock:
             holds = self._pending.pop(future, None)
+            if holds is not None:
+                self._in_flight.discard(holds[0].key)
         if holds is not None:  # released already by _run, unless the future was cancelled before it started
             for held in reversed(holds):
                 held.release()
