@@ -61,9 +61,10 @@ once). :meth:`Index.counters`, :meth:`Index.rows` and :meth:`Index.lru` flush fi
 its own hits."""
 
 WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
-"""The write-ahead log is checkpointed (``PASSIVE``, by the flusher thread, never by a hit) once it holds more than
-this; with ``journal_size_limit`` it is truncated back to this size when SQLite resets it. SQLite's own
-auto-checkpoint (which ran on whichever commit crossed 1,000 pages, 15-18 ms) is off."""
+"""The write-ahead log is checkpointed by the flusher thread, never by a hit, once it holds more than this:
+``PASSIVE`` (never waits), then, when everything was copied, ``TRUNCATE`` (waiting at most 0.1 s), so the log
+stays near this size plus what the root writes in one :data:`RECENCY_GRANULARITY`. SQLite's own auto-checkpoint
+(which ran on whichever commit crossed 1,000 pages: 15-18 ms on that hit) is off."""
 
 _IDENTITY_RECHECK = 1.0  # seconds between checks that the index file is still the one a connection has open
 
@@ -616,7 +617,16 @@ class Index:
             return False
         if size <= WAL_CHECKPOINT_BYTES:
             return False
-        self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        conn = self._conn()
+        busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy == 0 and pages == copied:
+            # Everything is in the database: truncating now copies nothing, and waits for a reader of an older
+            # snapshot (or a writer) at most 0.1 s before giving up until the next round.
+            conn.execute("PRAGMA busy_timeout=100")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.execute("PRAGMA busy_timeout=60000")
         return True
 
     @_recovering

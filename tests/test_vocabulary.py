@@ -14,7 +14,7 @@ from repocache.models import Stats
 def test_every_counter_is_a_stats_field_and_an_index_counter() -> None:
     fields = [f.name for f in dataclasses.fields(Stats)]
     assert [c.value for c in Counter] == fields[: len(Counter)]
-    assert COUNTERS == tuple(c.value for c in Counter)
+    assert tuple(c.value for c in Counter) == COUNTERS
     assert all(c.description.endswith(".") and len(c.description) > 10 for c in Counter)
 
 
