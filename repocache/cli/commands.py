@@ -1,0 +1,170 @@
+"""The command table: every command of ``repocache``, in ``--help`` order.
+
+A command is written here once; ``parser.py`` builds the argument parser and ``--help`` from these rows,
+``run.py`` dispatches to their handlers, and ``docs.py`` writes the reference section of ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+from repocache.cli import cold, maintain, repos
+from repocache.cli.options import seconds, size
+from repocache.cli.spec import Command, argument
+
+_URLS = argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "get",
+        "clone or refresh a repository now and print the path of its bare mirror",
+        repos.get,
+        (
+            argument("url", metavar="URL", help="repository URL or local path (use -- before a URL starting with -)"),
+            argument(
+                "--json",
+                "--print-entry",
+                dest="json",
+                action="store_true",
+                help="print the cache entry as JSON instead",
+            ),
+        ),
+        details='`cd "$(repocache get URL)"` works in scripts: only the path goes to standard output.',
+    ),
+    Command(
+        "ls",
+        "list cached repositories, most recently used first",
+        repos.ls,
+        (argument("--json", action="store_true", help="print a JSON list of entries"),),
+        details="With a cold store, `--json` gives each entry its artifact (`cold`, or null) and also lists the "
+        "repositories only the store holds (`path` null).",
+    ),
+    Command(
+        "evict",
+        "remove a repository from disk; exit 1 if it was not evicted",
+        repos.evict,
+        (
+            argument("url", metavar="URL", help="repository URL or local path"),
+            argument("--force", action="store_true", help="evict it even if it is pinned"),
+        ),
+        details="It is not evicted when it is absent, pinned (without `--force`) or in use by another process.",
+    ),
+    Command(
+        "enforce", "evict least recently used repositories until the budget holds; print their URLs", repos.enforce
+    ),
+    Command(
+        "warm",
+        "clone or refresh every pinned repository (glob patterns are skipped)",
+        repos.warm,
+        (
+            argument(
+                "pin_file",
+                metavar="PINS.yaml",
+                nargs="?",
+                help="pin file to warm (default: --pins / $REPOCACHE_PINS); also used as the cache's pins if none "
+                "is set",
+            ),
+        ),
+    ),
+    Command(
+        "stats",
+        "print the counters and the bytes used",
+        repos.stats,
+        (argument("--json", action="store_true", help="print a JSON object"),),
+        details="The counters are shared by every process using the root.",
+    ),
+    Command(
+        "refresh",
+        "fetch repositories now, whatever their age; print their URLs",
+        repos.refresh,
+        (_URLS,),
+        details="A repository not cached is cloned. See [Freshness](freshness.md).",
+    ),
+    Command(
+        "stale",
+        "mark repositories stale: their next hit fetches first; exit 1 if one is not cached",
+        repos.stale,
+        (_URLS,),
+        details="The mark is shared: the next hit in any process using the root fetches first. Prints each URL.",
+    ),
+    Command(
+        "verify",
+        "compare the index with the disk; exit 1 if problems remain",
+        maintain.verify,
+        (
+            argument("--repair", action="store_true", help="fix the problems found"),
+            argument("--json", action="store_true", help="print a JSON list of problems"),
+        ),
+        details="See [Operations](operations.md#verify).",
+    ),
+    Command(
+        "publish",
+        "clone or refresh repositories and upload their mirrors to the cold store",
+        cold.publish,
+        (
+            argument("urls", metavar="URL", nargs="+", help="repository URLs or local paths"),
+            argument("--json", action="store_true", help="print a JSON list of the stored manifests"),
+        ),
+        details="Needs a cold store (`--cold-store` or `$REPOCACHE_COLD_STORE`); other hosts then restore the "
+        "mirror instead of cloning it. See [Cold storage and fleets](cold-storage.md).",
+    ),
+    Command(
+        "cold",
+        "inspect and prune the cold store (--cold-store or $REPOCACHE_COLD_STORE)",
+        cold.cold,
+        subcommands=(
+            Command(
+                "ls",
+                "list the artifacts in the cold store, newest first",
+                cold.cold_ls,
+                (argument("--json", action="store_true", help="print a JSON list of manifests"),),
+            ),
+            Command(
+                "prune",
+                "delete old artifacts from the cold store; print their URLs",
+                cold.cold_prune,
+                (
+                    argument(
+                        "--older-than",
+                        metavar="SECONDS",
+                        type=seconds,
+                        default=None,
+                        help="delete artifacts older than this (default: none by age)",
+                    ),
+                    argument(
+                        "--keep-bytes",
+                        metavar="SIZE",
+                        type=size,
+                        default=None,
+                        help='then delete the oldest while the artifacts total more than this, e.g. "50GB"',
+                    ),
+                ),
+                details="See [Retention](cold-storage.md#retention).",
+            ),
+        ),
+        details="`cold` alone is a usage error (exit 2).",
+        subcommands_title="cold store commands",
+    ),
+    Command(
+        "maintain",
+        "repack, pack refs and write the commit-graph of one mirror or of all of them",
+        maintain.maintain,
+        (
+            argument("url", metavar="URL", nargs="?", help="repository URL or local path (default: every one)"),
+            argument(
+                "--prune",
+                action="store_true",
+                help="also drop unreachable objects older than the grace period (only mirrors nobody holds)",
+            ),
+            argument("--json", action="store_true", help="print a JSON list of reports"),
+        ),
+        details="Exit 1 if maintenance failed for a repository. See [Maintenance](operations.md#maintenance).",
+    ),
+)
+"""Every command, in ``--help`` order."""
+
+
+def find(names: list[str]) -> Command:
+    """The command named by ``names`` (``["cold", "ls"]``), as far as they go."""
+    command = next(command for command in COMMANDS if command.name == names[0])
+    for name in names[1:]:
+        command = command.subcommand(name)
+    return command

@@ -1,0 +1,162 @@
+"""The global options, their argument types, and where a cache's settings come from (options, else environment).
+
+``cache_options`` is the one place that maps the parsed options and the ``REPOCACHE_*`` environment variables to
+``RepoCache`` settings; ``ENVIRONMENT`` names the variable read for each option (the docs table is built from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING, Any
+
+from repocache.cli.spec import Argument, argument
+from repocache.errors import ConfigError
+
+if TYPE_CHECKING:
+    from repocache.cache import RepoCache
+    from repocache.cli.output import Context
+
+
+# -- argument types -----------------------------------------------------------------------------------------------
+
+
+def directory(value: str) -> str:
+    """A directory argument: any non-blank string."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
+def size(value: str) -> str:
+    """A size argument (``"20GB"``), checked here and parsed by the cache."""
+    from repocache.settings import parse_bytes
+
+    try:
+        parse_bytes("--max-bytes", value, allow_none=False)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return value
+
+
+def seconds(value: str) -> float:
+    """A duration argument: finite seconds >= 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r} is out of range; expected finite seconds >= 0")
+    return number
+
+
+# -- the global options -------------------------------------------------------------------------------------------
+
+GLOBAL_OPTIONS: tuple[Argument, ...] = (
+    argument(
+        "--root",
+        metavar="DIR",
+        type=directory,
+        default=None,
+        help="cache directory (default: $REPOCACHE_DIR, else the platform's user cache directory)",
+    ),
+    argument(
+        "--max-bytes",
+        metavar="SIZE",
+        type=size,
+        default=None,
+        help='byte budget for all mirrors, e.g. "500MiB" or "20GB" (default: $REPOCACHE_MAX_BYTES, else no limit)',
+    ),
+    argument(
+        "--pins",
+        metavar="FILE",
+        default=None,
+        help="never-evict YAML file (default: $REPOCACHE_PINS, else nothing is pinned)",
+    ),
+    argument(
+        "--cold-store",
+        metavar="URL",
+        default=None,
+        help="cold storage for evicted and published repositories: file:///dir, a directory, or s3://bucket/prefix "
+        "(default: $REPOCACHE_COLD_STORE, else none)",
+    ),
+    argument(
+        "--cold-publish",
+        metavar="MODE",
+        choices=("off", "clone", "always"),
+        default=None,
+        help="upload mirrors to the cold store for other hosts: off, clone (after each clone) or always (also "
+        "after fetches once the stored copy is an hour old) (default: $REPOCACHE_COLD_PUBLISH, else off)",
+    ),
+    argument(
+        "--fetch-ttl",
+        metavar="SECONDS",
+        type=seconds,
+        default=0.0,
+        help="do not contact upstream for a repository fetched less than this long ago (default: 0)",
+    ),
+    argument("-q", "--quiet", action="store_true", default=False, help="no progress bars, notes or warnings"),
+    argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what the cache does to stderr (-vv for debug); tracebacks with errors",
+    ),
+)
+"""Options accepted before and after the command; after it they only override what was given before."""
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) -> None:
+    """Add the global options to ``parser`` (a command's parser leaves unset ones to the top-level parser)."""
+    group = parser.add_argument_group("global options")
+    for option in GLOBAL_OPTIONS:
+        settings = dict(option.settings)
+        if in_command:
+            settings["default"] = argparse.SUPPRESS
+        group.add_argument(*option.flags, help=option.help, **settings)
+
+
+# -- from options and environment to a cache ----------------------------------------------------------------------
+
+ENVIRONMENT: dict[str, str] = {
+    "--root": "REPOCACHE_DIR",  # read by RepoCache itself when the root is None
+    "--max-bytes": "REPOCACHE_MAX_BYTES",
+    "--pins": "REPOCACHE_PINS",
+    "--cold-store": "REPOCACHE_COLD_STORE",
+    "--cold-publish": "REPOCACHE_COLD_PUBLISH",
+}
+"""The environment variable used for each global option that is not given."""
+
+
+def cache_options(args: argparse.Namespace, *, pins_fallback: str | None = None) -> dict[str, Any]:
+    """The ``RepoCache`` keywords for the parsed options: each option, else its environment variable, else the default.
+
+    Args:
+        args: the parsed command line.
+        pins_fallback: the pin file to use when neither ``--pins`` nor ``$REPOCACHE_PINS`` names one (``warm``).
+    """
+    from repocache.settings import parse_bytes
+
+    max_bytes: int | str | None = args.max_bytes
+    if max_bytes is None:
+        from_env = os.environ.get("REPOCACHE_MAX_BYTES", "").strip()
+        if from_env:
+            max_bytes = parse_bytes("REPOCACHE_MAX_BYTES", from_env, allow_none=False)
+    return {
+        "root": args.root,
+        "max_bytes": max_bytes,
+        "pins": args.pins or os.environ.get("REPOCACHE_PINS") or pins_fallback or None,
+        "fetch_ttl": args.fetch_ttl,
+        "cold_store": args.cold_store or os.environ.get("REPOCACHE_COLD_STORE") or None,
+        "cold_publish": args.cold_publish or os.environ.get("REPOCACHE_COLD_PUBLISH", "").strip() or "off",
+    }
+
+
+def open_cache(context: Context, *, pins_fallback: str | None = None) -> RepoCache:
+    """The cache the command works on, reporting progress to the context's bar."""
+    from repocache.cache import RepoCache
+
+    options = cache_options(context.args, pins_fallback=pins_fallback)
+    root = options.pop("root")
+    return RepoCache(root, progress=context.bar, **options)
