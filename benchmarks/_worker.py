@@ -1,7 +1,8 @@
 """A process that runs one caching library for the benchmarks, driven by JSON lines on stdin.
 
-Usage: ``python _worker.py ENGINE ROOT OPTIONS_JSON`` where ENGINE is ``ours`` (repocache) or ``peer``
-(git-cache-clone, run with the interpreter of its own virtualenv). The worker imports its library and opens the
+Usage: ``python _worker.py ENGINE ROOT OPTIONS_JSON`` where ENGINE is ``ours`` (repocache), ``peer``
+(git-cache-clone, run with the interpreter of its own virtualenv) or ``floor`` (the irreducible work of a hit on
+the same root: :class:`Floor`; ``hit`` only). The worker imports its library and opens the
 cache at ROOT, answers ``{"ready": true, ...}``, then executes commands and answers each with one JSON line:
 
 * ``{"op": "clone", "url": U}``: a miss; repocache ``checkout(U)``, git-cache-clone ``add(U)`` (mirror mode).
@@ -122,6 +123,70 @@ class Ours:
         return {name: getattr(stats, name) for name in ("hits", "misses", "clones", "fetches", "restores")}
 
 
+class Floor:
+    """The floor of a hit: the irreducible work, on the same root (the hit's lock file, index and mirror).
+
+    Per hit: open and ``flock(LOCK_SH)`` the repository's lock file, one ``SELECT`` of its index row by key, one
+    autocommit ``UPDATE`` of ``last_used``, ``stat`` of the mirror, close. The connection is opened once, in WAL
+    with ``synchronous=NORMAL``, as repocache opens it. Nothing else: no URL parsing, no freshness rule, no events.
+    """
+
+    def __init__(self, root: Path, options: dict[str, Any]) -> None:
+        import sqlite3
+
+        self.root = root
+        self.db = sqlite3.connect(root / "index.sqlite", isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+
+    def _key(self, url: str) -> str:
+        from repocache.keys import normalize_url
+
+        return normalize_url(url).key
+
+    def clone(self, url: str) -> dict[str, Any]:
+        raise NotImplementedError("the floor only measures hits of a repository already cached")
+
+    def fetch(self, url: str) -> dict[str, Any]:
+        return self.clone(url)
+
+    def worktree(self, url: str, ref: str) -> dict[str, Any]:
+        return self.clone(url)
+
+    def publish(self, url: str) -> dict[str, Any]:
+        return self.clone(url)
+
+    def publish_for(self, url: str, seconds: float) -> dict[str, Any]:
+        return self.clone(url)
+
+    def evict(self, urls: list[str]) -> dict[str, Any]:
+        return self.clone(urls[0])
+
+    def hit(self, url: str, n: int) -> dict[str, Any]:
+        import fcntl
+
+        key = self._key(url)
+        lock = str(self.root / "locks" / f"{key}.lock")
+        mirror = str(self.root / "repos" / key)
+        samples = []
+        for _ in range(n):
+            started = time.perf_counter()
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                if self.db.execute("SELECT * FROM entries WHERE key = ?", (key,)).fetchone() is None:
+                    raise RuntimeError(f"{url} is not in the index")
+                self.db.execute("UPDATE entries SET last_used = ? WHERE key = ?", (time.time(), key))
+                os.stat(mirror)
+            finally:
+                os.close(fd)
+            samples.append(time.perf_counter() - started)
+        return {"samples": samples}
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
 class Peer:
     """git-cache-clone (its ``core`` API, which its command line calls)."""
 
@@ -195,7 +260,8 @@ def main() -> int:
         protocol.write(json.dumps(payload) + "\n")
 
     try:
-        library = Ours(root, options) if engine == "ours" else Peer(root, options)
+        engines: dict[str, type[Ours] | type[Peer] | type[Floor]] = {"ours": Ours, "peer": Peer, "floor": Floor}
+        library = engines[engine](root, options)
     except BaseException:
         answer({"error": traceback.format_exc()})
         return 1

@@ -17,6 +17,7 @@ cache reports it with one warning and in ``verify()``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -24,6 +25,7 @@ import sqlite3
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +37,36 @@ from repocache import locks
 from repocache.counters import Counter
 from repocache.errors import RepoCacheError
 
-__all__ = ["COUNTERS", "MIGRATIONS", "SCHEMA_VERSION", "Freshness", "Index", "Row"]
+__all__ = [
+    "COUNTERS",
+    "MIGRATIONS",
+    "RECENCY_GRANULARITY",
+    "SCHEMA_VERSION",
+    "WAL_CHECKPOINT_BYTES",
+    "Freshness",
+    "Index",
+    "Row",
+]
 
 logger = logging.getLogger("repocache")
 
 COUNTERS = tuple(counter.value for counter in Counter)
+
+RECENCY_GRANULARITY = 1.0
+"""Seconds a hit's recency (``last_used``) and its count may wait in this process's memory before they reach the
+index: hits are written by a flusher thread at most once a second, in one transaction for every repository hit
+meanwhile, never on the hit's own path. LRU order is exact to this granularity; a process killed by SIGKILL loses
+at most the last second of its hits' recency and counts (nothing else: rows, sizes and fetches are written at
+once). :meth:`Index.counters`, :meth:`Index.rows` and :meth:`Index.lru` flush first, so this process always reads
+its own hits."""
+
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
+"""The write-ahead log is checkpointed by the flusher thread, never by a hit, once it holds more than this:
+``PASSIVE`` (never waits), then, when everything was copied, ``TRUNCATE`` (waiting at most 0.1 s), so the log
+stays near this size plus what the root writes in one :data:`RECENCY_GRANULARITY`. SQLite's own auto-checkpoint
+(which ran on whichever commit crossed 1,000 pages: 15-18 ms on that hit) is off."""
+
+_IDENTITY_RECHECK = 1.0  # seconds between checks that the index file is still the one a connection has open
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 0 -> 1: the first schema. Written with IF NOT EXISTS, so roots made before the version was kept in
@@ -197,6 +224,83 @@ def _set_wal(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
 
 
+class _Recency:
+    """The hits of this process not yet written: the latest use of each repository, and the counts.
+
+    A daemon thread (the flusher) writes them every :data:`RECENCY_GRANULARITY` seconds and checkpoints the
+    write-ahead log when it has grown; it holds the index only weakly, so an index nobody closed is still
+    collected, and whatever is pending is written at interpreter exit. A forked child starts with nothing
+    pending (its parent writes its own hits) and its own flusher.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._touches: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._pid = os.getpid()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, index: Index) -> None:
+        ref = weakref.ref(index)
+
+        def run() -> None:
+            while not self._stopped.wait(RECENCY_GRANULARITY):
+                alive = ref()
+                if alive is None:
+                    return
+                try:
+                    alive.flush()
+                    alive.checkpoint_if_large()
+                except Exception:  # the next round tries again; a damaged index is repaired by the next caller
+                    logger.debug("writing recency to %s failed", alive.path, exc_info=True)
+                del alive
+
+        self._thread = threading.Thread(target=run, name="repocache-recency", daemon=True)
+        self._thread.start()
+        _live.add(index)
+
+    def note(self, index: Index, key: str, now: float, counter: str | None) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's hits are the parent's to write
+                self._pid = os.getpid()
+                self._touches, self._counts = {}, {}
+                self._stopped = threading.Event()
+                self.start(index)
+            if now > self._touches.get(key, 0.0):
+                self._touches[key] = now
+            if counter:
+                self._counts[counter] = self._counts.get(counter, 0) + 1
+
+    def take(self) -> tuple[dict[str, float], dict[str, int]]:
+        with self._lock:
+            if self._pid != os.getpid():
+                return {}, {}
+            touches, counts = self._touches, self._counts
+            self._touches, self._counts = {}, {}
+            return touches, counts
+
+    def give_back(self, touches: dict[str, float], counts: dict[str, int]) -> None:
+        with self._lock:
+            for key, used in touches.items():
+                self._touches[key] = max(used, self._touches.get(key, 0.0))
+            for name, amount in counts.items():
+                self._counts[name] = self._counts.get(name, 0) + amount
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+_live: weakref.WeakSet[Index] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for index in list(_live):
+        with contextlib.suppress(Exception):
+            index.flush()
+
+
 class Index:
     """Access to ``<root>/index.sqlite``; thread-safe (a connection per thread) and fork-safe.
 
@@ -212,7 +316,9 @@ class Index:
         self._adopt = adopt
         self._local = threading.local()
         self._pid_started = _process_started(os.getpid())
+        self._recency = _Recency()
         self._open()
+        self._recency.start(self)
 
     @_recovering
     def _open(self) -> None:
@@ -244,19 +350,25 @@ class Index:
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid() and self._local.file == _identity(self.path):
-            return conn
+        if conn is not None and self._local.pid == os.getpid():
+            now = time.monotonic()
+            if now < self._local.checked + _IDENTITY_RECHECK:
+                return conn
+            if self._local.file == _identity(self.path):
+                self._local.checked = now
+                return conn
         if conn is not None and self._local.pid == os.getpid():
             conn.close()  # the file was replaced (another process rebuilt a damaged index): use the new one
         conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
         self._local.conn = conn
         self._local.pid = os.getpid()
         self._local.file = _identity(self.path)
+        self._local.checked = time.monotonic()
         _set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         # An unbounded WAL grew to 950 MiB under two busy writers in our measurements: cap it.
-        conn.execute("PRAGMA journal_size_limit=67108864")
-        conn.execute("PRAGMA wal_autocheckpoint=1000")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints are the flusher's (WAL_CHECKPOINT_BYTES)
         return conn
 
     class _Tx:
@@ -278,7 +390,14 @@ class Index:
         return Index._Tx(self._conn())
 
     def close(self) -> None:
-        """Close this thread's connection (other threads' connections close when they are collected)."""
+        """Write the hits held in memory, stop the flusher, and close this thread's connection (other threads'
+        connections close when they are collected)."""
+        self._recency.stop()
+        with contextlib.suppress(sqlite3.Error, RepoCacheError):
+            self.flush()
+        self._close_connection()
+
+    def _close_connection(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
@@ -288,7 +407,7 @@ class Index:
 
     def _recover(self, exc: sqlite3.DatabaseError) -> None:
         """Rebuild a damaged index, unless another process did it first; the damaged file is kept aside."""
-        self.close()
+        self._close_connection()
         handle = locks.acquire(self.lock_path, shared=False, timeout=600.0)
         if handle is None:
             raise RepoCacheError(f"the index {self.path} is damaged ({exc}) and another process is rebuilding it")
@@ -404,11 +523,13 @@ class Index:
     @_recovering
     def rows(self) -> list[Row]:
         """Every row, most recently used first."""
+        self.flush()
         cursor = self._conn().execute(self._ROW_SQL + " ORDER BY e.last_used DESC, e.key DESC")
         return [self._row(values) for values in cursor]
 
     def lru(self, batch: int = 64) -> Iterator[Row]:
         """Rows from least to most recently used, read in small pages so a caller may delete as it goes."""
+        self.flush()
         after: tuple[float, str] = (float("-inf"), "")
         while True:
             page = self._lru_page(after, batch)
@@ -459,17 +580,54 @@ class Index:
     @_recovering
     def counters(self) -> dict[str, int]:
         """The shared counters by name."""
+        self.flush()
         return dict(self._conn().execute("SELECT name, value FROM counters").fetchall())
 
     # -- writes -----------------------------------------------------------------------------------------------
 
-    @_recovering
     def touch(self, key: str, now: float, *, counter: str | None = "hits") -> None:
-        """Mark ``key`` used at ``now`` and count the hit."""
-        with self._transaction() as db:
-            db.execute("UPDATE entries SET last_used = ? WHERE key = ?", (now, key))
-            if counter:
-                _bump(db, counter)
+        """Mark ``key`` used at ``now`` and count the hit, in memory: the flusher writes both within
+        :data:`RECENCY_GRANULARITY` (no transaction on the hit's path)."""
+        self._recency.note(self, key, now, counter)
+
+    @_recovering
+    def flush(self) -> None:
+        """Write the recency and counts of this process's hits held in memory (one transaction)."""
+        touches, counts = self._recency.take()
+        if not touches and not counts:
+            return
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "UPDATE entries SET last_used = MAX(last_used, ?) WHERE key = ?",
+                    [(used, key) for key, used in touches.items()],
+                )
+                for name, amount in counts.items():
+                    _bump(db, name, amount)
+        except BaseException:
+            self._recency.give_back(touches, counts)  # written by the next flush instead
+            raise
+
+    def checkpoint_if_large(self) -> bool:
+        """Checkpoint the write-ahead log (``PASSIVE``: never waits for readers) once it exceeds
+        :data:`WAL_CHECKPOINT_BYTES`; True when it did."""
+        try:
+            size = os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return False
+        if size <= WAL_CHECKPOINT_BYTES:
+            return False
+        conn = self._conn()
+        busy, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy == 0 and pages == copied:
+            # Everything is in the database: truncating now copies nothing, and waits for a reader of an older
+            # snapshot (or a writer) at most 0.1 s before giving up until the next round.
+            conn.execute("PRAGMA busy_timeout=100")
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.execute("PRAGMA busy_timeout=60000")
+        return True
 
     @_recovering
     def count(self, name: str, amount: int = 1) -> None:

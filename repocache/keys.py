@@ -169,12 +169,33 @@ def normalize_url(url: str | os.PathLike[str]) -> RepoURL:
             (``ext::``, ``fd::``), starts with ``-`` (option injection), contains control characters or ``..``
             segments, or has an unsupported scheme.
     """
+    if type(url) is str:
+        known = _MEMO.get(url)
+        if known is not None:
+            return known
+        parsed = _normalize_text(url)
+        # A local path's meaning follows the filesystem (symbolic links), and a URL with a password is not kept
+        # in memory longer than its caller keeps it: neither is memoized.
+        if not parsed.is_local and not parsed.has_credentials:
+            if len(_MEMO) >= _MEMO_SIZE:
+                _MEMO.clear()
+            _MEMO[url] = parsed
+        return parsed
     if isinstance(url, os.PathLike):
         url = os.fspath(url)
         if not isinstance(url, str):
             raise InvalidURLError(repr(url), "expected a text path, got bytes")
         _check_length(url)
         return _local(url, url)
+    return _normalize_text(url)
+
+
+_MEMO: dict[str, RepoURL] = {}
+_MEMO_SIZE = 4096  # URLs remembered (a service's working set); the memo is emptied when it fills
+
+
+def _normalize_text(url: object) -> RepoURL:
+    """:func:`normalize_url` of anything but an ``os.PathLike`` (a ``str``, or a wrong type to refuse)."""
     if not isinstance(url, str):
         raise InvalidURLError(repr(url), f"expected a str or os.PathLike, got {type(url).__name__}")
     _check_length(url)

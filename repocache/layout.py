@@ -45,6 +45,7 @@ __all__ = [
     "remove",
 ]
 
+_PATHS_KEPT = 16384  # joined paths a layout remembers (four per repository at most)
 _STAGED_KEY = re.compile(r"\.[0-9a-f]{12}(\.upload|\.lock)?$")  # <key>.<id>[.upload|.lock]
 
 
@@ -136,6 +137,7 @@ class Layout:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._paths: dict[tuple[str, str], Path] = {}  # (kind, key) -> path: a hit joins none
         self.index = root / "index.sqlite"
         self.repos = root / "repos"
         self.staging = root / "staging"
@@ -152,7 +154,7 @@ class Layout:
 
     def mirror(self, key: str) -> Path:
         """Where the mirror of ``key`` is published."""
-        return self.repos / key
+        return self._path("", key)
 
     def mirror_keys(self) -> set[str]:
         """The keys of every mirror directory on disk."""
@@ -185,7 +187,17 @@ class Layout:
         return [Path(e.path) for e in listing(self.staging) if e.name.startswith(prefix) and key_of(e.name) == key]
 
     def _lock_file(self, key: str, kind: str) -> Path:
-        return self.locks / f"{key}.{kind}"
+        return self._path(kind, key)
+
+    def _path(self, kind: str, key: str) -> Path:
+        """The mirror (``kind`` empty) or lock file (``kind`` its suffix) of ``key``, joined once per key."""
+        path = self._paths.get((kind, key))
+        if path is None:
+            if len(self._paths) >= _PATHS_KEPT:
+                self._paths.clear()
+            path = self.repos / key if not kind else self.locks / f"{key}.{kind}"
+            self._paths[(kind, key)] = path
+        return path
 
     # -- holds -------------------------------------------------------------------------------------------------
 

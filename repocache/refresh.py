@@ -227,14 +227,17 @@ def fetch_locked(
     mirror = context.layout.mirror(fetch.key)
     started = time.time()
     clock = time.perf_counter()
-    before = gitops.ref_tips(mirror)
+    # libgit2 says which refs it moved; for the git CLI, the refs are compared before and after.
+    reports = gitops.fetch_reports_moves(fetch.url, context.git, prefer_cli=background)
+    before = None if reports else gitops.ref_tips(mirror)
     try:
-        fetch_with_retry(context, fetch, progress, prefer_cli=background)
+        moved = fetch_with_retry(context, fetch, progress, prefer_cli=background)
     except FetchError as exc:
         seconds = time.perf_counter() - clock
         context.events.fetched(fetch.url.url, fetch.key, seconds, previous_size, 0, error=exc.detail)
         raise
-    moved = gitops.ref_tips(mirror) != before
+    if moved is None:
+        moved = before is None or gitops.ref_tips(mirror) != before
     return consequences.fetched(
         fetch, started=started, moved=moved, seconds=time.perf_counter() - clock, previous_size=previous_size
     )
@@ -242,8 +245,8 @@ def fetch_locked(
 
 def fetch_with_retry(
     context: Context, fetch: FetchHold, progress: gitops.ProgressCallback | None, *, prefer_cli: bool = False
-) -> None:
-    """Fetch; a fetch that failed quickly is tried once more.
+) -> bool | None:
+    """Fetch; a fetch that failed quickly is tried once more. Returns whether refs moved, when git says so.
 
     A live upstream can refuse a fetch that raced with a push: over smart HTTP the refs are advertised in one
     request and wanted in the next, and upload-pack refuses a want whose branch was deleted in between. A dead
@@ -254,12 +257,12 @@ def fetch_with_retry(
     mirror = context.layout.mirror(fetch.key)
     attempt_started = time.monotonic()
     try:
-        gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
+        return gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
     except FetchError as exc:
         if time.monotonic() - attempt_started > FETCH_RETRY_WITHIN:
             raise
         context.events.fetch_retried(parsed.url, exc.detail)
-        gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
+        return gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
 
 
 def adopt(context: Context, hold: SharedHold) -> Row:
@@ -293,6 +296,7 @@ class Background:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = os.getpid()
         self._pending: dict[concurrent.futures.Future[None], tuple[SharedHold, FetchHold]] = {}
+        self._in_flight: set[str] = set()  # keys of the pending fetches, read without the lock by submit
         self._token = cancel.CancelToken()
         self._lifecycle = Lifecycle("background pool")
 
@@ -302,6 +306,8 @@ class Background:
         Returns:
             True if a fetch was queued; False if another fetch of it is in flight or the pool is closed.
         """
+        if hold.key in self._in_flight and self._pid == os.getpid():  # this process's fetch of it is under way
+            return False
         layout = self._context.layout
         shared = layout.hold_shared(hold.url, 0)  # never fails while the caller's own shared hold is held
         if shared is None:
@@ -318,6 +324,7 @@ class Background:
             executor = self._pool()
             future = executor.submit(self._run, shared, fetch, started, progress)
             self._pending[future] = (shared, fetch)
+            self._in_flight.add(hold.key)
             future.add_done_callback(self._done)
         return True
 
@@ -326,6 +333,7 @@ class Background:
             # A forked child inherits neither the parent's threads nor its queued work.
             self._pid = os.getpid()
             self._pending = {}
+            self._in_flight = set()
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self._workers, thread_name_prefix="repocache-refresh"
             )
@@ -334,6 +342,8 @@ class Background:
     def _done(self, future: concurrent.futures.Future[None]) -> None:
         with self._lock:
             holds = self._pending.pop(future, None)
+            if holds is not None:
+                self._in_flight.discard(holds[0].key)
         if holds is not None:  # released already by _run, unless the future was cancelled before it started
             for held in reversed(holds):
                 held.release()

@@ -39,7 +39,7 @@ from repocache.gitops.mirror import (
     validate_mirror,
 )
 from repocache.gitops.run import GitOptions, MaintenanceLimits, ProgressCallback, find_git
-from repocache.gitops.transfer import clone_mirror, fetch_mirror
+from repocache.gitops.transfer import clone_mirror, fetch_mirror, fetch_reports_moves
 from repocache.gitops.worktree import make_worktree, resolve_commit
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "disk_usage",
     "ensure_mirror_config",
     "fetch_mirror",
+    "fetch_reports_moves",
     "find_git",
     "make_worktree",
     "mirror_config",
