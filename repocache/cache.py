@@ -442,8 +442,13 @@ class RepoCache:
             maintained = self._acquirer.release(acquired)
         if maintained is not None:
             entry = self._entry_of(parsed.key) or entry
-        if entry is None:  # pragma: no cover - the row is written before the hold is released
-            raise RepoCacheError(f"{parsed.url} vanished from the index while held")
+        if entry is None or not entry.path.is_dir():
+            # Evicted as soon as it was released: by this call's own enforcement (min_free_bytes, or room held by
+            # others), or by another process. An entry whose path is gone is never returned.
+            raise RepoCacheError(
+                f"{parsed.url} was evicted as soon as it was released (the cache is over its budget or its "
+                "min_free_bytes floor, or another process evicted it); hold it with checkout() to keep it"
+            )
         return entry
 
     def info(self, url: str | os.PathLike[str]) -> Entry | None:

@@ -21,7 +21,6 @@ from repocache.cold.base import Manifest
 from repocache.cold.tier import ColdTier
 from repocache.consequences import Consequences
 from repocache.context import Context
-from repocache.errors import BudgetError
 from repocache.events import Source
 from repocache.holding import Held
 from repocache.keys import RepoURL
@@ -98,11 +97,8 @@ def _fill(
     try:
         source = next(source for source, fill in sources if fill(staging))
         size = gitops.disk_usage(staging)
-        max_bytes = context.settings.max_bytes
-        if max_bytes is not None and size > max_bytes and not context.pins.matches(parsed.url):
-            # Its size was unknown before the download; remember it so the next miss is refused up front.
-            context.index.remember_size(key, parsed.url, size)
-            raise BudgetError(parsed.url, size, max_bytes, max_bytes=max_bytes)
+        if size > known:  # its size was unknown (or it grew): refuse it now if it could never stay
+            budget.check_fits(hold, size)
         os.rename(staging, context.layout.mirror(key))
         context.index.put(
             key,
