@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from repocache.cli.exits import EXIT_NOT_DONE, EXIT_OK, describe, exit_code_for
 from repocache.cli.options import open_cache
 from repocache.cli.output import Context, ago, entry_json, human_bytes, manifest_json, table, yes_no
+from repocache.counters import Counter
 from repocache.errors import ConfigError, InvalidURLError, RepoCacheError
 
 if TYPE_CHECKING:
@@ -181,13 +182,7 @@ def _stats_lines(stats: Stats, root: Path) -> list[tuple[str, str]]:
             if stats.bytes_limit is None
             else f"{human_bytes(stats.bytes_limit)} ({stats.bytes_limit} bytes)",
         ),
-        ("hits", str(stats.hits)),
-        ("misses", str(stats.misses)),
-        ("clones", str(stats.clones)),
-        ("fetches", str(stats.fetches)),
-        ("fetch errors", str(stats.fetch_errors)),
-        ("restores", str(stats.restores)),
-        ("evictions", str(stats.evictions)),
+        *((counter.value.replace("_", " "), str(getattr(stats, counter.value))) for counter in Counter),
     ]
 
 
