@@ -99,11 +99,11 @@ def profile_miss(size: str, reps: int) -> None:
             print(f"  {label:28} {_ms(values):>10}  {median(values) / base:.2f}x")
         # The cost of starting git, in a process with repocache loaded: the library's way against the alternatives.
         git = ["git", "--version"]
-        library_command, library_preexec = gitops._with_death_signal(git)
+        library_command, library_preexec = gitops.run.with_death_signal(git)
         library_label = f"library ({'preexec_fn' if library_preexec else 'setpriv'})"
         ways: dict[str, tuple[list[str], Callable[[], None] | None]] = {
             library_label: (library_command, library_preexec),
-            "preexec_fn": (git, gitops._die_with_parent),
+            "preexec_fn": (git, gitops.run.die_with_parent),
             "no death signal": (git, None),
         }
         spawn: dict[str, list[float]] = {label: [] for label in ways}

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     )
     from repocache.keys import RepoURL, normalize_url
     from repocache.models import Entry, MaintenanceReport, Problem, Progress, Stats
+    from repocache.settings import ColdOptions, Freshness, Maintenance, Settings, Transport
 
 __version__ = "0.1.0"
 
@@ -35,14 +36,17 @@ _EXPORTS = {
     "BudgetError": "repocache.errors",
     "Checkout": "repocache.checkout",
     "CloneError": "repocache.errors",
+    "ColdOptions": "repocache.settings",
     "ColdStoreError": "repocache.errors",
     "ConfigError": "repocache.errors",
     "Entry": "repocache.models",
     "FetchError": "repocache.errors",
+    "Freshness": "repocache.settings",
     "GitError": "repocache.errors",
     "InvalidRefError": "repocache.errors",
     "InvalidURLError": "repocache.errors",
     "LockTimeoutError": "repocache.errors",
+    "Maintenance": "repocache.settings",
     "MaintenanceReport": "repocache.models",
     "Problem": "repocache.models",
     "Progress": "repocache.models",
@@ -50,7 +54,9 @@ _EXPORTS = {
     "RepoCache": "repocache.cache",
     "RepoCacheError": "repocache.errors",
     "RepoURL": "repocache.keys",
+    "Settings": "repocache.settings",
     "Stats": "repocache.models",
+    "Transport": "repocache.settings",
     "Worktree": "repocache.checkout",
     "normalize_url": "repocache.keys",
 }
@@ -60,14 +66,17 @@ __all__ = [
     "BudgetError",
     "Checkout",
     "CloneError",
+    "ColdOptions",
     "ColdStoreError",
     "ConfigError",
     "Entry",
     "FetchError",
+    "Freshness",
     "GitError",
     "InvalidRefError",
     "InvalidURLError",
     "LockTimeoutError",
+    "Maintenance",
     "MaintenanceReport",
     "Problem",
     "Progress",
@@ -75,7 +84,9 @@ __all__ = [
     "RepoCache",
     "RepoCacheError",
     "RepoURL",
+    "Settings",
     "Stats",
+    "Transport",
     "Worktree",
     "__version__",
     "normalize_url",

@@ -22,10 +22,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from repocache import gitops, holding, locks, refresh
+from repocache import gitops, locks, refresh, uses
 from repocache.budget import Budget, RoomShortfall, RoomWait
 from repocache.checkout import Checkout
-from repocache.cold.tier import ColdTier
+from repocache.cold_tier import ColdTier
 from repocache.consequences import Consequences, Fetched
 from repocache.context import Context
 from repocache.errors import LockTimeoutError, RepoCacheError
@@ -83,11 +83,11 @@ class Acquirer:
     ) -> Iterator[Checkout]:
         """Hold ``parsed`` as a reader for the ``with`` block, recorded as this process's reader of it."""
         acquired = self.acquire(parsed, progress, max_age)
-        reader = holding.hold(self._context.layout.root, parsed.key, parsed.url)
+        use = uses.begin(self._context.layout.root, parsed.key, parsed.url)
         try:
             yield acquired.checkout
         finally:
-            reader.close()
+            use.close()
             self.release(acquired)
 
     def acquire(
@@ -228,7 +228,7 @@ class Acquirer:
                     exclusive,
                     progress,
                     started=request.started,
-                    holding=holding.held_in(context.layout.root),
+                    in_use=uses.open_in(context.layout.root),
                 )
             except RoomShortfall as short:
                 shortfall = short  # waited for below, once the exclusive lock is released

@@ -18,17 +18,24 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from repocache import cancel, holding
+from repocache import cancel, uses
 from repocache.cache import RepoCache
 from repocache.checkout import Checkout, Worktree
-from repocache.errors import ConfigError, RepoCacheError
+from repocache.errors import ConfigError
 from repocache.events import EventHook
 from repocache.gitops import ProgressCallback
 from repocache.keys import normalize_url
-from repocache.models import Entry, Problem, Progress, Stats
+from repocache.lifecycle import Lifecycle
+from repocache.models import Entry, MaintenanceReport, Problem, Progress, Stats
 from repocache.refresh import USE_TTL, MaxAge
+from repocache.settings import CacheOptions, Settings
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from repocache.cold.manifest import Manifest
 
 __all__ = ["AsyncRepoCache"]
 
@@ -72,7 +79,7 @@ class AsyncRepoCache:
         *,
         max_workers: int = 16,
         progress: ProgressCallback | None = None,
-        **settings: Any,
+        **options: Unpack[CacheOptions],
     ) -> None:
         """Open a cache, or wrap one already open.
 
@@ -82,8 +89,9 @@ class AsyncRepoCache:
                 the worker threads.
             max_workers: the most blocking operations run at once (threads).
             progress: default progress callback, called on the event loop with a :class:`~repocache.Progress`.
-            **settings: every other keyword :class:`~repocache.RepoCache` accepts (``max_bytes``, ``pins``,
-                ``fetch_ttl``, ``cold_store``, ...); none when ``root`` is a RepoCache.
+            **options: the settings :class:`~repocache.RepoCache` takes (``max_bytes``, ``pins``, ``fetch_ttl``,
+                ``cold_store``, ``maintenance=Maintenance(...)``, ...; see :mod:`repocache.settings`); none when
+                ``root`` is a RepoCache.
 
         Raises:
             ConfigError: a setting is invalid, or settings were given with a RepoCache to wrap.
@@ -93,20 +101,20 @@ class AsyncRepoCache:
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
         if isinstance(root, RepoCache):
-            if settings:
+            if options:
                 raise ConfigError(
-                    f"settings {sorted(settings)} cannot be given with a RepoCache to wrap; set them on the RepoCache"
+                    f"settings {sorted(options)} cannot be given with a RepoCache to wrap; set them on the RepoCache"
                 )
             self.cache = root
         else:
-            self.cache = RepoCache(root, **settings)
+            self.cache = RepoCache(root, **options)
         self.max_workers = max_workers
         self.progress = progress
         self._workers = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="repocache")
         self._releasers = concurrent.futures.ThreadPoolExecutor(
             _RELEASE_WORKERS, thread_name_prefix="repocache-release"
         )
-        self._closed = False
+        self._lifecycle = Lifecycle("AsyncRepoCache")
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -116,9 +124,8 @@ class AsyncRepoCache:
         Closing twice is a no-op. A ``checkout`` or ``worktree`` block still open may be left afterwards: its
         hold is released all the same.
         """
-        if self._closed:
+        if not self._lifecycle.close():
             return
-        self._closed = True
 
         def shut_down() -> None:
             self._workers.shutdown(wait=True)
@@ -137,6 +144,11 @@ class AsyncRepoCache:
 
     def __repr__(self) -> str:
         return f"AsyncRepoCache({self.cache!r}, max_workers={self.max_workers})"
+
+    @property
+    def settings(self) -> Settings:
+        """Every setting of the cache, validated; as :attr:`RepoCache.settings`."""
+        return self.cache.settings
 
     # -- holding -------------------------------------------------------------------------------------------------
 
@@ -165,7 +177,7 @@ class AsyncRepoCache:
         """
         manager = self.cache.checkout(url, progress=self._on_loop(progress), max_age=max_age)
         async with self._held(manager) as checkout:
-            held = holding.hold(self.cache.root, checkout.key, checkout.url)  # in the awaiting task's context
+            held = uses.begin(self.cache.root, checkout.key, checkout.url)  # in the awaiting task's context
             try:
                 yield checkout
             finally:
@@ -199,7 +211,7 @@ class AsyncRepoCache:
             url, ref, path=path, submodules=submodules, progress=self._on_loop(progress), max_age=max_age
         )
         async with self._held(manager) as worktree:
-            held = holding.hold(self.cache.root, normalize_url(worktree.url).key, worktree.url)
+            held = uses.begin(self.cache.root, normalize_url(worktree.url).key, worktree.url)
             try:
                 yield worktree
             finally:
@@ -296,11 +308,32 @@ class AsyncRepoCache:
         """
         return await self._run(lambda: self.cache.verify(repair))
 
-    async def cold_entries(self) -> list[Any]:
+    async def maintain(
+        self, url: str | os.PathLike[str] | None = None, *, prune: bool = False
+    ) -> list[MaintenanceReport]:
+        """Maintain one cached repository (or every one) now; as :meth:`RepoCache.maintain`.
+
+        Returns:
+            One report per repository maintained (empty when ``url`` is not cached).
+        """
+        return await self._run(lambda: self.cache.maintain(url, prune=prune))
+
+    async def publish(self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Manifest:
+        """Upload the repository's mirror to the cold store now; as :meth:`RepoCache.publish`.
+
+        Returns:
+            The store's manifest of the repository.
+        """
+        callback = self._on_loop(progress)
+        return await self._run(lambda: self.cache.publish(url, progress=callback))
+
+    async def cold_entries(self) -> list[Manifest]:
         """The manifests in the cold store, newest first; as :meth:`RepoCache.cold_entries`."""
         return await self._run(self.cache.cold_entries)
 
-    async def prune_cold(self, *, older_than: float | None = None, keep_bytes: int | str | None = None) -> list[Any]:
+    async def prune_cold(
+        self, *, older_than: float | None = None, keep_bytes: int | str | None = None
+    ) -> list[Manifest]:
         """Delete artifacts from the cold store; as :meth:`RepoCache.prune_cold`.
 
         Returns:
@@ -332,7 +365,7 @@ class AsyncRepoCache:
             with cancel.scope(token):
                 return function()
 
-        # In a copy of the awaiting task's context: the call sees what the task holds (repocache.holding).
+        # In a copy of the awaiting task's context: the call sees what the task holds (repocache.uses).
         return executor.submit(contextvars.copy_context().run, run)
 
     def _release(self, function: Callable[[], None]) -> concurrent.futures.Future[None]:
@@ -361,8 +394,7 @@ class AsyncRepoCache:
             abandoned: run (in a release thread) on the result of a call that completed although the caller was
                 cancelled, e.g. to release a hold nobody will use.
         """
-        if self._closed:
-            raise RepoCacheError("this AsyncRepoCache is closed")
+        self._lifecycle.check()
         token = cancel.CancelToken()
         future = self._submit(self._workers, function, token=token)
         waiter = asyncio.wrap_future(future)

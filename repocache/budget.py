@@ -11,7 +11,7 @@ When room is short, :meth:`Budget.make_room` tells a lasting shortfall from a pa
 room is held by readers or reserved by clones in flight, both temporary: it raises :class:`RoomShortfall`, which
 the acquire loop catches once it has released every lock it holds, and :class:`RoomWait` waits for the holders
 to let go before the loop tries again. A caller that holds repositories of this root itself never waits for held
-room (:mod:`repocache.holding`): only callers holding nothing wait on holders, so no cycle of waits can form.
+room (:mod:`repocache.uses`): only callers holding nothing wait on holders, so no cycle of waits can form.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ from repocache import cancel
 from repocache.context import Context
 from repocache.errors import BudgetError, LockTimeoutError
 from repocache.events import Counter
-from repocache.holding import Held
 from repocache.index import Index, Row
 from repocache.keys import RepoURL
 from repocache.layout import BudgetHold, ExclusiveHold, key_of, listing, remove
 from repocache.models import Entry, Progress
+from repocache.uses import Use
 
 if TYPE_CHECKING:
-    from repocache.cold.tier import ColdTier
+    from repocache.cold_tier import ColdTier
 
-__all__ = ["POLICIES", "Budget", "EvictionPolicy", "Freed", "RoomShortfall", "RoomWait", "entry_of_row"]
+__all__ = ["POLICIES", "Budget", "EvictionPolicy", "Freed", "RoomShortfall", "RoomWait", "entry_of", "entry_of_row"]
 
 #: The longest a waiting miss blocks on one holder before it looks at the whole budget again (reservations that
 #: dropped, other holders that let go).
@@ -63,6 +63,12 @@ class EvictionPolicy:
 POLICIES = {
     "least-recently-used": EvictionPolicy("least-recently-used", lambda index: index.lru()),
 }
+
+
+def entry_of(context: Context, key: str) -> Entry | None:
+    """The entry of ``key`` as the index has it now, or None when it is not indexed."""
+    row = context.index.get(key)
+    return None if row is None else entry_of_row(context, row)
 
 
 def entry_of_row(context: Context, row: Row) -> Entry:
@@ -150,13 +156,13 @@ class Budget:
             deficit = max(deficit, settings.min_free_bytes + needed + reserved - free)
         return max(0, deficit)
 
-    def make_room(self, hold: ExclusiveHold, needed: int, holding: Sequence[Held] = ()) -> int | None:
+    def make_room(self, hold: ExclusiveHold, needed: int, in_use: Sequence[Use] = ()) -> int | None:
         """Evict so that ``needed`` bytes fit, then reserve them; returns the reservation (None when unbudgeted).
 
         Args:
             hold: the exclusive hold of the repository being materialized (it carries its URL).
             needed: its known size (0 when unknown).
-            holding: what the caller holds under this root (:func:`repocache.holding.held_in`).
+            in_use: what the caller is using under this root (:func:`repocache.uses.open_in`).
 
         Raises:
             BudgetError: the bytes cannot fit even with nothing held, or the room is held and the caller holds
@@ -173,7 +179,7 @@ class Budget:
             reserved = self._context.index.reserved_bytes()
             freed = self.free(budget, needed, reserved=reserved, all_or_nothing=True)
             if freed.deficit > 0:
-                self._refuse_or_wait(parsed, needed, freed, holding)
+                self._refuse_or_wait(parsed, needed, freed, in_use)
             return self._context.index.reserve(parsed.key, needed) if needed else None
 
     def check_fits(self, hold: ExclusiveHold, size: int) -> None:
@@ -202,7 +208,7 @@ class Budget:
             context.index.remember_size(hold.key, parsed.url, size)
             raise BudgetError(parsed.url, size, max(0, max_bytes - pinned), reason="pinned")
 
-    def _refuse_or_wait(self, parsed: RepoURL, needed: int, freed: Freed, holding: Sequence[Held]) -> None:
+    def _refuse_or_wait(self, parsed: RepoURL, needed: int, freed: Freed, in_use: Sequence[Use]) -> None:
         """Raise BudgetError for a lasting shortfall, RoomShortfall for a passing one (held or reserved room)."""
         context = self._context
         settings = context.settings
@@ -214,9 +220,9 @@ class Budget:
             floor = psutil.disk_usage(str(context.layout.root)).free + used - freed.pinned_bytes
             if settings.min_free_bytes + needed > floor:
                 raise BudgetError(parsed.url, needed, max(0, floor - settings.min_free_bytes), reason="pinned")
-        if freed.held and holding:
+        if freed.held and in_use:
             sizes = {row.key: row.size_bytes for row in freed.held}
-            mine = tuple((h.url, sizes.get(h.key, 0)) for h in holding)
+            mine = tuple((h.url, sizes.get(h.key, 0)) for h in in_use)
             raise BudgetError(parsed.url, needed, available, reason="holding", held=mine)
         raise RoomShortfall(needed, available, tuple((row.key, row.url, row.size_bytes) for row in freed.held))
 

@@ -1,10 +1,12 @@
-"""RepoCache: the facade users hold. It validates settings, offers the public API and runs the acquire loop.
+"""RepoCache: the facade users hold: one short method per public verb, each forwarded to the room that owns it.
 
-The work is done by the parts below it, which share a :class:`~repocache.context.Context` and never import this
-module: :mod:`~repocache.refresh` (hits), :mod:`~repocache.materialize` (misses), :mod:`~repocache.budget`
-(room and eviction), :mod:`~repocache.cold.tier` (the cold store), :mod:`~repocache.maintenance` (verify and
-repair), :mod:`~repocache.layout` (paths and holds) and :mod:`~repocache.events` (outcomes). The design, the
-lock order and the flow of a checkout are in ``docs/architecture.md``.
+The rooms share a :class:`~repocache.context.Context` and never import this module: :mod:`~repocache.assembly`
+(puts them together from the settings), :mod:`~repocache.acquire` (hold a repository as a hit or a miss),
+:mod:`~repocache.consequences` (what follows a fetch, a clone, a restore), :mod:`~repocache.refresh` (hits),
+:mod:`~repocache.materialize` (misses), :mod:`~repocache.budget` (room and eviction), :mod:`~repocache.cold_tier`
+(the cold store), :mod:`~repocache.maintenance` (upkeep of mirrors), :mod:`~repocache.verify` (verify and repair),
+:mod:`~repocache.worktrees`, :mod:`~repocache.layout` (paths and holds) and :mod:`~repocache.events` (outcomes).
+The design, the lock order and the flow of a checkout are in ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -12,37 +14,31 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from repocache import gitops, maintenance
-from repocache.acquire import Acquirer
-from repocache.budget import Budget, entry_of_row
+from repocache.assembly import assemble
+from repocache.budget import entry_of, entry_of_row
 from repocache.checkout import Checkout, Worktree
-from repocache.cold.base import Manifest
-from repocache.cold.tier import ColdTier
-from repocache.consequences import Consequences
-from repocache.context import Context
+from repocache.cold.manifest import Manifest
 from repocache.errors import (
     ConfigError,
-    GitError,
     InvalidURLError,
-    LockTimeoutError,
     RepoCacheError,
 )
-from repocache.events import EventHook, Events
-from repocache.index import Index
+from repocache.events import EventHook
 from repocache.keys import RepoURL, normalize_url
-from repocache.layout import Layout
-from repocache.lifecycle import Lifecycle
-from repocache.maintenance import mirrors_on_disk, sweep_locks
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
-from repocache.pins import Pins
-from repocache.refresh import USE_TTL, Background, MaxAge, parse_max_age
-from repocache.settings import Settings, default_root, parse_bytes, parse_seconds
+from repocache.refresh import USE_TTL, MaxAge, parse_max_age
+from repocache.settings import CacheOptions, ReadBack, Settings, parse_bytes, parse_seconds
+from repocache.verify import sweep_locks, verify_root
 from repocache.worktrees import check_ref, worktree_of
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 
 __all__ = ["RepoCache"]
 
@@ -59,203 +55,61 @@ class RepoCache:
         self,
         root: str | os.PathLike[str] | None = None,
         *,
-        max_bytes: int | str | None = None,
-        min_free_bytes: int | str = 0,
-        pins: str | os.PathLike[str] | Iterable[str] | None = None,
-        fetch_ttl: float | str = 0.0,
-        cold_store: Any = None,
-        lock_timeout: float = 600.0,
-        on_fetch_error: str = "warn",
         progress: gitops.ProgressCallback | None = None,
-        allow_local: bool = True,
-        connect_timeout: float = 30.0,
-        idle_timeout: float = 300.0,
-        cold_min_bytes: int | str = 0,
-        cold_compression: str = "none",
-        cold_retention: float | None = None,
-        on_event: EventHook | None = None,
-        fetch_ttl_min: float = 60.0,
-        fetch_ttl_max: float = 28800.0,
-        refresh: str = "foreground",
-        max_stale: float | None = 3600.0,
-        cold_publish: str = "off",
-        cold_publish_after: float = 3600.0,
-        maintenance: str = "auto",
-        maintenance_max_packs: int | None = None,
-        maintenance_max_loose_objects: int = 1024,
-        maintenance_max_loose_refs: int = 128,
-        maintenance_window_memory: int | str = "128MiB",
-        maintenance_threads: int = 1,
-        maintenance_grace: float = 14 * 86400.0,
+        **options: Unpack[CacheOptions],
     ) -> None:
         """Open (creating if needed) the cache at ``root``.
 
         Args:
             root: the cache directory; ``$REPOCACHE_DIR`` or the platform's user cache directory when None.
-            max_bytes: budget for all mirrors together (int or a string such as ``"20GB"``); None for no limit.
-            min_free_bytes: keep at least this much free on the cache's filesystem.
-            pins: a never-evict YAML file, or an iterable of URLs / glob patterns.
-            fetch_ttl: a hit fetched less than this many seconds ago does not contact upstream; ``"auto"``: each
-                repository's own interval, half the time since upstream last changed, within ``fetch_ttl_min`` and
-                ``fetch_ttl_max`` (kept in the index across restarts).
-            cold_store: None, ``"file:///dir"``, an fsspec URL such as ``"s3://bucket/prefix"``, or a ColdStore.
-            lock_timeout: seconds to wait for another worker's clone, fetch or eviction of the same repository.
-            on_fetch_error: ``"warn"`` serves the cached copy (``co.stale``) when a fetch fails; ``"raise"``
-                raises :class:`FetchError` instead.
             progress: default progress callback for clones, fetches and restores.
-            allow_local: whether local paths and ``file://`` URLs may be cached.
-            connect_timeout: seconds to wait for a connection to upstream.
-            idle_timeout: seconds a transfer may make no progress before it is abandoned.
-            cold_min_bytes: only evicted repositories at least this large go to the cold store (0: all of them).
-            cold_compression: ``"none"`` (a plain tar, fastest to restore) or ``"zstd"`` (needs ``zstandard``).
-            cold_retention: seconds an artifact is kept in the cold store; older ones are pruned after uploads
-                (at most once an hour per process) and by :meth:`prune_cold`. None keeps them forever.
-            on_event: a function called with every :class:`~repocache.events.Event` of this cache (hit, miss,
-                clone, restore, fetch, stale, eviction, ...); see :meth:`subscribe`.
-            fetch_ttl_min: the shortest interval of ``fetch_ttl="auto"``, in seconds.
-            fetch_ttl_max: the longest interval of ``fetch_ttl="auto"`` (the staleness bound of a dormant
-                repository), in seconds.
-            refresh: ``"foreground"``: a due hit waits for its fetch; ``"background"``: a due hit no older than
-                ``max_stale`` is handed out at once and one fetch runs in a background thread (stale-while-
-                revalidate), joined by :meth:`close`.
-            max_stale: with ``refresh="background"``, seconds past its TTL beyond which a hit waits for the
-                fetch after all; None: no bound.
-            cold_publish: when mirrors go to the cold store besides evictions, for other hosts to restore:
-                ``"off"``; ``"clone"``, after each clone (uploaded on a background thread, holding the repository
-                shared; hosts missing the same repository at once then clone it once between them when the store
-                offers leases); ``"always"``, also after a fetch once the stored artifact is older than
-                ``cold_publish_after``.
-            cold_publish_after: seconds after which a fetched mirror is published again (``"always"``).
-            maintenance: ``"auto"``: after a checkout or ensure that fetched releases the mirror, the caller
-                maintains it if it crossed a threshold below (see :meth:`maintain`); ``"off"``: only
-                :meth:`maintain` does.
-            maintenance_max_packs: packs a mirror may have before it is repacked; None lets it grow with the log of
-                the mirror's size (log base 1.3 of its MiB, between 8 and 32, as Gitaly's housekeeping does).
-            maintenance_max_loose_objects: loose objects (estimated as ``git gc`` does) before a repack.
-            maintenance_max_loose_refs: loose refs before they are packed.
-            maintenance_window_memory: delta window memory per repack thread (``pack.windowMemory``); 0 for git's
-                default (unbounded).
-            maintenance_threads: repack threads (``pack.threads``).
-            maintenance_grace: seconds an unreachable object is kept by ``maintain(prune=True)``.
+            **options: the settings, each declared once in :mod:`repocache.settings` with its default and meaning
+                (the table in the README): the everyday ones as plain keywords (``max_bytes``, ``min_free_bytes``,
+                ``pins``, ``fetch_ttl``, ``cold_store``, ``lock_timeout``, ``on_fetch_error``, ``on_event``), the
+                rest in group objects (``freshness=Freshness(...)``, ``cold=ColdOptions(...)``,
+                ``maintenance=Maintenance(...)``, ``transport=Transport(...)``) or by their flat names
+                (``maintenance_max_packs=4``). :attr:`settings` reads them back.
 
         Raises:
             ConfigError: a setting is invalid; the message names it and what is accepted.
         """
-        settings = Settings.parse(
-            max_bytes=max_bytes,
-            min_free_bytes=min_free_bytes,
-            fetch_ttl=fetch_ttl,
-            lock_timeout=lock_timeout,
-            on_fetch_error=on_fetch_error,
-            cold_min_bytes=cold_min_bytes,
-            cold_compression=cold_compression,
-            cold_retention=cold_retention,
-            fetch_ttl_min=fetch_ttl_min,
-            fetch_ttl_max=fetch_ttl_max,
-            refresh=refresh,
-            max_stale=max_stale,
-            cold_publish=cold_publish,
-            cold_publish_after=cold_publish_after,
-            maintenance=maintenance,
-            maintenance_max_packs=maintenance_max_packs,
-            maintenance_max_loose_objects=maintenance_max_loose_objects,
-            maintenance_max_loose_refs=maintenance_max_loose_refs,
-            maintenance_window_memory=maintenance_window_memory,
-            maintenance_threads=maintenance_threads,
-            maintenance_grace=maintenance_grace,
-        )
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
         self.progress = progress
-        git = gitops.GitOptions(
-            git=gitops.find_git(),
-            allow_local=bool(allow_local),
-            connect_timeout=parse_seconds("connect_timeout", connect_timeout, positive=True),
-            idle_timeout=parse_seconds("idle_timeout", idle_timeout, positive=True),
+        parts = assemble(
+            root,
+            Settings.from_options(options),
+            pins=options.get("pins"),
+            cold_store=options.get("cold_store"),
+            on_event=options.get("on_event"),
         )
-        self.pins = Pins(pins)
-        self.root = Path(root) if root is not None else default_root()
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"root={str(self.root)!r} exists and is not a directory")
-        layout = Layout(self.root)
-        try:
-            layout.create()
-        except OSError as exc:
-            raise ConfigError(f"root={str(self.root)!r} cannot be created or written: {exc}") from exc
-        events = Events()
-        if on_event is not None:
-            events.subscribe(on_event)
-        self._context = Context(
-            settings=settings,
-            layout=layout,
-            index=Index(layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: mirrors_on_disk(layout)),
-            pins=self.pins,
-            git=git,
-            events=events,
-        )
-        self._cold = self._open_cold_store(cold_store)
-        self._budget = Budget(self._context, self._cold)
-        self._lifecycle = Lifecycle("RepoCache")
-        consequences = Consequences(self._context, self._cold, self._lifecycle)
-        self._background = Background(self._context, consequences)
-        self._acquirer = Acquirer(
-            self._context, self._budget, self._cold, consequences, self._background, self._lifecycle
-        )
-        self._budget.empty_trash()
-        sweep_locks(self._context)
+        self.root, self.pins = parts.root, parts.context.pins
+        self._context, self._budget, self._cold = parts.context, parts.budget, parts.cold
+        self._background, self._acquirer, self._lifecycle = parts.background, parts.acquirer, parts.lifecycle
 
     # -- settings, read-only --------------------------------------------------------------------------------
 
     @property
-    def max_bytes(self) -> int | None:
-        """The byte budget for all mirrors together (None: no limit)."""
-        return self._context.settings.max_bytes
+    def settings(self) -> Settings:
+        """Every setting of this cache, validated (``cache.settings.maintenance.max_packs``)."""
+        return self._context.settings
 
-    @property
-    def min_free_bytes(self) -> int:
-        """Bytes kept free on the cache's filesystem."""
-        return self._context.settings.min_free_bytes
-
-    @property
-    def fetch_ttl(self) -> float | str:
-        """Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule)."""
-        settings = self._context.settings
-        return "auto" if settings.adaptive else settings.fetch_ttl
-
-    @property
-    def lock_timeout(self) -> float:
-        """Seconds any wait for another worker is bounded by."""
-        return self._context.settings.lock_timeout
-
-    @property
-    def on_fetch_error(self) -> str:
-        """``"warn"`` (serve a stale copy) or ``"raise"``."""
-        return self._context.settings.on_fetch_error
-
-    @property
-    def cold_min_bytes(self) -> int:
-        """Evicted repositories smaller than this are not offloaded to the cold store."""
-        return self._context.settings.cold_min_bytes
-
-    @property
-    def cold_compression(self) -> str:
-        """How cold artifacts are compressed (``"none"`` or ``"zstd"``)."""
-        return self._context.settings.cold_compression
-
-    @property
-    def cold_retention(self) -> float | None:
-        """Seconds an artifact is kept in the cold store (None: forever)."""
-        return self._context.settings.cold_retention
-
-    @property
-    def cold_publish(self) -> str:
-        """When mirrors are published to the cold store besides evictions (``"off"``, ``"clone"``, ``"always"``)."""
-        return self._context.settings.cold_publish
-
-    @property
-    def cold_publish_after(self) -> float:
-        """Seconds after which a fetched mirror is published again (with ``cold_publish="always"``)."""
-        return self._context.settings.cold_publish_after
+    max_bytes: ReadBack[int | None] = ReadBack("The byte budget for all mirrors together (None: no limit).")
+    min_free_bytes: ReadBack[int] = ReadBack("Bytes kept free on the cache's filesystem.")
+    fetch_ttl: ReadBack[float | str] = ReadBack(
+        'Seconds within which a hit does not contact upstream again, or ``"auto"`` (the adaptive schedule).'
+    )
+    lock_timeout: ReadBack[float] = ReadBack("Seconds any wait for another worker is bounded by.")
+    on_fetch_error: ReadBack[str] = ReadBack('``"warn"`` (serve a stale copy) or ``"raise"``.')
+    cold_min_bytes: ReadBack[int] = ReadBack("Evicted repositories smaller than this are not offloaded.")
+    cold_compression: ReadBack[str] = ReadBack('How cold artifacts are compressed (``"none"`` or ``"zstd"``).')
+    cold_retention: ReadBack[float | None] = ReadBack("Seconds an artifact is kept in the cold store (None: forever).")
+    cold_publish: ReadBack[str] = ReadBack(
+        'When mirrors are published besides evictions (``"off"``, ``"clone"``, ``"always"``).'
+    )
+    cold_publish_after: ReadBack[float] = ReadBack(
+        'Seconds after which a fetched mirror is published again (``"always"``).'
+    )
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -437,14 +291,12 @@ class RepoCache:
         parsed = self._parse(url)
         acquired = self._acquirer.acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
-            entry = self._entry_of(parsed.key)
+            entry = entry_of(self._context, parsed.key)
         finally:
             maintained = self._acquirer.release(acquired)
         if maintained is not None:
-            entry = self._entry_of(parsed.key) or entry
-        if entry is None or not entry.path.is_dir():
-            # Evicted as soon as it was released: by this call's own enforcement (min_free_bytes, or room held by
-            # others), or by another process. An entry whose path is gone is never returned.
+            entry = entry_of(self._context, parsed.key) or entry
+        if entry is None or not entry.path.is_dir():  # evicted once released: never return a path that is gone
             raise RepoCacheError(
                 f"{parsed.url} was evicted as soon as it was released (the cache is over its budget or its "
                 "min_free_bytes floor, or another process evicted it); hold it with checkout() to keep it"
@@ -456,7 +308,7 @@ class RepoCache:
         parsed = self._parse(url)
         if not self._context.layout.mirror(parsed.key).is_dir():
             return None
-        return self._entry_of(parsed.key)
+        return entry_of(self._context, parsed.key)
 
     def entries(self) -> list[Entry]:
         """Every repository on disk, most recently used first."""
@@ -520,16 +372,7 @@ class RepoCache:
             found = maintenance.maintain_one(self._context, parsed.key, parsed.url, wait=True, forced=True, prune=prune)
             return [] if found is None else [found]
         self._check_open()
-        reports = []
-        for row in self._context.index.rows():
-            try:
-                report = maintenance.maintain_one(self._context, row.key, row.url, wait=True, forced=True, prune=prune)
-            except (GitError, LockTimeoutError) as exc:
-                self._context.events.maintenance_failed(row.url, exc)
-                report = maintenance.failed_report(self._context, row, exc)
-            if report is not None:
-                reports.append(report)
-        return reports
+        return maintenance.maintain_all(self._context, prune=prune)
 
     def verify(self, repair: bool = False) -> list[Problem]:
         """Compare the index with the disk.
@@ -546,20 +389,12 @@ class RepoCache:
             The problems found, each with ``repaired`` set when it was fixed.
         """
         self._check_open()
-        problems = maintenance.verify(self._context, self._budget, repair)
+        problems = verify_root(self._context, self._budget, repair)
         if repair:
-            maintenance.sweep_locks(self._context)
+            sweep_locks(self._context)
         return problems
 
     # -- cold store -----------------------------------------------------------------------------------------------
-
-    def _open_cold_store(self, spec: Any) -> ColdTier | None:
-        if spec is None:
-            return None
-        from repocache.cold import open_cold_store
-
-        store = open_cold_store(spec)
-        return None if store is None else ColdTier(self._context, store)
 
     @property
     def has_cold_store(self) -> bool:
@@ -612,9 +447,3 @@ class RepoCache:
         limit = parse_bytes("keep_bytes", keep_bytes, allow_none=True)
         age = self.cold_retention if older_than is None else parse_seconds("older_than", older_than)
         return self._cold.prune(older_than=age, keep_bytes=limit)
-
-    # -- acquiring ------------------------------------------------------------------------------------------
-
-    def _entry_of(self, key: str) -> Entry | None:
-        row = self._context.index.get(key)
-        return None if row is None else entry_of_row(self._context, row)

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 
 from repocache import gitops, maintenance
-from repocache.cold.base import Manifest
-from repocache.cold.tier import Claim, ColdTier
+from repocache.cold.manifest import Manifest
+from repocache.cold_tier import Claim, ColdTier
 from repocache.context import Context
 from repocache.events import Source
 from repocache.keys import RepoURL

@@ -1,199 +1,49 @@
-"""Keeping a root healthy: verify and repair (index against disk, debris of dead processes), and the upkeep of
-long-lived mirrors (repacking, packing refs, the commit-graph).
+"""The upkeep of long-lived mirrors: repacking, packing refs, the commit-graph, pruning.
 
-Every check of a repository by :func:`verify` runs under its exclusive lock, tried without waiting: a repository
-that is held or being cloned is in flux, not broken, and is skipped.
+The tasks are a table (:data:`TASKS`): each row names a task, says when it is due for a mirror's shape, which hold
+its body needs (the fetch hold, or the exclusive hold) and the function that runs it, which takes that hold.
+:func:`maintain_one` takes the holds in the lock order and runs the rows due under each; :func:`due_tasks` reads
+the same rows for the automatic check after a fetch (:func:`after_fetch`).
 
-Maintenance (:func:`maintain_one`) runs under a shared hold and the repository's fetch lock: never concurrently
-with a fetch or another maintenance of the same mirror, while readers keep reading. What it runs never deletes an
-object a reader can see: a geometric repack writes the new pack before it deletes the packs it replaces, and keeps
-every object of those packs, reachable or not. Only :func:`maintain_one` with ``prune`` drops unreachable objects
-(older than the grace period), and only under the exclusive lock, when no reader and no worktree exists.
-``docs/architecture.md`` (Maintenance) says why readers stay safe.
+Maintenance runs under a shared hold and the repository's fetch lock: never concurrently with a fetch or another
+maintenance of the same mirror, while readers keep reading. What it runs never deletes an object a reader can see:
+a geometric repack writes the new pack before it deletes the packs it replaces, and keeps every object of those
+packs, reachable or not. Only the ``prune`` task drops unreachable objects (older than the grace period), and only
+under the exclusive lock, when no reader and no worktree exists. ``docs/architecture.md`` (Maintenance) says why
+readers stay safe. Verify and repair are in :mod:`repocache.verify`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-import os
-import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeGuard, TypeVar
 
-from repocache import gitops, locks
-from repocache.budget import Budget
+from repocache import gitops
 from repocache.context import Context
-from repocache.errors import GitError, InvalidURLError, LockTimeoutError
+from repocache.errors import GitError, LockTimeoutError
 from repocache.index import Row
-from repocache.keys import normalize_url
-from repocache.layout import ExclusiveHold, Layout, key_of, listing, remove
-from repocache.models import MaintenanceReport, Problem
+from repocache.layout import ExclusiveHold, FetchHold
+from repocache.models import MaintenanceReport
 from repocache.settings import Settings
 
 __all__ = [
+    "TASKS",
+    "Plan",
+    "Task",
     "after_fetch",
     "allowed_packs",
     "due_tasks",
     "failed_report",
     "graph_due",
     "maintain_one",
-    "mirror_url",
-    "mirrors_on_disk",
     "rolls_up_all",
-    "sweep_locks",
-    "verify",
 ]
 
-
-def verify(context: Context, budget: Budget, repair: bool) -> list[Problem]:
-    """Compare the index with the disk, and find debris; with ``repair``, fix what is found."""
-    problems: list[Problem] = []
-    damage = context.index.damage_note()
-    if damage is not None:
-        if repair:
-            context.index.acknowledge_damage()
-        detail = f"the index was damaged ({damage[1]}) and rebuilt from the mirrors on disk; the file is kept"
-        problems.append(Problem("index", "index.sqlite", damage[0], detail, repair))
-    indexed = {row.key: row for row in context.index.rows()}
-    on_disk = context.layout.mirror_keys()
-    for key in [*indexed, *sorted(on_disk - set(indexed))]:
-        hold = context.layout.try_exclusive(key)
-        if hold is None:
-            continue  # held or being cloned: its state is in flux, not broken
-        with hold:
-            # Read again under the lock: the listing above may predate a fetch, a clone or an eviction.
-            row = context.index.get(key)
-            if row is None and not context.layout.mirror(key).is_dir():
-                continue  # evicted since the listing
-            problems.extend(_verify_one(context, budget, hold, row, repair))
-    problems.extend(_verify_debris(context, repair))
-    return problems
-
-
-def sweep_locks(context: Context) -> None:
-    """Delete the lock files of repositories that are not on disk (typos, failed clones, evicted ones).
-
-    Each file is deleted by :func:`repocache.locks.sweep` only while it holds the file's exclusive lock, the rule
-    that keeps deletion safe against a process about to lock it.
-    """
-    present = context.layout.mirror_keys()  # one listing, not a stat per lock file
-
-    def unused(key: str) -> bool:
-        return key != "budget" and key not in present and not context.layout.mirror(key).is_dir()
-
-    removed = locks.sweep(context.layout.locks, unused, suffixes=(".lock", ".fetch"))
-    if removed:
-        context.events.leftover_removed(f"{len(removed)} lock files of repositories not on disk")
-
-
-def _verify_one(context: Context, budget: Budget, hold: ExclusiveHold, row: Row | None, repair: bool) -> list[Problem]:
-    key = hold.key
-    mirror = context.layout.mirror(key)
-    if row is not None and not mirror.is_dir():
-        if repair:
-            context.index.remove(key, counter=None)
-        return [Problem("missing", key, mirror, f"{row.url} is indexed but not on disk", repair)]
-    problem = gitops.validate_mirror(mirror)
-    if problem is not None:
-        if repair:
-            budget.evict_locked(hold, row, reason="invalid")
-        return [Problem("invalid", key, mirror, f"the mirror {problem}", repair)]
-    if row is None:
-        url = mirror_url(context.layout, mirror)
-        if repair and url is not None:
-            context.index.put(key, url, gitops.disk_usage(mirror), time.time(), counter=None, fetched=False)
-        elif repair:
-            shutil.rmtree(mirror, ignore_errors=True)
-        return [Problem("orphan", key, mirror, "a mirror on disk has no index entry", repair)]
-    debris = gitops.sweep_mirror(mirror, dry_run=not repair)
-    if debris:
-        names = ", ".join(str(path.relative_to(mirror)) for path in debris[:5])
-        detail = f"debris of a killed fetch or maintenance inside the mirror: {names}"
-        problems = [Problem("leftover", key, mirror, detail, repair)]
-    else:
-        problems = []
-    size = gitops.disk_usage(mirror)
-    if size != row.size_bytes:
-        if repair:
-            context.index.set_size(key, size)
-        problems.append(Problem("size", key, mirror, f"recorded {row.size_bytes} bytes, disk has {size}", repair))
-    return problems
-
-
-def mirrors_on_disk(layout: Layout) -> Iterator[tuple[str, str, int]]:
-    """(key, URL, size) of every valid mirror under ``repos/``: what an index rebuilt after damage adopts."""
-    for entry in listing(layout.repos):
-        mirror = Path(entry.path)
-        url = mirror_url(layout, mirror) if gitops.validate_mirror(mirror) is None else None
-        if url is not None:
-            yield entry.name, url, gitops.disk_usage(mirror)
-
-
-def mirror_url(layout: Layout, mirror: Path) -> str | None:
-    """The normalized upstream URL of a mirror, read from its config (which never holds credentials)."""
-    try:
-        repo = gitops.open_repository(mirror)
-    except Exception:
-        return None
-    try:
-        parsed = normalize_url(str(repo.config["remote.origin.url"]))
-    except (KeyError, InvalidURLError):
-        return None
-    finally:
-        repo.free()
-    return parsed.url if layout.mirror(parsed.key) == mirror else None
-
-
-def _verify_debris(context: Context, repair: bool) -> list[Problem]:
-    """Staging, trash and worktree debris whose owner is dead; anything whose owner holds its lock is skipped."""
-    layout = context.layout
-    problems: list[Problem] = []
-    for directory in (layout.staging, layout.trash):
-        for entry in listing(directory):
-            # Staging and trash entries belong to the clone, restore, upload or eviction holding the key's
-            # exclusive lock: they are debris only if that lock is free.
-            hold = layout.try_exclusive(key_of(entry.name))
-            if hold is None:
-                continue
-            with hold:
-                if not os.path.lexists(entry.path):
-                    continue  # finished and cleaned up while we looked
-                if repair:
-                    remove(Path(entry.path))
-            detail = "debris of an interrupted operation"
-            problems.append(Problem("leftover", entry.name, Path(entry.path), detail, repair))
-    worktree_names = {e.name.removesuffix(".lock") for e in listing(layout.worktrees)}
-    for name in sorted(worktree_names):
-        tree = layout.worktrees / name
-        lock_file = layout.worktree_lock(tree)
-        try:
-            owner = locks.acquire(lock_file, shared=False, timeout=0, create=False)
-        except FileNotFoundError:
-            owner = None  # no lock file: either removed by its owner just now, or a tree whose owner died
-            if not tree.exists():
-                continue
-        else:
-            if owner is None:
-                continue  # its process is alive and using it
-            if not owner.is_current():  # its owner removed the tree and unlinked the file while we opened it
-                owner.release()
-                continue
-        try:
-            if repair:
-                remove(tree)
-                with contextlib.suppress(FileNotFoundError):
-                    lock_file.unlink()
-        finally:
-            if owner is not None:
-                owner.release()
-        detail = "worktree of a process that died" if tree.exists() or repair else "lock file of a dead worktree"
-        problems.append(Problem("leftover", name, tree, detail, repair))
-    return problems
-
-
-# -- maintenance -------------------------------------------------------------------------------------------------
 
 _MIB = 1024**2
 FULL_REPACK_SHARE = 0.1  # repack all once the packs besides the largest hold this share of its bytes
@@ -212,22 +62,6 @@ def allowed_packs(settings: Settings, pack_bytes: int) -> int:
     if settings.maintenance_max_packs is not None:
         return settings.maintenance_max_packs
     return max(8, min(32, int(math.log(max(pack_bytes, 1) / _MIB + 1) / math.log(1.3))))
-
-
-def due_tasks(shape: gitops.MirrorShape, settings: Settings, *, forced: bool) -> list[str]:
-    """The maintenance tasks a mirror of this shape needs (the thresholds of ``settings``, or any work at all when
-    ``forced``), in the order they run. A stale commit-graph is rewritten only along with a repack (see
-    :func:`graph_due`); a missing or unreadable one is due on its own."""
-    tasks = []
-    if shape.packs > (1 if forced else allowed_packs(settings, shape.pack_bytes)) or shape.loose_objects > (
-        0 if forced else settings.maintenance_max_loose_objects
-    ):
-        tasks.append("repack")
-    if shape.loose_refs > (0 if forced else settings.maintenance_max_loose_refs):
-        tasks.append("pack-refs")
-    if graph_due(shape, forced=forced, repacked=bool(tasks) and tasks[0] == "repack"):
-        tasks.append("commit-graph")
-    return tasks
 
 
 def graph_due(shape: gitops.MirrorShape, *, forced: bool, repacked: bool = True) -> bool:
@@ -264,113 +98,263 @@ def _limits(settings: Settings) -> gitops.MaintenanceLimits:
     )
 
 
+# -- the table of tasks ------------------------------------------------------------------------------------------
+
+H = TypeVar("H", FetchHold, ExclusiveHold)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What was asked of one maintenance, and what it has done so far: what a task's ``due`` decides from.
+
+    Attributes:
+        forced: ``maintain()``: any work at all is due, not only work past a threshold of the settings.
+        prune: ``maintain(prune=True)``: drop unreachable objects older than ``maintenance_grace``.
+        done: the tasks run (or, in :func:`due_tasks`, found due) before this one, in order.
+    """
+
+    forced: bool
+    prune: bool = False
+    done: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Task(Generic[H]):
+    """One row of :data:`TASKS`.
+
+    Attributes:
+        name: the task's name in :attr:`MaintenanceReport.tasks`.
+        hold: the hold its body needs: :class:`~repocache.layout.FetchHold` (taken inside a shared hold: no fetch
+            or other maintenance meanwhile, readers keep reading) or :class:`~repocache.layout.ExclusiveHold` (no
+            reader and no worktree).
+        due: whether it is due for a mirror of this shape, under these settings and this plan.
+        run: runs it on the mirror of the held repository, given the shape that made it due; returns the peak
+            resident memory of the git processes it ran.
+    """
+
+    name: str
+    hold: type[H]
+    due: Callable[[gitops.MirrorShape, Settings, Plan], bool]
+    run: Callable[[Context, H, gitops.MirrorShape, Plan], int]
+
+
+def _repack_due(shape: gitops.MirrorShape, settings: Settings, plan: Plan) -> bool:
+    packs = 1 if plan.forced else allowed_packs(settings, shape.pack_bytes)
+    loose = 0 if plan.forced else settings.maintenance_max_loose_objects
+    return shape.packs > packs or shape.loose_objects > loose
+
+
+def _repack(context: Context, fetch: FetchHold, shape: gitops.MirrorShape, plan: Plan) -> int:
+    """Roll packs and loose objects up: geometrically, or by traversal when :func:`rolls_up_all` says so."""
+    repack = gitops.repack_all_keeping if rolls_up_all(shape, forced=plan.forced) else gitops.repack_geometric
+    return repack(context.layout.mirror(fetch.key), context.git, _limits(context.settings)).peak_rss_bytes
+
+
+def _pack_refs_due(shape: gitops.MirrorShape, settings: Settings, plan: Plan) -> bool:
+    return shape.loose_refs > (0 if plan.forced else settings.maintenance_max_loose_refs)
+
+
+def _pack_refs(context: Context, fetch: FetchHold, shape: gitops.MirrorShape, plan: Plan) -> int:
+    """Move the loose refs into ``packed-refs``."""
+    return gitops.pack_refs(context.layout.mirror(fetch.key), context.git, _limits(context.settings)).peak_rss_bytes
+
+
+def _graph_due(shape: gitops.MirrorShape, settings: Settings, plan: Plan) -> bool:
+    return graph_due(shape, forced=plan.forced, repacked="repack" in plan.done)
+
+
+def _write_graph(context: Context, fetch: FetchHold, shape: gitops.MirrorShape, plan: Plan) -> int:
+    """Write the commit-graph, one file libgit2 reads."""
+    mirror = context.layout.mirror(fetch.key)
+    return gitops.write_commit_graph(mirror, context.git, _limits(context.settings)).peak_rss_bytes
+
+
+def _prune_due(shape: gitops.MirrorShape, settings: Settings, plan: Plan) -> bool:
+    return plan.prune  # never due by itself: it is asked for
+
+
+def _prune(context: Context, exclusive: ExclusiveHold, shape: gitops.MirrorShape, plan: Plan) -> int:
+    """Sweep, repack fully dropping unreachable objects older than the grace period, and renew a stale graph."""
+    mirror = context.layout.mirror(exclusive.key)
+    limits = _limits(context.settings)
+    gitops.sweep_mirror(mirror)
+    peak = gitops.repack_pruning(mirror, context.git, limits, context.settings.maintenance_grace).peak_rss_bytes
+    if graph_due(gitops.mirror_shape(mirror), forced=True):
+        peak = max(peak, gitops.write_commit_graph(mirror, context.git, limits).peak_rss_bytes)
+    return peak
+
+
+TASKS: tuple[Task[FetchHold] | Task[ExclusiveHold], ...] = (
+    Task("repack", FetchHold, _repack_due, _repack),
+    Task("pack-refs", FetchHold, _pack_refs_due, _pack_refs),
+    Task("commit-graph", FetchHold, _graph_due, _write_graph),
+    Task("prune", ExclusiveHold, _prune_due, _prune),
+)
+"""The maintenance tasks, in the order they run (a sweep of debris opens the work under the fetch hold)."""
+
+
+def _needs(task: Task[Any], hold: type[H]) -> TypeGuard[Task[H]]:
+    return task.hold is hold
+
+
+def _rows(hold: type[H]) -> list[Task[H]]:
+    """The rows of :data:`TASKS` whose body needs ``hold``, in order."""
+    return [task for task in TASKS if _needs(task, hold)]
+
+
+def due_tasks(shape: gitops.MirrorShape, settings: Settings, *, forced: bool) -> list[str]:
+    """The maintenance tasks a mirror of this shape needs (the thresholds of ``settings``, or any work at all when
+    ``forced``), in the order they run. A stale commit-graph is rewritten only along with a repack (see
+    :func:`graph_due`); a missing or unreadable one is due on its own. Pruning is never due by itself."""
+    done: list[str] = []
+    for task in TASKS:
+        if task.due(shape, settings, Plan(forced=forced, done=tuple(done))):
+            done.append(task.name)
+    return done
+
+
+# -- running them under their holds ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    """What one maintenance found and did, gathered under its holds for the report."""
+
+    before: gitops.MirrorShape
+    size_before: int
+    after: gitops.MirrorShape
+    size_after: int
+    tasks: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    peak: int = 0
+
+    @classmethod
+    def measure_before(cls, context: Context, key: str, row: Row | None) -> _Outcome | None:
+        """The mirror's shape and size before any work (called under a hold); None when it is not on disk."""
+        mirror = context.layout.mirror(key)
+        if not mirror.is_dir():
+            return None
+        before = gitops.mirror_shape(mirror, exact=True)
+        size = row.size_bytes if row is not None else gitops.disk_usage(mirror)
+        return cls(before=before, size_before=size, after=before, size_after=size)
+
+    def measure_after(self, context: Context, key: str) -> None:
+        """The mirror's shape and size after the work (called under a hold)."""
+        mirror = context.layout.mirror(key)
+        self.after = gitops.mirror_shape(mirror, exact=True)
+        self.size_after = gitops.disk_usage(mirror)
+
+    def report(self, url: str, key: str, seconds: float) -> MaintenanceReport:
+        return MaintenanceReport(
+            url=url,
+            key=key,
+            tasks=tuple(self.tasks),
+            skipped=self.skipped,
+            packs_before=self.before.packs,
+            packs_after=self.after.packs,
+            loose_objects_before=self.before.loose_objects,
+            loose_objects_after=self.after.loose_objects,
+            loose_refs_before=self.before.loose_refs,
+            loose_refs_after=self.after.loose_refs,
+            size_before=self.size_before,
+            size_after=self.size_after,
+            seconds=seconds,
+            peak_rss_bytes=self.peak,
+        )
+
+
+def _run_due(context: Context, hold: H, plan: Plan, outcome: _Outcome) -> bool:
+    """Run the rows that need ``hold`` and are due, in order; each is judged on the shape the one before left.
+
+    Returns whether any ran.
+    """
+    mirror = context.layout.mirror(hold.key)
+    shape = gitops.mirror_shape(mirror, exact=plan.forced)
+    ran = False
+    for task in _rows(type(hold)):
+        if task.due(shape, context.settings, dataclasses.replace(plan, done=tuple(outcome.tasks))):
+            outcome.peak = max(outcome.peak, task.run(context, hold, shape, plan))
+            outcome.tasks.append(task.name)
+            ran = True
+            shape = gitops.mirror_shape(mirror, exact=plan.forced)  # a repack may leave the graph stale
+    return ran
+
+
+def _maintain_fetching(context: Context, fetch: FetchHold, plan: Plan, outcome: _Outcome) -> None:
+    """The work under the fetch hold: sweep the debris of killed git processes, then the tasks due."""
+    mirror = context.layout.mirror(fetch.key)
+    if gitops.sweep_mirror(mirror):
+        outcome.tasks.append("sweep")
+    _run_due(context, fetch, plan, outcome)
+    if outcome.tasks:
+        _record_size(context, fetch.key)
+
+
+def _maintain_exclusive(context: Context, exclusive: ExclusiveHold, plan: Plan, outcome: _Outcome) -> None:
+    """The work under the exclusive hold (no reader, no worktree): the tasks due that need it."""
+    if context.layout.mirror(exclusive.key).is_dir() and _run_due(context, exclusive, plan, outcome):
+        _record_size(context, exclusive.key)
+        outcome.measure_after(context, exclusive.key)
+
+
 def maintain_one(
     context: Context, key: str, url: str, *, wait: bool, forced: bool, prune: bool = False
 ) -> MaintenanceReport | None:
     """Maintain the mirror of ``key``; None when it is not on disk.
 
-    Under a shared hold and the fetch lock (waited for up to ``lock_timeout`` with ``wait``, else only tried):
-    sweep debris of killed git processes, then the due tasks (see :func:`due_tasks`). With ``prune``, then, under
-    the exclusive lock tried without waiting (no reader, no worktree), a full repack that drops unreachable
-    objects older than ``maintenance_grace``. The index gets the new size.
+    Under a shared hold and the fetch hold (waited for up to ``lock_timeout`` with ``wait``, else only tried):
+    sweep debris of killed git processes, then the tasks of :data:`TASKS` due under the fetch hold (see
+    :func:`due_tasks`). Then, when a task that needs the exclusive hold is due (``prune``: a full repack that drops
+    unreachable objects older than ``maintenance_grace``), under the exclusive hold tried without waiting (no
+    reader, no worktree). The index gets the new size.
 
     Raises:
         GitError: a git command failed (the mirror still holds every object it had).
         LockTimeoutError: ``wait`` and another worker held the repository longer than ``lock_timeout``.
     """
-    settings = context.settings
-    layout = context.layout
-    mirror = layout.mirror(key)
-    timeout = settings.lock_timeout if wait else 0.0
     started = time.monotonic()
-    limits = _limits(settings)
-    tasks: list[str] = []
-    peak = 0
-    skipped: str | None = None
+    plan = Plan(forced=forced, prune=prune)
+    timeout = context.settings.lock_timeout if wait else 0.0
     row = context.index.get(key)
-    size_before = row.size_bytes if row is not None else 0
-    hold = layout.hold_shared(key, timeout)
-    if hold is None:
-        if wait:
-            raise LockTimeoutError(url, settings.lock_timeout, "maintenance")
+    shared = context.layout.hold_shared(key, timeout)
+    if shared is None:
+        _busy(context, url, wait)
         return None
-    with hold:
-        if not mirror.is_dir():
+    with shared:
+        outcome = _Outcome.measure_before(context, key, row)
+        if outcome is None:
             return None
-        before = gitops.mirror_shape(mirror, exact=True)
-        if row is None:
-            size_before = gitops.disk_usage(mirror)
-        fetch = layout.hold_fetch(key, timeout)
+        fetch = context.layout.hold_fetch(key, timeout)
         if fetch is None:
-            if wait:
-                raise LockTimeoutError(url, settings.lock_timeout, "maintenance")
-            skipped = "a fetch or another maintenance of this mirror is running"
+            _busy(context, url, wait)
+            outcome.skipped = "a fetch or another maintenance of this mirror is running"
         else:
             with fetch:
-                if gitops.sweep_mirror(mirror):
-                    tasks.append("sweep")
-                shape = gitops.mirror_shape(mirror, exact=forced)
-                due = due_tasks(shape, settings, forced=forced)
-                if "repack" in due:
-                    repack = (
-                        gitops.repack_all_keeping if rolls_up_all(shape, forced=forced) else gitops.repack_geometric
-                    )
-                    peak = max(peak, repack(mirror, context.git, limits).peak_rss_bytes)
-                    tasks.append("repack")
-                    shape = gitops.mirror_shape(mirror, exact=forced)  # the graph may be stale now
-                if "pack-refs" in due:
-                    peak = max(peak, gitops.pack_refs(mirror, context.git, limits).peak_rss_bytes)
-                    tasks.append("pack-refs")
-                if graph_due(shape, forced=forced, repacked="repack" in tasks):
-                    peak = max(peak, gitops.write_commit_graph(mirror, context.git, limits).peak_rss_bytes)
-                    tasks.append("commit-graph")
-                if tasks:
-                    _record_size(context, key, mirror)
-        after = gitops.mirror_shape(mirror, exact=True)
-        size_after = gitops.disk_usage(mirror)
-    if prune:
-        exclusive = layout.try_exclusive(key)
+                _maintain_fetching(context, fetch, plan, outcome)
+        outcome.measure_after(context, key)
+    if any(task.due(outcome.after, context.settings, plan) for task in _rows(ExclusiveHold)):
+        exclusive = context.layout.try_exclusive(key)
         if exclusive is None:
-            skipped = "in use: pruning waits until no reader or worktree holds the mirror"
+            outcome.skipped = "in use: pruning waits until no reader or worktree holds the mirror"
         else:
             with exclusive:
-                if mirror.is_dir():
-                    gitops.sweep_mirror(mirror)
-                    peak = max(
-                        peak,
-                        gitops.repack_pruning(mirror, context.git, limits, settings.maintenance_grace).peak_rss_bytes,
-                    )
-                    tasks.append("prune")
-                    if graph_due(gitops.mirror_shape(mirror), forced=True):
-                        peak = max(peak, gitops.write_commit_graph(mirror, context.git, limits).peak_rss_bytes)
-                    _record_size(context, key, mirror)
-                    after = gitops.mirror_shape(mirror, exact=True)
-                    size_after = gitops.disk_usage(mirror)
-    report = MaintenanceReport(
-        url=url,
-        key=key,
-        tasks=tuple(tasks),
-        skipped=skipped,
-        packs_before=before.packs,
-        packs_after=after.packs,
-        loose_objects_before=before.loose_objects,
-        loose_objects_after=after.loose_objects,
-        loose_refs_before=before.loose_refs,
-        loose_refs_after=after.loose_refs,
-        size_before=size_before,
-        size_after=size_after,
-        seconds=time.monotonic() - started,
-        peak_rss_bytes=peak,
-    )
-    if tasks:
+                _maintain_exclusive(context, exclusive, plan, outcome)
+    report = outcome.report(url, key, time.monotonic() - started)
+    if report.tasks:
         context.events.maintained(report)
     return report
 
 
-def _record_size(context: Context, key: str, mirror: Path) -> None:
+def _busy(context: Context, url: str, wait: bool) -> None:
+    """A hold maintenance needs could not be had: an error when it was waited for, else nothing (it skips)."""
+    if wait:
+        raise LockTimeoutError(url, context.settings.lock_timeout, "maintenance")
+
+
+def _record_size(context: Context, key: str) -> None:
     """Give the index the mirror's new size, so the budget sees what maintenance freed (or used)."""
     if context.index.get(key) is not None:
-        context.index.set_size(key, gitops.disk_usage(mirror))
+        context.index.set_size(key, gitops.disk_usage(context.layout.mirror(key)))
 
 
 def after_fetch(context: Context, key: str, url: str) -> MaintenanceReport | None:
@@ -380,7 +364,7 @@ def after_fetch(context: Context, key: str, url: str) -> MaintenanceReport | Non
     maintain, and only if the mirror's locks are free now (it never waits, and never holds the budget lock).
     Failures are logged, never raised: the caller's checkout already succeeded.
     """
-    if context.settings.maintenance != "auto" or context.git.git is None:
+    if context.settings.maintenance.mode != "auto" or context.git.git is None:
         return None  # off, or no git command line tool to maintain with (libgit2 cannot repack)
     try:
         shape = gitops.mirror_shape(context.layout.mirror(key))
@@ -395,25 +379,25 @@ def after_fetch(context: Context, key: str, url: str) -> MaintenanceReport | Non
         return None
 
 
+def maintain_all(context: Context, *, prune: bool) -> list[MaintenanceReport]:
+    """:func:`maintain_one` of every cached repository, waiting for each; a failure is reported, never raised."""
+    reports = []
+    for row in context.index.rows():
+        try:
+            report = maintain_one(context, row.key, row.url, wait=True, forced=True, prune=prune)
+        except (GitError, LockTimeoutError) as exc:
+            context.events.maintenance_failed(row.url, exc)
+            report = failed_report(context, row, exc)
+        if report is not None:
+            reports.append(report)
+    return reports
+
+
 def failed_report(context: Context, row: Row, error: Exception) -> MaintenanceReport:
     """The report of a maintenance that failed (the mirror is as it was: every object kept)."""
-    packs = loose = refs = 0
+    shape = gitops.MirrorShape(0, 0, 0, 0, 0, "missing", 0)
     with contextlib.suppress(FileNotFoundError):
         shape = gitops.mirror_shape(context.layout.mirror(row.key), exact=True)
-        packs, loose, refs = shape.packs, shape.loose_objects, shape.loose_refs
-    return MaintenanceReport(
-        url=row.url,
-        key=row.key,
-        tasks=(),
-        skipped=f"failed: {error}",
-        packs_before=packs,
-        packs_after=packs,
-        loose_objects_before=loose,
-        loose_objects_after=loose,
-        loose_refs_before=refs,
-        loose_refs_after=refs,
-        size_before=row.size_bytes,
-        size_after=row.size_bytes,
-        seconds=0.0,
-        peak_rss_bytes=0,
-    )
+    outcome = _Outcome(before=shape, size_before=row.size_bytes, after=shape, size_after=row.size_bytes)
+    outcome.skipped = f"failed: {error}"
+    return outcome.report(row.url, row.key, 0.0)

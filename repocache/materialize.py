@@ -17,16 +17,16 @@ from pathlib import Path
 
 from repocache import gitops
 from repocache.budget import Budget
-from repocache.cold.base import Manifest
-from repocache.cold.tier import ColdTier
+from repocache.cold.manifest import Manifest
+from repocache.cold_tier import ColdTier
 from repocache.consequences import Consequences
 from repocache.context import Context
 from repocache.counters import Counter
 from repocache.errors import CloneError
 from repocache.events import Source
-from repocache.holding import Held
 from repocache.keys import RepoURL
 from repocache.layout import ExclusiveHold, remove
+from repocache.uses import Use
 
 __all__ = ["materialize", "sweep_staging"]
 
@@ -42,12 +42,12 @@ def materialize(
     progress: gitops.ProgressCallback | None,
     *,
     started: float,
-    holding: Sequence[Held] = (),
+    in_use: Sequence[Use] = (),
 ) -> Source:
     """Restore or clone the held repository into place; returns where it came from.
 
     What follows is recorded by :meth:`Consequences.materialized` before the hold is released. ``started`` is when
-    the request began (a clone is as fresh as that); ``holding`` is what the caller holds under this root (it
+    the request began (a clone is as fresh as that); ``in_use`` is what the caller is using under this root (it
     decides whether it may wait for held room).
 
     Raises:
@@ -63,7 +63,7 @@ def materialize(
     if cold is not None and manifest is None:
         manifest, claim = cold.claim(parsed)  # one clone for the fleet: clone (holding the lease) or restore
     try:
-        source = _fill(context, budget, cold, hold, parsed, progress, manifest, holding)
+        source = _fill(context, budget, cold, hold, parsed, progress, manifest, in_use)
     except BaseException:
         if claim is not None:
             claim.release()
@@ -80,12 +80,12 @@ def _fill(
     parsed: RepoURL,
     progress: gitops.ProgressCallback | None,
     manifest: Manifest | None,
-    holding: Sequence[Held],
+    in_use: Sequence[Use],
 ) -> Source:
     key = hold.key
     started = time.perf_counter()
     known = max(context.index.known_size(key), manifest.mirror_bytes if manifest is not None else 0)
-    reservation = budget.make_room(hold, known, holding)
+    reservation = budget.make_room(hold, known, in_use)
     staging = context.layout.new_staging(key)
 
     def clone(staging: Path) -> bool:

@@ -16,14 +16,14 @@ import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import yaml
 
 from repocache.errors import ConfigError, InvalidURLError
 from repocache.keys import normalize_url
 
-__all__ = ["Pins", "load_pin_file"]
+__all__ = ["Pins", "PinsSpec", "load_pin_file"]
 
 logger = logging.getLogger("repocache")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -87,10 +87,14 @@ def load_pin_file(path: Path) -> list[object]:
     return _extract(document, repr(str(path)))
 
 
+PinsSpec = Union[str, "os.PathLike[str]", Iterable[str], None]
+"""What ``pins=`` accepts: a never-evict YAML file, or an iterable of URLs and glob patterns (None: no pins)."""
+
+
 class Pins:
     """The never-evict set; :meth:`matches` answers for a normalized URL and reloads a changed file."""
 
-    def __init__(self, source: str | os.PathLike[str] | Iterable[str] | None) -> None:
+    def __init__(self, source: PinsSpec) -> None:
         """Load pins.
 
         Args:

@@ -9,6 +9,7 @@ everywhere (disable with ``-p no:repocache``):
 | ``git_upstream`` | function | a fresh :class:`~repocache.testing.Upstream` made by ``git_upstreams`` |
 | ``git_server`` | session | :class:`GitServer`: ``git://`` and smart HTTP on 127.0.0.1, each started on first use |
 | ``repo_cache`` | function | :class:`~repocache.RepoCache` in the test's ``tmp_path``, closed after the test |
+| ``repo_cache_factory`` | function | :class:`RepoCacheFactory`: opens caches with settings, closed after the test |
 | ``repo_cache_persistent_dir`` | session | :class:`~pathlib.Path` of the cache kept between runs |
 | ``repo_cache_persistent`` | session | :class:`~repocache.RepoCache` on that directory, shared by xdist workers |
 
@@ -30,12 +31,18 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from repocache.lifecycle import Lifecycle
+
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from repocache.cache import RepoCache
+    from repocache.gitops import ProgressCallback
+    from repocache.settings import CacheOptions
     from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 
 # The fixtures are found by pytest through the entry point; importing them elsewhere would register them twice.
-__all__ = ["CACHE_SUBDIR", "DIR_ENV", "DIR_INI", "DIR_OPTION", "GitServer", "persistent_dir"]
+__all__ = ["CACHE_SUBDIR", "DIR_ENV", "DIR_INI", "DIR_OPTION", "GitServer", "RepoCacheFactory", "persistent_dir"]
 
 #: The command-line option naming the persistent cache directory.
 DIR_OPTION = "--repocache-dir"
@@ -147,7 +154,7 @@ class GitServer:
         self._lock = threading.Lock()
         self._daemon: GitDaemon | None = None
         self._http: SmartHTTPServer | None = None
-        self._closed = False
+        self._lifecycle = Lifecycle("GitServer")
 
     def __repr__(self) -> str:
         return f"GitServer(base_path={str(self.base_path)!r})"
@@ -203,7 +210,7 @@ class GitServer:
     def close(self) -> None:
         """Stop whichever servers were started and wait for their processes and threads. Safe to call twice."""
         with self._lock:
-            self._closed = True
+            self._lifecycle.close()
             daemon, self._daemon = self._daemon, None
             http, self._http = self._http, None
         try:
@@ -214,7 +221,7 @@ class GitServer:
                 http.stop()
 
     def _check_open(self) -> None:
-        if self._closed:
+        if not self._lifecycle.is_open:
             raise RuntimeError("this GitServer is closed (its session ended)")
 
 
@@ -258,6 +265,51 @@ def repo_cache(tmp_path: Path) -> Iterator[RepoCache]:
 
     with RepoCache(tmp_path / "repocache") as cache:
         yield cache
+
+
+class RepoCacheFactory:
+    """Opens :class:`~repocache.RepoCache` objects with settings, each in its own directory, and closes them all.
+
+    ``repo_cache_factory(max_bytes="1GiB", maintenance=Maintenance(max_packs=2))`` takes exactly the keywords of
+    ``RepoCache`` (:class:`~repocache.settings.CacheOptions`); ``root`` defaults to a new directory under the
+    test's ``tmp_path``.
+    """
+
+    def __init__(self, base: Path) -> None:
+        """Prepare a factory whose default roots are directories below ``base``."""
+        self.base = base
+        self.caches: list[RepoCache] = []
+
+    def __call__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        **options: Unpack[CacheOptions],
+    ) -> RepoCache:
+        """Open a cache at ``root`` (default: a new directory) with these settings; it is closed after the test."""
+        from repocache.cache import RepoCache
+
+        if root is None:
+            root = self.base / f"repocache-{len(self.caches)}"
+        cache = RepoCache(root, progress=progress, **options)
+        self.caches.append(cache)
+        return cache
+
+    def close(self) -> None:
+        """Close every cache this factory opened."""
+        for cache in self.caches:
+            cache.close()
+
+
+@pytest.fixture
+def repo_cache_factory(tmp_path: Path) -> Iterator[RepoCacheFactory]:
+    """A :class:`RepoCacheFactory` opening caches under ``tmp_path`` with any settings; all closed after the test."""
+    factory = RepoCacheFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,7 @@ def age_limit(settings: Settings, row: Row, fresh: Freshness | None, max_age: Ma
             minimum=settings.fetch_ttl_min,
             maximum=settings.fetch_ttl_max,
         )
-    return settings.fetch_ttl
+    return settings.fetch_ttl_seconds
 
 
 def needs_fetch(row: Row, fresh: Freshness | None, started: float, limit: float | None, now: float) -> bool:

@@ -66,15 +66,14 @@ def _wrap(owner: Any, name: str, label: str, log: Log) -> None:
 
 def instrument(log: Log) -> None:
     """Log the start and end of transfers, worktree creation, evictions and cold uploads/restores (unchanged)."""
-    from repocache import budget, gitops
-    from repocache.cold import tier
+    from repocache import budget, cold_tier, gitops
 
     _wrap(gitops, "clone_mirror", "clone", log)
     _wrap(gitops, "fetch_mirror", "fetch", log)
     _wrap(gitops, "make_worktree", "worktree", log)
     _wrap(budget.Budget, "evict_locked", "evict", log)
-    _wrap(tier.ColdTier, "offload", "upload", log)
-    _wrap(tier.ColdTier, "restore", "restore", log)
+    _wrap(cold_tier.ColdTier, "offload", "upload", log)
+    _wrap(cold_tier.ColdTier, "restore", "restore", log)
     _wrap(gitops, "repack_geometric", "repack", log)
     _wrap(gitops, "repack_all_keeping", "repack", log)
     _wrap(gitops, "pack_refs", "pack-refs", log)

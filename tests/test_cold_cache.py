@@ -191,7 +191,7 @@ def test_cold_settings_are_validated(cache_root: Path) -> None:
     with pytest.raises(ConfigError, match="cold_min_bytes"):
         RepoCache(cache_root, cold_min_bytes="big")
     with pytest.raises(ConfigError, match="cold_store"):
-        RepoCache(cache_root, cold_store=42)
+        RepoCache(cache_root, cold_store=42)  # type: ignore[arg-type]
 
 
 def test_an_s3_url_string_works_with_the_endpoint_from_the_environment(

@@ -18,7 +18,7 @@ import pytest
 
 from repocache import ConfigError, RepoCache
 from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest
-from repocache.cold.base import ArtifactWriter
+from repocache.cold.store import ArtifactWriter
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
 from tests.conftest import DelegatingStore, assert_consistent, mirror_refs
@@ -267,9 +267,9 @@ def test_no_miss_or_reader_waits_for_an_upload(tmp_path: Path, served: UpstreamF
 def test_a_held_clone_lease_is_renewed_while_its_holder_works(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstreams: UpstreamFactory
 ) -> None:
-    from repocache.cold import tier
+    from repocache import cold_tier
 
-    monkeypatch.setattr(tier, "LEASE_TTL", 0.4)
+    monkeypatch.setattr(cold_tier, "LEASE_TTL", 0.4)
     store = LocalDirStore(tmp_path / "store")
     upstream = upstreams.create("long-clone")
     with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone") as cache:

@@ -240,12 +240,12 @@ def test_a_clone_result_that_is_not_a_whole_mirror_is_never_published(
 ) -> None:
     """Each engine's real clone lands in staging, then loses its refs or its objects (as a partial transfer or a
     broken disk would leave it) before it is validated: the clone fails and nothing is published or indexed."""
-    from repocache import gitops
+    from repocache.gitops import run, transfer
 
     upstream = upstreams.create("damaged")
     upstream.commits(3, size=5_000)
     upstream.branch("side")
-    real_clone, real_run = gitops._clone_libgit2, gitops._run_git
+    real_clone, real_run = transfer._clone_libgit2, run.run_git
 
     def clone_then_damage(url: object, dest: Path, *args: Any) -> None:
         real_clone(url, dest, *args)  # type: ignore[arg-type]
@@ -258,13 +258,13 @@ def test_a_clone_result_that_is_not_a_whole_mirror_is_never_published(
 
     if engine == "libgit2":
         monkeypatch.setenv("REPOCACHE_GIT", "")
-        monkeypatch.setattr(gitops, "_clone_libgit2", clone_then_damage)
+        monkeypatch.setattr(transfer, "_clone_libgit2", clone_then_damage)
     else:
-        monkeypatch.setattr(gitops, "_run_git", run_then_damage)
+        monkeypatch.setattr(transfer, "run_git", run_then_damage)
     with RepoCache(cache_root) as cache:
         _refused_and_nothing_published(cache, upstream.url, message)
-        monkeypatch.setattr(gitops, "_clone_libgit2", real_clone)
-        monkeypatch.setattr(gitops, "_run_git", real_run)
+        monkeypatch.setattr(transfer, "_clone_libgit2", real_clone)
+        monkeypatch.setattr(transfer, "run_git", real_run)
         with cache.checkout(upstream.url) as co:  # the next clone, whole, is published
             assert co.source == "clone" and mirror_refs(co.path) == upstream.refs()
         assert_consistent(cache)

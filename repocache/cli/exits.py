@@ -33,8 +33,8 @@ def exit_code_for(error: BaseException) -> int:
         error: the exception.
 
     Returns:
-        2 for invalid input, 3 for git failures, 4 for budget, 5 for lock timeouts, 130 for an interrupt, 143 for SIGTERM,
-        141 for a closed standard output, 6 for anything else.
+        2 for invalid input, 3 for git failures, 4 for budget, 5 for lock timeouts, 130 for an interrupt,
+        143 for SIGTERM, 141 for a closed standard output, 6 for anything else.
     """
     if isinstance(error, Terminated):
         return EXIT_TERMINATED

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import TYPE_CHECKING, Any
 
 from repocache.cli.spec import Argument, argument
@@ -119,38 +118,44 @@ def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) -> 
 
 # -- from options and environment to a cache ----------------------------------------------------------------------
 
-ENVIRONMENT: dict[str, str] = {
-    "--root": "REPOCACHE_DIR",  # read by RepoCache itself when the root is None
-    "--max-bytes": "REPOCACHE_MAX_BYTES",
-    "--pins": "REPOCACHE_PINS",
-    "--cold-store": "REPOCACHE_COLD_STORE",
-    "--cold-publish": "REPOCACHE_COLD_PUBLISH",
-}
-"""The environment variable used for each global option that is not given."""
+
+def _environment() -> dict[str, str]:
+    from repocache.settings import OPTIONS
+
+    return {f"--{row.name.replace('_', '-')}": row.env for row in OPTIONS if row.env is not None}
+
+
+ENVIRONMENT: dict[str, str] = {"--root": "REPOCACHE_DIR", **_environment()}
+"""The environment variable used for each global option that is not given (from the settings' declaration)."""
 
 
 def cache_options(args: argparse.Namespace, *, pins_fallback: str | None = None) -> dict[str, Any]:
     """The ``RepoCache`` keywords for the parsed options: each option, else its environment variable, else the default.
 
+    The environment is read and validated by the settings' declaration
+    (:func:`repocache.settings.environment_defaults`), so a variable accepts exactly what its keyword accepts and a
+    bad value is a ``ConfigError`` naming the variable.
+
     Args:
         args: the parsed command line.
         pins_fallback: the pin file to use when neither ``--pins`` nor ``$REPOCACHE_PINS`` names one (``warm``).
     """
-    from repocache.settings import parse_bytes
+    from repocache.settings import environment_defaults
 
-    max_bytes: int | str | None = args.max_bytes
-    if max_bytes is None:
-        from_env = os.environ.get("REPOCACHE_MAX_BYTES", "").strip()
-        if from_env:
-            max_bytes = parse_bytes("REPOCACHE_MAX_BYTES", from_env, allow_none=False)
-    return {
+    options: dict[str, Any] = environment_defaults()
+    given = {
         "root": args.root,
-        "max_bytes": max_bytes,
-        "pins": args.pins or os.environ.get("REPOCACHE_PINS") or pins_fallback or None,
+        "max_bytes": args.max_bytes,
+        "pins": args.pins,
         "fetch_ttl": args.fetch_ttl,
-        "cold_store": args.cold_store or os.environ.get("REPOCACHE_COLD_STORE") or None,
-        "cold_publish": args.cold_publish or os.environ.get("REPOCACHE_COLD_PUBLISH", "").strip() or "off",
+        "cold_store": args.cold_store,
+        "cold_publish": args.cold_publish,
     }
+    options.update({name: value for name, value in given.items() if value is not None and value != ""})
+    options.setdefault("root", None)
+    if options.get("pins") is None and pins_fallback is not None:
+        options["pins"] = pins_fallback
+    return options
 
 
 def open_cache(context: Context, *, pins_fallback: str | None = None) -> RepoCache:

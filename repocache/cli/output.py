@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from repocache.cold.base import Manifest
+    from repocache.cold.manifest import Manifest
     from repocache.models import Entry, Problem, Progress
 
 

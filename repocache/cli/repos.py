@@ -18,7 +18,7 @@ from repocache.errors import ConfigError, InvalidURLError, RepoCacheError
 
 if TYPE_CHECKING:
     from repocache.cache import RepoCache
-    from repocache.cold.base import Manifest
+    from repocache.cold.manifest import Manifest
     from repocache.models import Entry, Stats
 
 _GLOB_CHARS = re.compile(r"[*?\[]")  # the pin file's own rule for what is a glob (see repocache.pins)

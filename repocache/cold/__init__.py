@@ -1,18 +1,16 @@
-"""The cold storage tier: evicted mirrors are kept as tar artifacts in a directory or an object store."""
+"""The cold storage tier: evicted mirrors are kept as tar artifacts in a directory or an object store.
+
+What users configure or implement: the protocols (``store``), the manifest (``manifest``), the retention policy
+(``prune``), the engine the built-in stores share (``generations``, with ``streams``), artifacts (``artifact``) and
+the two stores (``local``, ``fsspec_store``). The cache's use of a store is :mod:`repocache.cold_tier`.
+"""
 
 from repocache.cold.artifact import ColdStoreSpec, open_cold_store, pack_mirror, unpack_artifact
-from repocache.cold.base import (
-    COMPRESSIONS,
-    FORMAT_VERSION,
-    ColdStore,
-    FleetStore,
-    Lease,
-    Manifest,
-    checked_manifest,
-    prune_store,
-)
 from repocache.cold.fsspec_store import FsspecStore
 from repocache.cold.local import LocalDirStore
+from repocache.cold.manifest import COMPRESSIONS, FORMAT_VERSION, Manifest, checked_manifest
+from repocache.cold.prune import prune_store
+from repocache.cold.store import ColdStore, FleetStore, Lease
 
 __all__ = [
     "COMPRESSIONS",

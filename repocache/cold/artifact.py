@@ -17,13 +17,15 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote
 
 from repocache import cancel
-from repocache.cold.base import ColdStore, _HashingReader, _HashingWriter, artifact_suffix
 from repocache.cold.fsspec_store import FsspecStore
 from repocache.cold.local import LocalDirStore
+from repocache.cold.manifest import artifact_suffix
+from repocache.cold.store import ColdStore
+from repocache.cold.streams import HashingReader, HashingWriter
 from repocache.errors import ColdStoreError, ConfigError
 from repocache.keys import scrub
 
-__all__ = ["ColdStoreSpec", "open_cold_store", "pack_mirror", "unpack_artifact"]
+__all__ = ["ColdStoreSpec", "is_leftover", "open_cold_store", "pack_mirror", "unpack_artifact"]
 
 ColdStoreSpec = ColdStore | str | os.PathLike[str] | None
 """What ``RepoCache(cold_store=...)`` accepts."""
@@ -52,7 +54,8 @@ def _zstandard() -> Any:
         ) from exc
 
 
-def _skipped(name: str) -> bool:
+def is_leftover(name: str) -> bool:
+    """Whether a file or directory of a mirror is a leftover of an interrupted git operation (never packed)."""
     return name.startswith(_SKIPPED_PREFIXES) or name.endswith(_SKIPPED_SUFFIXES)
 
 
@@ -85,7 +88,7 @@ def pack_mirror(
     root = Path(mirror_dir)
     if not root.is_dir():
         raise ColdStoreError(f"cannot pack {root}: not a directory")
-    hashing = _HashingWriter(out_fileobj)
+    hashing = HashingWriter(out_fileobj)
     try:
         if zstandard is not None:
             compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
@@ -109,8 +112,8 @@ def _write_tar(root: Path, sink: Any) -> None:
                 filenames = [f for f in filenames if f in _PACKED_TOP]
             elif base == root / "objects":
                 dirnames[:] = [d for d in dirnames if d != "info"]
-            dirnames[:] = sorted(d for d in dirnames if not _skipped(d))
-            for name in dirnames + sorted(f for f in filenames if not _skipped(f)):
+            dirnames[:] = sorted(d for d in dirnames if not is_leftover(d))
+            for name in dirnames + sorted(f for f in filenames if not is_leftover(f)):
                 path = base / name
                 info = tar.gettarinfo(str(path), arcname=path.relative_to(root).as_posix())
                 if not (info.isreg() or info.isdir()):
@@ -170,7 +173,7 @@ def unpack_artifact(
             raise ColdStoreError(f"cannot unpack into {dest}: the directory is not empty")
     except OSError as exc:
         raise ColdStoreError(f"cannot unpack into {dest}: {exc}") from exc
-    hashing = _HashingReader(in_fileobj, limit=expected_size)
+    hashing = HashingReader(in_fileobj, limit=expected_size)
     errors: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError, ValueError)
     if zstandard is not None:
         errors += (zstandard.ZstdError,)

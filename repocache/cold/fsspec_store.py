@@ -14,16 +14,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
-from repocache.cold.base import (
-    LEASES,
-    MANIFEST_MAX_BYTES,
-    Lease,
-    _GenerationStore,
-    check_key,
-    check_ttl,
-    lease_document,
-    parse_lease,
-)
+from repocache.cold.generations import LEASES, GenerationStore, check_ttl, lease_document, parse_lease
+from repocache.cold.manifest import MANIFEST_MAX_BYTES, check_key
+from repocache.cold.store import Lease
 from repocache.errors import ColdStoreError, ConfigError
 from repocache.keys import scrub
 
@@ -42,10 +35,10 @@ _S3_HINT = "pip install 'git-repocache[s3]'"
 _OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "tos"})
 
 
-class FsspecStore(_GenerationStore):
+class FsspecStore(GenerationStore):
     """A :class:`~repocache.cold.ColdStore` under an fsspec URL such as ``s3://bucket/prefix``.
 
-    Objects follow the layout of :mod:`repocache.cold.base`. Object stores have no rename, so atomicity comes
+    Objects follow the layout of :mod:`repocache.cold.generations`. Object stores have no rename, so atomicity comes
     from the layout: each upload writes an artifact under a name of its own (one PUT, or a multipart upload that
     only becomes visible when completed, and is aborted on failure), then its manifest in one PUT. Listings are
     never served from fsspec's cache, so uploads by other hosts are seen at once. Uploads stream in parts of 5 MiB,

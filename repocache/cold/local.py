@@ -12,16 +12,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from repocache import locks
-from repocache.cold.base import (
-    LEASES,
-    MANIFEST_MAX_BYTES,
-    Lease,
-    _GenerationStore,
-    check_key,
-    check_ttl,
-    lease_document,
-    parse_lease,
-)
+from repocache.cold.generations import LEASES, GenerationStore, check_ttl, lease_document, parse_lease
+from repocache.cold.manifest import MANIFEST_MAX_BYTES, check_key
+from repocache.cold.store import Lease
 from repocache.errors import ColdStoreError, ConfigError
 
 __all__ = ["LocalDirStore"]
@@ -32,10 +25,10 @@ _TEMP_MAX_AGE = 24 * 3600.0  # an upload still writing after a day has crashed
 _CHUNK = 256 * 1024
 
 
-class LocalDirStore(_GenerationStore):
+class LocalDirStore(GenerationStore):
     """A :class:`~repocache.cold.ColdStore` in a directory, shared safely by processes and by hosts mounting it.
 
-    Objects follow the layout of :mod:`repocache.cold.base`. Each object is written to a temporary file in its
+    Objects follow the layout of :mod:`repocache.cold.generations`. Each object is written to a temporary file in its
     final directory (``<key>/.tmp-*``), flushed with ``fsync`` and renamed into place with :func:`os.replace`, and
     the directory is synced, so after a crash a file is either complete or absent. Temporary files left by
     crashed uploads are swept after a day. The directory is created on the first upload.

@@ -1,16 +1,19 @@
-"""Which repositories each caller holds open, for the deadlock rule of the budget wait.
+"""Which repositories each caller is using (has a checkout or worktree open), for the deadlock rule of the budget wait.
+
+A *use* is bookkeeping in memory, not a lock: the lock a use stands beside is the repository's shared hold
+(:class:`repocache.layout.SharedHold`). The two words are kept apart on purpose.
 
 A miss that lacks room because other workers hold repositories waits for them (:mod:`repocache.budget`). A
 caller that holds a checkout or worktree itself must not wait: two workers each holding one repository and missing
 the other's would wait for each other. So every open hold is recorded for its *caller*, and
-:func:`held_in` tells the budget what the current caller holds under a root.
+:func:`open_in` tells the budget what the current caller holds under a root.
 
 A caller is whatever carries a :mod:`contextvars` context: a thread (each thread starts with its own context), an
 asyncio task (each task runs in a copy of its creator's context), and so a process. The value is a tuple of
-:class:`Held` records, replaced (never mutated) when a hold is added, so a task or thread started later inherits the
+:class:`Use` records, replaced (never mutated) when a hold is added, so a task or thread started later inherits the
 holds open at that moment and no others: a child created while its parent holds a repository counts as holding it
 (its parent waits for it while holding), siblings started earlier do not. A record is closed through the object
-itself (:meth:`Held.close`), which works from any thread or context: :class:`~repocache.AsyncRepoCache` takes holds
+itself (:meth:`Use.close`), which works from any thread or context: :class:`~repocache.AsyncRepoCache` takes holds
 in one pool thread and releases them in another, and a synchronous checkout may be left in another thread than
 the one that entered it. :class:`~repocache.AsyncRepoCache` records its holds in the awaiting task's context and
 runs each call in a copy of that context, so the worker thread sees what the task holds.
@@ -21,10 +24,10 @@ from __future__ import annotations
 import contextvars
 from pathlib import Path
 
-__all__ = ["Held", "held_in", "hold"]
+__all__ = ["Use", "begin", "open_in"]
 
 
-class Held:
+class Use:
     """One open hold of a caller: the repository ``url`` (key ``key``) under ``root``."""
 
     __slots__ = ("key", "open", "root", "url")
@@ -40,19 +43,19 @@ class Held:
         self.open = False
 
     def __repr__(self) -> str:
-        return f"Held({self.url!r}, open={self.open})"
+        return f"Use({self.url!r}, open={self.open})"
 
 
-_held: contextvars.ContextVar[tuple[Held, ...]] = contextvars.ContextVar("repocache_held", default=())
+_uses: contextvars.ContextVar[tuple[Use, ...]] = contextvars.ContextVar("repocache_uses", default=())
 
 
-def hold(root: Path, key: str, url: str) -> Held:
+def begin(root: Path, key: str, url: str) -> Use:
     """Record that the current caller now holds ``url`` under ``root``; close the result when it is released."""
-    record = Held(root, key, url)
-    _held.set((*(h for h in _held.get() if h.open), record))  # closed records are dropped on the way
+    record = Use(root, key, url)
+    _uses.set((*(h for h in _uses.get() if h.open), record))  # closed records are dropped on the way
     return record
 
 
-def held_in(root: Path) -> tuple[Held, ...]:
+def open_in(root: Path) -> tuple[Use, ...]:
     """The holds the current caller has open under ``root``."""
-    return tuple(h for h in _held.get() if h.open and h.root == root)
+    return tuple(h for h in _uses.get() if h.open and h.root == root)

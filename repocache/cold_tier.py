@@ -1,7 +1,7 @@
 """The cache's use of a cold store: manifest lookup, restore into staging, offload of evicted mirrors, publishing
 for a fleet, the fleet's one clone per repository, pruning.
 
-The store itself (:class:`~repocache.cold.base.ColdStore`) only keeps artifacts; this module decides when to use it,
+The store itself (:class:`~repocache.cold.ColdStore`) only keeps artifacts; this module decides when to use it,
 and turns every failure of the store into "carry on without it" (a clone instead of a restore, an eviction that
 is not uploaded, an independent clone instead of waiting for another host), never into a failed checkout.
 
@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from repocache import gitops
-from repocache.cold.artifact import _skipped, pack_mirror, unpack_artifact
-from repocache.cold.base import ArtifactWriter, ColdStore, FleetStore, Lease, Manifest, checked_manifest
+from repocache.cold.artifact import is_leftover, pack_mirror, unpack_artifact
+from repocache.cold.manifest import Manifest, checked_manifest
+from repocache.cold.store import ArtifactWriter, ColdStore, FleetStore, Lease
 from repocache.context import Context
 from repocache.counters import Counter
 from repocache.errors import CloneError, ColdStoreError, LockTimeoutError
@@ -478,10 +479,10 @@ def _link_tree(source: Path, dest: Path) -> None:
     """
     dest.mkdir()
     for directory, dirnames, filenames in os.walk(source):
-        dirnames[:] = [d for d in dirnames if not _skipped(d)]
+        dirnames[:] = [d for d in dirnames if not is_leftover(d)]
         target = dest / Path(directory).relative_to(source)
         for name in dirnames:
             (target / name).mkdir()
         for name in filenames:
-            if not _skipped(name):
+            if not is_leftover(name):
                 os.link(Path(directory) / name, target / name)

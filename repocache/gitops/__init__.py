@@ -1,0 +1,74 @@
+"""Git: the only package that runs git or imports pygit2 for git operations, and maps their errors.
+
+Its rooms:
+
+- :mod:`~repocache.gitops.run`: finding git, the one environment every git process gets, spawning and killing it,
+  its progress and its error lines;
+- :mod:`~repocache.gitops.mirror`: a mirror on disk (validate, describe, size, ref tips, shape, config, sweep);
+- :mod:`~repocache.gitops.transfer`: clone and fetch, with the git CLI or libgit2;
+- :mod:`~repocache.gitops.worktree`: resolving a ref and checking a commit out;
+- :mod:`~repocache.gitops.housekeeping`: the maintenance git runs (repacks, packed refs, commit-graph).
+
+Transports are restricted with ``GIT_ALLOW_PROTOCOL``, so ``ext::`` and ``fd::`` are never reachable; credentials
+from the URL never reach the disk. Every failure leaves as a :class:`~repocache.errors.GitError` subclass with a
+scrubbed message.
+"""
+
+from repocache.gitops.housekeeping import (
+    GitRun,
+    pack_refs,
+    repack_all_keeping,
+    repack_geometric,
+    repack_pruning,
+    run_maintenance_git,
+    write_commit_graph,
+)
+from repocache.gitops.mirror import (
+    MirrorShape,
+    commit_graph_state,
+    describe_mirror,
+    disk_usage,
+    ensure_mirror_config,
+    mirror_config,
+    mirror_shape,
+    newest_commit_time,
+    open_repository,
+    ref_tips,
+    sanitize_restored_mirror,
+    sweep_mirror,
+    validate_mirror,
+)
+from repocache.gitops.run import GitOptions, MaintenanceLimits, ProgressCallback, find_git
+from repocache.gitops.transfer import clone_mirror, fetch_mirror
+from repocache.gitops.worktree import make_worktree, resolve_commit
+
+__all__ = [
+    "GitOptions",
+    "GitRun",
+    "MaintenanceLimits",
+    "MirrorShape",
+    "ProgressCallback",
+    "clone_mirror",
+    "commit_graph_state",
+    "describe_mirror",
+    "disk_usage",
+    "ensure_mirror_config",
+    "fetch_mirror",
+    "find_git",
+    "make_worktree",
+    "mirror_config",
+    "mirror_shape",
+    "newest_commit_time",
+    "open_repository",
+    "pack_refs",
+    "ref_tips",
+    "repack_all_keeping",
+    "repack_geometric",
+    "repack_pruning",
+    "resolve_commit",
+    "run_maintenance_git",
+    "sanitize_restored_mirror",
+    "sweep_mirror",
+    "validate_mirror",
+    "write_commit_graph",
+]

@@ -1,0 +1,102 @@
+"""Housekeeping: the maintenance git runs (repacks, packed refs, the commit-graph) with bounded memory.
+
+Each returns a :class:`GitRun` (its time and peak memory); which to run, and under which lock, is decided by
+:mod:`repocache.maintenance`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from repocache.errors import GitError
+from repocache.gitops.run import GitOptions, MaintenanceLimits, git_environment, kill_git, spawn_git
+
+
+@dataclass(frozen=True)
+class GitRun:
+    """One maintenance git process: how long it took and the peak resident memory of its process tree."""
+
+    seconds: float
+    peak_rss_bytes: int
+
+
+def run_maintenance_git(path: Path, args: list[str], options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Run ``git args`` in the mirror at ``path`` with bounded memory; returns its time and peak memory.
+
+    Raises:
+        GitError: git failed (the message is its last lines of standard error).
+    """
+    if options.git is None:
+        raise GitError(str(path), "maintenance needs the git command line tool, which was not found")
+    started = time.monotonic()
+    process = spawn_git(options.git, args, path, git_environment(options, limits=limits))
+    assert process.stderr is not None
+    try:
+        error = process.stderr.read()
+        # wait4 gives the resource usage of git and of the children it waited for (pack-objects).
+        _pid, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    except BaseException:
+        kill_git(process)
+        raise
+    finally:
+        process.stderr.close()
+    seconds = time.monotonic() - started
+    if process.returncode != 0:
+        detail = error.decode("utf-8", "replace").strip().splitlines()[-4:]
+        raise GitError(str(path), f"git {args[0]} failed: {'; '.join(detail) or process.returncode}")
+    return GitRun(seconds=seconds, peak_rss_bytes=int(usage.ru_maxrss) * 1024)
+
+
+def repack_geometric(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Roll small packs and loose objects into packs that form a geometric progression (factor 2).
+
+    Every object of the packs rolled up (reachable or not) and every loose object goes into the new pack before
+    the old ones are deleted, so nothing is ever lost and no unreachable object is pruned.
+    """
+    return run_maintenance_git(
+        path, ["repack", "--geometric=2", "-d", "-q", "--no-write-bitmap-index"], options, limits
+    )
+
+
+def repack_all_keeping(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Repack every object into one pack, unreachable ones included (``-a -d -k``), with deltas found afresh.
+
+    A geometric roll-up reuses objects as the packs store them, and libgit2's fetched packs carry whole copies of
+    the delta bases it appended to complete thin packs: repacking them by traversal (which knows paths, so finds
+    good deltas) brings the mirror back to a fresh clone's size. Objects no ref reaches are appended, not dropped.
+    """
+    args = ["repack", "-a", "-d", "-k", "-q", "--no-write-bitmap-index"]
+    return run_maintenance_git(path, args, options, limits)
+
+
+def repack_pruning(path: Path, options: GitOptions, limits: MaintenanceLimits, grace: float) -> GitRun:
+    """Repack everything into one pack plus a cruft pack; unreachable objects older than ``grace`` seconds go.
+
+    Only safe while nobody reads the mirror (a worktree may need an unreachable commit): the caller holds the
+    repository's exclusive lock.
+    """
+    expiration = f"{int(grace)}.seconds.ago" if grace > 0 else "now"
+    args = ["repack", "-a", "-d", "-q", "--cruft", f"--cruft-expiration={expiration}", "--no-write-bitmap-index"]
+    return run_maintenance_git(path, args, options, limits)
+
+
+def pack_refs(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Move loose refs into ``packed-refs`` (written whole, then the loose files are deleted)."""
+    return run_maintenance_git(path, ["pack-refs", "--all", "--prune"], options, limits)
+
+
+def write_commit_graph(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
+    """Write ``objects/info/commit-graph`` for every reachable commit, in the format libgit2 and git both read.
+
+    One file (libgit2 does not read split chains) with generation numbers v1 (libgit2 rejects a graph that has
+    the generation data v2 chunks git writes by default); any split chain is replaced.
+    """
+    run = run_maintenance_git(path, ["commit-graph", "write", "--reachable", "--no-progress"], options, limits)
+    # git reads the single file first, so a chain left by someone else's split write is dead weight now.
+    shutil.rmtree(path / "objects" / "info" / "commit-graphs", ignore_errors=True)
+    return run
