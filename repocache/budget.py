@@ -182,6 +182,32 @@ class Budget:
                 self._refuse_or_wait(parsed, needed, freed, in_use)
             return self._context.index.reserve(parsed.key, needed) if needed else None
 
+    def check_fits(self, hold: ExclusiveHold, size: int) -> None:
+        """Refuse a mirror of ``size`` bytes, just downloaded, that could never stay: larger than the budget, or
+        than the room the pinned repositories leave (``max_bytes`` less their bytes), whatever is evicted.
+
+        Its size is remembered first, so the next miss is refused before it downloads anything. A pinned mirror
+        is never refused (the budget yields to pins).
+
+        Raises:
+            BudgetError: it cannot fit; ``available`` is the real room (the budget less the pinned bytes).
+        """
+        context = self._context
+        max_bytes = context.settings.max_bytes
+        parsed = hold.url
+        if max_bytes is None or context.pins.matches(parsed.url):
+            return
+        if size > max_bytes:
+            context.index.remember_size(hold.key, parsed.url, size)
+            raise BudgetError(parsed.url, size, max_bytes, max_bytes=max_bytes)
+        context.pins.refresh()
+        pinned = sum(
+            row.size_bytes for row in context.index.rows() if row.key != hold.key and context.pins.matches(row.url)
+        )
+        if size + pinned > max_bytes:
+            context.index.remember_size(hold.key, parsed.url, size)
+            raise BudgetError(parsed.url, size, max(0, max_bytes - pinned), reason="pinned")
+
     def _refuse_or_wait(self, parsed: RepoURL, needed: int, freed: Freed, in_use: Sequence[Use]) -> None:
         """Raise BudgetError for a lasting shortfall, RoomShortfall for a passing one (held or reserved room)."""
         context = self._context

@@ -296,8 +296,11 @@ class RepoCache:
             maintained = self._acquirer.release(acquired)
         if maintained is not None:
             entry = entry_of(self._context, parsed.key) or entry
-        if entry is None:  # pragma: no cover - the row is written before the hold is released
-            raise RepoCacheError(f"{parsed.url} vanished from the index while held")
+        if entry is None or not entry.path.is_dir():  # evicted once released: never return a path that is gone
+            raise RepoCacheError(
+                f"{parsed.url} was evicted as soon as it was released (the cache is over its budget or its "
+                "min_free_bytes floor, or another process evicted it); hold it with checkout() to keep it"
+            )
         return entry
 
     def info(self, url: str | os.PathLike[str]) -> Entry | None:

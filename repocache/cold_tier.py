@@ -38,6 +38,7 @@ from repocache.cold.artifact import is_leftover, pack_mirror, unpack_artifact
 from repocache.cold.manifest import Manifest, checked_manifest
 from repocache.cold.store import ArtifactWriter, ColdStore, FleetStore, Lease
 from repocache.context import Context
+from repocache.counters import Counter
 from repocache.errors import CloneError, ColdStoreError, LockTimeoutError
 from repocache.events import Source, warn_caller
 from repocache.index import Row
@@ -194,6 +195,7 @@ class ColdTier:
             if newer is not None and newer.generation != manifest.generation:
                 # Another host uploaded a newer artifact meanwhile and the old one was deleted: use the new one.
                 return self.restore(hold, parsed, newer, staging, progress, retry=False)
+            self._context.index.count(Counter.RESTORE_ERRORS)
             self._context.events.restore_unusable(parsed.url, exc)
             warn_caller(f"cold store artifact of {parsed.url} is unusable ({exc}); cloning")
             return False

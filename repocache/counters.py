@@ -21,6 +21,8 @@ class Counter(str, Enum):
     RESTORES = "restores", "Repositories restored from the cold store."
     EVICTIONS = "evictions", "Repositories removed from disk."
     FETCH_ERRORS = "fetch_errors", "Fetches that failed (stale copies served or errors raised)."
+    CLONE_ERRORS = "clone_errors", "Clones that failed (nothing was kept)."
+    RESTORE_ERRORS = "restore_errors", "Restores from the cold store that failed (the repository was cloned instead)."
 
     description: str
 

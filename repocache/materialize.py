@@ -21,7 +21,8 @@ from repocache.cold.manifest import Manifest
 from repocache.cold_tier import ColdTier
 from repocache.consequences import Consequences
 from repocache.context import Context
-from repocache.errors import BudgetError
+from repocache.counters import Counter
+from repocache.errors import CloneError
 from repocache.events import Source
 from repocache.keys import RepoURL
 from repocache.layout import ExclusiveHold, remove
@@ -96,13 +97,10 @@ def _fill(
         sources.append((Source.RESTORE, lambda staging: cold.restore(hold, parsed, manifest, staging, progress)))
     sources.append((Source.CLONE, clone))
     try:
-        source = next(source for source, fill in sources if fill(staging))
+        source = _first_that_fills(context, sources, staging)
         size = gitops.disk_usage(staging)
-        max_bytes = context.settings.max_bytes
-        if max_bytes is not None and size > max_bytes and not context.pins.matches(parsed.url):
-            # Its size was unknown before the download; remember it so the next miss is refused up front.
-            context.index.remember_size(key, parsed.url, size)
-            raise BudgetError(parsed.url, size, max_bytes, max_bytes=max_bytes)
+        if size > known:  # its size was unknown (or it grew): refuse it now if it could never stay
+            budget.check_fits(hold, size)
         os.rename(staging, context.layout.mirror(key))
         context.index.put(
             key,
@@ -126,6 +124,19 @@ def _fill(
         # download is all the enforcement a miss needs.
         budget.enforce_if_over()
     return source
+
+
+def _first_that_fills(context: Context, sources: list[tuple[Source, Fill]], staging: Path) -> Source:
+    """The first source that fills ``staging``; a clone that fails is counted (``clone_errors``) and raised."""
+    for source, fill in sources:
+        try:
+            if fill(staging):
+                return source
+        except CloneError:
+            if source is Source.CLONE:
+                context.index.count(Counter.CLONE_ERRORS)
+            raise
+    raise CloneError("", "no source could fill the mirror")  # pragma: no cover - the clone source raises or fills
 
 
 def sweep_staging(context: Context, hold: ExclusiveHold) -> None:

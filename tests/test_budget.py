@@ -265,3 +265,35 @@ def test_a_clone_finishing_is_not_counted_twice_by_a_miss_beside_it(
         assert beside == [sizes[1]]
         assert {e.url for e in cache.entries()} == {normalize_url(first.url).url, normalize_url(second.url).url}
         assert_consistent(cache)
+
+
+def test_a_miss_that_cannot_fit_beside_the_pinned_repositories_says_so_the_first_time(
+    cache_root: Path, three: list[Upstream], tmp_path: Path
+) -> None:
+    sizes = _sizes(tmp_path / "measure", three)
+    budget = sizes[0] + sizes[1] // 2  # the second fits in the budget, not beside the pinned first
+    assert sizes[1] < budget
+    with RepoCache(cache_root, max_bytes=budget, pins=[three[0].url]) as cache:
+        pinned = cache.ensure(three[0].url)
+        with pytest.raises(BudgetError) as caught:
+            cache.ensure(three[1].url)
+        error = caught.value
+        assert error.reason == "pinned"
+        assert error.available == budget - pinned.size_bytes, "the real room: the budget less the pinned bytes"
+        assert error.needed >= sizes[1] * 9 // 10
+        assert cache.info(three[1].url) is None
+        assert not any((cache_root / "staging").iterdir())
+        # Its size is remembered: the next miss is refused before it downloads anything.
+        with pytest.raises(BudgetError) as again:
+            cache.ensure(three[1].url)
+        assert again.value.reason == "pinned"
+        assert cache.stats().clones == 1
+        assert_consistent(cache)
+
+
+def test_an_entry_returned_by_ensure_is_on_disk(cache_root: Path, three: list[Upstream], tmp_path: Path) -> None:
+    budget = max(_sizes(tmp_path / "measure", three)) * 3 // 2
+    with RepoCache(cache_root, max_bytes=budget) as cache:
+        for upstream in three:
+            entry = cache.ensure(upstream.url)
+            assert entry.path.is_dir() and cache.info(upstream.url) == entry

@@ -425,6 +425,8 @@ def test_stats_json_counts_clones_hits_fetches_and_bytes(run: Run, upstream: Pat
         "restores": 0,
         "evictions": 0,
         "fetch_errors": 0,
+        "clone_errors": 0,
+        "restore_errors": 0,
         "bytes_used": size,
         "bytes_limit": 20 * 1024**2,
         "entries": 1,
@@ -620,7 +622,13 @@ def test_progress_line_fits_the_terminal_and_is_erased_when_done() -> None:
     assert stream.getvalue().endswith("[K\r\x1b[K")
 
 
-def test_interrupt_exits_130_and_stops_git(run: Run, cli_env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code", "message"),
+    [(signal.SIGINT, 130, "repocache: interrupted"), (signal.SIGTERM, 143, "repocache: terminated (SIGTERM)")],
+)
+def test_an_interrupt_or_a_termination_stops_git_and_leaves_nothing(
+    run: Run, cli_env: dict[str, str], tmp_path: Path, signum: int, code: int, message: str
+) -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         server.settimeout(30)
@@ -637,7 +645,7 @@ def test_interrupt_exits_130_and_stops_git(run: Run, cli_env: dict[str, str], tm
             with connection:
                 connection.settimeout(30)
                 assert connection.recv(4096)  # git's request
-                process.send_signal(signal.SIGINT)
+                process.send_signal(signum)
                 stdout, stderr = process.communicate(timeout=30)
                 while connection.recv(4096):  # times out (failing the test) if git was left running
                     pass
@@ -645,9 +653,9 @@ def test_interrupt_exits_130_and_stops_git(run: Run, cli_env: dict[str, str], tm
             if process.poll() is None:
                 process.kill()
                 process.wait()
-    assert process.returncode == 130, stderr
+    assert process.returncode == code, stderr
     assert stdout == ""
-    assert stderr.strip() == "repocache: interrupted"
+    assert stderr.strip() == message
     assert ls_json(run) == []
     assert list((tmp_path / "cache" / "staging").iterdir()) == []
 

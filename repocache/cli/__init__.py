@@ -26,6 +26,7 @@ Exit codes (scripts can rely on them)::
     5    timed out waiting for another worker's lock
     6    any other error (cold storage, file system, unexpected)
     130  interrupted (Ctrl-C)
+    143  terminated (SIGTERM, as sent by ``timeout``, ``docker stop`` and systemd): git stopped, nothing left
     141  standard output was closed early (for example piped into ``head``)
 
 ``warm``, ``refresh`` and ``stale`` exit with the code of their first failure after trying every repository

@@ -13,6 +13,7 @@ from repocache.errors import (
     RepoCacheError,
     WebhookError,
 )
+from repocache.termination import EXIT_TERMINATED, Terminated
 
 EXIT_OK = 0
 EXIT_NOT_DONE = 1
@@ -33,8 +34,10 @@ def exit_code_for(error: BaseException) -> int:
 
     Returns:
         2 for invalid input, 3 for git failures, 4 for budget, 5 for lock timeouts, 130 for an interrupt,
-        141 for a closed standard output, 6 for anything else.
+        143 for SIGTERM, 141 for a closed standard output, 6 for anything else.
     """
+    if isinstance(error, Terminated):
+        return EXIT_TERMINATED
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(error, BrokenPipeError):

@@ -25,6 +25,7 @@ exit codes:
   5    timed out waiting for another worker's lock
   6    any other error (cold storage, file system, unexpected)
   130  interrupted
+  143  terminated (SIGTERM)
   141  standard output closed early
 """
 

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from repocache.cli.exits import EXIT_NOT_DONE, EXIT_OK, describe, exit_code_for
 from repocache.cli.options import open_cache
 from repocache.cli.output import Context, ago, entry_json, human_bytes, manifest_json, table, yes_no
-from repocache.errors import BudgetError, ConfigError, InvalidURLError, RepoCacheError
+from repocache.counters import Counter
+from repocache.errors import ConfigError, InvalidURLError, RepoCacheError
 
 if TYPE_CHECKING:
     from repocache.cache import RepoCache
@@ -38,13 +39,7 @@ def get(context: Context) -> int:
     """``get URL [--json]``."""
     with open_cache(context) as cache:
         _refuse_missing_path(cache, context.args.url)
-        entry = cache.ensure(context.args.url)
-        if not entry.path.is_dir():
-            # ensure() enforces the budget after releasing its hold, so a clone larger than the budget is gone
-            # again; never print a path that does not exist.
-            if cache.max_bytes is not None or cache.min_free_bytes:
-                raise BudgetError(entry.url, entry.size_bytes, cache.max_bytes or 0)
-            raise RepoCacheError(f"{entry.url} was evicted by another process as soon as it was fetched")
+        entry = cache.ensure(context.args.url)  # never returns an entry whose path is gone
     if context.args.json:
         context.emit_json(entry_json(entry))
     else:
@@ -187,13 +182,7 @@ def _stats_lines(stats: Stats, root: Path) -> list[tuple[str, str]]:
             if stats.bytes_limit is None
             else f"{human_bytes(stats.bytes_limit)} ({stats.bytes_limit} bytes)",
         ),
-        ("hits", str(stats.hits)),
-        ("misses", str(stats.misses)),
-        ("clones", str(stats.clones)),
-        ("fetches", str(stats.fetches)),
-        ("fetch errors", str(stats.fetch_errors)),
-        ("restores", str(stats.restores)),
-        ("evictions", str(stats.evictions)),
+        *((counter.value.replace("_", " "), str(getattr(stats, counter.value))) for counter in Counter),
     ]
 
 

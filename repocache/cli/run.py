@@ -15,6 +15,7 @@ from repocache.cli.exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_PIPE, EXIT_USAGE
 from repocache.cli.output import Context, LogHandler, ProgressBar, is_terminal
 from repocache.cli.parser import build_parser, command_dest
 from repocache.cli.spec import Command
+from repocache.termination import EXIT_TERMINATED, Terminated, terminate_as_interrupt
 
 _logger = logging.getLogger("repocache")
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     _logger.propagate = False
     _logger.setLevel(_log_level(args.quiet, args.verbose))
     try:
-        with warnings.catch_warnings():
+        with terminate_as_interrupt(), warnings.catch_warnings():
             # The library logs the same event as a warning record; the logger's line is the one to show.
             warnings.filterwarnings("ignore", message="serving a stale copy", category=RuntimeWarning)
             return command.handler(context)
@@ -57,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError, AttributeError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_PIPE
+    except Terminated:
+        context.clear()
+        print("repocache: terminated (SIGTERM)", file=err)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         context.clear()
         print("repocache: interrupted", file=err)
