@@ -270,7 +270,7 @@ def test_a_clone_finishing_is_not_counted_twice_by_a_miss_beside_it(
 def test_a_miss_that_cannot_fit_beside_the_pinned_repositories_says_so_the_first_time(
     cache_root: Path, three: list[Upstream], tmp_path: Path
 ) -> None:
-    sizes = _sizes(tmp_path / "measure", three)
+    sizes = learn_sizes(tmp_path / "measure", three)
     budget = sizes[0] + sizes[1] // 2  # the second fits in the budget, not beside the pinned first
     assert sizes[1] < budget
     with RepoCache(cache_root, max_bytes=budget, pins=[three[0].url]) as cache:
@@ -292,7 +292,7 @@ def test_a_miss_that_cannot_fit_beside_the_pinned_repositories_says_so_the_first
 
 
 def test_an_entry_returned_by_ensure_is_on_disk(cache_root: Path, three: list[Upstream], tmp_path: Path) -> None:
-    budget = max(_sizes(tmp_path / "measure", three)) * 3 // 2
+    budget = max(learn_sizes(tmp_path / "measure", three)) * 3 // 2
     with RepoCache(cache_root, max_bytes=budget) as cache:
         for upstream in three:
             entry = cache.ensure(upstream.url)
