@@ -27,7 +27,7 @@ import psutil
 
 from repocache import cancel
 from repocache.context import Context
-from repocache.errors import BudgetError, LockTimeoutError
+from repocache.errors import BudgetError, LockTimeoutError, RepoCacheError
 from repocache.events import Counter
 from repocache.index import Index, Row
 from repocache.keys import RepoURL
@@ -181,6 +181,16 @@ class Budget:
             if freed.deficit > 0:
                 self._refuse_or_wait(parsed, needed, freed, in_use)
             return self._context.index.reserve(parsed.key, needed) if needed else None
+
+    def evicted_on_release(self, parsed: RepoURL, entry: Entry | None) -> RepoCacheError:
+        """The error for a repository evicted as soon as its caller released it (``ensure`` never returns a path
+        that is gone): a :class:`BudgetError` with the room left when the budget did it, else who did."""
+        settings = self._context.settings
+        if entry is not None and settings.budgeted:
+            used, _count = self._context.index.totals()
+            room = max(0, settings.max_bytes - used) if settings.max_bytes is not None else 0
+            return BudgetError(parsed.url, entry.size_bytes, room, reason="")
+        return RepoCacheError(f"{parsed.url} was evicted by another process as soon as it was released")
 
     def check_fits(self, hold: ExclusiveHold, size: int) -> None:
         """Refuse a mirror of ``size`` bytes, just downloaded, that could never stay: larger than the budget, or

@@ -297,10 +297,7 @@ class RepoCache:
         if maintained is not None:
             entry = entry_of(self._context, parsed.key) or entry
         if entry is None or not entry.path.is_dir():  # evicted once released: never return a path that is gone
-            raise RepoCacheError(
-                f"{parsed.url} was evicted as soon as it was released (the cache is over its budget or its "
-                "min_free_bytes floor, or another process evicted it); hold it with checkout() to keep it"
-            )
+            raise self._budget.evicted_on_release(parsed, entry)
         return entry
 
     def info(self, url: str | os.PathLike[str]) -> Entry | None:

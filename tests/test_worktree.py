@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from repocache import InvalidRefError, RefNotFoundError, RepoCache
+from repocache import BudgetError, InvalidRefError, RefNotFoundError, RepoCache
 from repocache.testing import Upstream, UpstreamFactory
 from tests.helpers import assert_consistent, git
 
@@ -85,7 +85,8 @@ def test_worktree_holds_the_mirror_against_eviction(
         budget = measure.ensure(upstream.url).size_bytes * 3 // 2
     with RepoCache(cache_root, max_bytes=budget) as cache:
         with cache.worktree(upstream.url) as wt:
-            cache.ensure(other.url)  # over budget now: the held mirror must survive, the other one goes
+            with pytest.raises(BudgetError):  # no room beside the held mirror: the other one goes, and says so
+                cache.ensure(other.url)
             assert cache.info(upstream.url) is not None
             assert cache.info(other.url) is None
             assert cache.evict(upstream.url) is False
