@@ -157,14 +157,22 @@ def parse_event(
         accepted = " or ".join(repr(name) for name in _PUSH_EVENTS[provider] + _PING_EVENTS[provider])
         raise WebhookEventError(f"{provider} event {event!r} is not handled; expected {accepted}")
     _verify(provider, lowered, body, key)
-    payload = _payload(lowered, body)
-    if event in _PING_EVENTS[provider]:
-        return PushEvent(provider=provider, event=event, urls=())
-    urls = tuple(_repository_urls(provider, payload))
+    try:
+        payload = _payload(lowered, body)
+        if event in _PING_EVENTS[provider]:
+            return PushEvent(provider=provider, event=event, urls=())
+        urls = tuple(_repository_urls(provider, payload))
+        ref = payload.get("ref")
+    except WebhookError:
+        raise
+    except RecursionError:
+        raise WebhookPayloadError("the body nests too deeply to be a webhook payload") from None
+    except (ValueError, TypeError, LookupError, OverflowError) as exc:
+        # The last line of defence: whatever shape a signed body takes, it is a refusal, never a crash.
+        raise WebhookPayloadError(f"the body cannot be read as a {provider} event ({type(exc).__name__})") from None
     if not urls:
         fields = ", ".join(_URL_FIELDS[provider])
         raise WebhookPayloadError(f"the {provider} payload names no repository with a usable URL ({fields})")
-    ref = payload.get("ref")
     return PushEvent(provider=provider, event=event, urls=urls, ref=ref if isinstance(ref, str) else None)
 
 
@@ -218,6 +226,8 @@ def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         text = form["payload"][0]
     try:
         payload = json.loads(text)
+    except RecursionError:
+        raise WebhookPayloadError("the body nests too deeply to be a webhook payload") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise WebhookPayloadError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
@@ -239,8 +249,8 @@ def _repository_urls(provider: str, payload: Mapping[str, Any]) -> Iterator[str]
                 continue
             try:
                 parsed = normalize_url(value.strip())
-            except InvalidURLError:
-                continue
+            except (InvalidURLError, ValueError, UnicodeError):
+                continue  # not a URL the cache could hold under this name
             if parsed.is_local or parsed.key in seen:
                 continue  # a host never names a path on this machine
             seen.add(parsed.key)
