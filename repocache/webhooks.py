@@ -107,10 +107,21 @@ class PushEvent:
     ref: str | None = None
 
 
-def _secret_bytes(secret: str | bytes) -> bytes:
-    value = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+def _secret_bytes(secret: object) -> bytes:
+    """The shared secret as bytes: only non-empty text or bytes are secrets (``5`` or ``True`` would sign as NULs)."""
+    expected = "expected the non-empty secret shared with the git host, as str or bytes"
+    # bool is an int and bytes(5) is five NUL bytes: anything but str and bytes is refused by its type, never
+    # converted; its content is not shown, since a wrongly typed value may still hold the real secret.
+    if isinstance(secret, str):
+        value = secret.encode("utf-8")
+    elif type(secret) is bytes:
+        value = secret
+    else:
+        kind = type(secret).__name__
+        shown = f"{secret!r} ({kind})" if secret is None or isinstance(secret, bool) else f"<a value of type {kind}>"
+        raise ConfigError(f"secret={shown} is not accepted; {expected}")
     if not value:
-        raise ConfigError("secret='' is not accepted; expected the non-empty secret shared with the git host")
+        raise ConfigError(f"secret={secret!r} (empty {type(secret).__name__}) is not accepted; {expected}")
     return value
 
 
@@ -138,7 +149,7 @@ def parse_event(
         The event, with the URLs to mark stale.
 
     Raises:
-        ConfigError: ``secret`` is empty.
+        ConfigError: ``secret`` is not non-empty ``str`` or ``bytes``.
         WebhookTooLargeError: the body is larger than ``max_body_bytes``.
         WebhookEventError: no known host's event header, or an event that is not a push (or a GitHub ping).
         WebhookSignatureError: the signature or token is missing or wrong.
@@ -287,7 +298,7 @@ def wsgi_app(cache: RepoCache, *, secret: str | bytes, max_body_bytes: int = MAX
     (401 bad signature, 400 unknown event or malformed body, 413 too large: the body is then not read).
 
     Raises:
-        ConfigError: ``secret`` is empty.
+        ConfigError: ``secret`` is not non-empty ``str`` or ``bytes`` (checked here, before any request).
     """
     _secret_bytes(secret)
 
