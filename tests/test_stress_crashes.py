@@ -442,13 +442,13 @@ class CrashLab:
         logged = 0
         for _stamp, name in events:
             if name.startswith("hit:"):
-                key, _, wall = name[len("hit:") :].rpartition(":")
+                key, _, stamp = name[len("hit:") :].rpartition(":")
                 logged += 1
-                if float(wall) <= settled:
-                    latest[key] = max(latest.get(key, 0.0), float(wall))
-        for key, wall in latest.items():
-            assert last_used.get(key, 0.0) >= wall, (
-                f"a hit on {key} {killed_at - wall:.2f}s before the kill is not in the index's recency"
+                if float(stamp) <= settled:
+                    latest[key] = max(latest.get(key, 0.0), float(stamp))
+        for key, handed_out in latest.items():
+            assert last_used.get(key, 0.0) >= handed_out, (
+                f"a hit on {key} {killed_at - handed_out:.2f}s before the kill is not in the index's recency"
             )
         record["hits_logged"] = logged
         before = scenario.counters.get("hits", 0)
