@@ -4,16 +4,14 @@
 ``time.monotonic()`` stamp (one clock for all processes on Linux), to the file ``spec["events"]``, so the parent
 that SIGKILLs it can tell in which phase the kill landed. The steps are seen by wrapping
 ``gitops.clone_mirror``, ``gitops.fetch_mirror``, ``gitops.make_worktree``, ``Budget.evict_locked``,
-``ColdTier.offload`` (cold upload), ``ColdTier.restore`` and the maintenance steps (``gitops.repack_geometric``,
-``gitops.repack_all_keeping``,
-``gitops.pack_refs``, ``gitops.write_commit_graph``, ``gitops.repack_pruning``) and the index's deferred
-recency writes (``Index.flush``) with functions that only log and
-then call the original: the library's behaviour is unchanged.
+``ColdTier.offload`` (cold upload), ``ColdTier.restore``, the maintenance steps (``gitops.repack_geometric``,
+``gitops.repack_all_keeping``, ``gitops.pack_refs``, ``gitops.write_commit_graph``, ``gitops.repack_pruning``) and
+the index's deferred recency writes (``Index.flush``) with functions that only log and then call the original: the
+library's behaviour is unchanged.
 
 Spec keys (crash): ``root``, ``events``, ``action`` ("checkout", "worktree", "evict", "evict_loop", "hit_loop",
-"maintain"),
-``url`` or ``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds to stay
-inside the block), ``seed`` (evict_loop, hit_loop), ``prune`` (maintain).
+"maintain"), ``url`` or ``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds
+to stay inside the block), ``seed`` (evict_loop, hit_loop), ``prune`` (maintain).
 
 ``load`` mode runs ``spec["ops"]`` random operations against a cache shared with other workers and checks the
 invariants as it goes; it writes a JSON report to ``spec["report"]``: every operation with its start and end time

@@ -433,11 +433,10 @@ class CrashLab:
         root = scenario.root
         _wait_no_process_in(root)
         assert _held_locks(root) == [], f"locks still held after the worker died: {_held_locks(root)}"
-        killed_at = self.killed_at
         integrity, last_used, hits = _index_figures(root)
         assert integrity == "ok", f"the index is damaged: {integrity}"
         # Hits the flusher had at least one full round (plus scheduling slack on a loaded machine) to write.
-        settled = killed_at - RECENCY_GRANULARITY - _FLUSH_SLACK
+        settled = self.killed_at - RECENCY_GRANULARITY - _FLUSH_SLACK
         latest: dict[str, float] = {}
         logged = 0
         for _stamp, name in events:
@@ -448,7 +447,7 @@ class CrashLab:
                     latest[key] = max(latest.get(key, 0.0), float(stamp))
         for key, handed_out in latest.items():
             assert last_used.get(key, 0.0) >= handed_out, (
-                f"a hit on {key} {killed_at - handed_out:.2f}s before the kill is not in the index's recency"
+                f"a hit on {key} {self.killed_at - handed_out:.2f}s before the kill is not in the index's recency"
             )
         record["hits_logged"] = logged
         before = scenario.counters.get("hits", 0)
