@@ -26,6 +26,8 @@ credentials: URLs in them are the normalized, credential-free form.
 
 from __future__ import annotations
 
+from repocache.redact import scrub_untrusted
+
 __all__ = [
     "BudgetError",
     "CloneError",
@@ -239,13 +241,17 @@ class WebhookError(RepoCacheError, ValueError):
     """A webhook request was refused (see :mod:`repocache.webhooks`).
 
     Attributes:
-        reason: what is wrong and what would be accepted.
+        reason: what is wrong and what would be accepted, scrubbed of credentials (URL user-info, ``token=``
+            and ``password=`` fields, ``Authorization`` values), since it quotes the request.
         status: the HTTP status to answer with.
     """
 
     default_status = 400
 
     def __init__(self, reason: str, status: int | None = None) -> None:
+        # The one boundary every refusal's message passes: it is built from the request, so whatever of it is
+        # quoted is scrubbed of credentials before it is answered or logged.
+        reason = scrub_untrusted(reason)
         super().__init__(reason, status)
         self.reason = reason
         self.status = self.default_status if status is None else status

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from repocache.errors import InvalidURLError
+from repocache.redact import scrub_urls
 
 __all__ = ["MAX_URL_LENGTH", "RepoURL", "normalize_url", "scrub"]
 
@@ -33,7 +34,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _INVISIBLE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")  # control, format (bidi overrides), separators, surrogates
 _KEY_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 _HOST_OK = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^@/\s]*@")
 _ACCEPTED = (
     "accepted forms are https://host/path, http://host/path, git://host/path, ssh://[user@]host/path, "
     "user@host:path, file:///absolute/path and local paths"
@@ -74,7 +74,7 @@ class RepoURL:
 
 def scrub(text: str) -> str:
     """Remove the user-info part of every URL in ``text`` (for messages and logs)."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    return scrub_urls(text)
 
 
 def _reject(url: str, reason: str) -> InvalidURLError:
