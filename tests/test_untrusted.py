@@ -358,6 +358,77 @@ def test_damaged_index_is_kept_aside_and_rebuilt_from_the_mirrors(
     assert len(list(cache_root.glob("index.sqlite.damaged-*"))) == 1
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("size", [0, 50], ids=["emptied", "shorter-than-a-header"])
+def test_an_emptied_index_is_damage_rebuilt_from_the_mirrors(
+    cache_root: Path, upstreams: UpstreamFactory, size: int
+) -> None:
+    """A full disk or an operator's `> index.sqlite` leaves 0 bytes: SQLite reads that as a new, empty database,
+    which would forget every mirror. It is damage: kept aside, rebuilt from the mirrors, said once."""
+    urls = _cache_with_two_mirrors(cache_root, upstreams)
+    os.truncate(cache_root / "index.sqlite", size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with RepoCache(cache_root, lock_timeout=5) as cache:
+            assert sorted(e.url for e in cache.entries()) == sorted(normalize_url(u).url for u in urls)
+            with cache.checkout(urls[0]) as co:
+                assert co.source == "hit"
+            assert [p.kind for p in cache.verify()] == ["index"]  # told, until acknowledged
+            assert cache.verify(repair=True)[0].repaired
+            assert_consistent(cache)
+    messages = [str(w.message) for w in caught if "damaged" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert len(list(cache_root.glob("index.sqlite.damaged-*"))) == 1
+
+
+@pytest.mark.timeout(120)
+def test_an_index_emptied_under_a_running_process_is_rebuilt_within_lock_timeout(
+    cache_root: Path, upstreams: UpstreamFactory
+) -> None:
+    """The file is truncated while this process holds connections (and the WAL) open: each new thread and the
+    old ones get their answer within `lock_timeout`, after one rebuild, with one warning."""
+    import threading
+
+    urls = _cache_with_two_mirrors(cache_root, upstreams)
+    lock_timeout = 4.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with RepoCache(cache_root, lock_timeout=lock_timeout) as cache:
+            with cache.checkout(urls[0]) as co:
+                assert co.source == "hit"
+            os.truncate(cache_root / "index.sqlite", 0)
+            results: list[object] = []
+
+            def reader() -> None:
+                started = time.monotonic()
+                try:
+                    with cache.checkout(urls[1]) as co:
+                        results.append((co.source, sorted(e.url for e in cache.entries())))
+                except Exception as exc:  # the assertion below shows it
+                    results.append(exc)
+                results.append(time.monotonic() - started)
+
+            threads = [threading.Thread(target=reader) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            started = time.monotonic()
+            entries = sorted(e.url for e in cache.entries())  # the thread that opened the index
+            results.append(("main", entries))
+            results.append(time.monotonic() - started)
+            expected = sorted(normalize_url(u).url for u in urls)
+            assert entries == expected, results
+            answers = [r for r in results if not isinstance(r, float)]
+            waits = [r for r in results if isinstance(r, float)]
+            assert answers == [("hit", expected)] * 3 + [("main", expected)], answers
+            assert max(waits) < lock_timeout + 2.0, waits
+            assert [p.kind for p in cache.verify(repair=True)] == ["index"]
+            assert_consistent(cache)
+    messages = [str(w.message) for w in caught if "damaged" in str(w.message)]
+    assert len(messages) == 1, messages
+
+
 def test_command_line_rebuilds_a_damaged_index(cache_root: Path, upstreams: UpstreamFactory) -> None:
     urls = _cache_with_two_mirrors(cache_root, upstreams)
     _damage(cache_root / "index.sqlite", "garbage-header")
