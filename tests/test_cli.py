@@ -162,7 +162,32 @@ def test_help_lists_every_command_and_the_exit_codes(run: Run) -> None:
     assert "REPOCACHE_DIR" in result.stdout and "REPOCACHE_MAX_BYTES" in result.stdout
     assert "--version" in result.stdout
     sub = run("verify", "--help", check=0)
-    assert "--repair" in sub.stdout and "exit codes:" in sub.stdout
+    assert "--repair" in sub.stdout and "repocache --help" in sub.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "own"),
+    [
+        (["get"], ["URL", "--json"]),
+        (["verify"], ["--repair", "--json"]),
+        (["cold", "ls"], ["--json"]),
+        (["cold", "prune"], ["--older-than", "--keep-bytes"]),
+    ],
+)
+def test_command_help_shows_its_own_options_and_points_to_the_global_ones(
+    run: Run, command: list[str], own: list[str]
+) -> None:
+    from repocache.cli.commands import find
+
+    text = run(*command, "--help", check=0).stdout
+    assert len(text.splitlines()) < 15, text
+    for option in own:
+        assert option in text, (option, text)
+    assert find(command).summary in text  # the description, also for subcommands (cold ls, cold prune)
+    assert "--max-bytes" not in text and "--cold-publish" not in text  # the globals are not repeated
+    assert "repocache --help" in text
+    top = run("--help", check=0).stdout
+    assert "--max-bytes" in top and "--cold-publish" in top
 
 
 def test_version_and_missing_command(run: Run) -> None:

@@ -107,13 +107,19 @@ GLOBAL_OPTIONS: tuple[Argument, ...] = (
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) -> None:
-    """Add the global options to ``parser`` (a command's parser leaves unset ones to the top-level parser)."""
-    group = parser.add_argument_group("global options")
+    """Add the global options to ``parser``.
+
+    A command's parser accepts them too, hidden from its ``--help`` (``repocache --help`` describes them), and
+    leaves the ones not given to the top-level parser.
+    """
+    if not in_command:
+        group = parser.add_argument_group("global options")
+        for option in GLOBAL_OPTIONS:
+            group.add_argument(*option.flags, help=option.help, **option.settings)
+        return
     for option in GLOBAL_OPTIONS:
-        settings = dict(option.settings)
-        if in_command:
-            settings["default"] = argparse.SUPPRESS
-        group.add_argument(*option.flags, help=option.help, **settings)
+        settings = {**option.settings, "default": argparse.SUPPRESS}
+        parser.add_argument(*option.flags, help=argparse.SUPPRESS, **settings)
 
 
 # -- from options and environment to a cache ----------------------------------------------------------------------

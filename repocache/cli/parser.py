@@ -29,6 +29,9 @@ exit codes:
   141  standard output closed early
 """
 
+COMMAND_EPILOG = "global options (--root, --fetch-ttl, ...), environment, exit codes: repocache --help"
+"""The last line of every command's ``--help``: where the global options are described."""
+
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
@@ -58,16 +61,15 @@ def _add_commands(
 ) -> None:
     subparsers = parser.add_subparsers(dest=command_dest(path), metavar=metavar, title=title)
     for command in commands:
-        if path:  # a subcommand's help is its one line, without the description and the epilog
-            sub = subparsers.add_parser(command.name, help=command.summary, formatter_class=_FORMATTER)
-        else:
-            sub = subparsers.add_parser(
-                command.name,
-                help=command.summary,
-                description=command.summary,
-                epilog=EPILOG,
-                formatter_class=_FORMATTER,
-            )
+        # A command's help shows its own arguments; the global options are accepted after it too (scripts put
+        # them there) but described once, by ``repocache --help``.
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.summary,
+            description=command.summary,
+            epilog=COMMAND_EPILOG,
+            formatter_class=_FORMATTER,
+        )
         add_global_options(sub, in_command=True)
         for argument in command.arguments:
             sub.add_argument(*argument.flags, help=argument.help, **argument.settings)
