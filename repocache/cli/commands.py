@@ -7,10 +7,17 @@ A command is written here once; ``parser.py`` builds the argument parser and ``-
 from __future__ import annotations
 
 from repocache.cli import cold, maintain, repos
-from repocache.cli.options import seconds, size
+from repocache.cli.options import max_age, seconds, size
 from repocache.cli.spec import Command, argument
 
 _URLS = argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
+_MAX_AGE = argument(
+    "--max-age",
+    metavar="SECONDS",
+    type=max_age,
+    default=None,
+    help="for this command instead of --fetch-ttl: the age a copy may have (0: fetch now; any: never fetch)",
+)
 
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -26,6 +33,7 @@ COMMANDS: tuple[Command, ...] = (
                 action="store_true",
                 help="print the cache entry as JSON instead",
             ),
+            _MAX_AGE,
         ),
         details='`cd "$(repocache get URL)"` works in scripts: only the path goes to standard output.',
     ),
@@ -62,6 +70,7 @@ COMMANDS: tuple[Command, ...] = (
                 help="pin file to warm (default: --pins / $REPOCACHE_PINS); also used as the cache's pins if none "
                 "is set",
             ),
+            _MAX_AGE,
         ),
     ),
     Command(

@@ -8,14 +8,17 @@ from repocache.cli.commands import COMMANDS
 from repocache.cli.options import add_global_options
 from repocache.cli.spec import Command
 
-EPILOG = """\
-environment:
-  REPOCACHE_DIR        cache root when --root is not given (else the platform's user cache directory)
-  REPOCACHE_MAX_BYTES  budget when --max-bytes is not given
-  REPOCACHE_PINS       never-evict YAML file when --pins is not given
-  REPOCACHE_COLD_STORE cold storage URL when --cold-store is not given
-  REPOCACHE_COLD_PUBLISH when to upload mirrors for other hosts when --cold-publish is not given
 
+def _environment_lines() -> str:
+    from repocache.cli.options import ENVIRONMENT
+
+    width = max(len(name) for name in ENVIRONMENT.values())
+    return "".join(f"  {name.ljust(width)}  when {flag} is not given\n" for flag, name in ENVIRONMENT.items())
+
+
+EPILOG = f"""\
+environment:
+{_environment_lines()}
 exit codes:
   0    success
   1    the operation did not happen (not evicted; verify found problems it did not repair)
