@@ -585,6 +585,19 @@ def test_global_options_are_accepted_after_the_command(run: Run, upstream: Path,
     assert [entry["path"] for entry in ls_json(run, "--root", str(other))] == [str(path)]
 
 
+def test_maintain_of_a_repository_not_cached_exits_1_as_stale_and_evict_do(run: Run, upstream: Path) -> None:
+    url = f"file://{upstream}"
+    for command in ("maintain", "stale", "evict"):
+        refused = run(command, str(upstream), check=1)
+        assert refused.stdout == "", command
+        assert_one_error_line(refused.stderr, url, "not in the cache")
+    assert json.loads(run("maintain", "--json", str(upstream), check=1).stdout) == []
+    assert run("maintain", check=0).stdout == ""  # every cached repository: none is not a failure
+    run("get", str(upstream), check=0)
+    run("maintain", str(upstream), check=0)
+    assert_one_error_line(run("maintain", "ftp://host/a", check=2).stderr, "invalid repository URL")
+
+
 # -- verify ---------------------------------------------------------------------------------------------------------
 
 

@@ -32,7 +32,7 @@ Exit codes (scripts can rely on them)::
     141  standard output was closed early (for example piped into ``head``)
 
 ``warm``, ``refresh`` and ``stale`` exit with the code of their first failure after trying every repository
-(``stale`` of a repository that is not cached is exit code 1). Errors are printed as one line,
+(``stale``, ``maintain`` and ``evict`` of a repository that is not cached exit 1). Errors are printed as one line,
 ``repocache: error: <message>``, on standard error; ``-v`` adds the traceback.
 """
 

@@ -165,7 +165,8 @@ COMMANDS: tuple[Command, ...] = (
             ),
             argument("--json", action="store_true", help="print a JSON list of reports"),
         ),
-        details="Exit 1 if maintenance failed for a repository. See [Maintenance](operations.md#maintenance).",
+        details="Exit 1 if the repository is not cached or maintenance failed for a repository. "
+        "See [Maintenance](operations.md#maintenance).",
     ),
 )
 """Every command, in ``--help`` order."""

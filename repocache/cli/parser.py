@@ -21,7 +21,7 @@ environment:
 {_environment_lines()}
 exit codes:
   0    success
-  1    the operation did not happen (not evicted; verify found problems it did not repair)
+  1    the operation did not happen (not cached, not evicted; verify found problems it did not repair)
   2    usage error or invalid input (bad option, invalid URL, setting or pin file)
   3    git failed (clone or fetch)
   4    the repository does not fit in the byte budget
