@@ -278,6 +278,16 @@ def test_get_serves_a_stale_copy_with_one_warning_when_upstream_is_gone(run: Run
     assert stats_json(run)["fetch_errors"] == 2
 
 
+def test_very_verbose_logs_a_line_for_every_hit(run: Run, upstream: Path) -> None:
+    url = f"file://{upstream}"
+    run("get", str(upstream), check=0)
+    debug = run("-vv", "get", str(upstream), check=0).stderr.splitlines()
+    assert f"repocache: debug: hit {url} (fetched, " in "\n".join(debug), debug
+    cached = run("-vv", "--fetch-ttl", "3600", "get", str(upstream), check=0).stderr
+    assert f"repocache: debug: hit {url} (not fetched, " in cached, cached
+    assert "hit" not in run("-v", "get", str(upstream), check=0).stderr
+
+
 def test_get_json_prints_the_entry(run: Run, upstream: Path) -> None:
     entry = json.loads(run("get", "--json", str(upstream), check=0).stdout)
     assert json.loads(run("get", "--print-entry", str(upstream), check=0).stdout)["key"] == entry["key"]
