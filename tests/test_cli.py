@@ -334,6 +334,9 @@ def test_invalid_settings_exit_2_naming_the_setting(run: Run, tmp_path: Path) ->
     assert "--fetch-ttl" in run("--fetch-ttl", "-5", "ls", check=2).stderr
     missing_pins = run("--pins", str(tmp_path / "nope.yaml"), "ls", check=2)
     assert_one_error_line(missing_pins.stderr, "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("never_evict:\n  - https://h/a\n  bad: [\n")
+    assert_one_error_line(run("--pins", str(broken), "ls", check=2).stderr, str(broken), "line 3, column 3")
 
 
 def test_fetch_ttl_comes_from_the_option_else_the_environment_and_accepts_auto(
