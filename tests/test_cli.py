@@ -834,3 +834,83 @@ def test_cold_publish_option_publishes_every_clone(run: Run, upstream: Path, tmp
     cold = f"file://{tmp_path / 'cold'}"
     run("--cold-store", cold, "--cold-publish", "clone", "get", str(upstream), check=0)
     assert len(json.loads(run("--cold-store", cold, "cold", "ls", "--json", check=0).stdout)) == 1
+
+
+# -- run: a command in a temporary worktree ------------------------------------------------------------------------
+
+_SHOW_TREE = (
+    "import os, sys; from pathlib import Path; "
+    "print(os.environ['REPOCACHE_WORKTREE']); print(os.getcwd()); print(os.environ['REPOCACHE_COMMIT']); "
+    "print(sorted(p.name for p in Path('.').iterdir())); sys.exit(int(sys.argv[1]))"
+)
+
+
+def _worktrees(tmp_path: Path) -> list[Path]:
+    directory = tmp_path / "cache" / "worktrees"
+    return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_run_runs_the_command_in_a_worktree_of_the_ref_and_passes_its_exit_code_through(
+    run: Run, upstream: Path, cli_env: dict[str, str], tmp_path: Path, code: int
+) -> None:
+    result = run("run", str(upstream), "--", sys.executable, "-c", _SHOW_TREE, str(code), check=code)
+    tree, cwd, commit, names = result.stdout.splitlines()
+    assert Path(cwd).resolve() == Path(tree).resolve()
+    assert commit == refs(upstream, cli_env)["refs/heads/main"]
+    assert names == str([".git", "file0.txt", "file1.txt"])
+    assert not Path(tree).exists() and _worktrees(tmp_path) == []
+    feature = run("run", "--ref", "feature", str(upstream), "--", sys.executable, "-c", _SHOW_TREE, "0", check=0)
+    assert feature.stdout.splitlines()[2] == refs(upstream, cli_env)["refs/heads/feature"]
+    assert feature.stdout.splitlines()[3] == str([".git", "file0.txt"])
+    assert _worktrees(tmp_path) == []
+
+
+def test_run_hands_the_arguments_after_the_first_double_dash_over_verbatim(run: Run, upstream: Path) -> None:
+    printed = run("run", str(upstream), "--", sys.executable, "-c", "import sys; print(sys.argv[1:])", "-x", "--", "y")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() == str(["-x", "--", "y"])
+
+
+def test_run_reports_a_killed_command_a_missing_command_and_a_missing_ref(
+    run: Run, upstream: Path, tmp_path: Path
+) -> None:
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    run("run", str(upstream), "--", sys.executable, "-c", kill, check=128 + signal.SIGKILL)
+    missing = run("run", str(upstream), "--", str(tmp_path / "no-such-command"), check=127)
+    assert_one_error_line(missing.stderr, "command not found", "no-such-command")
+    assert_one_error_line(run("run", str(upstream), check=2).stderr, "run needs a command")
+    no_ref = run("run", "--ref", "no-such-branch", str(upstream), "--", "true", check=2)
+    assert_one_error_line(no_ref.stderr, "no-such-branch")
+    assert _worktrees(tmp_path) == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_run_passes_a_signal_on_to_the_command_and_removes_the_worktree(
+    upstream: Path, cli_env: dict[str, str], tmp_path: Path, signum: int, code: int
+) -> None:
+    wait = (
+        "import os, signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "print(os.getcwd(), flush=True); time.sleep(60)"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "repocache", "run", str(upstream), "--", sys.executable, "-c", wait],
+        env=cli_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        tree = Path(process.stdout.readline().strip())  # the command is running in its worktree
+        assert tree.is_dir()
+        process.send_signal(signum)  # to repocache alone, as `kill` or `timeout` sends it
+        _stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == code, stderr
+    assert not tree.exists() and _worktrees(tmp_path) == []

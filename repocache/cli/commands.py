@@ -6,7 +6,7 @@ A command is written here once; ``parser.py`` builds the argument parser and ``-
 
 from __future__ import annotations
 
-from repocache.cli import cold, maintain, repos
+from repocache.cli import cold, maintain, repos, worktree
 from repocache.cli.options import max_age, seconds, size
 from repocache.cli.spec import Command, argument
 
@@ -93,6 +93,28 @@ COMMANDS: tuple[Command, ...] = (
         repos.stale,
         (_URLS,),
         details="The mark is shared: the next hit in any process using the root fetches first. Prints each URL.",
+    ),
+    Command(
+        "run",
+        "run a command in a temporary worktree of a ref, remove the worktree, exit with the command's code",
+        worktree.run_in_worktree,
+        (
+            argument("url", metavar="URL", help="repository URL or local path"),
+            argument("--ref", metavar="REF", default="HEAD", help="branch, tag or commit to check out (default: HEAD)"),
+            _MAX_AGE,
+            argument(
+                "argv",
+                metavar="COMMAND",
+                nargs="*",
+                help="the command and its arguments, after -- (run in the worktree, which $REPOCACHE_WORKTREE names)",
+            ),
+        ),
+        details="`repocache run URL --ref v1 -- make test` is `with cache.worktree(URL, 'v1')` for the shell: the "
+        "command runs with the worktree as its directory and `$REPOCACHE_WORKTREE` and `$REPOCACHE_COMMIT` set, "
+        "and the worktree is removed when it ends, also on Ctrl-C or SIGTERM (passed on to the command). "
+        "The exit code is the command's (128 + the signal if it was killed; 127 if it is not found); "
+        "repocache's own failures exit with their usual codes.",
+        passthrough=True,
     ),
     Command(
         "verify",

@@ -72,6 +72,8 @@ class Command:
         subcommands: commands typed after this one (``cold ls``).
         details: Markdown added after the summary in the docs only (exit codes, links to the guide).
         subcommands_title: the heading of the subcommands in ``--help`` (default: ``"<name> commands"``).
+        passthrough: everything after the first ``--`` is handed over verbatim as ``args.argv`` (``run``), later
+            ``--`` included, which argparse would drop.
     """
 
     name: str
@@ -81,6 +83,7 @@ class Command:
     subcommands: tuple[Command, ...] = ()
     details: str = ""
     subcommands_title: str = ""
+    passthrough: bool = False
 
     def synopsis(self) -> str:
         """``get URL [--json]``: the name and the arguments, without the global options."""
