@@ -86,8 +86,14 @@ class Command:
     passthrough: bool = False
 
     def synopsis(self) -> str:
-        """``get URL [--json]``: the name and the arguments, without the global options."""
-        return " ".join([self.name, *(argument.synopsis() for argument in self.arguments)])
+        """``get URL [--json]``: the name and the arguments, without the global options.
+
+        A passthrough command's last argument is written after ``--`` (``run URL [--ref REF] -- COMMAND...``).
+        """
+        words = [argument.synopsis() for argument in self.arguments]
+        if self.passthrough and self.arguments:
+            words[-1] = f"-- {self.arguments[-1].synopsis().strip('[]')}"
+        return " ".join([self.name, *words])
 
     def subcommand(self, name: str) -> Command:
         """The subcommand called ``name``."""
