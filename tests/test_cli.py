@@ -914,3 +914,51 @@ def test_run_passes_a_signal_on_to_the_command_and_removes_the_worktree(
             process.wait()
     assert process.returncode == code, stderr
     assert not tree.exists() and _worktrees(tmp_path) == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_run_does_not_repeat_a_ctrl_c_the_terminal_already_sent_to_the_command(
+    upstream: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    import fcntl
+    import pty
+    import termios
+
+    count = (
+        "import os, signal, sys, time; seen = []; signal.signal(signal.SIGINT, lambda *_: seen.append(1)); "
+        "print(os.getcwd(), flush=True); deadline = time.monotonic() + 30\n"
+        "while not seen and time.monotonic() < deadline: time.sleep(0.05)\n"
+        "time.sleep(1.5); print(len(seen), flush=True); sys.exit(7)"
+    )
+    controller, terminal = pty.openpty()
+
+    def own_terminal() -> None:  # a session whose controlling terminal is the pty: Ctrl-C reaches its group
+        os.setsid()
+        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "repocache", "run", str(upstream), "--", sys.executable, "-c", count],
+        env=cli_env,
+        cwd=tmp_path,
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=own_terminal,
+    )
+    os.close(terminal)
+    try:
+        assert process.stdout is not None
+        tree = Path(process.stdout.readline().strip())
+        assert tree.is_dir()
+        os.write(controller, b"\x03")  # Ctrl-C typed on the terminal: SIGINT to repocache and the command
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert stdout.strip() == "1", stderr  # the command saw one SIGINT, the terminal's
+    assert process.returncode == 7, stderr
+    assert not tree.exists() and _worktrees(tmp_path) == []

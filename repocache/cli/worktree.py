@@ -75,12 +75,23 @@ def _run(context: Context, argv: Sequence[str], cwd: Path, environment: dict[str
 
 
 def _stop(process: subprocess.Popen[bytes], signum: signal.Signals) -> int:
-    """Pass ``signum`` on to the command (Ctrl-C on a terminal already reached it), give it time to stop, kill it
-    after that; its exit status."""
-    if process.poll() is None:
+    """Pass ``signum`` on to the command, give it time to stop, kill it after that; its exit status.
+
+    Ctrl-C typed on the terminal has already reached the command (it is in the terminal's foreground process
+    group with us): a second SIGINT would tell many programs to stop at once instead of cleaning up.
+    """
+    if process.poll() is None and not (signum == signal.SIGINT and _in_foreground_of_a_terminal()):
         process.send_signal(signum)
     try:
         return exit_status(process.wait(timeout=_GRACE_SECONDS))
     except subprocess.TimeoutExpired:
         process.kill()
         return exit_status(process.wait())
+
+
+def _in_foreground_of_a_terminal() -> bool:
+    """Whether this process belongs to the foreground process group of the terminal on its standard input."""
+    try:
+        return os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
