@@ -200,7 +200,7 @@ class Events:
 
     Hooks run synchronously in the thread that caused the event; they must be quick. A hook that raises is logged
     and otherwise ignored: it never breaks the operation that caused the event. With no hook subscribed, no event
-    object is built, so the hot path (a hit within ``fetch_ttl``) pays one attribute test.
+    object is built, so the hot path (a hit within ``fetch_ttl``) pays one attribute test and one logger level test.
     """
 
     def __init__(self) -> None:
@@ -238,7 +238,9 @@ class Events:
     # -- outcomes, named once ------------------------------------------------------------------------------------
 
     def hit(self, url: str, key: str, seconds: float, fetched: bool) -> None:
-        """A repository was found on disk and handed out."""
+        """A repository was found on disk and handed out: a debug line (``repocache -vv``) and a hook event."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("hit %s (%s, %.3f s)", url, "fetched" if fetched else "not fetched", seconds)
         if self._hooks:
             self.emit(HitEvent(url, key, time.time(), seconds, fetched))
 

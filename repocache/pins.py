@@ -4,7 +4,8 @@ The canonical file has a top-level ``never_evict:`` list. pizza's spellings, ``n
 ``config: cache: neverEvict:``, are read too, so its configuration files drop in. A plain URL pins exactly that
 repository (normalized, so ``https://host/a/b.git`` pins ``https://host/a/b``); an entry containing ``*``, ``?`` or
 ``[`` is a glob matched against normalized URLs (``https://github.com/open-sauced/*``). The file is read again
-when it changes; a file that becomes invalid keeps the last good pins and logs an error.
+when it changes; a file that becomes invalid keeps the last good pins and logs one warning saying where it is
+wrong.
 """
 
 from __future__ import annotations
@@ -83,8 +84,19 @@ def load_pin_file(path: Path) -> list[object]:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"pin file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"pin file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from exc
     return _extract(document, repr(str(path)))
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: where it is in the file (1-based line and column) and what is wrong there.
+
+    PyYAML's own text spans several lines and names ``<unicode string>`` instead of the file.
+    """
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or type(error).__name__
+    where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
+    return f"{where}{' '.join(str(problem).split())}"
 
 
 PinsSpec = Union[str, "os.PathLike[str]", Iterable[str], None]
@@ -138,11 +150,12 @@ class Pins:
         try:
             self._urls, self._globs = _compile(load_pin_file(self.path), repr(str(self.path)))
             self._stamp = stamp
-        except ConfigError:
+        except ConfigError as exc:
             if strict:
                 raise
             self._stamp = stamp  # do not re-parse a broken file on every call
-            logger.exception("pin file %s is invalid; keeping the previous pins", self.path)
+            # One line, no traceback: the message says where the file is wrong, and nothing else failed.
+            logger.warning("%s; keeping the previous pins", exc)
 
     def refresh(self) -> None:
         """Reload the pin file if it changed since it was last read."""

@@ -203,6 +203,14 @@ def _ttl(name: str, value: object) -> object:
     return parse_seconds(name, value)
 
 
+def _number_text(text: str) -> object:
+    """An environment variable's text as a number when it reads as one (``"60"``), else the text (``"auto"``)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _flag(name: str, value: object) -> object:
     if isinstance(value, str):  # from the environment
         return value.strip().lower() not in ("", "0", "false", "no", "off")
@@ -234,6 +242,7 @@ class Option:
         field: its name inside the group object (``"max_packs"``); the flat name for a plain keyword.
         env: the environment variable the CLI reads it from when its option is not given, if any.
         shown: how the default is written in the docs table, when not ``repr(default)``.
+        from_text: turns the variable's text into what ``parse`` takes (``"60"`` into ``60.0``), if it needs it.
     """
 
     name: str
@@ -245,6 +254,7 @@ class Option:
     field: str = ""
     env: str | None = None
     shown: str | None = None
+    from_text: Callable[[str], object] | None = None
 
     @property
     def spelled(self) -> str:
@@ -262,7 +272,9 @@ class Option:
         if self.env is None:
             return None
         text = (os.environ if environ is None else environ).get(self.env, "").strip()
-        return None if not text else self.parse(self.env, text)
+        if not text:
+            return None
+        return self.parse(self.env, text if self.from_text is None else self.from_text(text))
 
 
 def option(
@@ -274,6 +286,7 @@ def option(
     flat: str | None = None,
     env: str | None = None,
     shown: str | None = None,
+    from_text: Callable[[str], object] | None = None,
 ) -> T:
     """Declare a field of a settings class: its default, its parser and its documentation (see :class:`Option`).
 
@@ -281,6 +294,7 @@ def option(
     """
     spec = {"default": default, "parse": parse, "accepted": accepted, "doc": doc, "flat": flat, "env": env}
     spec["shown"] = shown
+    spec["from_text"] = from_text
     return field(default=default, metadata={"option": spec})
 
 
@@ -502,18 +516,23 @@ class Settings:
         'finite seconds >= 0, or `"auto"`',
         "a hit fetched less than this many seconds ago does not contact upstream; `auto`: each repository's own "
         "interval, half the time since upstream last changed, within `fetch_ttl_min` and `fetch_ttl_max`",
+        env="REPOCACHE_FETCH_TTL",
+        from_text=_number_text,
     )
     lock_timeout: float = option(
         600.0,
         _seconds(),
         "finite seconds >= 0",
         "bound of every wait of a call for another worker's clone, fetch or eviction, or for room it holds",
+        env="REPOCACHE_LOCK_TIMEOUT",
+        from_text=_number_text,
     )
     on_fetch_error: str = option(
         "warn",
         _choice(ON_FETCH_ERROR),
         '`"warn"` or `"raise"`',
         "a failed fetch serves the cached copy (`co.stale`), or raises `FetchError`",
+        env="REPOCACHE_ON_FETCH_ERROR",
     )
     freshness: Freshness = field(default_factory=Freshness)
     cold: ColdOptions = field(default_factory=ColdOptions)

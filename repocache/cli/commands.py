@@ -6,11 +6,18 @@ A command is written here once; ``parser.py`` builds the argument parser and ``-
 
 from __future__ import annotations
 
-from repocache.cli import cold, maintain, repos
-from repocache.cli.options import seconds, size
+from repocache.cli import cold, maintain, repos, worktree
+from repocache.cli.options import max_age, seconds, size
 from repocache.cli.spec import Command, argument
 
 _URLS = argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
+_MAX_AGE = argument(
+    "--max-age",
+    metavar="SECONDS",
+    type=max_age,
+    default=None,
+    help="for this command instead of --fetch-ttl: the age a copy may have (0: fetch now; any: never fetch)",
+)
 
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -26,6 +33,7 @@ COMMANDS: tuple[Command, ...] = (
                 action="store_true",
                 help="print the cache entry as JSON instead",
             ),
+            _MAX_AGE,
         ),
         details='`cd "$(repocache get URL)"` works in scripts: only the path goes to standard output.',
     ),
@@ -62,6 +70,7 @@ COMMANDS: tuple[Command, ...] = (
                 help="pin file to warm (default: --pins / $REPOCACHE_PINS); also used as the cache's pins if none "
                 "is set",
             ),
+            _MAX_AGE,
         ),
     ),
     Command(
@@ -84,6 +93,28 @@ COMMANDS: tuple[Command, ...] = (
         repos.stale,
         (_URLS,),
         details="The mark is shared: the next hit in any process using the root fetches first. Prints each URL.",
+    ),
+    Command(
+        "run",
+        "run a command in a temporary worktree of a ref, remove the worktree, exit with the command's code",
+        worktree.run_in_worktree,
+        (
+            argument("url", metavar="URL", help="repository URL or local path"),
+            argument("--ref", metavar="REF", default="HEAD", help="branch, tag or commit to check out (default: HEAD)"),
+            _MAX_AGE,
+            argument(
+                "argv",
+                metavar="COMMAND",
+                nargs="*",
+                help="the command and its arguments, after -- (run in the worktree, which $REPOCACHE_WORKTREE names)",
+            ),
+        ),
+        details="`repocache run URL --ref v1 -- make test` is `with cache.worktree(URL, 'v1')` for the shell: the "
+        "command runs with the worktree as its directory and `$REPOCACHE_WORKTREE` and `$REPOCACHE_COMMIT` set, "
+        "and the worktree is removed when it ends, also on Ctrl-C or SIGTERM (passed on to the command). "
+        "The exit code is the command's (128 + the signal if it was killed; 127 if it is not found); "
+        "repocache's own failures exit with their usual codes.",
+        passthrough=True,
     ),
     Command(
         "verify",
@@ -156,7 +187,8 @@ COMMANDS: tuple[Command, ...] = (
             ),
             argument("--json", action="store_true", help="print a JSON list of reports"),
         ),
-        details="Exit 1 if maintenance failed for a repository. See [Maintenance](operations.md#maintenance).",
+        details="Exit 1 if the repository is not cached or maintenance failed for a repository. "
+        "See [Maintenance](operations.md#maintenance).",
     ),
 )
 """Every command, in ``--help`` order."""

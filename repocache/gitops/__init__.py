@@ -7,7 +7,8 @@ Its rooms:
 - :mod:`~repocache.gitops.mirror`: a mirror on disk (validate, describe, size, ref tips, shape, config, sweep);
 - :mod:`~repocache.gitops.transfer`: clone and fetch, with the git CLI or libgit2;
 - :mod:`~repocache.gitops.worktree`: resolving a ref and checking a commit out;
-- :mod:`~repocache.gitops.housekeeping`: the maintenance git runs (repacks, packed refs, commit-graph).
+- :mod:`~repocache.gitops.housekeeping`: the maintenance git runs (repacks, packed refs, commit-graph);
+- :mod:`~repocache.gitops.probe`: whether an upstream answers (one bounded ``ls-remote``).
 
 Transports are restricted with ``GIT_ALLOW_PROTOCOL``, so ``ext::`` and ``fd::`` are never reachable; credentials
 from the URL never reach the disk. Every failure leaves as a :class:`~repocache.errors.GitError` subclass with a
@@ -38,6 +39,7 @@ from repocache.gitops.mirror import (
     sweep_mirror,
     validate_mirror,
 )
+from repocache.gitops.probe import probe_upstream
 from repocache.gitops.run import GitOptions, MaintenanceLimits, ProgressCallback, find_git
 from repocache.gitops.transfer import clone_mirror, fetch_mirror, fetch_reports_moves
 from repocache.gitops.worktree import make_worktree, resolve_commit
@@ -62,6 +64,7 @@ __all__ = [
     "newest_commit_time",
     "open_repository",
     "pack_refs",
+    "probe_upstream",
     "ref_tips",
     "repack_all_keeping",
     "repack_geometric",
