@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -224,19 +225,27 @@ def test_declared_mirror_size_is_a_hint_capped_by_the_artifact(
 
 @pytest.mark.parametrize("lie", ["longer", "shorter"])
 def test_artifact_whose_size_differs_from_its_manifest_is_reported_once_and_cloned(
-    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, lie: str
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, lie: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream = upstreams.create("lied-about")
     upstream.commits(3, size=20_000)
     store = tmp_path / "cold"
     manifest = _store_artifact(store, str(upstream.path), _mirror_of(tmp_path, str(upstream.path)))
     _rewrite_manifest(store, str(upstream.path), size_bytes=manifest.size_bytes + (-512 if lie == "shorter" else 512))
-    with RepoCache(cache_root, cold_store=str(store)) as cache, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    caplog.set_level(logging.WARNING, "repocache.cold")
+    with RepoCache(cache_root, cold_store=str(store), cold_min_bytes=0) as cache:
         with cache.checkout(str(upstream.path)) as co:
             assert co.source == "clone"
             assert mirror_refs(co.path) == upstream.refs()
-        assert len(_cold_warnings(caught)) == 1, _cold_warnings(caught)
+        assert cache.cold_entries() == []  # looked up again: skipped, not reported again
+        assert cache.evict(str(upstream.path))  # uploads an honest artifact, which replaces the lying one
+        (honest,) = cache.cold_entries()
+        kept = sorted(p.name for p in (store / key_of(str(upstream.path))).iterdir())
+        assert kept == [honest.generation + ".json", honest.generation + ".tar"]  # the lying pair is deleted
+        with cache.checkout(str(upstream.path)) as co:
+            assert co.source == "restore"
+        ignored = [r.getMessage() for r in caplog.records if "ignoring the cold store generation" in r.getMessage()]
+        assert len(ignored) == 1 and "declares" in ignored[0], ignored
         assert_consistent(cache)
 
 
