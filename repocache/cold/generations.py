@@ -336,8 +336,9 @@ class GenerationStore(ColdStore):
 
     def _superseded(self, key: str, generation: str) -> bool:
         """Whether a usable generation of ``key`` ranks at least as high as a new one named ``generation``."""
-        current = self._scan(key, self._entries(key)).current
-        return current is not None and current.rank[0] >= int(generation[:20])
+        created = int(generation[:20])
+        current = self._scan(key, self._entries(key), down_to=created).current
+        return current is not None and current.rank[0] >= created
 
     def _commit(self, key: str, stored: Manifest) -> Manifest | None:
         """Check the uploaded artifact of ``stored``, write its manifest, then drop older and unusable generations.
@@ -365,7 +366,7 @@ class GenerationStore(ColdStore):
         except BaseException:
             self._remove(key, [generation + ".json", artifact])
             raise
-        scan = self._scan(key, self._entries(key))
+        scan = self._scan(key, self._entries(key), known=stored)
         if scan.current is None or scan.current.name != generation:
             if scan.current is None:
                 logger.warning(
@@ -382,18 +383,34 @@ class GenerationStore(ColdStore):
         self._collect(key, scan)
         return stored
 
-    def _scan(self, key: str, entries: dict[str, StoredObject]) -> _Scan:
-        """Find the newest usable generation of ``key`` in a listing, reading manifests newest rank first."""
+    def _scan(
+        self,
+        key: str,
+        entries: dict[str, StoredObject],
+        *,
+        down_to: int | None = None,
+        known: Manifest | None = None,
+    ) -> _Scan:
+        """Find the newest usable generation of ``key`` in a listing, reading manifests newest rank first.
+
+        Args:
+            key: the key listed.
+            entries: its objects.
+            down_to: stop (with no current generation) at the first one ranked below this many nanoseconds.
+            known: a manifest this process just wrote: not read back (its listed artifact is still checked).
+        """
         scan = _Scan(_parse(entries))
         now = time.time()
         for candidate in scan.generations:
+            if down_to is not None and candidate.rank[0] < down_to:
+                break
             if candidate.manifest is None:
                 continue  # an upload in progress, or the artifact of a superseded one: not committed
             problem = candidate.ahead(now)
             manifest = None
             if problem is None:
                 try:
-                    manifest = self._usable_manifest(key, candidate)
+                    manifest = self._usable_manifest(key, candidate, known)
                 except FileNotFoundError:
                     continue  # superseded and deleted while we listed
                 except ColdStoreError as exc:
@@ -406,17 +423,20 @@ class GenerationStore(ColdStore):
             break
         return scan
 
-    def _usable_manifest(self, key: str, generation: _Generation) -> Manifest:
-        """The manifest of ``generation`` if it and its listed artifact are whole.
+    def _usable_manifest(self, key: str, generation: _Generation, known: Manifest | None = None) -> Manifest:
+        """The manifest of ``generation`` if it and its listed artifact are whole (``known``: it, unread).
 
         Raises:
             FileNotFoundError: the manifest is gone (deleted since the listing).
             ColdStoreError: the manifest is unreadable or does not match, or its artifact is missing or truncated.
         """
-        data = self._read(key, generation.name + ".json", MANIFEST_MAX_BYTES)
-        if len(data) > MANIFEST_MAX_BYTES:
-            raise ColdStoreError(f"the manifest is larger than {MANIFEST_MAX_BYTES} bytes")
-        manifest = Manifest.from_json(data)
+        if known is not None and known.generation == generation.name:
+            manifest = known
+        else:
+            data = self._read(key, generation.name + ".json", MANIFEST_MAX_BYTES)
+            if len(data) > MANIFEST_MAX_BYTES:
+                raise ColdStoreError(f"the manifest is larger than {MANIFEST_MAX_BYTES} bytes")
+            manifest = Manifest.from_json(data)
         if manifest.key != key or manifest.generation != generation.name:
             raise ColdStoreError(f"its manifest names key {manifest.key!r}, generation {manifest.generation!r}")
         stored = generation.manifest
