@@ -403,6 +403,21 @@ def test_verify_finds_a_mirror_missing_a_refs_objects_and_repair_evicts_it(
         assert_consistent(cache)
 
 
+def test_repairing_a_mirror_missing_a_refs_objects_never_uploads_it(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory
+) -> None:
+    upstream, lost = _upstream_with_side_refs(upstreams, "repair-no-upload")
+    url = str(upstream.path)
+    with RepoCache(cache_root, cold_store=tmp_path / "cold", cold_min_bytes=0) as cache:
+        cache.ensure(url)
+        mirror = cache_root / "repos" / key_of(url)
+        _loose_path(mirror, lost["side-tip"]).unlink()
+        (repaired,) = cache.verify(repair=True)
+        assert (repaired.kind, repaired.repaired) == ("invalid", True)
+        assert cache.cold_entries() == []  # a damaged mirror is not offloaded: it would shadow a good artifact
+        assert_consistent(cache)
+
+
 def test_a_mirror_whose_only_refs_are_symbolic_refs_to_missing_refs_is_not_valid(tmp_path: Path) -> None:
     from repocache.gitops import validate_mirror
 
