@@ -1,8 +1,8 @@
 """The layout and rules the built-in stores share, implemented once on top of a few primitives per backend.
 
 :class:`GenerationStore` is the engine of :class:`~repocache.cold.LocalDirStore` and
-:class:`~repocache.cold.FsspecStore`; a backend provides the primitives (list, upload, read, open, size, remove)
-and inherits the layout::
+:class:`~repocache.cold.FsspecStore`; a backend provides the primitives (list with sizes and store times, upload,
+read, open, size, remove) and inherits the layout::
 
     <root>/<key>/<generation>.tar        the artifact (".tar.zst" when compressed with zstd)
     <root>/<key>/<generation>.json       its manifest, written after the artifact: the commit point
