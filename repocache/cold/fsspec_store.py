@@ -6,15 +6,22 @@ This is the only module that imports fsspec, and the one place where fsspec's an
 
 from __future__ import annotations
 
-import builtins
 import contextlib
+import datetime
 import importlib
 import io
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
-from repocache.cold.generations import LEASES, GenerationStore, check_ttl, lease_document, parse_lease
+from repocache.cold.generations import (
+    LEASES,
+    GenerationStore,
+    StoredObject,
+    check_ttl,
+    lease_document,
+    parse_lease,
+)
 from repocache.cold.manifest import MANIFEST_MAX_BYTES, check_key
 from repocache.cold.store import Lease
 from repocache.errors import ColdStoreError, ConfigError
@@ -109,32 +116,36 @@ class FsspecStore(GenerationStore):
                 f"cold store: cannot {action} {self._describe(key, name)}: {type(exc).__name__}: {scrub(str(exc))}"
             ) from exc
 
-    def _names(self, key: str) -> builtins.list[str]:
+    def _entries(self, key: str) -> dict[str, StoredObject]:
         directory = self._path(key)
         try:
             with self._translated("list", key, missing_ok=True):
                 self._fs.invalidate_cache(directory)
-                paths = self._fs.ls(directory, detail=False)
+                infos = self._fs.ls(directory, detail=True)
         except FileNotFoundError:
-            return []
-        return [str(path).rstrip("/").rsplit("/", 1)[-1] for path in paths]
+            return {}
+        found: dict[str, StoredObject] = {}
+        for info in infos:
+            if isinstance(info, dict) and info.get("type", "file") == "file":
+                found[str(info.get("name", "")).rstrip("/").rsplit("/", 1)[-1]] = _stored_object(info)
+        return found
 
-    def _all_names(self) -> Iterator[tuple[str, builtins.list[str]]]:
+    def _all_entries(self) -> Iterator[tuple[str, dict[str, StoredObject]]]:
         with self._translated("list", ""):
             self._fs.invalidate_cache(self._root)
             try:
-                paths = self._fs.find(self._root, detail=False)
+                infos = self._fs.find(self._root, detail=True)
             except FileNotFoundError:
-                paths = []
-        by_key: dict[str, builtins.list[str]] = {}
+                infos = {}
+        by_key: dict[str, dict[str, StoredObject]] = {}
         prefix = self._root + "/"
-        for path in paths:
+        for path, info in infos.items():
             path = str(path)
             if not path.startswith(prefix):
                 continue
             parts = path[len(prefix) :].split("/")
             if len(parts) == 2 and parts[0] and parts[1]:
-                by_key.setdefault(parts[0], []).append(parts[1])
+                by_key.setdefault(parts[0], {})[parts[1]] = _stored_object(info)
         for key in sorted(by_key):
             yield key, by_key[key]
 
@@ -261,6 +272,30 @@ class FsspecStore(GenerationStore):
             except FileNotFoundError:
                 continue
         self._fs.invalidate_cache(self._path(key))
+
+
+def _stored_object(info: Any) -> StoredObject:
+    """Size and store time of an fsspec listing entry (S3 ``LastModified``, a file's ``mtime``, GCS ``updated``)."""
+    info = info if isinstance(info, dict) else {}
+    try:
+        size = int(info.get("size", info.get("Size", 0)) or 0)
+    except (TypeError, ValueError):
+        size = -1  # unknown: never matches a manifest, so the generation is not trusted
+    modified: float | None = None
+    for name in ("LastModified", "mtime", "updated", "last_modified"):
+        value = info.get(name)
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.timezone.utc)
+            modified = value.timestamp()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            modified = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                modified = datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        if modified is not None:
+            break
+    return StoredObject(size, modified)
 
 
 def _precondition_failed(exc: BaseException) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import os
 import secrets
@@ -12,7 +11,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from repocache import locks
-from repocache.cold.generations import LEASES, GenerationStore, check_ttl, lease_document, parse_lease
+from repocache.cold.generations import (
+    LEASES,
+    GenerationStore,
+    StoredObject,
+    check_ttl,
+    lease_document,
+    parse_lease,
+)
 from repocache.cold.manifest import MANIFEST_MAX_BYTES, check_key
 from repocache.cold.store import Lease
 from repocache.errors import ColdStoreError, ConfigError
@@ -57,16 +63,26 @@ class LocalDirStore(GenerationStore):
     def _fail(self, action: str, key: str, name: str, exc: OSError) -> ColdStoreError:
         return ColdStoreError(f"cold store: cannot {action} {self._describe(key, name)}: {exc}")
 
-    def _names(self, key: str) -> builtins.list[str]:
+    def _entries(self, key: str) -> dict[str, StoredObject]:
+        directory = self.root / key
+        found: dict[str, StoredObject] = {}
         try:
-            names = os.listdir(self.root / key)
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted while we listed
+                    found[entry.name] = StoredObject(st.st_size, st.st_mtime)
         except (FileNotFoundError, NotADirectoryError):
-            return []
+            return {}
         except OSError as exc:
             raise self._fail("list", key, "", exc) from exc
-        return [name for name in names if not name.startswith(".")]
+        return found
 
-    def _all_names(self) -> Iterator[tuple[str, builtins.list[str]]]:
+    def _all_entries(self) -> Iterator[tuple[str, dict[str, StoredObject]]]:
         try:
             keys = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False))
         except FileNotFoundError:
@@ -75,7 +91,7 @@ class LocalDirStore(GenerationStore):
             raise ColdStoreError(f"cold store: cannot list {self.root}: {exc}") from exc
         for key in keys:
             if not key.startswith("."):
-                yield key, self._names(key)
+                yield key, self._entries(key)
 
     @contextlib.contextmanager
     def _upload(self, key: str, name: str) -> Iterator[BinaryIO]:
