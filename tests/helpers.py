@@ -26,6 +26,7 @@ import pytest
 
 from repocache import RepoCache, normalize_url
 from repocache.cold import ColdStore, Manifest
+from repocache.cold.manifest import FORMAT_VERSION
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -158,9 +159,10 @@ def poison_generation(store: ColdStore, key: str, url: str, kind: str, artifact:
 
     ``"future"`` is a whole manifest and artifact dated in 2100; the others are dated ten minutes ahead (newer than
     any honest upload, within the clock skew tolerated): ``"unparseable"`` has a manifest that is not JSON,
-    ``"missing-artifact"`` no artifact, ``"truncated"`` half of the artifact its manifest declares.
+    ``"missing-artifact"`` no artifact, ``"truncated"`` half of the artifact its manifest declares. Not a poison:
+    ``"newer-format"`` is a whole generation written by a newer repocache (a ``format_version`` above ours).
     """
-    assert kind in POISONS, kind
+    assert kind in (*POISONS, "newer-format"), kind
     created = FAR_FUTURE if kind == "future" else time.time() + 600
     generation = f"{round(created * 1e9):020d}-00000000deadbeef"
     manifest = Manifest(
@@ -179,6 +181,8 @@ def poison_generation(store: ColdStore, key: str, url: str, kind: str, artifact:
         data = artifact[: len(artifact) // 2] if kind == "truncated" else artifact
         publish(key, generation + ".tar", io.BytesIO(data))
     text = b'{"url": "https://half-writ' if kind == "unparseable" else manifest.to_json().encode()
+    if kind == "newer-format":  # whole, as a newer repocache in a rolling upgrade writes it
+        text = json.dumps({**json.loads(text), "format_version": FORMAT_VERSION + 1}).encode()
     publish(key, generation + ".json", io.BytesIO(text))
     return generation
 

@@ -221,6 +221,19 @@ def test_prune_deletes_poisoned_generations_and_keeps_the_honest_one(
     assert [m.generation for m in store.list()] == [honest.generation]
 
 
+def test_a_newer_repocaches_generation_is_skipped_but_never_deleted_as_poison(
+    store: FleetStore, tmp_path: Path
+) -> None:
+    """In a rolling upgrade, older hosts read past what newer ones write and leave it for them."""
+    make_mirror(tmp_path / "mirror")
+    honest = store.put_stream("repo-1", _writer(tmp_path / "mirror", "repo-1", time.time()))
+    assert honest is not None
+    newer = poison_generation(store, "repo-1", "https://example.invalid/repo-1", "newer-format", b"artifact")
+    assert store.get_manifest("repo-1") == honest
+    assert store.prune() == []
+    assert stored_generations(store, "repo-1") == {honest.generation, newer}
+
+
 def test_a_whole_generation_dated_ahead_within_the_bound_ranks_when_the_store_wrote_it(
     store: FleetStore, tmp_path: Path
 ) -> None:

@@ -58,6 +58,7 @@ from os import PathLike
 from typing import BinaryIO, cast
 
 from repocache.cold.manifest import (
+    FORMAT_VERSION,
     GENERATION_PATTERN,
     MANIFEST_MAX_BYTES,
     Manifest,
@@ -172,6 +173,20 @@ class _Scan:
 
 _reported: set[str] = set()
 _reported_lock = threading.Lock()
+
+
+class _NewerFormat(ColdStoreError):
+    """A manifest written by a newer repocache (``format_version`` above :data:`FORMAT_VERSION`)."""
+
+
+def _newer_format(data: bytes) -> bool:
+    """True when ``data`` is a JSON object whose ``format_version`` is an integer this repocache does not read yet."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    version = value.get("format_version") if isinstance(value, dict) else None
+    return type(version) is int and version > FORMAT_VERSION
 
 
 def _report_once(what: str, reason: str) -> None:
@@ -413,6 +428,11 @@ class GenerationStore(ColdStore):
                     manifest = self._usable_manifest(key, candidate, known)
                 except FileNotFoundError:
                     continue  # superseded and deleted while we listed
+                except _NewerFormat as exc:
+                    # A newer repocache's generation (a fleet in a rolling upgrade): not ours to read, nor to
+                    # delete as poison; an older one below it may still be read.
+                    _report_once(self._describe(key, candidate.name + ".json"), str(exc))
+                    continue
                 except ColdStoreError as exc:
                     problem = str(exc)
             if manifest is None:
@@ -436,6 +456,8 @@ class GenerationStore(ColdStore):
             data = self._read(key, generation.name + ".json", MANIFEST_MAX_BYTES)
             if len(data) > MANIFEST_MAX_BYTES:
                 raise ColdStoreError(f"the manifest is larger than {MANIFEST_MAX_BYTES} bytes")
+            if _newer_format(data):
+                raise _NewerFormat(f"its manifest is of a newer format than {FORMAT_VERSION} (a newer repocache)")
             manifest = Manifest.from_json(data)
         if manifest.key != key or manifest.generation != generation.name:
             raise ColdStoreError(f"its manifest names key {manifest.key!r}, generation {manifest.generation!r}")
