@@ -13,6 +13,10 @@ The schema's version is the database's ``PRAGMA user_version``; opening an older
 :data:`MIGRATIONS` in one transaction. A damaged file (not a database, truncated, corrupt pages) is moved aside as
 ``index.sqlite.damaged-<time>`` and a fresh index is built from the mirrors on disk, by one process at a time; the
 cache reports it with one warning and in ``verify()``.
+
+The index's files (``index.sqlite`` and its ``-wal``, ``-shm`` and ``-journal``) must be regular files: a FIFO, a
+device, a directory or a symbolic link at one of those paths is refused with
+:class:`~repocache.errors.UnsafeFileError` before SQLite opens it, instead of blocking forever or being "rebuilt".
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import psutil
 from repocache import locks
 from repocache.counters import Counter
 from repocache.errors import RepoCacheError
+from repocache.safe_read import check_regular
 
 __all__ = [
     "COUNTERS",
@@ -207,6 +212,22 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+_SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _check_files(path: Path) -> None:
+    """Refuse an index whose database, WAL, shared-memory or journal file is not a regular file (or missing).
+
+    SQLite opens them by name and would block forever reading a FIFO (retrying on EINTR, so no signal frees it),
+    read a link to ``/dev/zero`` as a damaged database, or write through a link to a file elsewhere.
+
+    Raises:
+        UnsafeFileError: one of them is a FIFO, a device, a directory or a symbolic link.
+    """
+    for suffix in _SQLITE_FILES:
+        check_regular(f"{path}{suffix}")
+
+
 def _set_wal(conn: sqlite3.Connection) -> None:
     """Switch to WAL. The switch ignores the busy timeout, so processes opening a new root together retry it."""
     delay = 0.005
@@ -359,6 +380,7 @@ class Index:
                 return conn
         if conn is not None and self._local.pid == os.getpid():
             conn.close()  # the file was replaced (another process rebuilt a damaged index): use the new one
+        _check_files(self.path)
         conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
         self._local.conn = conn
         self._local.pid = os.getpid()
@@ -466,6 +488,7 @@ class Index:
         """True when the file at :attr:`path` is a sound database (a fresh connection, full page check)."""
         if not self.path.exists():
             return False
+        _check_files(self.path)
         try:
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         except sqlite3.DatabaseError:

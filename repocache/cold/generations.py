@@ -54,7 +54,7 @@ from repocache.cold.manifest import (
 from repocache.cold.prune import prune_store
 from repocache.cold.store import ColdStore
 from repocache.cold.streams import CHUNK, CountingWriter, HashingReader
-from repocache.errors import ColdStoreError, ConfigError
+from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
 
 __all__ = ["LEASES", "GenerationStore", "check_ttl", "lease_document", "parse_lease"]
 
@@ -150,11 +150,13 @@ class GenerationStore(ColdStore):
                     raise ColdStoreError(f"cold store: cannot write {self._describe(key, name)}: {exc}") from exc
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
-        """Return at most ``limit + 1`` bytes of an object; FileNotFoundError when it is missing."""
+        """Return at most ``limit + 1`` bytes of an object; FileNotFoundError when it is missing, UnsafeFileError
+        when it is not a regular file or holds more than ``limit`` bytes (never read whole, never waited on)."""
         raise NotImplementedError
 
     def _open(self, key: str, name: str) -> BinaryIO:
-        """Open an object for streaming reads; FileNotFoundError when it is missing."""
+        """Open an object for streaming reads; FileNotFoundError when it is missing, ColdStoreError when it is not
+        a regular file (opened without blocking: a FIFO must not stall a restore)."""
         raise NotImplementedError
 
     def _size(self, key: str, name: str) -> int:
@@ -292,6 +294,11 @@ class GenerationStore(ColdStore):
                 data = self._read(key, generation + ".json", MANIFEST_MAX_BYTES)
             except FileNotFoundError:
                 continue  # superseded and deleted while we listed
+            except UnsafeFileError as exc:
+                logger.warning(
+                    "ignoring unreadable cold store manifest %s: %s", self._describe(key, generation + ".json"), exc
+                )
+                continue
             try:
                 if len(data) > MANIFEST_MAX_BYTES:
                     raise ColdStoreError(f"larger than {MANIFEST_MAX_BYTES} bytes")
