@@ -249,7 +249,27 @@ def test_an_oversize_s3_lease_is_not_read_whole_and_reads_as_no_lease(
     finally:
         tracemalloc.stop()
     assert taken is not None and taken.holder == "host-a"
-    assert peak < size // 4, f"reading the lease allocated {peak} bytes at its peak"
+    assert peak < 1 << 20, f"reading the lease allocated {peak} bytes at its peak"
+
+
+def test_an_oversize_s3_manifest_is_skipped_without_reading_it_whole(
+    s3_endpoint: tuple[str, str],  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint, bucket = s3_endpoint
+    store = FsspecStore(f"s3://{bucket}/hostile/{uuid.uuid4().hex}", endpoint_url=endpoint)
+    size = 24 << 20
+    generation = f"{time.time_ns():020d}-{'0' * 16}"
+    store._fs.pipe_file(store._path("repo-1", f"{generation}.json"), b"{" + b" " * size)
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="repocache.cold"):
+            assert store.get_manifest("repo-1") is None
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "ignoring unreadable cold store manifest" in caplog.text
+    assert peak < 1 << 20, f"reading the manifest allocated {peak} bytes at its peak"
 
 
 # -- the root's lock files -------------------------------------------------------------------------------------

@@ -159,7 +159,12 @@ class FsspecStore(GenerationStore):
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
         self._check_regular(key, name)
-        with self._translated("read", key, name, missing_ok=True), self._fs.open(self._path(key, name), "rb") as f:
+        # No read-ahead: s3fs would fetch a whole block (50 MiB by default) of an oversize object; this fetches
+        # limit + 1 bytes at most, in one ranged read.
+        with (
+            self._translated("read", key, name, missing_ok=True),
+            self._fs.open(self._path(key, name), "rb", block_size=limit + 1, cache_type="none") as f,
+        ):
             data: bytes = f.read(limit + 1)
         if len(data) > limit:
             raise UnsafeFileError(self._describe(key, name), f"it holds more than the bound of {limit} bytes")
