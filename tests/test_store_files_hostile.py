@@ -312,6 +312,26 @@ def test_a_checkout_behind_a_hostile_lock_file_fails_naming_it_within_lock_timeo
         assert not outside.exists() or kind != "dangling"
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "outside"])
+def test_verify_reports_a_hostile_worktree_lock_file_and_leaves_it_alone(
+    cache_root: Path, tmp_path: Path, kind: str
+) -> None:
+    outside = tmp_path / "elsewhere" / "victim"
+    with RepoCache(cache_root) as cache:
+        tree = cache_root / "worktrees" / "abc.0123"
+        (tree / "src").mkdir(parents=True)
+        lock = tree.with_name(tree.name + ".lock")
+        plant(lock, kind, outside=outside, content=b"keep me\n")
+        started = time.monotonic()
+        problems = cache.verify(repair=True)
+        assert time.monotonic() - started < SLACK
+    (problem,) = [p for p in problems if p.path == lock]
+    assert problem.kind == "leftover" and not problem.repaired and "refused" in problem.detail
+    assert (tree / "src").is_dir() and (lock.is_symlink() or lock.exists())  # nothing removed on a guess
+    if kind == "outside":
+        assert outside.read_bytes() == b"keep me\n"
+
+
 # -- the index -------------------------------------------------------------------------------------------------
 
 
