@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         LockTimeoutError,
         RefNotFoundError,
         RepoCacheError,
+        UnsafeFileError,
     )
     from repocache.keys import RepoURL, normalize_url
     from repocache.models import Entry, MaintenanceReport, Problem, Progress, Stats
@@ -57,6 +58,7 @@ _EXPORTS = {
     "Settings": "repocache.settings",
     "Stats": "repocache.models",
     "Transport": "repocache.settings",
+    "UnsafeFileError": "repocache.errors",
     "Worktree": "repocache.checkout",
     "normalize_url": "repocache.keys",
 }
@@ -87,6 +89,7 @@ __all__ = [
     "Settings",
     "Stats",
     "Transport",
+    "UnsafeFileError",
     "Worktree",
     "__version__",
     "normalize_url",

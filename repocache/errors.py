@@ -14,6 +14,7 @@ exception a caller would naturally catch, so ``except ValueError`` still works f
     │   └── FetchError                    a hit could not be refreshed
     ├── BudgetError                       the repository cannot fit in the byte budget
     ├── ColdStoreError                    the cold storage tier failed
+    ├── UnsafeFileError (OSError)         a file others can write is not a regular file, or is larger than allowed
     └── WebhookError (ValueError)         a webhook request was refused (``status``: the HTTP status to answer)
         ├── WebhookSignatureError         the signature or token is missing or wrong (401)
         ├── WebhookEventError             not a push event, or from no known host (400)
@@ -40,6 +41,7 @@ __all__ = [
     "LockTimeoutError",
     "RefNotFoundError",
     "RepoCacheError",
+    "UnsafeFileError",
     "WebhookError",
     "WebhookEventError",
     "WebhookPayloadError",
@@ -235,6 +237,34 @@ class BudgetError(RepoCacheError):
 
 class ColdStoreError(RepoCacheError):
     """The cold storage tier failed: unreachable, corrupt artifact, or misconfigured."""
+
+
+class UnsafeFileError(RepoCacheError, OSError):
+    """A file repocache reads from a place others can write is refused unread.
+
+    Raised for a lock file, the index, the pin file or a cold store object that is not a regular file (a FIFO, a
+    device, a directory, a socket, or a symbolic link where none is accepted) or is larger than the bound its
+    reader sets; such a file could otherwise block a read forever or be read until memory runs out.
+
+    Attributes:
+        path: the refused file.
+        reason: what it is and what would be accepted (e.g. "a FIFO, not a regular file").
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+        # OSError took the two arguments for (errno, strerror): keep its attributes meaningful instead.
+        self.errno = None
+        self.strerror = reason
+        self.filename = path
+
+    def __reduce__(self) -> tuple[type[UnsafeFileError], tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
+
+    def __str__(self) -> str:
+        return f"refused {self.path}: {self.reason}"
 
 
 class WebhookError(RepoCacheError, ValueError):

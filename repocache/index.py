@@ -15,6 +15,10 @@ shorter than a header while mirrors are on disk, which SQLite alone would read a
 aside as ``index.sqlite.damaged-<time>`` and a fresh index is built from the mirrors on disk, by one process at a
 time; the cache reports it with one warning and in ``verify()``. Every wait on the database (busy, the switch to
 WAL, another process's rebuild) is bounded by the ``timeout`` the cache passes: its ``lock_timeout``.
+
+The index's files (``index.sqlite`` and its ``-wal``, ``-shm`` and ``-journal``) must be regular files: a FIFO, a
+device, a directory or a symbolic link at one of those paths is refused with
+:class:`~repocache.errors.UnsafeFileError` before SQLite opens it, instead of blocking forever or being "rebuilt".
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import psutil
 from repocache import locks
 from repocache.counters import Counter
 from repocache.errors import RepoCacheError
+from repocache.safe_read import check_regular
 
 __all__ = [
     "COUNTERS",
@@ -217,6 +222,22 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+_SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _check_files(path: Path) -> None:
+    """Refuse an index whose database, WAL, shared-memory or journal file is not a regular file (or missing).
+
+    SQLite opens them by name and would block forever reading a FIFO (retrying on EINTR, so no signal frees it),
+    read a link to ``/dev/zero`` as a damaged database, or write through a link to a file elsewhere.
+
+    Raises:
+        UnsafeFileError: one of them is a FIFO, a device, a directory or a symbolic link.
+    """
+    for suffix in _SQLITE_FILES:
+        check_regular(f"{path}{suffix}")
+
+
 def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Switch to WAL. The switch ignores the busy timeout, so processes opening a new root together retry it, for
     at most ``timeout`` seconds in all (then the last busy error is raised)."""
@@ -383,6 +404,7 @@ class Index:
         if conn is not None and self._local.pid == os.getpid():
             conn.close()  # the file was replaced (another process rebuilt a damaged index): use the new one
             self._local.conn = None
+        _check_files(self.path)
         if self._emptied():
             raise _EmptiedIndex(f"the file is shorter than a database header ({_HEADER_BYTES} bytes)")
         conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
@@ -506,6 +528,7 @@ class Index:
         """True when the file at :attr:`path` is a sound database (a fresh connection, full page check)."""
         if not self.path.exists() or self._emptied():
             return False
+        _check_files(self.path)
         try:
             conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
         except sqlite3.DatabaseError:

@@ -6,6 +6,9 @@ repository (normalized, so ``https://host/a/b.git`` pins ``https://host/a/b``); 
 ``[`` is a glob matched against normalized URLs (``https://github.com/open-sauced/*``). The file is read again
 when it changes; a file that becomes invalid keeps the last good pins and logs one warning saying where it is
 wrong.
+
+The pin file must be a regular file (a symbolic link to one is fine) of at most :data:`PINS_MAX_BYTES`: a FIFO, a
+device or a directory is refused at once, and a larger file is refused unread (see :mod:`repocache.safe_read`).
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from typing import Any, Union
 
 import yaml
 
-from repocache.errors import ConfigError, InvalidURLError
+from repocache.errors import ConfigError, InvalidURLError, UnsafeFileError
 from repocache.keys import normalize_url
+from repocache.safe_read import read_regular
 
-__all__ = ["Pins", "PinsSpec", "load_pin_file"]
+__all__ = ["PINS_MAX_BYTES", "Pins", "PinsSpec", "load_pin_file"]
 
 logger = logging.getLogger("repocache")
+PINS_MAX_BYTES = 1 << 20
+"""The largest pin file read, in bytes (1 MiB: tens of thousands of URLs); a larger one is refused unread."""
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _FORMATS = "a top-level 'never_evict:' list (or pizza's 'never-evict-repos:' / 'config: cache: neverEvict:')"
 
@@ -75,10 +81,13 @@ def load_pin_file(path: Path) -> list[object]:
     """Read the pin entries of a never-evict YAML file.
 
     Raises:
-        ConfigError: the file cannot be read, is not YAML, or has none of the accepted shapes.
+        ConfigError: the file cannot be read, is not a regular file (a FIFO, a device, a directory), is larger
+            than :data:`PINS_MAX_BYTES`, is not YAML, or has none of the accepted shapes.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, limit=PINS_MAX_BYTES, follow_symlinks=True).decode("utf-8")
+    except UnsafeFileError as exc:
+        raise ConfigError(f"cannot read pin file {str(path)!r}: {exc.reason}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read pin file {str(path)!r}: {exc}") from exc
     try:
@@ -124,7 +133,7 @@ class Pins:
             return
         if isinstance(source, (str, os.PathLike)):
             self.path = Path(source)
-            if not self.path.is_file():
+            if not self.path.exists():
                 raise ConfigError(f"pins file {str(self.path)!r} does not exist (expected a YAML file path)")
             self._reload(strict=True)
         elif isinstance(source, Iterable):

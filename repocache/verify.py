@@ -18,7 +18,7 @@ from pathlib import Path
 from repocache import gitops, locks
 from repocache.budget import Budget
 from repocache.context import Context
-from repocache.errors import InvalidURLError
+from repocache.errors import InvalidURLError, UnsafeFileError
 from repocache.index import Row
 from repocache.keys import normalize_url
 from repocache.layout import ExclusiveHold, Layout, key_of, listing, remove
@@ -171,6 +171,9 @@ def _verify_worktrees(layout: Layout, repair: bool) -> list[Problem]:
             owner = None  # no lock file: either removed by its owner just now, or a tree whose owner died
             if not tree.exists():
                 continue
+        except UnsafeFileError as exc:  # planted by someone else: reported, never followed or removed blindly
+            problems.append(Problem("leftover", name, lock_file, f"worktree lock file refused: {exc.reason}"))
+            continue
         else:
             if owner is None:
                 continue  # its process is alive and using it

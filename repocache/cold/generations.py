@@ -69,7 +69,7 @@ from repocache.cold.manifest import (
 from repocache.cold.prune import prune_store
 from repocache.cold.store import ColdStore
 from repocache.cold.streams import CHUNK, CountingWriter, HashingReader
-from repocache.errors import ColdStoreError, ConfigError
+from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
 
 __all__ = ["FUTURE_BOUND", "LEASES", "GenerationStore", "StoredObject", "check_ttl", "lease_document", "parse_lease"]
 
@@ -256,11 +256,13 @@ class GenerationStore(ColdStore):
                     raise ColdStoreError(f"cold store: cannot write {self._describe(key, name)}: {exc}") from exc
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
-        """Return at most ``limit + 1`` bytes of an object; FileNotFoundError when it is missing."""
+        """Return at most ``limit + 1`` bytes of an object; FileNotFoundError when it is missing, UnsafeFileError
+        when it is not a regular file or holds more than ``limit`` bytes (never read whole, never waited on)."""
         raise NotImplementedError
 
     def _open(self, key: str, name: str) -> BinaryIO:
-        """Open an object for streaming reads; FileNotFoundError when it is missing."""
+        """Open an object for streaming reads; FileNotFoundError when it is missing, ColdStoreError when it is not
+        a regular file (opened without blocking: a FIFO must not stall a restore)."""
         raise NotImplementedError
 
     def _size(self, key: str, name: str) -> int:
@@ -433,7 +435,7 @@ class GenerationStore(ColdStore):
                     # delete as poison; an older one below it may still be read.
                     _report_once(self._describe(key, candidate.name + ".json"), str(exc))
                     continue
-                except ColdStoreError as exc:
+                except (ColdStoreError, UnsafeFileError) as exc:
                     problem = str(exc)
             if manifest is None:
                 _report_once(self._describe(key, candidate.name + ".json"), problem or "unusable")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import time
@@ -21,9 +22,12 @@ from repocache.cold.generations import (
 )
 from repocache.cold.manifest import MANIFEST_MAX_BYTES, check_key
 from repocache.cold.store import Lease
-from repocache.errors import ColdStoreError, ConfigError
+from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
+from repocache.safe_read import open_regular, read_regular
 
 __all__ = ["LocalDirStore"]
+
+logger = logging.getLogger("repocache.cold")
 
 _TEMP_PREFIX = ".tmp-"
 _LEASE_LOCK_TIMEOUT = 30.0  # seconds: the lock only guards a read and a rename
@@ -61,7 +65,8 @@ class LocalDirStore(GenerationStore):
         return str(self.root / key / name) if name else str(self.root / key)
 
     def _fail(self, action: str, key: str, name: str, exc: OSError) -> ColdStoreError:
-        return ColdStoreError(f"cold store: cannot {action} {self._describe(key, name)}: {exc}")
+        detail = exc.reason if isinstance(exc, UnsafeFileError) else exc
+        return ColdStoreError(f"cold store: cannot {action} {self._describe(key, name)}: {detail}")
 
     def _entries(self, key: str) -> dict[str, StoredObject]:
         directory = self.root / key
@@ -132,16 +137,15 @@ class LocalDirStore(GenerationStore):
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
         try:
-            with open(self.root / key / name, "rb") as source:
-                return source.read(limit + 1)
-        except FileNotFoundError:
+            return read_regular(self.root / key / name, limit=limit)
+        except (FileNotFoundError, UnsafeFileError):
             raise
         except OSError as exc:
             raise self._fail("read", key, name, exc) from exc
 
     def _open(self, key: str, name: str) -> BinaryIO:
         try:
-            return open(self.root / key / name, "rb", buffering=_CHUNK)
+            return open_regular(self.root / key / name, buffering=_CHUNK)
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -189,10 +193,15 @@ class LocalDirStore(GenerationStore):
             yield path
 
     def _read_lease(self, path: Path) -> tuple[str, float, str] | None:
+        """The lease at ``path``, or None; one that is not a small regular file reads as expired (and is
+        replaced by the next lease written, the rename replacing the file itself, never what a link names)."""
         try:
-            return parse_lease(path.read_bytes()[:MANIFEST_MAX_BYTES])
+            return parse_lease(read_regular(path, limit=MANIFEST_MAX_BYTES))
         except FileNotFoundError:
             return None
+        except UnsafeFileError as exc:
+            logger.warning("cold store: the lease %s reads as expired: %s", path, exc.reason)
+            return parse_lease(b"")
         except OSError as exc:
             raise ColdStoreError(f"cold store: cannot read the lease {path}: {exc}") from exc
 
