@@ -30,6 +30,7 @@ from repocache.errors import (
     InvalidURLError,
     LockTimeoutError,
     RepoCacheError,
+    UnsafeFileError,
 )
 from tests.helpers import git, refs
 
@@ -55,7 +56,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         XDG_CACHE_HOME=str(home / ".cache"),
         XDG_CONFIG_HOME=str(home / ".config"),
         REPOCACHE_DIR=str(tmp_path / "cache"),
-        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_CONFIG_GLOBAL=str(tmp_path / "git-global-config"),  # not /dev/null, which root could overwrite
         GIT_CONFIG_NOSYSTEM="1",
         PYTHONUNBUFFERED="1",
         **_IDENTITY,
@@ -232,7 +233,7 @@ def test_every_error_maps_to_its_documented_exit_code(error: BaseException, code
 def test_every_exception_class_of_the_library_has_a_mapping() -> None:
     import repocache.errors
 
-    generic = {RepoCacheError, ColdStoreError}
+    generic = {RepoCacheError, ColdStoreError, UnsafeFileError}  # an unsafe file is no usage or git error: 6
     for name in repocache.errors.__all__:
         cls = getattr(repocache.errors, name)
         instance = cls.__new__(cls)
