@@ -379,8 +379,10 @@ class GitServer:
             raise Refused(400, f"git upload-pack refused the request: {said}")
         gone = asyncio.create_task(_disconnected(receive))
         sending = asyncio.create_task(self._send_all(send, generation, content_type, prefix, answer))
+        left = False
         try:
-            await asyncio.wait({gone, sending}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({gone, sending}, return_when=asyncio.FIRST_COMPLETED)
+            left = sending not in done
         finally:
             gone.cancel()
             if not sending.done():
@@ -389,10 +391,21 @@ class GitServer:
                 await sending
         if generation.returncode not in (None, 0) and answer.outcome == "served":
             answer.outcome = "failed"
-        if gone.done() and not gone.cancelled() and answer.outcome in ("served", "stale"):
+        if left and answer.outcome in ("served", "stale"):
             answer.outcome = "gone"
+        elif not left:
+            sending.result()  # a send that timed out or failed is this request's error
 
     async def _send_all(
+        self, send: Send, generation: Generation, content_type: bytes, prefix: bytes, answer: _Answer
+    ) -> None:
+        try:
+            await self._send_each(send, generation, content_type, prefix, answer)
+        except TimeoutError:
+            logger.info("git server: a client read nothing for %g s; abandoned", self.options.send_timeout)
+            raise _Gone() from None
+
+    async def _send_each(
         self, send: Send, generation: Generation, content_type: bytes, prefix: bytes, answer: _Answer
     ) -> None:
         timeout = self.options.send_timeout
