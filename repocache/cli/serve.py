@@ -23,9 +23,12 @@ def count(value: str) -> int:
 
 def listen(value: str) -> str:
     """A HOST:PORT argument, checked here and parsed by the runner."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT (for example 127.0.0.1:8080)")
+    from repocache.serve.runner import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 

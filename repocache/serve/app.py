@@ -235,7 +235,7 @@ class GitServer:
             answer.outcome = "failed"
             if not answer.responded:
                 with contextlib.suppress(Exception):
-                    await self._text(send, answer, 500, "internal error of the cache server (see its log)")
+                    await self._text(send, answer, 500, "internal error of the cache server (see its log)", None)
         finally:
             self._finish(answer)
 
@@ -317,7 +317,9 @@ class GitServer:
             except Busy:
                 raise self._busy(answer) from None
 
-    def _command(self, mirror: Any, *, advertise: bool, protocol: str) -> Callable[[], tuple[list[str], dict[str, str]]]:
+    def _command(
+        self, mirror: Any, *, advertise: bool, protocol: str
+    ) -> Callable[[], tuple[list[str], dict[str, str]]]:
         return lambda: upload_pack_command(self._git_options, self._git, mirror, advertise=advertise, protocol=protocol)
 
     def _busy(self, answer: _Answer) -> Refused:
@@ -543,11 +545,14 @@ class GitServer:
             logger.warning("webhook refused (%d): %s", exc.status, exc.reason)
             await _json(send, exc.status, {"error": exc.reason})
             return
-        await _json(send, 200, {"provider": event.provider, "event": event.event, "urls": list(event.urls), "marked": marked})
+        await _json(
+            send, 200, {"provider": event.provider, "event": event.event, "urls": list(event.urls), "marked": marked}
+        )
 
     async def _text(self, send: Send, answer: _Answer, status: int, reason: str, retry_after: int | None) -> None:
         """A refusal git shows its user: each line of a text/plain body becomes ``remote: ...``."""
         answer.status = status
+        answer.responded = True
         data = f"repocache: {reason}\n".encode()
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(data)).encode())]
         if retry_after is not None:

@@ -94,7 +94,9 @@ class Upstreams:
             ConfigError: it is empty, or a prefix or base URL is malformed (the message names it).
         """
         if not allowed:
-            raise ConfigError("no upstream is allowed: give at least one PREFIX=URL (for example github.com=https://github.com/)")
+            raise ConfigError(
+                "no upstream is allowed: give at least one PREFIX=URL (for example github.com=https://github.com/)"
+            )
         self._bases: dict[tuple[str, ...], str] = {}
         for prefix, base in allowed.items():
             segments = tuple(segment.lower() for segment in prefix.strip("/").split("/"))
@@ -121,7 +123,9 @@ class Upstreams:
                 HTTP endpoint of a repository (404).
         """
         if len(raw_path) > MAX_PATH_LENGTH:
-            raise Refused(400, f"the request path is {len(raw_path)} bytes long; at most {MAX_PATH_LENGTH} are accepted")
+            raise Refused(
+                400, f"the request path is {len(raw_path)} bytes long; at most {MAX_PATH_LENGTH} are accepted"
+            )
         try:
             path = raw_path.decode("ascii")
         except UnicodeDecodeError:
@@ -137,7 +141,7 @@ class Upstreams:
             base = self._bases.get(tuple(lowered[:length]))
             if base is not None:
                 prefix = "/".join(lowered[:length])
-                repository = "/".join(segments[length:-service.count("/") - 1])
+                repository = "/".join(segments[length : -service.count("/") - 1])
                 if not repository or repository.lower() in (".git",):
                     raise Refused(404, f"the path names no repository under {prefix}; expected /{prefix}/<path>.git")
                 return Route(prefix, repository, _upstream(base, repository), service)
@@ -181,7 +185,9 @@ def _check_segment(segment: str) -> None:
     if not segment:
         raise Refused(400, "the request path has an empty segment ('//' or a trailing '/')")
     if len(segment) > MAX_SEGMENT_LENGTH:
-        raise Refused(400, f"a path segment is {len(segment)} characters long; at most {MAX_SEGMENT_LENGTH} are accepted")
+        raise Refused(
+            400, f"a path segment is {len(segment)} characters long; at most {MAX_SEGMENT_LENGTH} are accepted"
+        )
     if segment in (".", ".."):
         raise Refused(400, "path segments '.' and '..' are not accepted")
     if not _SEGMENT.fullmatch(segment):

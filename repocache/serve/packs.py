@@ -272,7 +272,11 @@ class Generations:
             generation.done = True
             await generation._notify()
             if generation.returncode not in (None, 0):
-                logger.info("upload-pack exited %s: %s", generation.returncode, generation.stderr.decode(errors="replace").strip())
+                logger.info(
+                    "upload-pack exited %s: %s",
+                    generation.returncode,
+                    generation.stderr.decode(errors="replace").strip(),
+                )
 
 
 async def _feed(stdin: asyncio.StreamWriter, body: Body) -> None:

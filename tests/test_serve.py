@@ -1,0 +1,412 @@
+"""The git server (``repocache serve``): real git clients clone and fetch through it, from real upstreams."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repocache import RepoCache
+from repocache.events import Event, ServeEvent
+from repocache.serve import ServeOptions
+from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
+from tests._serve import (
+    ThreadServer,
+    ThrottlingProxy,
+    clone,
+    git_env,
+    request,
+    serve_process,
+    wait_until,
+)
+from tests.helpers import assert_consistent, git, refs
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> UpstreamFactory:
+    """Upstreams served by this test's own servers."""
+    return UpstreamFactory(tmp_path / "served")
+
+
+@pytest.fixture
+def upstream(factory: UpstreamFactory) -> Upstream:
+    """``org/repo``: commits on ``main``, a branch ``feature``, an annotated tag ``v1`` and a light tag ``v0``."""
+    repo = factory.create("org/repo")
+    repo.commits(6, size=20_000)
+    repo.tag("v0")
+    repo.branch("feature")
+    repo.commits(2, branch="feature", size=5_000)
+    repo.tag("v1", annotated=True)
+    return repo
+
+
+@pytest.fixture
+def upstream_http(factory: UpstreamFactory) -> Iterator[SmartHTTPServer]:
+    """Smart HTTP serving this test's upstreams."""
+    factory.base_dir.mkdir(parents=True, exist_ok=True)
+    with SmartHTTPServer(factory.base_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The git clients' environment."""
+    return git_env(tmp_path / "client-home")
+
+
+def base_of(server: SmartHTTPServer) -> str:
+    """The upstream base URL the server's prefix maps to."""
+    return f"http://127.0.0.1:{server.port}/"
+
+
+def upstream_contacts(server: SmartHTTPServer) -> int:
+    """How many clones and fetches reached ``server`` (each begins with one ``info/refs``; a protocol v2 clone
+    then makes two ``git-upload-pack`` requests)."""
+    return sum(1 for method, path in server.requests if method == "GET" and path.endswith("/info/refs"))
+
+
+def pushed(upstream: Upstream) -> str:
+    """A new commit on upstream's ``main``; its id."""
+    return upstream.commits(1, size=1_000)[-1]
+
+
+# -- smart HTTP as git speaks it --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("version", [0, 2])
+def test_clone_through_the_server_gets_every_ref_and_tag(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str], version: int
+) -> None:
+    with serve_process(tmp_path / "cache", base_of(upstream_http)) as server:
+        done = clone(server.url("org/repo.git"), tmp_path / "clone", "--mirror", version=version, env=env)
+        assert done.returncode == 0, done.stderr + server.log
+    assert refs(tmp_path / "clone") == upstream.refs()
+    git("fsck", "--strict", cwd=tmp_path / "clone")
+    with RepoCache(tmp_path / "cache") as cache:
+        assert_consistent(cache)
+
+
+@pytest.mark.timeout(120)
+def test_git_protocol_header_reaches_upload_pack(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """Protocol v2's capability advertisement has no ``# service`` line; v0's ref advertisement has one."""
+    with serve_process(tmp_path / "cache", base_of(upstream_http)) as server:
+        path = "/up.test/org/repo.git/info/refs?service=git-upload-pack"
+        status, headers, v2 = request(server.port, "GET", path, headers={"Git-Protocol": "version=2"})
+        assert status == 200 and headers["content-type"] == "application/x-git-upload-pack-advertisement"
+        assert v2.startswith(b"000eversion 2\n") and b"fetch" in v2
+        status, headers, v0 = request(server.port, "GET", path)
+        assert status == 200 and headers["cache-control"].startswith("no-cache")
+        assert v0.startswith(b"001e# service=git-upload-pack\n0000")
+        assert upstream.resolve("main").encode() in v0
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    "args",
+    [("--depth", "1"), ("--filter=blob:none",), ("--single-branch", "--branch", "feature"), ("--bare",)],
+    ids=["depth", "filter", "single-branch", "bare"],
+)
+@pytest.mark.parametrize("version", [0, 2])
+def test_shallow_filtered_and_single_branch_clones(
+    tmp_path: Path,
+    upstream: Upstream,
+    upstream_http: SmartHTTPServer,
+    env: dict[str, str],
+    args: tuple[str, ...],
+    version: int,
+) -> None:
+    dest = tmp_path / "clone"
+    with serve_process(tmp_path / "cache", base_of(upstream_http)) as server:
+        done = clone(server.url("org/repo.git"), dest, *args, version=version, env=env)
+        assert done.returncode == 0, done.stderr + server.log
+    if args[0] == "--depth":
+        assert git("rev-list", "--count", "HEAD", cwd=dest).strip() == "1"
+        assert (dest / ".git" / "shallow").exists()
+    elif args[0].startswith("--filter"):
+        assert git("config", "remote.origin.partialclonefilter", cwd=dest).strip() == "blob:none"
+        assert git("rev-parse", "HEAD", cwd=dest).strip() == upstream.resolve("main")
+    elif args[0] == "--single-branch":
+        assert git("rev-parse", "HEAD", cwd=dest).strip() == upstream.resolve("feature")
+        assert git("branch", "-r", cwd=dest).split() == ["origin/feature"]
+    else:
+        assert git("rev-parse", "v1^{commit}", cwd=dest).strip() == upstream.resolve("v1^{commit}")
+
+
+@pytest.mark.timeout(120)
+def test_a_clone_without_dot_git_is_the_same_mirror(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    with serve_process(tmp_path / "cache", base_of(upstream_http), global_args=("--fetch-ttl", "60")) as server:
+        for name in ("a", "b"):
+            path = "org/repo.git" if name == "a" else "org/repo"
+            done = clone(server.url(path), tmp_path / name, env=env)
+            assert done.returncode == 0, done.stderr + server.log
+    assert upstream_contacts(upstream_http) == 1
+    with RepoCache(tmp_path / "cache") as cache:
+        assert len(cache.entries()) == 1
+
+
+@pytest.mark.timeout(120)
+def test_git_daemon_upstream(tmp_path: Path, upstream: Upstream, factory: UpstreamFactory, env: dict[str, str]) -> None:
+    with GitDaemon(factory.base_dir) as daemon:
+        base = daemon.url_for(upstream).rsplit("/org/", 1)[0] + "/"
+        with serve_process(tmp_path / "cache", base) as server:
+            done = clone(server.url("org/repo.git"), tmp_path / "clone", "--mirror", env=env)
+            assert done.returncode == 0, done.stderr + server.log
+    assert refs(tmp_path / "clone") == upstream.refs()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("version", [0, 2])
+def test_push_is_refused_with_a_message_naming_upstream(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str], version: int
+) -> None:
+    before = upstream.refs()
+    with serve_process(tmp_path / "cache", base_of(upstream_http)) as server:
+        done = clone(server.url("org/repo.git"), tmp_path / "clone", env=env)
+        assert done.returncode == 0, done.stderr
+        git(
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "--allow-empty",
+            "-m",
+            "x",
+            cwd=tmp_path / "clone",
+            env=env,
+        )
+        pushing = subprocess_git(
+            tmp_path / "clone", env, "-c", f"protocol.version={version}", "push", "origin", "HEAD:main"
+        )
+        assert pushing.returncode != 0
+        assert "read-only cache" in pushing.stderr and "push to the upstream" in pushing.stderr
+        assert base_of(upstream_http) + "org/repo.git" in pushing.stderr
+        status, _, _ = request(server.port, "POST", "/up.test/org/repo.git/git-receive-pack", b"0000")
+        assert status == 403
+    assert upstream.refs() == before
+
+
+def subprocess_git(cwd: Path, env: dict[str, str], *args: str) -> Any:
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+# -- freshness ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_fetch_after_a_push_within_and_past_fetch_ttl(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    ttl = 3.0
+    dest = tmp_path / "clone"
+    with serve_process(tmp_path / "cache", base_of(upstream_http), global_args=("--fetch-ttl", str(ttl))) as server:
+        started = time.monotonic()
+        assert clone(server.url("org/repo.git"), dest, env=env).returncode == 0
+        contacts = len(upstream_http.requests)
+        new = pushed(upstream)
+        subprocess_git(dest, env, "fetch", "origin")
+        if time.monotonic() - started < ttl:  # within the TTL: the mirror answers, upstream is not asked
+            assert git("rev-parse", "origin/main", cwd=dest).strip() != new
+            assert len(upstream_http.requests) == contacts
+        time.sleep(max(0.0, ttl - (time.monotonic() - started)) + 0.2)
+        fetched = subprocess_git(dest, env, "fetch", "origin")
+        assert fetched.returncode == 0, fetched.stderr
+        assert git("rev-parse", "origin/main", cwd=dest).strip() == new
+        assert upstream_contacts(upstream_http) == 2
+
+
+@pytest.mark.timeout(120)
+def test_webhook_route_marks_stale_so_the_next_fetch_sees_the_push(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    import hashlib
+    import hmac
+    import json
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    dest = tmp_path / "clone"
+    args = ("--webhook-secret-file", str(secret))
+    with serve_process(
+        tmp_path / "cache", base_of(upstream_http), *args, global_args=("--fetch-ttl", "3600")
+    ) as server:
+        assert clone(server.url("org/repo.git"), dest, env=env).returncode == 0
+        new = pushed(upstream)
+        payload = json.dumps({"repository": {"clone_url": base_of(upstream_http) + "org/repo.git"}}).encode()
+        signature = "sha256=" + hmac.new(b"s3cret", payload, hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": signature, "Content-Type": "application/json"}
+        status, _, body = request(server.port, "POST", "/-/webhook", payload, headers)
+        assert status == 200, body
+        assert json.loads(body)["marked"]
+        bad = dict(headers, **{"X-Hub-Signature-256": "sha256=" + "0" * 64})
+        assert request(server.port, "POST", "/-/webhook", payload, bad)[0] == 401
+        assert subprocess_git(dest, env, "fetch", "origin").returncode == 0
+        assert git("rev-parse", "origin/main", cwd=dest).strip() == new
+
+
+@pytest.mark.timeout(120)
+def test_upstream_down_serves_the_cached_copy_and_refuses_an_uncached_one(
+    tmp_path: Path, factory: UpstreamFactory, upstream: Upstream, env: dict[str, str]
+) -> None:
+    other = factory.create("org/other")
+    http = SmartHTTPServer(factory.base_dir)
+    http.start()
+    base = base_of(http)
+    try:
+        with serve_process(tmp_path / "cache", base) as server:
+            assert clone(server.url("org/repo.git"), tmp_path / "warm", env=env).returncode == 0
+            http.stop()  # upstream is down from here on; its port refuses connections
+            served = clone(server.url("org/repo.git"), tmp_path / "stale", env=env)
+            assert served.returncode == 0, served.stderr + server.log
+            assert git("rev-parse", "HEAD", cwd=tmp_path / "stale").strip() == upstream.resolve("main")
+            refused = clone(server.url("org/other.git"), tmp_path / "cold", env=env)
+            assert refused.returncode != 0
+            assert "remote: repocache: the cache cannot clone" in refused.stderr, refused.stderr
+            assert "502" in refused.stderr
+            health = server.health()
+            assert health["requests"]["stale"] >= 1 and health["requests"]["upstream"] == 1
+            assert "serving a stale copy" in server.log
+    finally:
+        http.stop()
+    del other
+
+
+# -- one clone, one pack ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_eight_concurrent_cold_clones_make_one_upstream_clone(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    upstream.commits(10, size=200_000)
+    with serve_process(tmp_path / "cache", base_of(upstream_http), global_args=("--fetch-ttl", "60")) as server:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            futures = [
+                pool.submit(clone, server.url("org/repo.git"), tmp_path / f"c{n}", env=env, version=n % 2 * 2)
+                for n in range(8)
+            ]
+            results = [future.result(timeout=150) for future in futures]
+        assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+        assert upstream_contacts(upstream_http) == 1
+    head = upstream.resolve("main")
+    assert {git("rev-parse", "HEAD", cwd=tmp_path / f"c{n}").strip() for n in range(8)} == {head}
+
+
+@pytest.mark.timeout(120)
+def test_events_and_counts_of_requests(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    seen: list[Event] = []
+    with RepoCache(tmp_path / "cache", on_event=seen.append) as cache:
+        with ThreadServer(cache, base_of(upstream_http)) as server:
+            assert clone(server.url("org/repo.git"), tmp_path / "clone", env=env).returncode == 0
+            wait_until(lambda: server.app.counts["served"] == 3, what="the clone's three answers counted")
+            assert request(server.port, "GET", "/elsewhere/x.git/info/refs")[0] == 404
+            wait_until(lambda: server.app.counts["refused"] == 1, what="the refusal counted")
+            assert server.app.counts["served"] == 3 and server.app.counts["refused"] == 1
+        served = [e for e in seen if isinstance(e, ServeEvent)]
+        assert [e.outcome for e in served] == ["served", "served", "served", "refused"]
+        assert sum(e.bytes_sent for e in served if e.service == "git-upload-pack") > 100_000
+        assert all(e.url == "" or "@" not in e.url for e in served)
+
+
+@pytest.mark.timeout(120)
+def test_prometheus_metrics_count_requests_and_bytes(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from repocache.metrics import instrument
+
+    registry = CollectorRegistry()
+    with RepoCache(tmp_path / "cache") as cache:
+        instrument(cache, registry)
+        with ThreadServer(cache, base_of(upstream_http)) as server:
+            assert clone(server.url("org/repo.git"), tmp_path / "clone", env=env).returncode == 0
+            served = 'repocache_serve_requests_total{service="git-upload-pack",outcome="served"} 2.0'
+            wait_until(lambda: served in generate_latest(registry).decode(), what="the last event")  # after its answer
+            text = generate_latest(registry).decode()
+    assert "repocache_serve_bytes_total" in text and "repocache_serve_queue_length 0.0" in text
+
+
+# -- stopping ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def big_upstream(factory: UpstreamFactory) -> Upstream:
+    """A repository whose pack is a few MiB of incompressible bytes."""
+    import os as _os
+
+    repo = factory.create("org/big")
+    for n in range(4):
+        repo.commit({f"blob{n}.bin": _os.urandom(1 << 20)}, message=f"blob {n}")
+    return repo
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_drains_an_in_flight_clone(
+    tmp_path: Path, big_upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    with serve_process(tmp_path / "cache", base_of(upstream_http), "--graceful-timeout", "60") as server:
+        assert clone(server.url("org/big.git"), tmp_path / "warm", env=env).returncode == 0
+        proxy = ThrottlingProxy(server.port, rate=1 << 20)  # 4 MiB take about 4 s to reach this client
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                url = f"http://127.0.0.1:{proxy.port}/up.test/org/big.git"
+                slow = pool.submit(clone, url, tmp_path / "slow", env=env)
+                wait_until(lambda: proxy.relayed > 256 << 10, what="the pack flowing")
+                server.signal(signal.SIGTERM)
+                result = slow.result(timeout=120)
+            assert result.returncode == 0, result.stderr + server.log
+            assert server.wait(timeout=60) in (0, 143)
+        finally:
+            proxy.close()
+    assert git("rev-parse", "HEAD", cwd=tmp_path / "slow").strip() == big_upstream.resolve("main")
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_mid_pack_leaves_the_mirror_valid(
+    tmp_path: Path, big_upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    root = tmp_path / "cache"
+    with serve_process(root, base_of(upstream_http)) as server:
+        proxy = ThrottlingProxy(server.port, rate=1 << 20)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                url = f"http://127.0.0.1:{proxy.port}/up.test/org/big.git"
+                slow = pool.submit(clone, url, tmp_path / "killed", env=env)
+                wait_until(lambda: proxy.relayed > 256 << 10, what="the pack flowing")
+                server.signal(signal.SIGKILL)
+                assert slow.result(timeout=120).returncode != 0
+        finally:
+            proxy.close()
+        server.wait()
+    with RepoCache(root) as cache:
+        assert cache.verify() == []
+        entry = cache.entries()[0]
+        git("fsck", "--strict", cwd=entry.path)
+    with serve_process(root, base_of(upstream_http)) as again:
+        done = clone(again.url("org/big.git"), tmp_path / "again", env=env)
+        assert done.returncode == 0, done.stderr + again.log
+    assert git("rev-parse", "HEAD", cwd=tmp_path / "again").strip() == big_upstream.resolve("main")
+
+
+@pytest.mark.timeout(60)
+def test_serve_options_are_checked() -> None:
+    from repocache.errors import ConfigError
+
+    for bad in ({"max_packs": 0}, {"max_queue": -1}, {"body_timeout": 0}, {"webhook_secret": ""}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            ServeOptions(**bad)
