@@ -4,14 +4,14 @@
 ``time.monotonic()`` stamp (one clock for all processes on Linux), to the file ``spec["events"]``, so the parent
 that SIGKILLs it can tell in which phase the kill landed. The steps are seen by wrapping
 ``gitops.clone_mirror``, ``gitops.fetch_mirror``, ``gitops.make_worktree``, ``Budget.evict_locked``,
-``ColdTier.offload`` (cold upload), ``ColdTier.restore`` and the maintenance steps (``gitops.repack_geometric``,
-``gitops.repack_all_keeping``,
-``gitops.pack_refs``, ``gitops.write_commit_graph``, ``gitops.repack_pruning``) with functions that only log and
-then call the original: the library's behaviour is unchanged.
+``ColdTier.offload`` (cold upload), ``ColdTier.restore``, the maintenance steps (``gitops.repack_geometric``,
+``gitops.repack_all_keeping``, ``gitops.pack_refs``, ``gitops.write_commit_graph``, ``gitops.repack_pruning``) and
+the index's deferred recency writes (``Index.flush``) with functions that only log and then call the original: the
+library's behaviour is unchanged.
 
-Spec keys (crash): ``root``, ``events``, ``action`` ("checkout", "worktree", "evict", "evict_loop", "maintain"),
-``url`` or ``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds to stay
-inside the block), ``seed`` (evict_loop), ``prune`` (maintain).
+Spec keys (crash): ``root``, ``events``, ``action`` ("checkout", "worktree", "evict", "evict_loop", "hit_loop",
+"maintain"), ``url`` or ``urls``, ``options`` (RepoCache keyword arguments), ``ref`` (worktree), ``hold`` (seconds
+to stay inside the block), ``seed`` (evict_loop, hit_loop), ``prune`` (maintain).
 
 ``load`` mode runs ``spec["ops"]`` random operations against a cache shared with other workers and checks the
 invariants as it goes; it writes a JSON report to ``spec["report"]``: every operation with its start and end time
@@ -66,7 +66,7 @@ def _wrap(owner: Any, name: str, label: str, log: Log) -> None:
 
 def instrument(log: Log) -> None:
     """Log the start and end of transfers, worktree creation, evictions and cold uploads/restores (unchanged)."""
-    from repocache import budget, cold_tier, gitops
+    from repocache import budget, cold_tier, gitops, index
 
     _wrap(gitops, "clone_mirror", "clone", log)
     _wrap(gitops, "fetch_mirror", "fetch", log)
@@ -79,6 +79,7 @@ def instrument(log: Log) -> None:
     _wrap(gitops, "pack_refs", "pack-refs", log)
     _wrap(gitops, "write_commit_graph", "commit-graph", log)
     _wrap(gitops, "repack_pruning", "prune", log)
+    _wrap(index.Index, "flush", "flush", log)
 
 
 def fsck(path: Path) -> str | None:
@@ -142,6 +143,17 @@ def crash(spec: dict[str, Any]) -> None:
                         cache.enforce()
                 except BudgetError:  # documented: the pinned repository and this one do not fit together
                     log("budget-error")
+        elif action == "hit_loop":
+            # Hits on cached repositories, a few milliseconds apart: their recency and counts wait in memory
+            # for the flusher thread (the hot path's deferred writes), so kills land before, inside and
+            # after its transactions. Each hit logs the wall-clock time it was handed out at.
+            rng = random.Random(spec.get("seed", 0))
+            urls = spec["urls"]
+            for number in range(int(spec.get("iterations", 10**9))):
+                with cache.checkout(rng.choice(urls)) as co:
+                    log(f"hit:{co.key}:{time.time():.6f}")
+                log(f"op:{number}")
+                time.sleep(0.004)
         else:
             raise ValueError(f"unknown action {action!r}")
         log("op:end")

@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ import pytest
 from repocache import RepoCache
 from repocache.cold import LocalDirStore
 from repocache.gitops import sweep_mirror, validate_mirror
+from repocache.index import RECENCY_GRANULARITY
 from repocache.locks import acquire
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests._stress_worker import fsck
@@ -151,8 +153,12 @@ def _phase(events: list[tuple[float, str]]) -> str:
             state = f"maintenance ({name.split(':')[0]})"
         elif name.split(":")[0] in _MAINTENANCE_STEPS and name.endswith(":end"):
             state = "maintenance (between steps)"
-        elif name.startswith("held"):
+        elif name.startswith("held") or name.startswith("hit:"):
             state = "held by the caller"
+        elif name == "flush:start":
+            state = "recency write"
+        elif name == "flush:end":
+            state = "after recency write"
         elif name == "op:end":
             state = "after the operation"
         elif name.startswith("op:"):
@@ -179,6 +185,7 @@ _BUCKET = {
     "eviction (cold upload)": "during",
     "eviction (after the upload)": "during",
     "restore (unpacking)": "during",
+    "recency write": "during",
 }
 
 
@@ -195,7 +202,7 @@ class Scenario:
     """One kind of operation to kill, with what it needs before each trial and after each kill."""
 
     name: str
-    action: str  # checkout | worktree | evict_loop
+    action: str  # checkout | worktree | evict_loop | hit_loop
     upstreams: list[Upstream]
     urls: list[str]
     root: Path
@@ -206,6 +213,7 @@ class Scenario:
     windows: dict[str, float] = field(default_factory=dict)  # measured length of what follows each target event
     fixed_windows: dict[str, float] = field(default_factory=dict)  # windows chosen instead of measured
     objects: set[str] = field(default_factory=set)  # every object in the mirror before the trial (maintenance)
+    counters: dict[str, int] = field(default_factory=dict)  # the index's counters after the last trial (hits)
 
 
 class CrashLab:
@@ -217,6 +225,7 @@ class CrashLab:
         self.trials: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self.counter = 0
+        self.killed_at = 0.0  # wall-clock time of the last kill
 
     # -- running -----------------------------------------------------------------------------------------------
 
@@ -228,7 +237,7 @@ class CrashLab:
             "options": scenario.options,
             "hold": 0.02,
         }
-        if scenario.action == "evict_loop":
+        if scenario.action in ("evict_loop", "hit_loop"):
             spec.update(urls=scenario.urls, seed=self.rng.randrange(1 << 30))
         else:
             spec["url"] = scenario.urls[0]
@@ -252,10 +261,14 @@ class CrashLab:
             if scenario.action == "evict_loop":
                 # The loop never ends: T covers a few dozen of its operations.
                 _wait_event(events_path, lambda name: name == "op:30", process, 120)
+            elif scenario.action == "hit_loop":
+                # T covers several of the flusher's rounds.
+                _wait_event(events_path, lambda name: name == "op:500", process, 120)
             else:
                 _wait_event(events_path, lambda name: name == "op:end", process, 120)
         finally:
             _kill(process)
+            self.killed_at = time.time()
         events = _events(events_path)
         ready = next(stamp for stamp, name in events if name == "ready")
         last = events[-1][0]
@@ -283,6 +296,7 @@ class CrashLab:
             delay = self.rng.uniform(0, scenario.windows[targeted])
         time.sleep(max(0.0, start + delay - time.monotonic()))
         _kill(process)
+        self.killed_at = time.time()
         self.check(scenario, events_path, mode=f"targeted {targeted}" if targeted else "random", delay=delay)
 
     # -- checking ----------------------------------------------------------------------------------------------
@@ -301,6 +315,8 @@ class CrashLab:
         try:
             if scenario.action == "evict_loop":
                 self._check_evict_loop(scenario, record)
+            elif scenario.action == "hit_loop":
+                self._check_hit_loop(scenario, events, record)
             else:
                 self._check_one_repo(scenario, record)
         except Exception as exc:  # collected: every trial runs, the test fails at the end with all of them
@@ -411,6 +427,40 @@ class CrashLab:
                 assert mirror_refs(co.path) == expected[co.key]
             assert_consistent(cache)
 
+    def _check_hit_loop(self, scenario: Scenario, events: list[tuple[float, str]], record: dict[str, Any]) -> None:
+        """A kill among hits loses at most the last RECENCY_GRANULARITY of their recency and counts: the index is
+        whole, every hit logged earlier than that before the kill is in ``last_used``, the counters only grew."""
+        root = scenario.root
+        _wait_no_process_in(root)
+        assert _held_locks(root) == [], f"locks still held after the worker died: {_held_locks(root)}"
+        integrity, last_used, hits = _index_figures(root)
+        assert integrity == "ok", f"the index is damaged: {integrity}"
+        # Hits the flusher had at least one full round (plus scheduling slack on a loaded machine) to write.
+        settled = self.killed_at - RECENCY_GRANULARITY - _FLUSH_SLACK
+        latest: dict[str, float] = {}
+        logged = 0
+        for _stamp, name in events:
+            if name.startswith("hit:"):
+                key, _, stamp = name[len("hit:") :].rpartition(":")
+                logged += 1
+                if float(stamp) <= settled:
+                    latest[key] = max(latest.get(key, 0.0), float(stamp))
+        for key, handed_out in latest.items():
+            assert last_used.get(key, 0.0) >= handed_out, (
+                f"a hit on {key} {self.killed_at - handed_out:.2f}s before the kill is not in the index's recency"
+            )
+        record["hits_logged"] = logged
+        before = scenario.counters.get("hits", 0)
+        assert before <= hits <= before + logged, f"hits went from {before} to {hits} with {logged} hits made"
+        with RepoCache(root, lock_timeout=5, **scenario.options) as cache:
+            found = cache.verify()
+            record["found"] = sorted(p.kind for p in found)
+            assert found == [], f"hits killed left problems: {found}"
+            assert_consistent(cache)
+            with cache.checkout(self.rng.choice(scenario.urls)) as co:
+                assert co.source == "hit"
+        scenario.counters["hits"] = _index_figures(root)[2]  # with this check's own hit, written at close
+
     # -- figures -------------------------------------------------------------------------------------------------
 
     def summary(self, seed: int, elapsed: float) -> dict[str, Any]:
@@ -442,6 +492,21 @@ class CrashLab:
             "cold_artifacts_checked": sum(t.get("cold_artifacts", 0) for t in self.trials),
             "failures": len(self.failures),
         }
+
+
+_FLUSH_SLACK = 1.5  # seconds a loaded machine may delay the flusher's round beyond RECENCY_GRANULARITY
+
+
+def _index_figures(root: Path) -> tuple[str, dict[str, float], int]:
+    """The index read as it is on disk, without the library: its integrity, ``last_used`` by key, the hit count."""
+    db = sqlite3.connect(f"file:{root / 'index.sqlite'}?mode=ro", uri=True)
+    try:
+        integrity = str(db.execute("PRAGMA integrity_check").fetchone()[0])
+        last_used = {str(key): float(used) for key, used in db.execute("SELECT key, last_used FROM entries")}
+        row = db.execute("SELECT value FROM counters WHERE name = 'hits'").fetchone()
+        return integrity, last_used, int(row[0]) if row else 0
+    finally:
+        db.close()
 
 
 def _big_tree(upstream: Upstream, files: int) -> None:
@@ -595,6 +660,29 @@ def _scenarios(
                     targets=("repack:start", "commit-graph:start"),
                 )
             )
+        elif kind == "hits":
+            hit_upstreams = []
+            for number in range(4):
+                hit_upstream = served.create(f"crash-hits-{number}")
+                hit_upstream.commits(2, size=2_000)
+                hit_upstreams.append(hit_upstream)
+            hit_urls = [daemon.url_for(u) for u in hit_upstreams]
+            with RepoCache(root, fetch_ttl=3600) as cache:
+                for url in hit_urls:
+                    cache.ensure(url)
+            scenarios.append(
+                Scenario(
+                    name,
+                    "hit_loop",
+                    hit_upstreams,
+                    hit_urls,
+                    root,
+                    {"fetch_ttl": 3600},
+                    None,
+                    targets=("flush:start",),
+                    fixed_windows={"flush:start": 0.004},  # one transaction of a few rows
+                )
+            )
         elif kind == "eviction loop":
             loop_upstreams = []
             for number in range(6):
@@ -673,12 +761,13 @@ def test_workers_killed_at_random_instants_lose_nothing(
             "cold/restore": 1,
             "eviction loop/cold": 2,
             "maintenance": 2,
+            "hits": 2,
         },
-        targeted_trials={},
+        targeted_trials={"flush:start": 1},
     )
     report_figures("crash injection (default run)", summary)
     assert lab.failures == [], "\n".join(lab.failures)
-    assert summary["trials"] == 11
+    assert summary["trials"] == 14
 
 
 _SLOW_RANDOM = {
@@ -696,6 +785,7 @@ _SLOW_RANDOM = {
     "eviction loop": 30,
     "eviction loop/cold": 30,
     "maintenance": 30,
+    "hits": 30,
 }
 _SLOW_TARGETED = {
     "clone:end": 4,
@@ -709,6 +799,7 @@ _SLOW_TARGETED = {
     "evict:start": 10,
     "repack:start": 8,
     "commit-graph:start": 6,
+    "flush:start": 12,
 }
 
 
