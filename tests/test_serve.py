@@ -214,13 +214,14 @@ def test_fetch_after_a_push_within_and_past_fetch_ttl(
     with serve_process(tmp_path / "cache", base_of(upstream_http), global_args=("--fetch-ttl", str(ttl))) as server:
         started = time.monotonic()
         assert clone(server.url("org/repo.git"), dest, env=env).returncode == 0
+        cloned = time.monotonic()  # the mirror's clone ended before this: its TTL runs out by cloned + ttl
         contacts = len(upstream_http.requests)
         new = pushed(upstream)
         subprocess_git(dest, env, "fetch", "origin")
         if time.monotonic() - started < ttl:  # within the TTL: the mirror answers, upstream is not asked
             assert git("rev-parse", "origin/main", cwd=dest).strip() != new
             assert len(upstream_http.requests) == contacts
-        time.sleep(max(0.0, ttl - (time.monotonic() - started)) + 0.2)
+        time.sleep(max(0.0, ttl - (time.monotonic() - cloned)) + 0.2)
         fetched = subprocess_git(dest, env, "fetch", "origin")
         assert fetched.returncode == 0, fetched.stderr
         assert git("rev-parse", "origin/main", cwd=dest).strip() == new
@@ -335,8 +336,12 @@ def test_prometheus_metrics_count_requests_and_bytes(
         instrument(cache, registry)
         with ThreadServer(cache, base_of(upstream_http)) as server:
             assert clone(server.url("org/repo.git"), tmp_path / "clone", env=env).returncode == 0
-            served = 'repocache_serve_requests_total{service="git-upload-pack",outcome="served"} 2.0'
-            wait_until(lambda: served in generate_latest(registry).decode(), what="the last event")  # after its answer
+            labels = {"service": "git-upload-pack", "outcome": "served"}
+
+            def served() -> float | None:
+                return registry.get_sample_value("repocache_serve_requests_total", labels)
+
+            wait_until(lambda: served() == 2.0, what="the last event")  # reported after its answer is sent
             text = generate_latest(registry).decode()
     assert "repocache_serve_bytes_total" in text and "repocache_serve_queue_length 0.0" in text
 
