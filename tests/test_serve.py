@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -200,6 +201,90 @@ def subprocess_git(cwd: Path, env: dict[str, str], *args: str) -> Any:
     import subprocess
 
     return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("version", [0, 2])
+def test_a_plain_clone_has_every_branch_and_tag(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str], version: int
+) -> None:
+    dest = tmp_path / "clone"
+    with serve_process(tmp_path / "cache", base_of(upstream_http)) as server:
+        done = clone(server.url("org/repo.git"), dest, version=version, env=env)
+        assert done.returncode == 0, done.stderr + server.log
+    assert git("tag", "--list", cwd=dest).split() == ["v0", "v1"]
+    assert git("rev-parse", "v1^{commit}", cwd=dest).strip() == upstream.resolve("v1^{commit}")
+    assert git("cat-file", "-t", "v1", cwd=dest).strip() == "tag"  # annotated, as upstream has it
+    assert git("rev-parse", "v0", cwd=dest).strip() == upstream.resolve("v0")
+    remotes = git("for-each-ref", "--format=%(refname)", "refs/remotes", cwd=dest).split()
+    assert remotes == ["refs/remotes/origin/HEAD", "refs/remotes/origin/feature", "refs/remotes/origin/main"]
+    assert git("rev-parse", "HEAD", cwd=dest).strip() == upstream.resolve("main")
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("version", [0, 2])
+def test_a_fetch_sees_a_push_after_a_stale_mark_and_not_before(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str], version: int
+) -> None:
+    """Within a long TTL a fetch through the server is answered by the mirror (upstream not asked, the push not
+    seen); ``cache.mark_stale`` from another process makes the next one fetch from upstream, once."""
+    dest = tmp_path / "clone"
+    root = tmp_path / "cache"
+    with serve_process(root, base_of(upstream_http), global_args=("--fetch-ttl", "3600")) as server:
+        assert clone(server.url("org/repo.git"), dest, version=version, env=env).returncode == 0
+        new = pushed(upstream)
+        fetch = ("-c", f"protocol.version={version}", "fetch", "origin")
+        assert subprocess_git(dest, env, *fetch).returncode == 0
+        assert git("rev-parse", "origin/main", cwd=dest).strip() != new
+        assert upstream_contacts(upstream_http) == 1
+        with RepoCache(root) as cache:
+            assert cache.mark_stale(base_of(upstream_http) + "org/repo.git")
+        fetched = subprocess_git(dest, env, *fetch)
+        assert fetched.returncode == 0, fetched.stderr + server.log
+        assert git("rev-parse", "origin/main", cwd=dest).strip() == new
+        assert upstream_contacts(upstream_http) == 2
+        assert subprocess_git(dest, env, *fetch).returncode == 0  # the mark is consumed: no third contact
+        assert upstream_contacts(upstream_http) == 2
+
+
+@pytest.mark.timeout(180)
+def test_a_mirror_being_served_is_not_evicted_until_the_clone_ends(
+    tmp_path: Path, factory: UpstreamFactory, env: dict[str, str]
+) -> None:
+    """While a slow client's pack streams, the serving process holds the mirror as a reader: ``evict`` and a
+    budget squeeze from another process skip it; once the clone is done, it can be evicted."""
+    big = factory.create("org/big")
+    for n in range(4):
+        big.commit({f"blob{n}.bin": os.urandom(1 << 20)}, message=f"blob {n}")
+    root = tmp_path / "cache"
+    with SmartHTTPServer(factory.base_dir) as upstream_http:
+        url = base_of(upstream_http) + "org/big.git"
+        with serve_process(root, base_of(upstream_http)) as server:
+            assert clone(server.url("org/big.git"), tmp_path / "warm", env=env).returncode == 0
+            proxy = ThrottlingProxy(server.port, rate=512 << 10)  # 4 MiB take about 8 s to reach this client
+            try:
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    slow_url = f"http://127.0.0.1:{proxy.port}/up.test/org/big.git"
+                    slow = pool.submit(clone, slow_url, tmp_path / "slow", env=env)
+                    wait_until(lambda: proxy.relayed > 256 << 10, what="the pack flowing")
+                    with RepoCache(root, max_bytes=1) as squeezed:
+                        entry = squeezed.info(url)
+                        assert entry is not None
+                        path = entry.path
+                        assert not squeezed.evict(url, force=True)
+                        assert squeezed.enforce() == []
+                        assert path.is_dir()
+                    assert proxy.relayed < 4 << 20, "the clone ended before the eviction was tried"
+                    result = slow.result(timeout=120)
+                assert result.returncode == 0, result.stderr + server.log
+            finally:
+                proxy.close()
+            wait_until(lambda: server.health()["requests"].get("served", 0) >= 6, what="the slow clone's end")
+            with RepoCache(root) as cache:
+                assert cache.evict(url)
+                assert not path.exists()
+                assert_consistent(cache)
+    assert git("rev-parse", "HEAD", cwd=tmp_path / "slow").strip() == big.resolve("main")
 
 
 # -- freshness ------------------------------------------------------------------------------------------------
