@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 
 from repocache import RepoCache
 from repocache.events import Event, ServeEvent
-from repocache.serve import ServeOptions
+from repocache.serve import Refused, ServeOptions, Upstreams
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests._serve import (
     ThreadServer,
@@ -58,6 +59,9 @@ def upstream_http(factory: UpstreamFactory) -> Iterator[SmartHTTPServer]:
 def env(tmp_path: Path) -> dict[str, str]:
     """The git clients' environment."""
     return git_env(tmp_path / "client-home")
+
+
+_UPLOAD = "application/x-git-upload-pack-request"
 
 
 def base_of(server: SmartHTTPServer) -> str:
@@ -285,6 +289,143 @@ def test_a_mirror_being_served_is_not_evicted_until_the_clone_ends(
                 assert not path.exists()
                 assert_consistent(cache)
     assert git("rev-parse", "HEAD", cwd=tmp_path / "slow").strip() == big.resolve("main")
+
+
+# -- the allow-list: never an open proxy -------------------------------------------------------------------------
+
+REFUSED_PATHS = [
+    # (request target, status, words of the message)
+    ("/evil.example/org/repo.git/info/refs?service=git-upload-pack", 404, "'evil.example' is not served here"),
+    ("/up.test.evil.example/org/repo.git/info/refs?service=git-upload-pack", 404, "is not served here"),
+    ("/evil.example/up.test/org/repo.git/info/refs?service=git-upload-pack", 404, "is not served here"),
+    ("/up.test:8080/org/repo.git/info/refs?service=git-upload-pack", 404, "'up.test:8080' is not served here"),
+    ("/UP.TEST.EVIL/org/repo.git/info/refs?service=git-upload-pack", 404, "is not served here"),
+    ("/tmp/served/org/repo.git/info/refs?service=git-upload-pack", 404, "'tmp' is not served here"),
+    ("/file:///tmp/org/repo.git/info/refs?service=git-upload-pack", 400, "no ':'"),
+    ("/FILE:/tmp/org/repo.git/info/refs?service=git-upload-pack", 400, "no ':'"),
+    ("/up.test/file:/etc/repo.git/info/refs?service=git-upload-pack", 400, "no ':'"),
+    ("/up.test/ext::sh%20-c%20touch%20x/info/refs?service=git-upload-pack", 400, "no ':'"),
+    ("/ext::sh%20-c%20touch%20x/info/refs?service=git-upload-pack", 400, "no ':'"),
+    ("file:///tmp/org/repo.git/info/refs?service=git-upload-pack", 400, "must start with '/'"),
+    ("http://evil.example/org/repo.git/info/refs?service=git-upload-pack", 400, "must start with '/'"),
+    ("/up.test/../evil.example/repo.git/info/refs?service=git-upload-pack", 400, "'..' are not accepted"),
+    ("/up.test/org/../../repo.git/info/refs?service=git-upload-pack", 400, "'..' are not accepted"),
+    ("/up.test/./org/repo.git/info/refs?service=git-upload-pack", 400, "'..' are not accepted"),
+    ("/up.test/%2e%2e/evil/repo.git/info/refs?service=git-upload-pack", 400, "no percent-encoding"),
+    ("/up.test/%2E%2E/evil/repo.git/info/refs?service=git-upload-pack", 400, "no percent-encoding"),
+    ("/up.test/org%2f..%2f..%2frepo.git/info/refs?service=git-upload-pack", 400, "no percent-encoding"),
+    ("/up.test/..%5c..%5crepo.git/info/refs?service=git-upload-pack", 400, "no percent-encoding"),
+    ("/up.test//org/repo.git/info/refs?service=git-upload-pack", 400, "empty segment"),
+    ("//up.test/org/repo.git/info/refs?service=git-upload-pack", 400, "empty segment"),
+    ("/up.test/org//repo.git/info/refs?service=git-upload-pack", 400, "empty segment"),
+    ("/up.test@evil.example/org/repo.git/info/refs?service=git-upload-pack", 400, "may hold only letters"),
+    ("/up.test/-uhelp/repo.git/info/refs?service=git-upload-pack", 400, "may not start with '-'"),
+    ("/up.test/.git/info/refs?service=git-upload-pack", 404, "names no repository under up.test"),
+    ("/up.test/info/refs?service=git-upload-pack", 404, "names no repository under up.test"),
+    ("/up.test/org/repo.git/objects/info/packs", 404, "only git's smart HTTP is served"),
+    ("/up.test/org/repo.git/HEAD", 404, "only git's smart HTTP is served"),
+    ("/up.test/org/repo.git/info/refs", 403, "only git's smart HTTP is served"),
+    ("/up.test/org/repo.git/info/refs?service=git-receive-pack", 403, "read-only cache"),
+    ("/up.test/" + "a/" * 600 + "repo.git/info/refs?service=git-upload-pack", 400, "at most 1024"),
+]
+
+
+@pytest.mark.timeout(120)
+def test_refused_paths_never_reach_upstream(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """Every row is refused with its status and a message naming what was wrong, fast, with no lock taken, no
+    mirror made and no request at the upstream (which serves ``org/repo`` and would answer)."""
+    with RepoCache(tmp_path / "cache") as cache:
+        with ThreadServer(cache, base_of(upstream_http)) as server:
+            for target, status, words in REFUSED_PATHS:
+                started = time.monotonic()
+                got, headers, body = request(server.port, "GET", target)
+                text = body.decode("utf-8", "replace")
+                assert got == status, (target, got, text)
+                assert time.monotonic() - started < 2, target
+                if words:
+                    assert headers["content-type"].startswith("text/plain"), target
+                    assert text.startswith("repocache: ") and words in text, (target, text)
+            upload = "/up.test/%2e%2e/evil.git/git-upload-pack"
+            got, _, body = request(server.port, "POST", upload, b"0000", {"Content-Type": _UPLOAD})
+            assert got == 400 and b"percent-encoding" in body
+            assert upstream_http.requests == []
+            refused = clone(f"http://127.0.0.1:{server.port}/evil.example/org/repo.git", tmp_path / "c", env=env)
+            assert refused.returncode != 0
+            assert "remote: repocache: 'evil.example' is not served here; allowed prefixes: up.test" in refused.stderr
+            assert upstream_http.requests == []
+            assert cache.entries() == []
+            assert not any((tmp_path / "cache" / "repos").iterdir())
+
+
+@pytest.mark.timeout(120)
+def test_a_host_name_is_matched_in_any_case_but_the_path_is_kept(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """Host names are case-insensitive (``/UP.TEST/`` is the prefix ``up.test``); the repository path is passed
+    to upstream as written (``ORG/REPO`` is another repository on a case-sensitive host, refused by it)."""
+    with RepoCache(tmp_path / "cache") as cache:
+        with ThreadServer(cache, base_of(upstream_http)) as server:
+            done = clone(f"http://127.0.0.1:{server.port}/UP.TEST/org/repo.git", tmp_path / "a", env=env)
+            assert done.returncode == 0, done.stderr
+            other = clone(f"http://127.0.0.1:{server.port}/up.test/ORG/REPO.git", tmp_path / "b", env=env)
+            assert other.returncode != 0
+            assert "remote: repocache: the cache cannot clone" in other.stderr, other.stderr
+            assert [entry.url for entry in cache.entries()] == [base_of(upstream_http) + "org/repo"]
+
+
+def test_the_mapping_names_upstreams_under_their_prefix_only() -> None:
+    upstreams = Upstreams(
+        {
+            "github.com": "https://github.com/",
+            "git.example:8080": "http://git.example:8080/",
+            "gitlab.example/team": "https://gitlab.example/team/",
+            "daemon.example": "git://daemon.example/",
+            "ssh.example": "ssh://git@ssh.example/srv/",
+        }
+    )
+    served = {
+        b"/github.com/o/r.git/info/refs": "https://github.com/o/r.git",
+        b"/GitHub.com/o/r/git-upload-pack": "https://github.com/o/r",
+        b"/git.example:8080/a/b.git/info/refs": "http://git.example:8080/a/b.git",
+        b"/gitlab.example/team/sub/r.git/info/refs": "https://gitlab.example/team/sub/r.git",
+        b"/github.com/~user/r.git/info/refs": "https://github.com/~user/r.git",  # literal over https
+    }
+    for path, upstream in served.items():
+        assert upstreams.route(path).upstream == upstream, path
+    refused = {
+        b"/git.example/a/b.git/info/refs": (404, "'git.example' is not served here"),
+        b"/git.example:9090/a/b.git/info/refs": (404, "'git.example:9090' is not served here"),
+        b"/gitlab.example/other/r.git/info/refs": (404, "'gitlab.example' is not served here"),
+        b"/daemon.example/~alice/r.git/info/refs": (400, "home directory"),
+        b"/ssh.example/x/~root/r.git/info/refs": (400, "home directory"),
+        b"/github.com/o/r.git/info/refs\x00": (400, "may hold only"),
+        "/github.com/ö/r.git/info/refs".encode(): (400, "plain ASCII"),
+    }
+    for path, (status, words) in refused.items():
+        with pytest.raises(Refused) as caught:
+            upstreams.route(path)
+        assert caught.value.status == status and words in caught.value.reason, (path, caught.value.reason)
+
+
+@pytest.mark.parametrize(
+    "allowed, words",
+    [
+        ({}, "no upstream is allowed"),
+        ({"x": "file:///srv/git/"}, "expected an https, http, git or ssh URL"),
+        ({"x": "/srv/git/"}, "expected an https, http, git or ssh URL"),
+        ({"x": "https://user:token@h.example/"}, "without credentials"),
+        ({"x": "ext::sh -c true"}, "transport helpers"),
+        ({"x/..": "https://h.example/"}, "allowed prefix 'x/..' is not accepted"),
+        ({"a b": "https://h.example/"}, "allowed prefix 'a b' is not accepted"),
+    ],
+)
+def test_a_bad_allow_list_is_refused_naming_the_entry(allowed: dict[str, str], words: str) -> None:
+    from repocache.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        Upstreams(allowed)
 
 
 # -- freshness ------------------------------------------------------------------------------------------------

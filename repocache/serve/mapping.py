@@ -9,7 +9,8 @@ request never reaches upstream. The rules are strict on purpose (a git server fo
 more): every segment is made of ``A-Z a-z 0-9 . _ ~ + -``, so percent-encoding (``%2e%2e``, ``%2f``),
 backslashes, NUL and other control characters, ``:`` (``file:``, ``ext::``) are refused; ``.`` and ``..``
 segments, empty segments (``//``) and a segment starting with ``-`` are refused; the path and each segment have a
-bounded length. The upstream URL built is checked again after normalization: it must still lie under its base.
+bounded length; for ``ssh`` and ``git`` bases a segment starting with ``~`` (a home directory there) is refused.
+The upstream URL built is checked again after normalization: it must still lie under its base.
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ class Upstreams:
         if not path.startswith("/"):
             raise Refused(400, "the request path must start with '/'")
         segments = path[1:].split("/")
-        for segment in segments:
-            _check_segment(segment)
+        for number, segment in enumerate(segments):
+            # The first segment is a host name and may carry a port (a prefix such as git.example:8080); a port
+            # that is not configured is then "not served here", like any other host.
+            _check_segment(segment, _PREFIX_SEGMENT if number == 0 else _SEGMENT)
         service = _service(segments)
         lowered = [segment.lower() for segment in segments]
         for length in range(min(self._longest, len(segments) - 1), 0, -1):
@@ -181,7 +184,7 @@ def _check_base(prefix: str, base: str) -> str:
     return base.rstrip("/") + "/"
 
 
-def _check_segment(segment: str) -> None:
+def _check_segment(segment: str, pattern: re.Pattern[str]) -> None:
     if not segment:
         raise Refused(400, "the request path has an empty segment ('//' or a trailing '/')")
     if len(segment) > MAX_SEGMENT_LENGTH:
@@ -190,7 +193,7 @@ def _check_segment(segment: str) -> None:
         )
     if segment in (".", ".."):
         raise Refused(400, "path segments '.' and '..' are not accepted")
-    if not _SEGMENT.fullmatch(segment):
+    if not pattern.fullmatch(segment):
         raise Refused(
             400,
             "the request path may hold only letters, digits and '.', '_', '~', '+', '-' between slashes "
@@ -213,6 +216,10 @@ def _service(segments: list[str]) -> str:
 
 
 def _upstream(base: str, repository: str) -> str:
+    if base.startswith(("ssh://", "git://")) and any(segment.startswith("~") for segment in repository.split("/")):
+        # Over ssh a path starting with '~' is a home directory, and git daemon's --user-path maps ~user to a
+        # user's home: either would name a repository outside the namespace this prefix serves.
+        raise Refused(400, "a path segment starting with '~' names a home directory over ssh and git://; not served")
     upstream = base + repository
     try:
         parsed, root = normalize_url(upstream), normalize_url(base + "repository")
