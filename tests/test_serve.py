@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -454,6 +455,78 @@ def test_fetch_after_a_push_within_and_past_fetch_ttl(
         assert upstream_contacts(upstream_http) == 2
 
 
+def ls_remote(url: str, env: dict[str, str], version: int = 2) -> dict[str, str]:
+    """``git ls-remote URL`` through the server: ref name -> id (checked)."""
+    done = subprocess.run(
+        ["git", "-c", f"protocol.version={version}", "ls-remote", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return {name: oid for oid, name in (line.split("\t") for line in done.stdout.splitlines())}
+
+
+@pytest.mark.timeout(120)
+def test_ref_advertisements_within_fetch_ttl_come_from_the_mirror(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    with serve_process(tmp_path / "cache", base_of(upstream_http), global_args=("--fetch-ttl", "3600")) as server:
+        before = ls_remote(server.url("org/repo.git"), env)
+        assert before["refs/heads/main"] == upstream.resolve("main")
+        assert before["refs/tags/v1"] == upstream.refs()["refs/tags/v1"]  # the annotated tag object
+        pushed(upstream)
+        for n in range(6):
+            assert ls_remote(server.url("org/repo.git"), env, version=n % 2 * 2) == before
+        assert upstream_contacts(upstream_http) == 1  # the clone; every advertisement after it from the mirror
+
+
+@pytest.mark.timeout(120)
+def test_a_due_repository_is_fetched_once_for_a_burst_of_requests(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """Eight ``git ls-remote`` at once after a stale mark, against an upstream that takes a second to answer each
+    request: one fetch reaches upstream, and every request waits for it and shows the push."""
+    root = tmp_path / "cache"
+    with serve_process(root, base_of(upstream_http), global_args=("--fetch-ttl", "3600")) as server:
+        ls_remote(server.url("org/repo.git"), env)
+        new = pushed(upstream)
+        upstream_http.delay = 1.0
+        with RepoCache(root) as cache:
+            assert cache.mark_stale(base_of(upstream_http) + "org/repo.git")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            urls = [server.url("org/repo.git")] * 8
+            answers = list(pool.map(lambda url: ls_remote(url, env, version=2), urls, timeout=90))
+        assert [answer["refs/heads/main"] for answer in answers] == [new] * 8
+        assert upstream_contacts(upstream_http) == 2, upstream_http.requests
+
+
+@pytest.mark.timeout(120)
+def test_background_refresh_answers_a_due_request_at_once(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    root = tmp_path / "cache"
+    with serve_process(
+        root, base_of(upstream_http), "--refresh", "background", global_args=("--fetch-ttl", "3600")
+    ) as server:
+        old = ls_remote(server.url("org/repo.git"), env)["refs/heads/main"]
+        new = pushed(upstream)
+        upstream_http.delay = 4.0  # the background fetch takes at least 8 s (two requests)
+        with RepoCache(root) as cache:
+            assert cache.mark_stale(base_of(upstream_http) + "org/repo.git")
+        started = time.monotonic()
+        assert ls_remote(server.url("org/repo.git"), env)["refs/heads/main"] == old
+        assert time.monotonic() - started < 3.0
+        wait_until(
+            lambda: ls_remote(server.url("org/repo.git"), env)["refs/heads/main"] == new,
+            timeout=60,
+            what="the background fetch",
+        )
+        assert upstream_contacts(upstream_http) == 2
+
+
 @pytest.mark.timeout(120)
 def test_webhook_route_marks_stale_so_the_next_fetch_sees_the_push(
     tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
@@ -505,6 +578,9 @@ def test_upstream_down_serves_the_cached_copy_and_refuses_an_uncached_one(
             health = server.health()
             assert health["requests"]["stale"] >= 1 and health["requests"]["upstream"] == 1
             assert "serving a stale copy" in server.log
+        with RepoCache(tmp_path / "cache") as cache:
+            assert cache.stats().fetch_errors >= 1  # the failed fetch is counted in the root, for every process
+            assert [entry.url for entry in cache.entries()] == [base + "org/repo"]
     finally:
         http.stop()
     del other
