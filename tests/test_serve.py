@@ -6,6 +6,7 @@ import concurrent.futures
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -662,25 +663,68 @@ def big_upstream(factory: UpstreamFactory) -> Upstream:
     return repo
 
 
+def refuses_connections(port: int) -> bool:
+    """Whether nothing listens on 127.0.0.1:``port`` any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 @pytest.mark.timeout(180)
 def test_sigterm_drains_an_in_flight_clone(
     tmp_path: Path, big_upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
 ) -> None:
+    """SIGTERM: the listening socket closes at once (a new connection is refused), the clone whose pack is
+    streaming completes, and the server exits 0 once it is done, well within ``--graceful-timeout``."""
     with serve_process(tmp_path / "cache", base_of(upstream_http), "--graceful-timeout", "60") as server:
         assert clone(server.url("org/big.git"), tmp_path / "warm", env=env).returncode == 0
-        proxy = ThrottlingProxy(server.port, rate=1 << 20)  # 4 MiB take about 4 s to reach this client
+        proxy = ThrottlingProxy(server.port, rate=512 << 10)  # 4 MiB take about 8 s to reach this client
         try:
             with concurrent.futures.ThreadPoolExecutor(1) as pool:
                 url = f"http://127.0.0.1:{proxy.port}/up.test/org/big.git"
                 slow = pool.submit(clone, url, tmp_path / "slow", env=env)
                 wait_until(lambda: proxy.relayed > 256 << 10, what="the pack flowing")
                 server.signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                wait_until(lambda: refuses_connections(server.port), timeout=10, what="the listener closed")
+                assert not slow.done(), "the clone ended before the drain was seen"
                 result = slow.result(timeout=120)
             assert result.returncode == 0, result.stderr + server.log
-            assert server.wait(timeout=60) in (0, 143)
+            assert server.wait(timeout=30) == 0, server.log
+            assert time.monotonic() - signalled < 45
         finally:
             proxy.close()
     assert git("rev-parse", "HEAD", cwd=tmp_path / "slow").strip() == big_upstream.resolve("main")
+    assert "stopped" in server.log
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_stops_a_stalled_client_after_the_graceful_timeout(
+    tmp_path: Path, big_upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """A client too slow to finish within ``--graceful-timeout`` is cut off then, and the server exits 0."""
+    root = tmp_path / "cache"
+    with serve_process(root, base_of(upstream_http), "--graceful-timeout", "2") as server:
+        assert clone(server.url("org/big.git"), tmp_path / "warm", env=env).returncode == 0
+        proxy = ThrottlingProxy(server.port, rate=64 << 10)  # 4 MiB would take a minute
+        try:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                url = f"http://127.0.0.1:{proxy.port}/up.test/org/big.git"
+                slow = pool.submit(clone, url, tmp_path / "slow", env=env)
+                wait_until(lambda: proxy.relayed > 64 << 10, what="the pack flowing")
+                server.signal(signal.SIGTERM)
+                signalled = time.monotonic()
+                assert server.wait(timeout=30) == 0, server.log
+                assert time.monotonic() - signalled < 10
+                proxy.close()
+                assert slow.result(timeout=60).returncode != 0
+        finally:
+            proxy.close()
+    with RepoCache(root) as cache:
+        assert cache.verify() == []
+        assert_consistent(cache)
 
 
 @pytest.mark.timeout(180)

@@ -1,6 +1,11 @@
 """Serving a :class:`~repocache.serve.GitServer` with uvicorn: bounded headers, a deadline for request heads,
 and a graceful shutdown on SIGTERM bounded in time.
 
+SIGTERM is how a server is asked to stop (systemd, Kubernetes, ``docker stop``): :class:`DrainingServer` closes the
+listening socket, lets requests in flight finish for ``graceful_timeout`` seconds, and returns normally (uvicorn
+itself would raise the signal again once drained, so the process would die of it, exit 143). A second SIGTERM
+stops at once. Ctrl-C (SIGINT) drains the same way and is then raised again, as uvicorn does.
+
 uvicorn's keep-alive timer is cancelled by any byte a client sends, so a client that trickles a request head a
 byte at a time (slowloris), or connects and says nothing, would hold its connection forever. :class:`GuardedH11`
 gives every request head ``head_timeout`` seconds from the connection (or from the previous answer) to arrive
@@ -10,8 +15,10 @@ whole; the connection is closed otherwise.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 try:
@@ -20,7 +27,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("repocache serve needs uvicorn: pip install 'git-repocache[serve]'") from exc
 
-__all__ = ["GuardedH11", "Listen", "bind", "make_server", "parse_listen"]
+__all__ = ["DrainingServer", "GuardedH11", "Listen", "bind", "make_server", "parse_listen"]
 
 
 class GuardedH11(H11Protocol):
@@ -69,6 +76,26 @@ class GuardedH11(H11Protocol):
         super().connection_lost(exc)
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, for which SIGTERM is a normal stop: drain, then return (the process exits 0).
+
+    Attributes:
+        terminated: a SIGTERM asked it to stop.
+    """
+
+    terminated = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """SIGTERM: stop accepting and drain (a second one: stop at once); other signals as uvicorn does."""
+        if sig != signal.SIGTERM:
+            super().handle_exit(sig, frame)
+            return
+        if self.should_exit:
+            self.force_exit = True
+        self.terminated = True
+        self.should_exit = True
+
+
 @dataclass(frozen=True)
 class Listen:
     """Where to listen: a host and a port (0: any free port)."""
@@ -109,8 +136,8 @@ def make_server(
     keep_alive: int = 5,
     max_header_bytes: int = 16 * 1024,
     access_log: bool = False,
-) -> uvicorn.Server:
-    """A uvicorn server for ``app`` (run it with ``server.run(sockets=[bind(...)])``).
+) -> DrainingServer:
+    """A uvicorn server for ``app`` (run it with ``server.run(sockets=[bind(...)])``); SIGTERM drains it.
 
     Args:
         app: the ASGI application.
@@ -132,4 +159,4 @@ def make_server(
         log_config=None,
         server_header=False,
     )
-    return uvicorn.Server(config)
+    return DrainingServer(config)
