@@ -24,6 +24,7 @@ from tests._serve import (
     ThrottlingProxy,
     clone,
     git_env,
+    health,
     request,
     serve_process,
     wait_until,
@@ -606,6 +607,112 @@ def test_eight_concurrent_cold_clones_make_one_upstream_clone(
         assert upstream_contacts(upstream_http) == 1
     head = upstream.resolve("main")
     assert {git("rev-parse", "HEAD", cwd=tmp_path / f"c{n}").strip() for n in range(8)} == {head}
+
+
+@pytest.mark.timeout(180)
+def test_cold_clones_from_two_servers_and_the_library_make_one_upstream_clone(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """Two ``repocache serve`` processes on one root and a library user of that root, all cold at once against an
+    upstream slow to answer: one clone reaches upstream, every client gets the repository."""
+    root = tmp_path / "cache"
+    upstream_http.delay = 0.5
+    url = base_of(upstream_http) + "org/repo.git"
+    ttl = ("--fetch-ttl", "60")
+    with (
+        serve_process(root, base_of(upstream_http), global_args=ttl) as one,
+        serve_process(root, base_of(upstream_http), global_args=ttl) as two,
+    ):
+        with concurrent.futures.ThreadPoolExecutor(7) as pool, RepoCache(root, fetch_ttl=60) as cache:
+            clones = [
+                pool.submit(clone, server.url("org/repo.git"), tmp_path / f"c{n}", env=env, version=n % 2 * 2)
+                for n, server in enumerate([one, two] * 3)
+            ]
+            library = pool.submit(cache.ensure, url)
+            results = [future.result(timeout=150) for future in clones]
+            assert library.result(timeout=150).url == base_of(upstream_http) + "org/repo"
+        assert [r.returncode for r in results] == [0] * 6, [r.stderr for r in results] + [one.log, two.log]
+    assert upstream_contacts(upstream_http) == 1, upstream_http.requests
+    head = upstream.resolve("main")
+    assert {git("rev-parse", "HEAD", cwd=tmp_path / f"c{n}").strip() for n in range(6)} == {head}
+
+
+def slow_upload_pack(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every upload-pack the in-process server starts first sleeps ``seconds`` (so requests overlap)."""
+    import repocache.serve.app as app_module
+
+    real = app_module.upload_pack_command
+
+    def slowed(*args: Any, **kwargs: Any) -> tuple[list[str], dict[str, str]]:
+        argv, environment = real(*args, **kwargs)
+        return ["sh", "-c", f'sleep {seconds}; exec "$@"', "sh", *argv], environment
+
+    monkeypatch.setattr(app_module, "upload_pack_command", slowed)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("version", [0, 2])
+def test_identical_concurrent_clones_share_one_pack_generation(
+    tmp_path: Path,
+    upstream: Upstream,
+    upstream_http: SmartHTTPServer,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    version: int,
+) -> None:
+    """Eight identical clones of a warm mirror, whose upload-pack takes a while: the pack is made once or a few
+    times, not eight; every clone is whole."""
+    upstream.commits(4, size=100_000)
+    with RepoCache(tmp_path / "cache", fetch_ttl=60) as cache:
+        with ThreadServer(cache, base_of(upstream_http)) as server:
+            assert clone(server.url("org/repo.git"), tmp_path / "warm", env=env, version=version).returncode == 0
+            slow_upload_pack(monkeypatch, 1.5)
+            shared_before = server.app.generations.shared
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                futures = [
+                    pool.submit(clone, server.url("org/repo.git"), tmp_path / f"c{n}", env=env, version=version)
+                    for n in range(8)
+                ]
+                results = [future.result(timeout=150) for future in futures]
+            assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+            shared = server.app.generations.shared - shared_before
+            assert shared >= 4, shared  # of the 8 pack answers (and v2's 8 ref listings), most joined another's
+            assert health(server.port)["pack_shares"] == server.app.generations.shared
+    head = upstream.resolve("main")
+    for n in range(8):
+        assert git("rev-parse", "HEAD", cwd=tmp_path / f"c{n}").strip() == head
+        git("fsck", "--strict", cwd=tmp_path / f"c{n}")
+
+
+@pytest.mark.timeout(120)
+def test_beyond_the_queue_a_request_gets_503_with_retry_after_before_any_byte(
+    tmp_path: Path,
+    upstream: Upstream,
+    upstream_http: SmartHTTPServer,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options = ServeOptions(max_packs=1, max_queue=1, retry_after=7)
+    with RepoCache(tmp_path / "cache", fetch_ttl=60) as cache:
+        with ThreadServer(cache, base_of(upstream_http), options=options) as server:
+            assert clone(server.url("org/repo.git"), tmp_path / "warm", env=env).returncode == 0
+            slow_upload_pack(monkeypatch, 3)
+            path = "/up.test/org/repo.git/git-upload-pack"
+            headers = {"Content-Type": _UPLOAD}
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                # two different requests: one takes the slot, one waits in the queue
+                first = pool.submit(request, server.port, "POST", path, b"0000", headers)
+                wait_until(lambda: server.app.generations.active == 1, what="the slot taken")
+                second = pool.submit(request, server.port, "POST", path, b"0000" * 2, headers)
+                wait_until(lambda: server.app.generations.queued == 1, what="the queue taken")
+                status, answer_headers, body = request(server.port, "POST", path, b"0000" * 3, headers)
+                assert status == 503 and answer_headers["retry-after"] == "7", body
+                assert body.startswith(b"repocache: the cache server is busy") and b"retry in 7 s" in body
+                refs_path = "/up.test/org/repo.git/info/refs?service=git-upload-pack"
+                assert request(server.port, "GET", refs_path)[0] == 503
+                assert first.result(timeout=60)[0] == 200 and second.result(timeout=60)[0] == 200
+            assert server.app.counts["busy"] == 2
+            assert server.app.generations.active == 0 and server.app.generations.queued == 0
 
 
 @pytest.mark.timeout(120)
