@@ -639,15 +639,13 @@ def test_cold_clones_from_two_servers_and_the_library_make_one_upstream_clone(
 
 def slow_upload_pack(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Every upload-pack the in-process server starts first sleeps ``seconds`` (so requests overlap)."""
-    import repocache.serve.app as app_module
-
-    real = app_module.upload_pack_command
+    from repocache.gitops.upload_pack import upload_pack_command as real
 
     def slowed(*args: Any, **kwargs: Any) -> tuple[list[str], dict[str, str]]:
         argv, environment = real(*args, **kwargs)
         return ["sh", "-c", f'sleep {seconds}; exec "$@"', "sh", *argv], environment
 
-    monkeypatch.setattr(app_module, "upload_pack_command", slowed)
+    monkeypatch.setattr("repocache.serve.app.upload_pack_command", slowed)
 
 
 @pytest.mark.timeout(180)
