@@ -191,9 +191,10 @@ def request(
 class ThrottlingProxy:
     """A TCP proxy on 127.0.0.1 that passes server-to-client bytes at ``rate`` bytes a second (a slow client)."""
 
-    def __init__(self, target_port: int, rate: int) -> None:
+    def __init__(self, target_port: int, rate: int, *, receive_buffer: int | None = None) -> None:
         self.target_port = target_port
         self.rate = rate
+        self.receive_buffer = receive_buffer  # SO_RCVBUF towards the server (small: the server's sends block)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.relayed = 0
@@ -211,7 +212,10 @@ class ThrottlingProxy:
                 continue
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if self.receive_buffer is not None:
+                upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+            upstream.connect(("127.0.0.1", self.target_port))
             thread = threading.Thread(target=self._relay, args=(client, upstream), daemon=True)
             thread.start()
             self._threads.append(thread)

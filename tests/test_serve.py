@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import os
 import re
 import signal
@@ -752,6 +753,142 @@ def test_prometheus_metrics_count_requests_and_bytes(
             wait_until(lambda: served() == 2.0, what="the last event")  # reported after its answer is sent
             text = generate_latest(registry).decode()
     assert "repocache_serve_bytes_total" in text and "repocache_serve_queue_length 0.0" in text
+
+
+# -- hostile clients ------------------------------------------------------------------------------------------
+
+
+def raw_exchange(port: int, data: bytes, *, pause: float = 0.0, wait: float = 10.0) -> tuple[bytes, float]:
+    """Send ``data`` (a byte at a time with ``pause`` between bytes when given), then read until the server closes
+    the connection or ``wait`` seconds pass; what came back, and the seconds until the close."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        try:
+            if pause:
+                for byte in data:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(pause)
+            else:
+                sock.sendall(data)
+        except OSError:
+            pass  # the server closed the connection while we were still sending
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received, time.monotonic() - started
+
+
+@pytest.fixture
+def strict_server(tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer) -> Iterator[ThreadServer]:
+    """A warm in-process server with short bounds: 1 s for a request head, 1 s of pause in a body, 64 KiB bodies."""
+    options = ServeOptions(body_timeout=1.0, max_body_bytes=64 << 10)
+    with RepoCache(tmp_path / "cache", fetch_ttl=60) as cache:
+        with ThreadServer(cache, base_of(upstream_http), options=options, head_timeout=1.0) as server:
+            assert request(server.port, "GET", "/up.test/org/repo.git/info/refs?service=git-upload-pack")[0] == 200
+            yield server
+
+
+@pytest.mark.timeout(60)
+def test_a_slowloris_request_head_is_cut_off_after_head_timeout(strict_server: ThreadServer) -> None:
+    head = b"GET /up.test/org/repo.git/info/refs?service=git-upload-pack HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 50
+    received, seconds = raw_exchange(strict_server.port, head, pause=0.05, wait=20)
+    assert received == b"" and seconds < 5  # closed after about 1 s, not when the trickle ends (about 27 s)
+    silent, seconds = raw_exchange(strict_server.port, b"", wait=20)
+    assert silent == b"" and seconds < 5  # a connection that says nothing is closed too
+
+
+@pytest.mark.timeout(60)
+def test_an_oversized_request_head_is_refused(strict_server: ThreadServer) -> None:
+    head = b"GET /-/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 << 10) + b"\r\n\r\n"
+    received, _ = raw_exchange(strict_server.port, head)
+    assert received.startswith(b"HTTP/1.1 431"), received[:200]
+    assert b"the request head is" in received and b"at most 16384 are accepted" in received
+    assert request(strict_server.port, "GET", "/-/health")[0] == 200  # the server is unharmed
+
+
+@pytest.mark.timeout(60)
+def test_request_bodies_are_bounded_in_size_and_in_pauses(strict_server: ThreadServer) -> None:
+    path = "/up.test/org/repo.git/git-upload-pack"
+    headers = {"Content-Type": _UPLOAD}
+    status, _, body = request(strict_server.port, "POST", path, b"0" * (65 << 10), headers)
+    assert status == 413 and b"at most 65536" in body
+    bomb = gzip.compress(b"0" * (8 << 20))  # 8 KiB on the wire, 8 MiB inflated
+    status, _, body = request(strict_server.port, "POST", path, bomb, dict(headers, **{"Content-Encoding": "gzip"}))
+    assert status == 413 and b"inflated" in body
+    status, _, body = request(
+        strict_server.port, "POST", path, b"\x1f\x8bnot gzip", dict(headers, **{"Content-Encoding": "gzip"})
+    )
+    assert status == 400 and b"gzip" in body
+    status, _, body = request(strict_server.port, "POST", path, b"0000", dict(headers, **{"Content-Encoding": "br"}))
+    assert status == 415 and b"expected gzip or none" in body
+    status, _, body = request(strict_server.port, "POST", path, b"0000", {"Content-Type": "text/plain"})
+    assert status == 415 and b"application/x-git-upload-pack-request" in body
+    stalled = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {_UPLOAD}\r\nContent-Length: 100\r\n\r\n0032want "
+    ).encode()
+    received, seconds = raw_exchange(strict_server.port, stalled, wait=20)
+    assert received.startswith(b"HTTP/1.1 408") and b"stalled for 1 s" in received and seconds < 5, received
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "body, protocol",
+    [
+        (b"zzzz", ""),
+        (b"0009want\n0000", ""),
+        (b"0032want " + b"f" * 40 + b"\n00000009done\n", ""),
+        (b"0032want " + b"x" * 40 + b"\n00000009done\n", ""),
+        (b"0012command=bogus\n0000", "version=2"),
+        (b"0011command=fetch0001000cwant 1\n0000", "version=2"),
+        (b"ffff" + b"a" * 100, "version=2"),
+    ],
+    ids=["not-pkt-line", "short-want", "unknown-object", "bad-hex", "v2-bogus-command", "v2-bad-want", "truncated"],
+)
+def test_malformed_requests_get_a_clear_error_and_no_hung_worker(
+    strict_server: ThreadServer, body: bytes, protocol: str
+) -> None:
+    path = "/up.test/org/repo.git/git-upload-pack"
+    headers = {"Content-Type": _UPLOAD}
+    if protocol:
+        headers["Git-Protocol"] = protocol
+    started = time.monotonic()
+    status, _, answer = request(strict_server.port, "POST", path, body, headers)
+    assert time.monotonic() - started < 10
+    text = answer.decode("utf-8", "replace")
+    assert "Traceback" not in text and "internal error" not in text, text
+    if status == 200:  # git answers in-protocol (an ERR pkt-line) once it has begun
+        assert "ERR" in text or "error" in text.lower(), text
+    else:
+        assert status == 400 and text.startswith("repocache: git upload-pack refused the request"), text
+    wait_until(lambda: strict_server.app.generations.active == 0, timeout=10, what="the upload-pack ended")
+    assert request(strict_server.port, "GET", "/-/health")[0] == 200
+
+
+@pytest.mark.timeout(120)
+def test_a_client_that_stops_reading_is_abandoned_after_send_timeout(
+    tmp_path: Path, big_upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """A client that reads 2 KB a second of a 4 MiB pack holds no mirror forever: once a chunk of the answer
+    cannot be handed over for ``send_timeout`` seconds the answer is abandoned (counted ``gone``), the hold is
+    released and the mirror can be evicted."""
+    options = ServeOptions(send_timeout=1.0)
+    with RepoCache(tmp_path / "cache", fetch_ttl=60) as cache:
+        with ThreadServer(cache, base_of(upstream_http), options=options) as server:
+            assert clone(server.url("org/big.git"), tmp_path / "warm", env=env).returncode == 0
+            proxy = ThrottlingProxy(server.port, rate=2000, receive_buffer=4096)
+            try:
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    url = f"http://127.0.0.1:{proxy.port}/up.test/org/big.git"
+                    stalled = pool.submit(clone, url, tmp_path / "stalled", env=env, timeout=60)
+                    wait_until(lambda: server.app.counts["gone"] == 1, timeout=60, what="the answer abandoned")
+                    proxy.close()
+                    assert stalled.result(timeout=60).returncode != 0
+            finally:
+                proxy.close()
+            assert cache.evict(base_of(upstream_http) + "org/big.git")  # no reader holds it any more
 
 
 # -- stopping ---------------------------------------------------------------------------------------------------

@@ -94,6 +94,8 @@ class ServeOptions:
         send_timeout: seconds a client may refuse to read the answer before the request is abandoned.
         webhook_secret: the shared secret of push webhooks at ``/-/webhook`` (None: the route is off).
         spool_dir: where pack answers and large bodies are spooled (unlinked files; default: the system's).
+        max_header_bytes: the largest request head (path, query and headers) answered; larger is 431. (uvicorn's
+            h11 bounds only a head that arrives in pieces; one that arrives whole in one read is checked here.)
     """
 
     max_packs: int = 4
@@ -104,9 +106,10 @@ class ServeOptions:
     send_timeout: float = 300.0
     webhook_secret: str | None = None
     spool_dir: str | None = None
+    max_header_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_packs", "retry_after", "max_body_bytes"):
+        for name in ("max_packs", "retry_after", "max_body_bytes", "max_header_bytes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}={value!r} is not accepted; expected an int of at least 1")
@@ -211,6 +214,13 @@ class GitServer:
         if scope["type"] != "http":
             return
         path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+        head = len(path) + len(scope.get("query_string", b"")) + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if head > self.options.max_header_bytes:
+            answer = _Answer(service="unrouted", outcome="refused")
+            reason = f"the request head is {head} bytes; at most {self.options.max_header_bytes} are accepted"
+            await self._text(send, answer, 431, reason, None)
+            self._finish(answer)
+            return
         if path == b"/-/health":
             await self._health(scope, send)
             return
