@@ -193,6 +193,10 @@ class Generations:
         finally:
             generation.clients -= 1
             if generation.clients == 0:
+                # Unlisted before stopping: a request arriving while the process is being stopped starts afresh
+                # instead of joining an answer that is about to be cut short.
+                if self._running.get(generation.key) is generation:
+                    del self._running[generation.key]
                 await self._stop(generation)
 
     async def _stop(self, generation: Generation) -> None:
