@@ -969,6 +969,18 @@ def test_sigterm_stops_a_stalled_client_after_the_graceful_timeout(
         assert_consistent(cache)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "sigint"])
+def test_an_idle_server_stops_on_a_signal_with_its_exit_code(
+    tmp_path: Path, upstream_http: SmartHTTPServer, signum: int, code: int
+) -> None:
+    """SIGTERM is the normal stop (exit 0); Ctrl-C is an interruption (130), as for every command."""
+    with serve_process(tmp_path / "cache", base_of(upstream_http)) as server:
+        assert server.health()["status"] == "ok"
+        server.signal(signum)
+        assert server.wait(timeout=30) == code, server.log
+
+
 @pytest.mark.timeout(180)
 def test_sigkill_mid_pack_leaves_the_mirror_valid(
     tmp_path: Path, big_upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
