@@ -490,13 +490,13 @@ def test_ref_advertisements_within_fetch_ttl_come_from_the_mirror(
 def test_a_due_repository_is_fetched_once_for_a_burst_of_requests(
     tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
 ) -> None:
-    """Eight ``git ls-remote`` at once after a stale mark, against an upstream that takes a second to answer each
+    """Eight ``git ls-remote`` at once after a stale mark, against an upstream that takes two seconds to answer each
     request: one fetch reaches upstream, and every request waits for it and shows the push."""
     root = tmp_path / "cache"
     with serve_process(root, base_of(upstream_http), global_args=("--fetch-ttl", "3600")) as server:
         ls_remote(server.url("org/repo.git"), env)
         new = pushed(upstream)
-        upstream_http.delay = 1.0
+        upstream_http.delay = 2.0
         with RepoCache(root) as cache:
             assert cache.mark_stale(base_of(upstream_http) + "org/repo.git")
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -665,7 +665,7 @@ def test_identical_concurrent_clones_share_one_pack_generation(
     with RepoCache(tmp_path / "cache", fetch_ttl=60) as cache:
         with ThreadServer(cache, base_of(upstream_http)) as server:
             assert clone(server.url("org/repo.git"), tmp_path / "warm", env=env, version=version).returncode == 0
-            slow_upload_pack(monkeypatch, 1.5)
+            slow_upload_pack(monkeypatch, 2.5)
             shared_before = server.app.generations.shared
             with concurrent.futures.ThreadPoolExecutor(8) as pool:
                 futures = [
