@@ -364,6 +364,27 @@ def test_refused_paths_never_reach_upstream(
 
 
 @pytest.mark.timeout(120)
+def test_a_client_unchanged_but_for_one_insteadof_line_reads_through_the_server(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """The client setup of docs/serve.md: the upstream URL is cloned as is; git sends it to the server."""
+    root = tmp_path / "cache"
+    with serve_process(root, base_of(upstream_http), global_args=("--fetch-ttl", "60")) as server:
+        # The client's own global config file (never `git config --global` here: the tests' environment points
+        # GIT_CONFIG_GLOBAL at /dev/null, and git would replace /dev/null with a regular file).
+        config = tmp_path / "client-gitconfig"
+        rewrite = f"url.http://127.0.0.1:{server.port}/up.test/.insteadOf"
+        subprocess.run(["git", "config", "--file", str(config), rewrite, base_of(upstream_http)], env=env, check=True)
+        env = dict(env, GIT_CONFIG_GLOBAL=str(config))
+        for name in ("a", "b"):
+            done = clone(base_of(upstream_http) + "org/repo.git", tmp_path / name, env=env)
+            assert done.returncode == 0, done.stderr + server.log
+        assert server.health()["requests"]["served"] == 6  # two clones of three requests each, through the server
+    assert upstream_contacts(upstream_http) == 1  # the cache's clone; the second client was served from it
+    assert git("rev-parse", "HEAD", cwd=tmp_path / "b").strip() == upstream.resolve("main")
+
+
+@pytest.mark.timeout(120)
 def test_a_host_name_is_matched_in_any_case_but_the_path_is_kept(
     tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
 ) -> None:
