@@ -24,7 +24,7 @@ from repocache import cancel, uses
 from repocache.cache import RepoCache
 from repocache.checkout import Checkout, Worktree
 from repocache.errors import ConfigError
-from repocache.events import EventHook
+from repocache.events import Event, EventHook
 from repocache.gitops import ProgressCallback
 from repocache.keys import normalize_url
 from repocache.lifecycle import Lifecycle
@@ -243,6 +243,10 @@ class AsyncRepoCache:
             A function that unsubscribes the hook.
         """
         return self.cache.subscribe(hook)
+
+    def report(self, event: Event) -> None:
+        """Hand ``event`` to this cache's hooks and metrics; as :meth:`RepoCache.report` (quick: not awaited)."""
+        self.cache.report(event)
 
     async def ensure(
         self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None, max_age: MaxAge = USE_TTL

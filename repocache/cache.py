@@ -28,7 +28,7 @@ from repocache.errors import (
     InvalidURLError,
     RepoCacheError,
 )
-from repocache.events import EventHook
+from repocache.events import Event, EventHook
 from repocache.keys import RepoURL, normalize_url
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
 from repocache.refresh import USE_TTL, MaxAge, parse_max_age
@@ -160,6 +160,13 @@ class RepoCache:
             ConfigError: ``hook`` is not callable.
         """
         return self._context.events.subscribe(hook)
+
+    def report(self, event: Event) -> None:
+        """Hand ``event``, from a part built on this cache (the git server), to the cache's hooks and metrics.
+
+        Hooks run in the calling thread; one that raises is logged and ignored.
+        """
+        self._context.events.emit(event)
 
     # -- public API -----------------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ __all__ = [
     "MissEvent",
     "PublishEvent",
     "RestoreEvent",
+    "ServeEvent",
     "Source",
     "StaleEvent",
     "warn_caller",
@@ -190,6 +191,34 @@ class PublishEvent(Event):
     seconds: float
     size_bytes: int
     reason: str
+
+
+@dataclass(frozen=True)
+class ServeEvent(Event):
+    """The git server (:mod:`repocache.serve`) answered a request.
+
+    Attributes:
+        service: ``info/refs`` or ``git-upload-pack`` (or what was refused).
+        outcome: ``served``, ``stale`` (served from a copy whose fetch failed), ``refused`` (the path or the
+            request), ``busy`` (503, no slot or queue place), ``upstream`` (the clone or fetch failed), ``failed``
+            (upload-pack failed before answering, or an internal error), ``gone`` (the client left).
+        status: the HTTP status answered.
+        bytes_sent: body bytes sent.
+        seconds: from the request to its end.
+        shared: the answer was a pack generation another request started.
+        queued_seconds: how long its pack generation waited for a slot.
+        queue_length: pack generations waiting for a slot when it ended.
+    """
+
+    kind: ClassVar[str] = "serve"
+    service: str
+    outcome: str
+    status: int
+    bytes_sent: int
+    seconds: float
+    shared: bool = False
+    queued_seconds: float = 0.0
+    queue_length: int = 0
 
 
 EventHook = Callable[[Event], None]

@@ -6,7 +6,7 @@ A command is written here once; ``parser.py`` builds the argument parser and ``-
 
 from __future__ import annotations
 
-from repocache.cli import cold, maintain, repos, worktree
+from repocache.cli import cold, maintain, repos, serve, worktree
 from repocache.cli.options import max_age, seconds, size
 from repocache.cli.spec import Command, argument
 
@@ -189,6 +189,92 @@ COMMANDS: tuple[Command, ...] = (
         ),
         details="Exit 1 if the repository is not cached or maintenance failed for a repository. "
         "See [Maintenance](operations.md#maintenance).",
+    ),
+    Command(
+        "serve",
+        "serve the cache to plain git clients over smart HTTP until SIGTERM or Ctrl-C",
+        serve.serve,
+        (
+            argument(
+                "--allow",
+                metavar="PREFIX=URL",
+                action="append",
+                required=True,
+                help="serve /PREFIX/<path>.git from upstream URL/<path>.git, e.g. github.com=https://github.com/ "
+                "(repeatable; nothing else is served)",
+            ),
+            argument(
+                "--listen",
+                metavar="HOST:PORT",
+                type=serve.listen,
+                default="127.0.0.1:8080",
+                help="address to listen on (default: 127.0.0.1:8080; :8080 for every address)",
+            ),
+            argument(
+                "--max-packs",
+                metavar="N",
+                type=serve.count,
+                default=4,
+                help="pack answers generated at once (default: 4)",
+            ),
+            argument(
+                "--max-queue",
+                metavar="N",
+                type=serve.count,
+                default=64,
+                help="pack answers waiting for a slot; beyond, 503 with Retry-After (default: 64)",
+            ),
+            argument(
+                "--retry-after",
+                metavar="SECONDS",
+                type=seconds,
+                default=5.0,
+                help="what a 503 tells clients to wait (default: 5)",
+            ),
+            argument(
+                "--graceful-timeout",
+                metavar="SECONDS",
+                type=seconds,
+                default=30.0,
+                help="on SIGTERM, how long requests in flight may finish (default: 30)",
+            ),
+            argument(
+                "--head-timeout",
+                metavar="SECONDS",
+                type=seconds,
+                default=30.0,
+                help="how long a request head may take to arrive (default: 30)",
+            ),
+            argument(
+                "--body-timeout",
+                metavar="SECONDS",
+                type=seconds,
+                default=60.0,
+                help="how long a request body may pause (default: 60)",
+            ),
+            argument(
+                "--auto-ttl",
+                action="store_true",
+                help='use the adaptive schedule (fetch_ttl="auto") instead of --fetch-ttl',
+            ),
+            argument(
+                "--refresh",
+                metavar="MODE",
+                choices=("foreground", "background"),
+                default=None,
+                help="background: a due repository is served at once while it is fetched (default: foreground)",
+            ),
+            argument(
+                "--webhook-secret-file",
+                metavar="FILE",
+                default=None,
+                help="accept push webhooks at /-/webhook with the secret in FILE (default: $REPOCACHE_WEBHOOK_SECRET, "
+                "else no webhook route)",
+            ),
+        ),
+        details="Needs the `serve` extra (`pip install 'git-repocache[serve]'`). Clients use it unchanged with "
+        '`git config --global url."http://HOST:PORT/github.com/".insteadOf "https://github.com/"`. '
+        "See [The git server](serve.md).",
     ),
 )
 """Every command, in ``--help`` order."""
