@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         InvalidRefError,
         InvalidURLError,
         LockTimeoutError,
+        MissingObjectError,
         RefNotFoundError,
         RepoCacheError,
     )
@@ -48,6 +49,7 @@ _EXPORTS = {
     "LockTimeoutError": "repocache.errors",
     "Maintenance": "repocache.settings",
     "MaintenanceReport": "repocache.models",
+    "MissingObjectError": "repocache.errors",
     "Problem": "repocache.models",
     "Progress": "repocache.models",
     "RefNotFoundError": "repocache.errors",
@@ -78,6 +80,7 @@ __all__ = [
     "LockTimeoutError",
     "Maintenance",
     "MaintenanceReport",
+    "MissingObjectError",
     "Problem",
     "Progress",
     "RefNotFoundError",

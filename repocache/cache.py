@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from repocache import gitops, maintenance
+from repocache import gitops, maintenance, partial
 from repocache.assembly import assemble
 from repocache.budget import entry_of, entry_of_row
 from repocache.checkout import Checkout, Worktree
@@ -31,6 +31,7 @@ from repocache.errors import (
 from repocache.events import EventHook
 from repocache.keys import RepoURL, normalize_url
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
+from repocache.partial import USE_CONFIGURED, FilterArg
 from repocache.refresh import USE_TTL, MaxAge, parse_max_age
 from repocache.settings import CacheOptions, ReadBack, Settings, parse_bytes, parse_seconds
 from repocache.verify import sweep_locks, verify_root
@@ -101,6 +102,10 @@ class RepoCache:
     )
     lock_timeout: ReadBack[float] = ReadBack("Seconds any wait for another worker is bounded by.")
     on_fetch_error: ReadBack[str] = ReadBack('``"warn"`` (serve a stale copy) or ``"raise"``.')
+    filter: ReadBack[str | None] = ReadBack(
+        'The partial-clone filter of new mirrors (None: full; ``"blob:none"``, ``"tree:0"``), unless a pin or a call '
+        "names one."
+    )
     cold_min_bytes: ReadBack[int] = ReadBack("Evicted repositories smaller than this are not offloaded.")
     cold_compression: ReadBack[str] = ReadBack('How cold artifacts are compressed (``"none"`` or ``"zstd"``).')
     cold_retention: ReadBack[float | None] = ReadBack("Seconds an artifact is kept in the cold store (None: forever).")
@@ -147,6 +152,10 @@ class RepoCache:
             raise InvalidURLError(parsed.url, "local paths are not allowed by this cache (allow_local=False)")
         return parsed
 
+    def _choose(self, url: str | os.PathLike[str], filter: FilterArg) -> RepoURL:
+        """The parsed URL of the mirror serving ``url`` with the call's ``filter`` (see :mod:`repocache.partial`)."""
+        return partial.choose(self._context, self._parse(url), filter)
+
     def subscribe(self, hook: EventHook) -> Callable[[], None]:
         """Call ``hook`` with every :class:`~repocache.events.Event` of this cache from now on.
 
@@ -170,6 +179,7 @@ class RepoCache:
         *,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Iterator[Checkout]:
         """Hold the repository's bare mirror for the ``with`` block, cloning or refreshing it first.
 
@@ -178,6 +188,9 @@ class RepoCache:
             progress: progress callback for the clone or fetch.
             max_age: for this call instead of ``fetch_ttl``: seconds the copy may be old (0: fetch unless a fetch
                 finished after the call began; None: any age, upstream is not contacted on a hit).
+            filter: the mirror's partial-clone filter for this call: None (full), ``"blob:none"`` or ``"tree:0"``;
+                by default the first pin naming one, else the cache's ``filter``. A full mirror already on disk
+                serves a partial request (``co.filter`` says which it got); see ``docs/partial.md``.
 
         Yields:
             A :class:`Checkout`; the mirror is not evicted by any process until the block exits.
@@ -188,8 +201,10 @@ class RepoCache:
             FetchError: the fetch failed and ``on_fetch_error="raise"``.
             BudgetError: the repository cannot fit in the budget.
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
+            ConfigError: ``filter`` is not accepted, or is partial and no git CLI was found.
         """
-        with self._acquirer.held(self._parse(url), progress or self.progress, parse_max_age(max_age)) as checkout:
+        parsed = self._choose(url, filter)
+        with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
             yield checkout
 
     @contextlib.contextmanager
@@ -202,6 +217,7 @@ class RepoCache:
         submodules: bool = False,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Iterator[Worktree]:
         """A temporary working tree of the repository at ``ref``, removed when the block exits.
 
@@ -217,6 +233,8 @@ class RepoCache:
             submodules: also initialise and check out submodules (from their own upstreams).
             progress: progress callback for the clone or fetch.
             max_age: as for :meth:`checkout`.
+            filter: as for :meth:`checkout`. From a partial mirror, what the tree at ``ref`` lacks is fetched
+                first (:meth:`fetch_missing`, under the fetch lock, charged to the budget).
 
         Yields:
             A :class:`Worktree` with ``path`` and ``commit``.
@@ -228,13 +246,15 @@ class RepoCache:
                 ``BudgetError``, ``LockTimeoutError``).
         """
         check_ref(ref)
-        parsed = self._parse(url)
+        parsed = self._choose(url, filter)
         context = self._context
-        with (
-            self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout,
-            worktree_of(context.layout, context.git, checkout, parsed, ref, path=path, submodules=submodules) as tree,
-        ):
-            yield tree
+        with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
+            if parsed.filter is not None:
+                partial.fetch_missing(context, parsed, commit=ref, progress=progress or self.progress)
+            with worktree_of(
+                context.layout, context.git, checkout, parsed, ref, path=path, submodules=submodules
+            ) as tree:
+                yield tree
 
     def ensure(
         self,
@@ -242,6 +262,7 @@ class RepoCache:
         *,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Entry:
         """Clone or refresh the repository now without holding it (pre-warming); counts as a use.
 
@@ -249,13 +270,20 @@ class RepoCache:
             url: the repository.
             progress: progress callback for the clone or fetch.
             max_age: as for :meth:`checkout`.
+            filter: as for :meth:`checkout`.
 
         Returns:
             The repository's entry after the operation.
         """
-        return self._ensure(url, progress, parse_max_age(max_age), strict=False)
+        return self._ensure(url, progress, parse_max_age(max_age), strict=False, filter=filter)
 
-    def refresh(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
+    def refresh(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Entry:
         """Fetch the repository now, whatever its age (cloning it if it is not cached); counts as a use.
 
         Like a hit, it holds the repository shared and takes its fetch lock; a fetch by another worker that
@@ -267,7 +295,7 @@ class RepoCache:
         Raises:
             FetchError: the fetch failed, whatever ``on_fetch_error`` says.
         """
-        return self._ensure(url, progress, 0.0, strict=True)
+        return self._ensure(url, progress, 0.0, strict=True, filter=filter)
 
     def mark_stale(self, url: str | os.PathLike[str]) -> bool:
         """Mark the repository stale: its next hit, in any process or host sharing the root, fetches first.
@@ -286,9 +314,15 @@ class RepoCache:
         return marked
 
     def _ensure(
-        self, url: str | os.PathLike[str], progress: gitops.ProgressCallback | None, max_age: MaxAge, *, strict: bool
+        self,
+        url: str | os.PathLike[str],
+        progress: gitops.ProgressCallback | None,
+        max_age: MaxAge,
+        *,
+        strict: bool,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Entry:
-        parsed = self._parse(url)
+        parsed = self._choose(url, filter)
         acquired = self._acquirer.acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
             entry = entry_of(self._context, parsed.key)
@@ -300,9 +334,10 @@ class RepoCache:
             raise self._budget.evicted_on_release(parsed, entry)
         return entry
 
-    def info(self, url: str | os.PathLike[str]) -> Entry | None:
-        """The repository's entry if it is on disk, else None. No network, no recency update."""
-        parsed = self._parse(url)
+    def info(self, url: str | os.PathLike[str], *, filter: FilterArg = USE_CONFIGURED) -> Entry | None:
+        """The entry of the mirror that would serve the repository (with ``filter``, as for :meth:`checkout`) if it
+        is on disk, else None. No network, no recency update."""
+        parsed = self._choose(url, filter)
         if not self._context.layout.mirror(parsed.key).is_dir():
             return None
         return entry_of(self._context, parsed.key)
@@ -311,6 +346,56 @@ class RepoCache:
         """Every repository on disk, most recently used first."""
         self._check_open()
         return [entry_of_row(self._context, row) for row in self._context.index.rows()]
+
+    def fetch_missing(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        oids: Iterable[str] = (),
+        commit: str | None = None,
+        paths: Sequence[str] | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+        progress: gitops.ProgressCallback | None = None,
+    ) -> int:
+        """Fetch into a partial mirror what its filter left out: given objects, or what a commit's tree lacks.
+
+        The repository is held as by :meth:`checkout` (cloned if missing; no fetch of refs on a hit), and the
+        objects are fetched under its fetch lock with the git CLI from upstream, which must allow filters
+        (``uploadpack.allowFilter``). The mirror's new size is charged to the budget. A full mirror holds
+        everything: nothing is fetched. See ``docs/partial.md``.
+
+        Args:
+            url: the repository.
+            oids: hex ids of objects to fetch (a tree comes with its subtrees, not their blobs); those present are
+                skipped.
+            commit: a commit, branch or tag: fetch what its tree lacks (trees, then blobs), so that a checkout of it
+                or a read of any of its files needs nothing more. ``"HEAD"`` when only ``paths`` is given.
+            paths: only the files and directories under these repository-relative paths of ``commit``'s tree.
+            filter: which mirror, as for :meth:`checkout`.
+            progress: progress callback for the clone and the fetches.
+
+        Returns:
+            The number of objects asked from upstream (0 when nothing was missing).
+
+        Raises:
+            ConfigError: no ``oids``, ``commit`` or ``paths`` were given, or an oid is not 40 hex digits.
+            RefNotFoundError: ``commit`` is not in the mirror.
+            FetchError: upstream failed (the mirror keeps what it had).
+            RepoCacheError: whatever :meth:`checkout` raises.
+        """
+        wanted = [oids] if isinstance(oids, str) else list(oids)
+        if isinstance(paths, str):
+            paths = [paths]
+        if commit is None and paths is not None:
+            commit = "HEAD"
+        if not wanted and commit is None:
+            raise ConfigError("fetch_missing needs oids=[...], commit=... or paths=[...]; none was given")
+        parsed = self._choose(url, filter)
+        callback = progress or self.progress
+        with self._acquirer.held(parsed, callback, None):
+            return partial.fetch_missing(
+                self._context, parsed, oids=wanted, commit=commit, paths=paths, progress=callback
+            )
 
     def evict(self, url: str | os.PathLike[str], *, force: bool = False) -> bool:
         """Remove the repository from disk now (offloading it to the cold store when one is configured).
