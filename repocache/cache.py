@@ -77,9 +77,15 @@ class RepoCache:
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
         self.progress = progress
+        settings = Settings.from_options(options)
+        if settings.filter is not None and gitops.find_git() is None:
+            raise ConfigError(
+                f"filter={settings.filter!r} needs the git CLI (libgit2 cannot clone or fetch with a filter) and no "
+                "git binary was found (install git or set REPOCACHE_GIT to it), or use filter=None"
+            )
         parts = assemble(
             root,
-            Settings.from_options(options),
+            settings,
             pins=options.get("pins"),
             cold_store=options.get("cold_store"),
             on_event=options.get("on_event"),
