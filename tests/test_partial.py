@@ -66,7 +66,7 @@ def _blob(upstream: Upstream, path: str, rev: str = "HEAD") -> str:
 def test_a_blobless_mirror_is_smaller_than_the_full_one_and_keeps_the_promisor_config(
     cache: RepoCache, remote: tuple[Upstream, str]
 ) -> None:
-    upstream, url = remote
+    _upstream, url = remote
     # from the least to the most complete: a mirror holding more would serve the later requests
     treeless = cache.ensure(url, filter="tree:0")
     blobless = cache.ensure(url, filter="blob:none")
@@ -124,9 +124,7 @@ def test_a_treeless_request_is_served_by_a_blobless_mirror_but_not_the_reverse(
     assert other.key.endswith("-blobless")
 
 
-def test_the_cache_filter_applies_to_every_call_unless_the_call_names_one(
-    cache_root: Path, local: Upstream
-) -> None:
+def test_the_cache_filter_applies_to_every_call_unless_the_call_names_one(cache_root: Path, local: Upstream) -> None:
     with RepoCache(cache_root, filter="tree:0") as cache:
         assert cache.filter == "tree:0"
         assert cache.settings.filter == "tree:0"
