@@ -85,9 +85,11 @@ class Worktree:
         commit: the hex id of the checked-out commit.
         ref: the ref or commit the caller asked for.
         url: the normalized URL.
+        key: the key of the mirror it borrows from (a partial mirror's differs from the full one's).
     """
 
-    def __init__(self, *, path: Path, commit: str, ref: str, url: str) -> None:
+    def __init__(self, *, path: Path, commit: str, ref: str, url: str, key: str = "") -> None:
+        self.key = key
         self.path = path
         self.commit = commit
         self.ref = ref
