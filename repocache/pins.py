@@ -49,8 +49,8 @@ def _entry(item: object, source: str) -> tuple[object, bool, str | None]:
     unknown = sorted(str(name) for name in item if name not in ("url", "filter"))
     if unknown or "url" not in item:
         raise ConfigError(
-            f"{source}: pin {dict(item)!r} is not accepted; a mapping has a 'url' (a URL or glob pattern) and an "
-            "optional 'filter' (null, 'blob:none' or 'tree:0')"
+            f"{source}: pin {dict(item)!r} is not a URL or glob pattern, nor a mapping with a 'url' (a URL or glob "
+            "pattern) and an optional 'filter' (null, 'blob:none' or 'tree:0')"
         )
     if "filter" not in item:
         return item["url"], False, None

@@ -164,8 +164,8 @@ def test_a_pin_with_a_filter_chooses_the_mirror(tmp_path: Path, local: Upstream,
     ("entry", "message"),
     [
         ({"url": "https://h/a", "filter": "blob:limit=1"}, "has filter 'blob:limit=1'"),
-        ({"url": "https://h/a", "filters": "tree:0"}, "a mapping has a 'url'"),
-        ({"filter": "tree:0"}, "a mapping has a 'url'"),
+        ({"url": "https://h/a", "filters": "tree:0"}, "nor a mapping with a 'url'"),
+        ({"filter": "tree:0"}, "nor a mapping with a 'url'"),
     ],
 )
 def test_a_pin_with_a_bad_filter_is_refused_naming_it(cache_root: Path, entry: object, message: str) -> None:
