@@ -236,6 +236,8 @@ def test_reading_a_missing_blob_raises_the_typed_error_naming_url_object_and_fil
         assert "fetch_missing" in str(caught.value)
         tree = co.read_object(str(co.repo.head.peel(pygit2.Commit).tree_id))
         assert isinstance(tree, pygit2.Tree)  # trees are there
+        assert cache.fetch_missing(caught.value.url, oids=[blob], filter=caught.value.filter) == 1
+        assert co.read_object(blob).data == upstream.read("big.bin")  # still held: the new pack is seen
 
 
 def test_reading_a_missing_tree_raises_the_typed_error(cache: RepoCache, remote: tuple[Upstream, str]) -> None:
