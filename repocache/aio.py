@@ -323,13 +323,15 @@ class AsyncRepoCache:
         """Every repository on disk, most recently used first."""
         return await self._run(self.cache.entries)
 
-    async def evict(self, url: str | os.PathLike[str], *, force: bool = False) -> bool:
+    async def evict(
+        self, url: str | os.PathLike[str], *, force: bool = False, filter: FilterArg = USE_CONFIGURED
+    ) -> bool:
         """Remove the repository from disk now; as :meth:`RepoCache.evict`.
 
         Returns:
             True if it was evicted; False if it was not on disk, is held, or is pinned and ``force`` is False.
         """
-        return await self._run(lambda: self.cache.evict(url, force=force))
+        return await self._run(lambda: self.cache.evict(url, force=force, filter=filter))
 
     async def enforce(self) -> list[Entry]:
         """Evict least recently used repositories until the budget holds; as :meth:`RepoCache.enforce`.
@@ -352,14 +354,14 @@ class AsyncRepoCache:
         return await self._run(lambda: self.cache.verify(repair))
 
     async def maintain(
-        self, url: str | os.PathLike[str] | None = None, *, prune: bool = False
+        self, url: str | os.PathLike[str] | None = None, *, prune: bool = False, filter: FilterArg = USE_CONFIGURED
     ) -> list[MaintenanceReport]:
         """Maintain one cached repository (or every one) now; as :meth:`RepoCache.maintain`.
 
         Returns:
             One report per repository maintained (empty when ``url`` is not cached).
         """
-        return await self._run(lambda: self.cache.maintain(url, prune=prune))
+        return await self._run(lambda: self.cache.maintain(url, prune=prune, filter=filter))
 
     async def publish(self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Manifest:
         """Upload the repository's mirror to the cold store now; as :meth:`RepoCache.publish`.

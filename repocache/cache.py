@@ -311,10 +311,13 @@ class RepoCache:
         it. This is what :mod:`repocache.webhooks` calls for a push.
 
         Returns:
-            True if the repository is in the cache; False otherwise (nothing is recorded: its clone is fresh).
+            True if the repository is in the cache (any of its mirrors, full or partial, each marked); False
+            otherwise (nothing is recorded: its clone is fresh).
         """
         parsed = self._parse(url)
-        marked = self._context.index.mark_stale(parsed.key, time.time())
+        now = time.time()
+        # every mirror of the URL (full and partial) is as stale as its upstream: each is marked
+        marked = any([self._context.index.mark_stale(each.key, now) for each in partial.every_mirror_of(parsed)])
         if marked:
             self._context.events.marked_stale(parsed.url)
         return marked
@@ -403,18 +406,20 @@ class RepoCache:
                 self._context, parsed, oids=wanted, commit=commit, paths=paths, progress=callback
             )
 
-    def evict(self, url: str | os.PathLike[str], *, force: bool = False) -> bool:
+    def evict(self, url: str | os.PathLike[str], *, force: bool = False, filter: FilterArg = USE_CONFIGURED) -> bool:
         """Remove the repository from disk now (offloading it to the cold store when one is configured).
 
         Args:
             url: the repository.
             force: evict even if it is pinned.
+            filter: which mirror of ``url``: exactly the one with this filter (by default the pins' or the
+                cache's), never another that would serve it.
 
         Returns:
             True if it was evicted; False if it was not on disk, is held by a reader (in any process), or is
             pinned and ``force`` is False.
         """
-        return self._budget.evict_now(self._parse(url), force=force)
+        return self._budget.evict_now(partial.exact(self._context, self._parse(url), filter), force=force)
 
     def enforce(self) -> list[Entry]:
         """Evict least recently used repositories until the budget and ``min_free_bytes`` hold.
@@ -433,7 +438,9 @@ class RepoCache:
         used, count = self._context.index.totals()
         return Stats.of(self._context.index.counters(), bytes_used=used, bytes_limit=self.max_bytes, entries=count)
 
-    def maintain(self, url: str | os.PathLike[str] | None = None, *, prune: bool = False) -> list[MaintenanceReport]:
+    def maintain(
+        self, url: str | os.PathLike[str] | None = None, *, prune: bool = False, filter: FilterArg = USE_CONFIGURED
+    ) -> list[MaintenanceReport]:
         """Repack, pack refs and write the commit-graph of one cached repository (or of every one) now.
 
         Runs under the mirror's fetch lock while readers keep reading (waits up to ``lock_timeout`` for a fetch
@@ -447,6 +454,7 @@ class RepoCache:
             prune: also repack fully and drop unreachable objects older than ``maintenance_grace``. That needs the
                 repository's exclusive lock and never waits for it: a mirror held by a reader or a worktree is
                 left alone (``skipped`` says so).
+            filter: which mirror of ``url``, as for :meth:`checkout` (partial mirrors keep their promisor packs).
 
         Returns:
             One report per repository maintained (empty when ``url`` is not cached).
@@ -456,7 +464,7 @@ class RepoCache:
             LockTimeoutError: another worker held ``url`` longer than ``lock_timeout``.
         """
         if url is not None:
-            parsed = self._parse(url)
+            parsed = self._choose(url, filter)
             found = maintenance.maintain_one(self._context, parsed.key, parsed.url, wait=True, forced=True, prune=prune)
             return [] if found is None else [found]
         self._check_open()

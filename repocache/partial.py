@@ -19,7 +19,7 @@ from repocache.context import Context
 from repocache.errors import ConfigError, LockTimeoutError
 from repocache.keys import FILTERS, RepoURL, with_filter
 
-__all__ = ["USE_CONFIGURED", "FilterArg", "choose", "fetch_missing", "parse_filter"]
+__all__ = ["USE_CONFIGURED", "FilterArg", "choose", "every_mirror_of", "exact", "fetch_missing", "parse_filter"]
 
 
 class _UseConfigured(enum.Enum):
@@ -52,19 +52,34 @@ def choose(context: Context, parsed: RepoURL, filter: FilterArg) -> RepoURL:
     Raises:
         ConfigError: the filter is invalid, or it is partial and no git CLI was found.
     """
-    wanted = parse_filter(filter)
-    if wanted is USE_CONFIGURED:
-        named, pinned = context.pins.filter_for(parsed.url)
-        wanted = pinned if named else context.settings.filter
+    partial = exact(context, parsed, filter)
+    wanted = partial.filter
     if wanted is None:
-        return parsed.full
-    partial = with_filter(parsed, wanted)
+        return partial
     gitops.require_cli_for_filter(partial, context.git)
     for richer in _HOLDS_MORE[wanted]:
         candidate = with_filter(parsed, richer)
         if context.layout.mirror(candidate.key).is_dir():
             return candidate  # it holds everything the request needs, and more
     return partial
+
+
+def exact(context: Context, parsed: RepoURL, filter: FilterArg) -> RepoURL:
+    """``parsed`` as the mirror with the filter the call, a pin or the cache names, whatever else is on disk.
+
+    Raises:
+        ConfigError: the filter is invalid.
+    """
+    wanted = parse_filter(filter)
+    if wanted is USE_CONFIGURED:
+        named, pinned = context.pins.filter_for(parsed.url)
+        wanted = pinned if named else context.settings.filter
+    return with_filter(parsed, wanted)
+
+
+def every_mirror_of(parsed: RepoURL) -> list[RepoURL]:
+    """The full mirror of ``parsed`` and its partial ones (what a push to its upstream makes stale)."""
+    return [with_filter(parsed, None), *(with_filter(parsed, name) for name in FILTERS)]
 
 
 def fetch_missing(

@@ -119,9 +119,10 @@ def test_a_treeless_request_is_served_by_a_blobless_mirror_but_not_the_reverse(
     cache.ensure(local.url, filter="blob:none")
     with cache.checkout(local.url, filter="tree:0") as co:
         assert (co.source, co.filter) == ("hit", "blob:none")
-    cache.evict(local.url)  # the full key: nothing there
-    other = cache.ensure(local.url, filter="tree:0")
-    assert other.key.endswith("-blobless")
+    assert not cache.evict(local.url, filter="tree:0")  # exactly the tree-less mirror: not on disk
+    assert cache.ensure(local.url, filter="tree:0").key.endswith("-blobless")
+    assert cache.evict(local.url, filter="blob:none")
+    assert cache.ensure(local.url, filter="tree:0").key.endswith("-treeless")
 
 
 def test_the_cache_filter_applies_to_every_call_unless_the_call_names_one(cache_root: Path, local: Upstream) -> None:
@@ -333,3 +334,53 @@ def test_a_worktree_from_a_partial_mirror_fetches_what_its_commit_needs(cache: R
         assert git("status", "--porcelain", cwd=wt.path).strip() == ""
     entry = cache.info(local.url, filter="tree:0")
     assert entry is not None and entry.size_bytes == sum(e.size_bytes for e in cache.entries())
+
+
+# -- verify and maintenance of partial mirrors ----------------------------------------------------------------------
+
+
+def test_verify_adopts_a_partial_mirror_without_an_index_row_instead_of_deleting_it(
+    cache: RepoCache, local: Upstream
+) -> None:
+    entry = cache.ensure(local.url, filter="blob:none")
+    cache._context.index.remove(entry.key, counter=None)  # a process died between its rename and its row
+    problems = cache.verify(repair=True)
+    assert [(problem.kind, problem.repaired) for problem in problems] == [("orphan", True)]
+    assert entry.path.is_dir()
+    assert [found.key for found in cache.entries()] == [entry.key]
+
+
+def test_maintenance_after_many_fetches_keeps_the_mirror_partial_and_readable(
+    cache: RepoCache, local: Upstream
+) -> None:
+    cache.ensure(local.url, filter="blob:none")
+    for number in range(20):
+        local.commit({"big.bin": random.Random(1000 + number).randbytes(20_000)})
+        cache.refresh(local.url, filter="blob:none")
+    entry = cache.info(local.url, filter="blob:none")
+    assert entry is not None
+    packs_before = len(list(entry.path.glob("objects/pack/*.pack")))
+    reports = cache.maintain(local.url, prune=True, filter="blob:none")
+    assert len(reports) == 1
+    with cache.checkout(local.url, filter="blob:none", max_age=None) as co:
+        packs = list(co.path.glob("objects/pack/*.pack"))
+        assert len(packs) < packs_before
+        assert all(pack.with_suffix(".promisor").exists() for pack in packs)
+        assert _config(co.path, "remote.origin.partialclonefilter") == "blob:none"
+        walked = sum(1 for _ in co.repo.walk(co.repo.head.target))
+        assert walked == int(git("rev-list", "--count", "HEAD", cwd=local.path))
+        with pytest.raises(MissingObjectError):
+            co.read_object(_blob(local, "big.bin"))  # maintenance did not fetch what the filter left out
+        assert cache.fetch_missing(local.url, paths=["big.bin"], filter="blob:none") == 1
+        assert co.read_object(_blob(local, "big.bin")).data == local.read("big.bin")
+
+
+def test_mark_stale_reaches_a_partial_mirror(cache_root: Path, local: Upstream) -> None:
+    with RepoCache(cache_root, fetch_ttl=3600) as cache:
+        cache.ensure(local.url, filter="blob:none")  # the only mirror of the URL: the full key is not on disk
+        pushed = local.commit({"after": "push"})
+        assert cache.mark_stale(local.url)
+        with cache.checkout(local.url, filter="blob:none") as co:
+            assert co.fetched  # within the TTL: only the mark makes it fetch
+            assert git("rev-parse", "HEAD", cwd=co.path).strip() == pushed
+        assert_consistent(cache)
