@@ -384,3 +384,26 @@ def test_mark_stale_reaches_a_partial_mirror(cache_root: Path, local: Upstream) 
             assert co.fetched  # within the TTL: only the mark makes it fetch
             assert git("rev-parse", "HEAD", cwd=co.path).strip() == pushed
         assert_consistent(cache)
+
+
+def test_an_evicted_partial_mirror_is_restored_only_for_a_partial_request(
+    tmp_path: Path, remote: tuple[Upstream, str]
+) -> None:
+    upstream, url = remote
+    store = tmp_path / "cold"
+    with RepoCache(tmp_path / "cache", cold_store=store, cold_min_bytes=0) as cache:
+        first = cache.ensure(url, filter="blob:none")
+        assert cache.evict(url, filter="blob:none")
+        with cache.checkout(url, filter=None) as co:
+            assert co.source == "clone"  # the blob-less artifact cannot serve a full request
+            assert co.filter is None
+        assert cache.evict(url, filter=None)
+        with cache.checkout(url, filter="blob:none") as co:
+            assert co.source == "restore"
+            assert (co.key, co.filter) == (first.key, "blob:none")
+            assert _config(co.path, "remote.origin.partialclonefilter") == "blob:none"
+            assert all(p.with_suffix(".promisor").exists() for p in co.path.glob("objects/pack/*.pack"))
+            with pytest.raises(MissingObjectError):
+                co.read_object(_blob(upstream, "big.bin"))
+        assert cache.fetch_missing(url, paths=["big.bin"], filter="blob:none") == 1  # still a working promisor
+        assert_consistent(cache)
