@@ -327,13 +327,17 @@ def test_fetch_missing_on_a_full_mirror_fetches_nothing(cache: RepoCache, local:
 
 
 def test_a_worktree_from_a_partial_mirror_fetches_what_its_commit_needs(cache: RepoCache, local: Upstream) -> None:
-    cache.ensure(local.url, filter="tree:0")
+    before = cache.ensure(local.url, filter="tree:0")
     with cache.worktree(local.url, "HEAD~1", filter="tree:0") as wt:
         assert (wt.path / "big.bin").read_bytes() == local.read("big.bin", "HEAD~1")
         assert (wt.path / "dir" / "file7.txt").read_bytes() == local.read("dir/file7.txt")
         assert git("status", "--porcelain", cwd=wt.path).strip() == ""
+        assert not (before.path / "objects" / "info" / "alternates").exists()
     entry = cache.info(local.url, filter="tree:0")
-    assert entry is not None and entry.size_bytes == sum(e.size_bytes for e in cache.entries())
+    assert entry is not None
+    assert entry.size_bytes > before.size_bytes + 40_000  # big.bin and the tree came into the mirror: charged
+    assert cache.stats().bytes_used == entry.size_bytes
+    assert cache.fetch_missing(local.url, commit="HEAD~1", filter="tree:0") == 0  # nothing left to fetch
 
 
 # -- verify and maintenance of partial mirrors ----------------------------------------------------------------------
