@@ -3,13 +3,19 @@
 For each filter (None, ``blob:none``, ``tree:0``) and each repetition (the order rotates), a fresh cache fills the
 mirror over ``git://`` from a ``git daemon`` on 127.0.0.1 (a bare copy of ``UPSTREAM`` with
 ``uploadpack.allowFilter``), then pygit2 walks every commit of every ref (author, message, parents). Medians are
-printed as a markdown table with the ratios to the full mirror. A first step towards the issue's benchmark: the
-LRU replay under a fixed budget is not measured yet.
+printed as a markdown table with the ratios to the full mirror.
+
+``python -m benchmarks.partial --replay``: an LRU replay under a fixed budget. ``--repos`` synthetic upstreams
+(made with ``git fast-import``: text files, each commit touching a few) are served by one daemon; a seeded
+Zipf-like access pattern of ``--accesses`` calls (``cache.ensure``) is replayed against a cache whose budget holds
+``--budget-full`` full mirrors, once per filter. It reports the repositories resident at the end and the clones
+the replay cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import statistics
 import subprocess
@@ -45,6 +51,67 @@ def _walk(path: Path) -> tuple[int, float]:
         repo.free()
 
 
+def synthetic(path: Path, *, commits: int, files: int, seed: int) -> None:
+    """A bare repository at ``path``: ``commits`` commits on ``main``, each rewriting 5 of ``files`` text files."""
+    rng = random.Random(seed)
+    names = [f"src/m{n % 40}/f{n}.txt" for n in range(files)]
+    chunks: list[bytes] = []
+    for number in range(commits):
+        message = f"change {number}\n".encode()
+        chunks.append(b"commit refs/heads/main\ncommitter A <a@b> %d +0000\n" % (1_700_000_000 + number * 60))
+        chunks.append(b"data %d\n%s" % (len(message), message))
+        for name in names if number == 0 else rng.sample(names, 5):
+            data = ("\n".join(f"line {rng.random()}" for _ in range(60)) + "\n").encode()
+            chunks.append(f"M 100644 inline {name}\n".encode() + b"data %d\n%s\n" % (len(data), data))
+        chunks.append(b"\n")
+    subprocess.run(["git", "init", "-q", "--bare", str(path)], check=True)
+    subprocess.run(["git", "-C", str(path), "fast-import", "--quiet"], input=b"".join(chunks), check=True)
+    subprocess.run(["git", "-C", str(path), "symbolic-ref", "HEAD", "refs/heads/main"], check=True)
+    subprocess.run(["git", "-C", str(path), "config", "uploadpack.allowFilter", "true"], check=True)
+    subprocess.run(["git", "-C", str(path), "repack", "-a", "-d", "-q"], check=True)
+
+
+def replay(args: argparse.Namespace) -> int:
+    """The LRU replay: resident repositories and clones, full against each filter, under one budget."""
+    with tempfile.TemporaryDirectory(prefix="repocache-partial-replay-") as scratch:
+        base = Path(scratch)
+        served = base / "served"
+        served.mkdir()
+        for number in range(args.repos):
+            synthetic(served / f"r{number}.git", commits=args.commits, files=args.files, seed=number)
+        rng = random.Random(7)
+        weights = [1 / (rank + 1) for rank in range(args.repos)]
+        pattern = rng.choices(range(args.repos), weights=weights, k=args.accesses)
+        rows = []
+        with GitDaemon(served) as daemon:
+            urls = [daemon.url_for(served / f"r{number}.git") for number in range(args.repos)]
+            with RepoCache(base / "probe") as probe:
+                full_size = probe.ensure(urls[0]).size_bytes
+            budget = full_size * args.budget_full
+            for wanted in FILTERS:
+                root = base / f"replay-{wanted}".replace(":", "-")
+                started = time.perf_counter()
+                with RepoCache(root, max_bytes=budget, filter=wanted) as cache:
+                    for index in pattern:
+                        cache.ensure(urls[index])
+                    stats = cache.stats()
+                    rows.append((wanted, len(cache.entries()), stats.misses, time.perf_counter() - started))
+                shutil.rmtree(root)
+    print(
+        f"{args.repos} repositories of {args.commits} commits, {args.accesses} accesses (Zipf-like, seed 7), "
+        f"budget {budget / 1e6:.1f} MB ({args.budget_full} full mirrors)"
+    )
+    print("| mirror | resident at the end | vs full | clones | vs full | replay time |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    full_resident, full_clones = rows[0][1], rows[0][2]
+    for wanted, resident, clones, seconds in rows:
+        print(
+            f"| {wanted or 'full'} | {resident} | {resident / full_resident:.2f}x | {clones} | "
+            f"{clones / full_clones:.2f}x | {seconds:.1f} s |"
+        )
+    return 0
+
+
 def _objects(path: Path) -> int:
     out = subprocess.run(
         ["git", "-C", str(path), "count-objects", "-v"], capture_output=True, text=True, check=True
@@ -56,9 +123,21 @@ def _objects(path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison and print the table."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.partial", description=__doc__)
-    parser.add_argument("upstream", type=Path, help="a git repository to copy and serve (it is not modified)")
+    parser.add_argument(
+        "upstream", type=Path, nargs="?", help="a git repository to copy and serve (it is not modified)"
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per filter (default 3)")
+    parser.add_argument("--replay", action="store_true", help="run the LRU replay instead")
+    parser.add_argument("--repos", type=int, default=24, help="replay: upstreams (default 24)")
+    parser.add_argument("--commits", type=int, default=600, help="replay: commits per upstream (default 600)")
+    parser.add_argument("--files", type=int, default=400, help="replay: files per upstream (default 400)")
+    parser.add_argument("--accesses", type=int, default=300, help="replay: calls replayed (default 300)")
+    parser.add_argument("--budget-full", type=int, default=4, help="replay: full mirrors the budget holds")
     args = parser.parse_args(argv)
+    if args.replay:
+        return replay(args)
+    if args.upstream is None:
+        parser.error("UPSTREAM is needed unless --replay is given")
     with tempfile.TemporaryDirectory(prefix="repocache-partial-bench-") as scratch:
         base = Path(scratch)
         served = base / "served"
