@@ -363,14 +363,20 @@ class AsyncRepoCache:
         """
         return await self._run(lambda: self.cache.maintain(url, prune=prune, filter=filter))
 
-    async def publish(self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Manifest:
+    async def publish(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Manifest:
         """Upload the repository's mirror to the cold store now; as :meth:`RepoCache.publish`.
 
         Returns:
             The store's manifest of the repository.
         """
         callback = self._on_loop(progress)
-        return await self._run(lambda: self.cache.publish(url, progress=callback))
+        return await self._run(lambda: self.cache.publish(url, progress=callback, filter=filter))
 
     async def cold_entries(self) -> list[Manifest]:
         """The manifests in the cold store, newest first; as :meth:`RepoCache.cold_entries`."""

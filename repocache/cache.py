@@ -506,11 +506,20 @@ class RepoCache:
         self._check_open()
         return [] if self._cold is None else self._cold.entries()
 
-    def publish(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Manifest:
+    def publish(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Manifest:
         """Upload the repository's mirror to the cold store now, for other hosts to restore; clones it first if needed.
 
         The mirror is held shared while it is packed (readers and fetches go on) and streamed into the store. When
         the store already holds an artifact made after the mirror's last fetch, nothing is uploaded.
+
+        A partial mirror (``filter``, as for :meth:`checkout`) is published under its own key: only a request
+        for the same filter restores it.
 
         Returns:
             The store's manifest of the repository.
@@ -520,10 +529,10 @@ class RepoCache:
             ColdStoreError: the store failed.
             RepoCacheError: whatever :meth:`ensure` raises (clone, budget, lock and fetch errors).
         """
-        parsed = self._parse(url)
+        parsed = self._choose(url, filter)
         if self._cold is None:
             raise ConfigError("publish needs a cold store: pass cold_store= (a directory or an fsspec URL)")
-        self.ensure(url, progress=progress)
+        self.ensure(url, progress=progress, filter=filter)
         self._cold.wait(parsed.key)  # an upload started by the clone: let it finish rather than upload twice
         manifest = self._cold.publish(parsed)
         if manifest is None:

@@ -411,3 +411,20 @@ def test_an_evicted_partial_mirror_is_restored_only_for_a_partial_request(
                 co.read_object(_blob(upstream, "big.bin"))
         assert cache.fetch_missing(url, paths=["big.bin"], filter="blob:none") == 1  # still a working promisor
         assert_consistent(cache)
+
+
+def test_a_published_partial_mirror_is_restored_by_another_host_for_the_same_filter(
+    tmp_path: Path, local: Upstream
+) -> None:
+    store = tmp_path / "shared-store"
+    with RepoCache(tmp_path / "host-a", cold_store=store) as host_a:
+        manifest = host_a.publish(local.url, filter="blob:none")
+        assert manifest.key == key_of(local.url) + "-blobless"
+    with RepoCache(tmp_path / "host-b", cold_store=store) as host_b:
+        with host_b.checkout(local.url, filter="blob:none") as co:
+            assert (co.source, co.filter) == ("restore", "blob:none")
+            with pytest.raises(MissingObjectError):
+                co.read_object(_blob(local, "big.bin"))
+        with host_b.checkout(local.url, filter=None) as co:
+            assert (co.source, co.filter) == ("clone", None)
+        assert_consistent(host_b)
