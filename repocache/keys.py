@@ -104,7 +104,7 @@ def with_filter(parsed: RepoURL, filter: str | None) -> RepoURL:
     """
     if filter is None:
         return parsed.full
-    if filter not in FILTERS:
+    if not isinstance(filter, str) or filter not in FILTERS:
         raise ConfigError(f"filter={filter!r} is not accepted; expected None (a full mirror), 'blob:none' or 'tree:0'")
     full = parsed.full
     return replace(full, filter=filter, key=f"{full.key}-{FILTERS[filter]}")

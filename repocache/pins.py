@@ -55,7 +55,7 @@ def _entry(item: object, source: str) -> tuple[object, bool, str | None]:
     if "filter" not in item:
         return item["url"], False, None
     value = item["filter"]
-    if value is not None and value not in FILTERS:
+    if value is not None and (not isinstance(value, str) or value not in FILTERS):
         raise ConfigError(
             f"{source}: pin {item['url']!r} has filter {value!r}; expected null (a full mirror), 'blob:none' or "
             "'tree:0'"

@@ -206,7 +206,7 @@ def _ttl(name: str, value: object) -> object:
 def _filter(name: str, value: object) -> object:
     from repocache.keys import FILTERS
 
-    if value is None or value in FILTERS:
+    if value is None or (isinstance(value, str) and value in FILTERS):
         return value
     raise ConfigError(f"{name}={value!r} is not accepted; expected None (a full mirror), 'blob:none' or 'tree:0'")
 

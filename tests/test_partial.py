@@ -134,7 +134,7 @@ def test_the_cache_filter_applies_to_every_call_unless_the_call_names_one(cache_
         assert_consistent(cache)
 
 
-@pytest.mark.parametrize("bad", ["blob:limit=1k", "sparse:oid=x", "", 3])
+@pytest.mark.parametrize("bad", ["blob:limit=1k", "sparse:oid=x", "", 3, ["blob:none"]])
 def test_a_filter_that_is_not_accepted_is_refused_naming_it(cache: RepoCache, local: Upstream, bad: object) -> None:
     with pytest.raises(ConfigError, match=r"filter=.*not accepted.*'blob:none' or 'tree:0'"):
         cache.ensure(local.url, filter=bad)  # type: ignore[arg-type]
@@ -167,6 +167,7 @@ def test_a_pin_with_a_filter_chooses_the_mirror(tmp_path: Path, local: Upstream,
         ({"url": "https://h/a", "filter": "blob:limit=1"}, "has filter 'blob:limit=1'"),
         ({"url": "https://h/a", "filters": "tree:0"}, "nor a mapping with a 'url'"),
         ({"filter": "tree:0"}, "nor a mapping with a 'url'"),
+        ({"url": "https://h/a", "filter": ["tree:0"]}, r"has filter \['tree:0'\]"),
     ],
 )
 def test_a_pin_with_a_bad_filter_is_refused_naming_it(cache_root: Path, entry: object, message: str) -> None:
