@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pygit2
@@ -429,3 +430,28 @@ def test_a_published_partial_mirror_is_restored_by_another_host_for_the_same_fil
         with host_b.checkout(local.url, filter=None) as co:
             assert (co.source, co.filter) == ("clone", None)
         assert_consistent(host_b)
+
+
+def test_an_upstream_that_refuses_filters_yields_a_whole_mirror_under_the_partial_key(
+    cache: RepoCache, upstreams: UpstreamFactory
+) -> None:
+    upstream = upstreams.create("nofilter", files=FILES)  # no uploadpack.allowFilter
+    upstream.commit({"big.bin": random.Random(5).randbytes(30_000)})
+    with cache.checkout(upstream.url, filter="blob:none") as co:
+        assert co.filter == "blob:none"
+        assert co.read_object(_blob(upstream, "big.bin")).data == upstream.read("big.bin")  # it holds everything
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_partial_misses_clone_once_beside_a_full_one(cache: RepoCache, local: Upstream) -> None:
+    def get(wanted: str | None) -> tuple[str, str | None]:
+        with cache.checkout(local.url, filter=wanted) as co:
+            return co.key, co.filter
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(get, ["tree:0"] * 6 + [None] * 2))
+    partial = {key for key, got in results if got == "tree:0"}
+    full = {key for key, got in results if got is None}
+    assert full == {key_of(local.url)}
+    assert len(partial) <= 1  # a tree-less request that came after the full clone is served by it
+    assert cache.stats().clones == len(partial) + 1
