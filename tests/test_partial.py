@@ -13,7 +13,7 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from repocache import ConfigError, MissingObjectError, RepoCache
+from repocache import ConfigError, FetchError, MissingObjectError, RepoCache
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests.helpers import all_objects, assert_consistent, git, key_of
 
@@ -455,3 +455,15 @@ def test_concurrent_partial_misses_clone_once_beside_a_full_one(cache: RepoCache
     assert full == {key_of(local.url)}
     assert len(partial) <= 1  # a tree-less request that came after the full clone is served by it
     assert cache.stats().clones == len(partial) + 1
+
+
+def test_fetch_missing_of_an_object_upstream_lacks_is_a_fetch_error_naming_it(
+    cache: RepoCache, local: Upstream
+) -> None:
+    before = cache.ensure(local.url, filter="blob:none")
+    absent = "1" * 40
+    with pytest.raises(FetchError, match=f"not our ref {absent}") as caught:
+        cache.fetch_missing(local.url, oids=[absent], filter="blob:none")
+    assert "partial clone with missing objects" not in str(caught.value)
+    after = cache.info(local.url, filter="blob:none")
+    assert after is not None and after.size_bytes == before.size_bytes
