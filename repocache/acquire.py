@@ -185,6 +185,7 @@ class Acquirer:
             source=source,
             fetched=was_fetched,
             stale=stale,
+            filter=hold.url.filter,
         )
         return Acquired(hold, checkout, fetched)
 

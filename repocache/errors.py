@@ -8,6 +8,7 @@ exception a caller would naturally catch, so ``except ValueError`` still works f
     ├── ConfigError (ValueError)          a bad setting or pin file
     ├── InvalidRefError (ValueError)      a ref argument that cannot name anything (empty, starts with '-')
     ├── RefNotFoundError (LookupError)    the ref does not exist in the repository
+    ├── MissingObjectError (KeyError)     an object a partial mirror left out (``filter``) was read
     ├── LockTimeoutError (TimeoutError)   another worker held the repository longer than ``lock_timeout``
     ├── GitError                          git or libgit2 failed
     │   ├── CloneError                    a miss could not be cloned
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidRefError",
     "InvalidURLError",
     "LockTimeoutError",
+    "MissingObjectError",
     "RefNotFoundError",
     "RepoCacheError",
     "UnsafeFileError",
@@ -107,6 +109,34 @@ class RefNotFoundError(RepoCacheError, LookupError):
 
     def __str__(self) -> str:
         return f"{self.ref!r} is not a branch, tag or commit of {self.url}"
+
+
+class MissingObjectError(RepoCacheError, KeyError):
+    """An object is absent from a partial mirror: its filter left it out (a blob of a blob-less mirror, a tree or
+    blob of a tree-less one), and it was not fetched since.
+
+    ``RepoCache.fetch_missing(url, oids=..., commit=..., paths=...)`` fetches it (charged to the budget); it is a
+    ``KeyError``, as pygit2's own error for an absent object is.
+
+    Attributes:
+        url: the repository's normalized URL.
+        oid: the hex id of the absent object.
+        filter: the mirror's filter (``"blob:none"`` or ``"tree:0"``); None when a full mirror lacks it (corrupt).
+    """
+
+    def __init__(self, url: str, oid: str, filter: str | None) -> None:
+        super().__init__(url, oid, filter)
+        self.url = url
+        self.oid = oid
+        self.filter = filter
+
+    def __str__(self) -> str:
+        if self.filter is None:
+            return f"object {self.oid} is missing from the full mirror of {self.url} (run verify)"
+        return (
+            f"object {self.oid} is not in the partial mirror of {self.url} (filter {self.filter!r}); "
+            "fetch it with cache.fetch_missing(url, oids=[...]) or ask for a full mirror (filter=None)"
+        )
 
 
 class LockTimeoutError(RepoCacheError, TimeoutError):

@@ -211,6 +211,14 @@ def _number_text(text: str) -> object:
         return text
 
 
+def _filter(name: str, value: object) -> object:
+    from repocache.keys import FILTERS
+
+    if value is None or (isinstance(value, str) and value in FILTERS):
+        return value
+    raise ConfigError(f"{name}={value!r} is not accepted; expected None (a full mirror), 'blob:none' or 'tree:0'")
+
+
 def _flag(name: str, value: object) -> object:
     if isinstance(value, str):  # from the environment
         return value.strip().lower() not in ("", "0", "false", "no", "off")
@@ -534,6 +542,13 @@ class Settings:
         "a failed fetch serves the cached copy (`co.stale`), or raises `FetchError`",
         env="REPOCACHE_ON_FETCH_ERROR",
     )
+    filter: str | None = option(
+        None,
+        _filter,
+        '`None`, `"blob:none"` or `"tree:0"`',
+        "the partial-clone filter of new mirrors (`None`: full mirrors), unless a pin or the call names one; "
+        "see docs/partial.md",
+    )
     freshness: Freshness = field(default_factory=Freshness)
     cold: ColdOptions = field(default_factory=ColdOptions)
     maintenance: Maintenance = field(default_factory=Maintenance)
@@ -659,7 +674,17 @@ _HANDLES = {
 """Keywords that are not settings but objects their owners validate (the root, pins, the store, the callbacks)."""
 
 _PLAIN = {row.name: row for row in _OPTIONS_OF[Settings]}
-_ORDER = ("root", "max_bytes", "min_free_bytes", "pins", "fetch_ttl", "cold_store", "lock_timeout", "on_fetch_error")
+_ORDER = (
+    "root",
+    "max_bytes",
+    "min_free_bytes",
+    "pins",
+    "fetch_ttl",
+    "cold_store",
+    "lock_timeout",
+    "on_fetch_error",
+    "filter",
+)
 OPTIONS: tuple[Option, ...] = (
     *(_HANDLES.get(name) or _PLAIN[name] for name in _ORDER),
     _HANDLES["progress"],
@@ -678,11 +703,12 @@ class CacheOptions(TypedDict, total=False):
 
     max_bytes: int | str | None
     min_free_bytes: int | str
-    pins: str | os.PathLike[str] | Iterable[str] | None
+    pins: str | os.PathLike[str] | Iterable[str | Mapping[str, object]] | None
     fetch_ttl: float | str
     cold_store: ColdStoreSpec
     lock_timeout: float
     on_fetch_error: str
+    filter: str | None
     on_event: EventHook | None
     freshness: Freshness
     cold: ColdOptions

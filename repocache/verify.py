@@ -18,9 +18,9 @@ from pathlib import Path
 from repocache import gitops, locks
 from repocache.budget import Budget
 from repocache.context import Context
-from repocache.errors import InvalidURLError, UnsafeFileError
+from repocache.errors import ConfigError, InvalidURLError, UnsafeFileError
 from repocache.index import Row
-from repocache.keys import normalize_url
+from repocache.keys import normalize_url, with_filter
 from repocache.layout import ExclusiveHold, Layout, key_of, listing, remove
 from repocache.models import Problem
 
@@ -125,7 +125,11 @@ def mirror_url(layout: Layout, mirror: Path) -> str | None:
         return None
     try:
         parsed = normalize_url(str(repo.config["remote.origin.url"]))
-    except (KeyError, InvalidURLError):
+        config = repo.config
+        name = "remote.origin.partialclonefilter"
+        filter = str(config[name]) if name in config else None
+        parsed = with_filter(parsed, filter)  # a partial mirror's key says its filter
+    except (KeyError, InvalidURLError, ConfigError):
         return None
     finally:
         repo.free()

@@ -23,7 +23,7 @@ Exit codes (scripts can rely on them)::
     1    the operation did not happen: not evicted (absent, pinned or in use), problems found by verify and left
          unrepaired
     2    usage error or invalid input: bad option, invalid URL, invalid setting or pin file
-    3    git failed: the clone or fetch of a repository failed
+    3    git failed: the clone or fetch of a repository failed, or an object a partial mirror left out was read
     4    the repository does not fit in the byte budget
     5    timed out waiting for another worker's lock
     6    any other error (cold storage, file system, unexpected)

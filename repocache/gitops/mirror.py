@@ -20,6 +20,13 @@ from repocache.keys import RepoURL
 
 logger = logging.getLogger("repocache")
 
+# libgit2 refuses to open a repository whose config names an extension it was not told about; a partial clone
+# made by git may carry ``extensions.partialclone``. Registering it is process-wide and only lets pygit2 open such
+# a repository: it reads what is present and never fetches what is absent (see repocache.gitops.partial).
+with contextlib.suppress(AttributeError, pygit2.GitError):
+    if "partialclone" not in pygit2.settings.extensions:
+        pygit2.settings.set_extensions([*pygit2.settings.extensions, "partialclone"])
+
 
 _LEFTOVER_PACK_PREFIXES = ("tmp_pack_", "pack_git2_", "tmp_idx_", "tmp_rev_", ".tmp-")  # .tmp-: git pack-objects
 _GIT_LOCK_FILES = (
@@ -271,14 +278,20 @@ _MIRROR_DATA = frozenset({"HEAD", "objects", "refs", "packed-refs"})
 def mirror_config(url: RepoURL) -> str:
     """The whole ``config`` of a mirror of ``url``, as ``git clone --mirror`` writes it (credential-free URL).
 
-    Nothing else belongs there: no URL rewriting, no commands, no hooks path, no alternates, no extensions.
+    Nothing else belongs there: no URL rewriting, no commands, no hooks path, no alternates, no extensions. A
+    partial mirror (``url.filter``) keeps what ``git clone --filter`` writes and every later fetch needs:
+    ``repositoryformatversion = 1``, ``remote.origin.promisor`` and ``remote.origin.partialclonefilter`` (without
+    them a fetch would bring every object the filter left out, and git could not fetch a missing one).
     """
-    value = url.fetch_url.replace("\\", "\\\\").replace('"', '\\"')
+    value = url.transfer_url.replace("\\", "\\\\").replace('"', '\\"')
     if value != value.strip() or any(c in value for c in ";#"):
         value = f'"{value}"'  # quoted as git quotes it: otherwise ';' and '#' would start a comment
+    version, partial = "0", ""
+    if url.filter is not None:
+        version, partial = "1", f"\tpromisor = true\n\tpartialclonefilter = {url.filter}\n"
     return (
-        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
-        f'[remote "origin"]\n\turl = {value}\n\tfetch = +refs/*:refs/*\n\tmirror = true\n'
+        f"[core]\n\trepositoryformatversion = {version}\n\tfilemode = true\n\tbare = true\n"
+        f'[remote "origin"]\n\turl = {value}\n\tfetch = +refs/*:refs/*\n\tmirror = true\n{partial}'
     )
 
 

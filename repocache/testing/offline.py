@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from repocache.cache import RepoCache
 from repocache.errors import RepoCacheError
+from repocache.partial import USE_CONFIGURED, FilterArg
 from repocache.refresh import USE_TTL, MaxAge
 
 if TYPE_CHECKING:
@@ -92,10 +93,11 @@ class OfflineRepoCache(RepoCache):
         *,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Iterator[Checkout]:
         """As :meth:`RepoCache.checkout`, served at any age; ``on_miss`` when the repository is not cached."""
         self._require_cached(url)
-        with super().checkout(url, progress=progress, max_age=None) as checkout:
+        with super().checkout(url, progress=progress, max_age=None, filter=filter) as checkout:
             yield checkout
 
     @contextlib.contextmanager
@@ -108,10 +110,13 @@ class OfflineRepoCache(RepoCache):
         submodules: bool = False,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Iterator[Worktree]:
         """As :meth:`RepoCache.worktree`, served at any age; ``on_miss`` when the repository is not cached."""
         self._require_cached(url)
-        with super().worktree(url, ref, path=path, submodules=submodules, progress=progress, max_age=None) as tree:
+        with super().worktree(
+            url, ref, path=path, submodules=submodules, progress=progress, max_age=None, filter=filter
+        ) as tree:
             yield tree
 
     def ensure(
@@ -120,12 +125,19 @@ class OfflineRepoCache(RepoCache):
         *,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Entry:
         """As :meth:`RepoCache.ensure`, served at any age; ``on_miss`` when the repository is not cached."""
         self._require_cached(url)
-        return super().ensure(url, progress=progress, max_age=None)
+        return super().ensure(url, progress=progress, max_age=None, filter=filter)
 
-    def refresh(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
+    def refresh(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Entry:
         """Never fetches: ``on_miss`` (a refresh needs the upstream)."""
         from repocache.keys import normalize_url
 
