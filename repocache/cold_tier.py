@@ -217,7 +217,8 @@ class ColdTier:
             if self._current_artifact(row) is not None:
                 return
             started = time.perf_counter()
-            stored = self._upload(row.url, hold.key, context.layout.mirror(hold.key), row.size_bytes, time.time())
+            mirror = context.layout.mirror(hold.key)
+            stored = self._upload(row.url, hold.key, mirror, row.size_bytes, time.time(), row.last_fetched)
             if stored is not None:
                 context.events.published(row.url, row.key, time.perf_counter() - started, stored.size_bytes, "evict")
         except (ColdStoreError, OSError, ValueError) as exc:
@@ -232,9 +233,15 @@ class ColdTier:
         current = self.store.get_manifest(row.key)
         return current if current is not None and current.generation == recorded[1] else None
 
-    def _upload(self, url: str, key: str, mirror: Path, mirror_bytes: int, created: float) -> Manifest | None:
+    def _upload(
+        self, url: str, key: str, mirror: Path, mirror_bytes: int, created: float, fetched: float | None
+    ) -> Manifest | None:
         """Pack ``mirror`` (which must not change meanwhile) into the store; the manifest stored, or None when a
-        newer artifact was there already. Records it in the index."""
+        newer artifact was there already. Records it in the index.
+
+        ``fetched`` is when the mirror was last fetched (None: unknown), recorded in the manifest so that a host
+        restoring it knows how fresh it is; it is never later than ``created``.
+        """
         context = self._context
         compression = context.settings.cold_compression
         ref_count, head = gitops.describe_mirror(mirror)
@@ -251,6 +258,7 @@ class ColdTier:
                 head=head,
                 created=created,
                 compression=compression,
+                fetched=None if fetched is None else min(fetched, created),
             )
 
         if self._fleet is not None:
@@ -428,7 +436,8 @@ class ColdTier:
                 return current
             started = time.monotonic()
             with self._snapshot(parsed, mirror) as (snapshot, created):
-                stored = self._upload(parsed.url, parsed.key, snapshot, row.size_bytes, created)
+                # The row was read before the snapshot: its last fetch is at most as new as the snapshot's.
+                stored = self._upload(parsed.url, parsed.key, snapshot, row.size_bytes, created, row.last_fetched)
             if stored is None:  # a usable artifact at least as new was there, or committed meanwhile
                 current = self.store.get_manifest(parsed.key)
                 if current is None:  # never "evicted": the mirror is here, the store refused and holds nothing

@@ -709,10 +709,13 @@ class Index:
         counter: str | None,
         fetched: bool = True,
         reservation: int | None = None,
+        fetched_at: float | None = None,
     ) -> None:
         """Record a repository now on disk and count it under ``counter``.
 
-        ``fetched`` says whether it matches upstream as of ``now`` (a clone) or not (an adopted orphan).
+        ``fetched`` says whether it matches upstream as of ``now`` (a clone) or not (an adopted orphan);
+        ``fetched_at``, when given, is the time it last matched upstream instead (a restore of an artifact whose
+        manifest says when its mirror was fetched).
         ``reservation`` is dropped in the same transaction, so the bytes are never counted twice.
         """
         with self._transaction() as db:
@@ -723,7 +726,7 @@ class Index:
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET url = excluded.url, "
                 "size_bytes = excluded.size_bytes, last_used = excluded.last_used, "
                 "last_fetched = excluded.last_fetched",
-                (key, url, size_bytes, now, now if fetched else None, now),
+                (key, url, size_bytes, now, fetched_at if fetched_at is not None else now if fetched else None, now),
             )
             if counter:
                 _bump(db, counter)

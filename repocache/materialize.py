@@ -102,6 +102,10 @@ def _fill(
         if size > known:  # its size was unknown (or it grew): refuse it now if it could never stay
             budget.check_fits(hold, size)
         os.rename(staging, context.layout.mirror(key))
+        # A restored copy is as fresh as its artifact (bounded by its upload's time); a clone, as of now.
+        restored_fetched = (
+            manifest.fetched_at(time.time()) if source is Source.RESTORE and manifest is not None else None
+        )
         context.index.put(
             key,
             parsed.url,
@@ -110,6 +114,7 @@ def _fill(
             counter=source.counter,
             fetched=source is Source.CLONE,
             reservation=reservation,
+            fetched_at=restored_fetched,
         )
         reservation = None  # dropped with the put: the bytes are now counted by the entry
         context.events.materialized(parsed.url, key, source, size, time.perf_counter() - started)

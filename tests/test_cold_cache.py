@@ -69,11 +69,15 @@ def test_restore_does_not_contact_upstream_for_objects(
             cache.evict(url)
             before = len(server.requests)
         with RepoCache(cache_root, cold_store=cold("quiet"), fetch_ttl=3600) as cache:
-            with cache.checkout(url) as co:
+            with cache.checkout(url, max_age=0) as co:
                 assert co.source == "restore"
                 assert co.fetched
-            # The restored copy is as old as its artifact, so it is fetched once: the refs are advertised (one GET)
-            # and, the restored objects being complete, nothing is asked for (no upload-pack POST, no clone).
+            # Fetched on demand after the restore: the refs are advertised (one GET) and, the restored objects being
+            # complete, nothing is asked for (no upload-pack POST, no clone).
+            assert server.requests[before:] == [("GET", f"/{upstream.path.name}/info/refs")]
+            assert cache.evict(url)
+            with cache.checkout(url) as co:  # within fetch_ttl of the artifact's fetch: upstream is not contacted
+                assert co.source == "restore" and not co.fetched
             assert server.requests[before:] == [("GET", f"/{upstream.path.name}/info/refs")]
 
 

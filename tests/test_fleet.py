@@ -3,6 +3,7 @@ fleet, uploads that no miss waits for. Real upstreams over git://, a real direct
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from repocache import ConfigError, RepoCache
 from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest, open_cold_store, pack_mirror
 from repocache.cold.store import ArtifactWriter
 from repocache.keys import normalize_url
-from repocache.testing import GitDaemon, Upstream, UpstreamFactory
+from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests.helpers import (
     POISONS,
     DelegatingStore,
@@ -123,6 +124,8 @@ def test_publish_uploads_now_and_not_again_until_the_mirror_changes(
         assert cache.evict(url)  # the stored artifact is current: the eviction does not upload again
         assert [m.generation for m in cache.cold_entries()] == [manifest.generation]
         upstream.commit({"more": "1"})
+        with cache.checkout(url, max_age=0) as co:  # within fetch_ttl of the artifact's fetch: only on demand
+            assert co.source == "restore" and co.fetched
         newer = cache.publish(url)  # restored and fetched, so the mirror is newer than the artifact: uploads
         assert newer.generation != manifest.generation
         assert_consistent(cache)
@@ -175,26 +178,30 @@ _HOST = textwrap.dedent(
     """
     import json, sys, time
     from repocache import RepoCache
-    root, store, url, go = sys.argv[1:5]
-    with RepoCache(root, cold_store=store, cold_publish="clone") as cache:
+    root, store, url, go, options = sys.argv[1:6]
+    with RepoCache(root, cold_store=store, cold_publish="clone", **json.loads(options)) as cache:
         print("ready", flush=True)
         while time.time() < float(go):
             time.sleep(0.001)
         started = time.monotonic()
         with cache.checkout(url) as co:
-            source = co.source
-        print(json.dumps({"source": source, "seconds": time.monotonic() - started}), flush=True)
+            source, fetched = co.source, co.fetched
+        reply = {"source": source, "fetched": fetched, "seconds": time.monotonic() - started}
+        print(json.dumps(reply), flush=True)
     """
 )
 
 
-def _hosts(tmp_path: Path, store: str, url: str, env: dict[str, str], count: int) -> list[dict[str, Any]]:
-    """``count`` processes with a root each, missing ``url`` at the same instant; their replies."""
+def _hosts(
+    tmp_path: Path, store: str, url: str, env: dict[str, str], count: int, **options: Any
+) -> list[dict[str, Any]]:
+    """``count`` processes with a root each (``RepoCache`` keyword ``options`` beside the store and
+    ``cold_publish="clone"``), missing ``url`` at the same instant; their replies."""
     go = time.time() + 3.0
     environment = dict(os.environ, PYTHONPATH=str(ROOT), **env)
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", _HOST, str(tmp_path / f"host-{i}"), store, url, str(go)],
+            [sys.executable, "-c", _HOST, str(tmp_path / f"host-{i}"), store, url, str(go), json.dumps(options)],
             env=environment,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -374,3 +381,166 @@ def test_uploads_stream_into_the_store_without_a_local_tar(
     assert store.calls == 1
     assert all(is_dir for _name, is_dir, _size in store.seen), store.seen  # at most a snapshot of hard links
     assert os.listdir(root / "staging") == []
+
+
+# -- a restored copy is as fresh as its artifact ------------------------------------------------------------------
+
+
+def _contacts(http: SmartHTTPServer, upstream: Upstream) -> int:
+    """How many times a client contacted ``upstream`` through ``http``: every clone or fetch (protocol v0 or v2)
+    begins with one ``GET .../info/refs``."""
+    name = upstream.path.name
+    return sum(1 for method, path in http.requests if method == "GET" and path.endswith(f"/{name}/info/refs"))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fetch_ttl", [600, 0])
+def test_eight_hosts_missing_a_repository_contact_upstream_once(
+    tmp_path: Path,
+    served: UpstreamFactory,
+    http: SmartHTTPServer,
+    shared: tuple[str, str, dict[str, str]],
+    fetch_ttl: float,
+) -> None:
+    """With ``fetch_ttl=600`` the artifact is younger than the TTL; with ``0`` every host asked before the fleet's
+    clone had fetched, so the clone is as fresh as each request needs (as a fetch coalesced on one host is)."""
+    kind, store, env = shared
+    upstream = _served(served, f"eight-hosts-{kind}-{fetch_ttl}", size=200_000)
+    replies = _hosts(tmp_path, store, http.url_for(upstream), env, 8, fetch_ttl=fetch_ttl)
+    assert sorted(reply["source"] for reply in replies) == ["clone"] + ["restore"] * 7, replies
+    assert [reply["fetched"] for reply in replies if reply["source"] == "restore"] == [False] * 7, replies
+    assert _contacts(http, upstream) == 1  # the fleet's one clone; no restored host fetched
+
+
+def test_with_fetch_ttl_zero_a_host_asking_after_the_upload_fetches(
+    tmp_path: Path, served: UpstreamFactory, http: SmartHTTPServer
+) -> None:
+    upstream = _served(served, "ttl-zero-later")
+    store = LocalDirStore(tmp_path / "store")
+    _published(tmp_path, http, upstream, store)
+    contacts = _contacts(http, upstream)
+    with RepoCache(tmp_path / "later", cold_store=store, fetch_ttl=0) as cache:
+        with cache.checkout(http.url_for(upstream)) as co:
+            assert co.source == "restore" and co.fetched  # the artifact is older than 0 s and than the request
+    assert _contacts(http, upstream) == contacts + 1
+
+
+def _published(tmp_path: Path, http: SmartHTTPServer, upstream: Upstream, store: ColdStore) -> Manifest:
+    with RepoCache(tmp_path / "publisher", cold_store=store, cold_publish="clone") as cache:
+        cache.ensure(http.url_for(upstream))
+    (manifest,) = store.list()
+    return manifest
+
+
+def test_the_manifest_records_when_its_mirror_was_last_fetched(
+    tmp_path: Path, served: UpstreamFactory, http: SmartHTTPServer
+) -> None:
+    upstream = _served(served, "records-fetched")
+    store = LocalDirStore(tmp_path / "store")
+    before = time.time()
+    manifest = _published(tmp_path, http, upstream, store)
+    assert manifest.fetched is not None and before <= manifest.fetched <= manifest.created
+    with RepoCache(tmp_path / "restorer", cold_store=store, fetch_ttl=600) as cache:
+        with cache.checkout(http.url_for(upstream)) as co:
+            assert co.source == "restore" and not co.fetched
+        (entry,) = cache.entries()
+        assert entry.last_fetched == manifest.fetched  # the restore records the artifact's age, not "never fetched"
+        assert cache.evict(http.url_for(upstream))  # the store's artifact is current: not uploaded again
+    assert [m.generation for m in store.list()] == [manifest.generation]
+
+
+def test_an_artifact_older_than_fetch_ttl_is_fetched_once_after_the_restore(
+    tmp_path: Path, served: UpstreamFactory, http: SmartHTTPServer
+) -> None:
+    upstream = _served(served, "older-than-ttl")
+    url = http.url_for(upstream)
+    store = LocalDirStore(tmp_path / "store")
+    _published(tmp_path, http, upstream, store)
+    time.sleep(1.2)
+    contacts = _contacts(http, upstream)
+    with RepoCache(tmp_path / "young-ttl", cold_store=store, fetch_ttl=1) as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "restore" and co.fetched
+        with cache.checkout(url) as co:
+            assert co.source == "hit" and not co.fetched
+    assert _contacts(http, upstream) == contacts + 1
+
+
+def test_under_background_refresh_a_due_restored_copy_is_handed_out_at_once(
+    tmp_path: Path, served: UpstreamFactory, http: SmartHTTPServer
+) -> None:
+    upstream = _served(served, "background-restore")
+    url = http.url_for(upstream)
+    store = LocalDirStore(tmp_path / "store")
+    _published(tmp_path, http, upstream, store)
+    time.sleep(1.2)
+    contacts = _contacts(http, upstream)
+    with RepoCache(tmp_path / "host", cold_store=store, fetch_ttl=1, refresh="background") as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "restore" and not co.fetched  # handed out; the fetch is the background's
+    assert _contacts(http, upstream) == contacts + 1  # closing waited for the background fetch
+
+
+class _RewritingStore(LocalDirStore):
+    """A directory store whose manifests come back with ``fetched`` rewritten, as an older or hostile writer's."""
+
+    def __init__(self, path: Path, fetched: Callable[[Manifest], float | None]) -> None:
+        super().__init__(path)
+        self.fetched = fetched
+
+    def get_manifest(self, key: str) -> Manifest | None:
+        manifest = super().get_manifest(key)
+        return None if manifest is None else dataclasses.replace(manifest, fetched=self.fetched(manifest))
+
+
+def test_an_older_manifest_without_fetched_is_restored_as_never_fetched(
+    tmp_path: Path, served: UpstreamFactory, http: SmartHTTPServer
+) -> None:
+    upstream = _served(served, "no-fetched-field")
+    url = http.url_for(upstream)
+    _published(tmp_path, http, upstream, LocalDirStore(tmp_path / "store"))
+    contacts = _contacts(http, upstream)
+    store = _RewritingStore(tmp_path / "store", lambda manifest: None)
+    with RepoCache(tmp_path / "host", cold_store=store, fetch_ttl=600) as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "restore" and co.fetched  # today's rule: due at once
+    assert _contacts(http, upstream) == contacts + 1
+
+
+def test_a_manifest_claiming_a_fetch_after_its_upload_is_trusted_only_up_to_the_upload(
+    tmp_path: Path, served: UpstreamFactory, http: SmartHTTPServer
+) -> None:
+    upstream = _served(served, "fetched-in-the-future")
+    url = http.url_for(upstream)
+    manifest = _published(tmp_path, http, upstream, LocalDirStore(tmp_path / "store"))
+    time.sleep(1.2)
+    store = _RewritingStore(tmp_path / "store", lambda manifest: manifest.created + 10**9)
+    with RepoCache(tmp_path / "host", cold_store=store, fetch_ttl=1) as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "restore" and co.fetched  # as old as its upload, not "fetched" in 2058
+    assert manifest.created + 10**9 < 1e11
+
+
+def test_manifest_fetched_is_validated_and_bounded() -> None:
+    base = dict(
+        url="https://example.com/a/b",
+        key="example.com-a-b",
+        sha256="0" * 64,
+        size_bytes=1,
+        mirror_bytes=1,
+        ref_count=1,
+        head="refs/heads/main",
+        created=1000.0,
+    )
+    assert Manifest(**base).fetched is None  # type: ignore[arg-type]
+    older = Manifest(**base, fetched=900)  # type: ignore[arg-type]
+    assert older.fetched == 900.0 and older.fetched_at(now=2000.0) == 900.0
+    assert Manifest(**base, fetched=1500.0).fetched_at(now=2000.0) == 1000.0  # type: ignore[arg-type]
+    assert Manifest(**base, fetched=900.0).fetched_at(now=800.0) == 800.0  # type: ignore[arg-type]
+    assert Manifest.from_json(older.to_json()) == older
+    legacy = json.loads(older.to_json())
+    del legacy["fetched"]
+    assert Manifest.from_json(json.dumps(legacy)).fetched is None
+    for bad in (float("nan"), float("inf"), -1, 1e12, "900", True):
+        with pytest.raises(ValueError, match="fetched"):
+            Manifest(**base, fetched=bad)  # type: ignore[arg-type]

@@ -110,6 +110,8 @@ class Manifest:
         format_version: the artifact/manifest format; readers refuse versions newer than :data:`FORMAT_VERSION`.
         generation: the name of this upload inside the key's directory; empty until a store accepts the manifest
             (:meth:`ColdStore.put` assigns a fresh one), set on every manifest a store returns.
+        fetched: epoch seconds of the mirror's last successful fetch (or clone) before it was packed, or None when
+            unknown (manifests of older versions): a restored copy is as fresh as this (see :meth:`fetched_at`).
 
     Raises:
         ValueError: a field has the wrong type or an invalid value.
@@ -126,6 +128,7 @@ class Manifest:
     compression: str = "none"
     format_version: int = FORMAT_VERSION
     generation: str = ""
+    fetched: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -154,6 +157,24 @@ class Manifest:
             )
         if not isinstance(self.generation, str) or (self.generation and not _GENERATION.match(self.generation)):
             raise ValueError(f"generation {self.generation!r} is not a valid generation id")
+        fetched: object = self.fetched
+        if fetched is not None:
+            if isinstance(fetched, bool) or not isinstance(fetched, (int, float)):
+                raise ValueError(f"fetched must be a number of epoch seconds or null, not {fetched!r}")
+            if not math.isfinite(fetched) or fetched < 0 or fetched >= 1e11:
+                raise ValueError(f"fetched must be finite epoch seconds, not {fetched!r}")
+            object.__setattr__(self, "fetched", float(fetched))
+
+    def fetched_at(self, now: float) -> float | None:
+        """When a copy restored from this artifact was last fetched, as far as it can be trusted; None if unknown.
+
+        The manifest's word is bounded by what it cannot exceed: the mirror was packed after its last fetch, so
+        never later than ``created``, nor later than ``now``. (A store already ranks ``created`` no later than the
+        time it wrote the manifest.) A hostile manifest can at most claim an age of zero at its upload's time.
+        """
+        if self.fetched is None:
+            return None
+        return min(self.fetched, self.created, now)
 
     @property
     def artifact_name(self) -> str:
