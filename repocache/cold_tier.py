@@ -50,15 +50,18 @@ __all__ = ["LEASE_TTL", "Claim", "ColdTier"]
 
 _PRUNE_EVERY = 3600.0  # seconds between automatic prunes (per process) when cold_retention is set
 LEASE_TTL = 60.0
-"""Seconds a clone lease lasts unless renewed: how long the fleet waits for a host that died while cloning."""
+"""The default of ``cold_lease_ttl``: seconds a clone lease lasts unless renewed, how long the fleet waits for a
+host that died while cloning."""
 _POLL_FIRST = 0.05  # seconds between a waiter's looks at the store, growing to _POLL_MAX
 _POLL_MAX = 0.5
 
 
 class Claim:
-    """A held clone lease, renewed on a helper thread until :meth:`release` (which is idempotent)."""
+    """A held clone lease, renewed on a helper thread every third of ``cold_lease_ttl`` until :meth:`release` (which
+    is idempotent)."""
 
     def __init__(self, store: FleetStore, lease: Lease, context: Context, url: str) -> None:
+        self._ttl = context.settings.cold_lease_ttl
         self._store = store
         self.lease = lease
         self._context = context
@@ -68,9 +71,9 @@ class Claim:
         self._thread.start()
 
     def _renew(self) -> None:
-        while not self._stop.wait(LEASE_TTL / 3):
+        while not self._stop.wait(self._ttl / 3):
             try:
-                renewed = self._store.renew_lease(self.lease, LEASE_TTL)
+                renewed = self._store.renew_lease(self.lease, self._ttl)
             except ColdStoreError as exc:
                 self._context.events.cold_problem("renew the clone lease of", self._url, exc)
                 continue
@@ -303,7 +306,7 @@ class ColdTier:
         waited = False
         while True:
             try:
-                lease = fleet.try_lease(parsed.key, self.holder, LEASE_TTL)
+                lease = fleet.try_lease(parsed.key, self.holder, context.settings.cold_lease_ttl)
             except ColdStoreError as exc:
                 context.events.cold_problem("take the clone lease of", parsed.url, f"{exc}; cloning independently")
                 return None, None
@@ -356,7 +359,7 @@ class ColdTier:
         fleet = self._fleet
         if fleet is not None and fleet.supports_leases:
             try:
-                lease = fleet.try_lease(parsed.key, self.holder, LEASE_TTL)
+                lease = fleet.try_lease(parsed.key, self.holder, settings.cold_lease_ttl)
             except ColdStoreError as exc:
                 self._context.events.cold_problem("take the publish lease of", parsed.url, exc)
                 return
@@ -412,12 +415,12 @@ class ColdTier:
         Raises:
             ColdStoreError: the store failed, or refused the upload while holding no usable artifact.
             LockTimeoutError: the repository or its fetch lock stayed held longer than ``lock_timeout`` (and a
-                minute, :data:`LEASE_TTL`).
+                ``cold_lease_ttl``).
         """
         context = self._context
         layout = context.layout
         # At least a lease's time: a publish started by a clone waits for that clone's own exclusive hold to end.
-        timeout = max(context.settings.lock_timeout, LEASE_TTL)
+        timeout = max(context.settings.lock_timeout, context.settings.cold_lease_ttl)
         hold = layout.hold_shared(parsed.key, timeout)
         if hold is None:
             raise LockTimeoutError(parsed.url, timeout, "publish")
@@ -451,7 +454,7 @@ class ColdTier:
         """A consistent copy of the held mirror to pack: hard links made under the fetch lock (milliseconds), so
         fetches go on during the upload. Where links cannot be made, the mirror itself, under the fetch lock."""
         context = self._context
-        timeout = max(context.settings.lock_timeout, LEASE_TTL)
+        timeout = max(context.settings.lock_timeout, context.settings.cold_lease_ttl)
         fetch = context.layout.hold_fetch(parsed.key, timeout)
         if fetch is None:
             raise LockTimeoutError(parsed.url, timeout, "publish")

@@ -398,6 +398,14 @@ class ColdOptions:
         "finite seconds >= 0",
         'with `publish="always"`: seconds after which a fetched mirror is published again',
     )
+    lease_ttl: float = option(
+        60.0,
+        _seconds(positive=True),
+        "finite seconds > 0",
+        "seconds a fleet's clone lease lasts unless renewed; its holder renews it every third of that while it "
+        "clones and uploads, so a host waits at most this long (plus half a second) for a host that died holding "
+        "it, and never longer than `lock_timeout`",
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -563,6 +571,7 @@ class Settings:
     cold_retention = _Grouped["float | None"]()
     cold_publish = _Grouped[str]()
     cold_publish_after = _Grouped[float]()
+    cold_lease_ttl = _Grouped[float]()
     maintenance_max_packs = _Grouped["int | None"]()
     maintenance_max_loose_objects = _Grouped[int]()
     maintenance_max_loose_refs = _Grouped[int]()
@@ -724,6 +733,7 @@ class CacheOptions(TypedDict, total=False):
     cold_retention: float | None
     cold_publish: str
     cold_publish_after: float
+    cold_lease_ttl: float
     maintenance_max_packs: int | None
     maintenance_max_loose_objects: int
     maintenance_max_loose_refs: int

@@ -310,15 +310,11 @@ def test_no_miss_or_reader_waits_for_an_upload(tmp_path: Path, served: UpstreamF
         assert len(list(store.list())) == 1
 
 
-def test_a_held_clone_lease_is_renewed_while_its_holder_works(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstreams: UpstreamFactory
-) -> None:
-    from repocache import cold_tier
-
-    monkeypatch.setattr(cold_tier, "LEASE_TTL", 0.4)
+@pytest.mark.timeout(60)
+def test_a_held_clone_lease_is_renewed_while_its_holder_works(tmp_path: Path, upstreams: UpstreamFactory) -> None:
     store = LocalDirStore(tmp_path / "store")
     upstream = upstreams.create("long-clone")
-    with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone") as cache:
+    with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone", cold_lease_ttl=0.4) as cache:
         cold = cache._cold
         assert cold is not None
         parsed = normalize_url(upstream.url)
@@ -544,3 +540,73 @@ def test_manifest_fetched_is_validated_and_bounded() -> None:
     for bad in (float("nan"), float("inf"), -1, 1e12, "900", True):
         with pytest.raises(ValueError, match="fetched"):
             Manifest(**base, fetched=bad)  # type: ignore[arg-type]
+
+
+# -- the lease time is a setting -------------------------------------------------------------------------------------
+
+
+def test_lease_ttl_is_validated(cache_root: Path) -> None:
+    for bad in (0, -1, float("nan"), float("inf"), "soon", True):
+        with pytest.raises(ConfigError, match="cold_lease_ttl") as raised:
+            RepoCache(cache_root, cold_lease_ttl=bad)  # type: ignore[arg-type]
+        assert repr(bad) in str(raised.value) and "seconds > 0" in str(raised.value)
+
+
+def test_a_clone_lease_lasts_cold_lease_ttl(tmp_path: Path, upstreams: UpstreamFactory) -> None:
+    store = LocalDirStore(tmp_path / "store")
+    parsed = normalize_url(upstreams.create("lease-time").url)
+    for ttl in (5.0, 600.0):
+        with RepoCache(tmp_path / "host", cold_store=store, cold_publish="clone", cold_lease_ttl=ttl) as cache:
+            assert cache.settings.cold_lease_ttl == ttl
+            cold = cache._cold
+            assert cold is not None
+            taken = time.time()
+            manifest, claim = cold.claim(parsed)
+            assert manifest is None and claim is not None
+            try:
+                assert taken + ttl - 1 <= claim.lease.expires <= time.time() + ttl + 1
+            finally:
+                claim.release()
+
+
+_DYING_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from repocache import RepoCache
+    from repocache.keys import normalize_url
+    root, store, url, ttl = sys.argv[1:5]
+    cache = RepoCache(root, cold_store=store, cold_publish="clone", cold_lease_ttl=float(ttl))
+    manifest, claim = cache._cold.claim(normalize_url(url))
+    assert manifest is None and claim is not None
+    print("holding", flush=True)
+    time.sleep(3600)  # "cloning" until killed
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_host_killed_holding_the_lease_delays_the_fleet_at_most_its_lease_ttl(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    url = daemon.url_for(_served(served, "killed-holder"))
+    store = str(tmp_path / "store")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _DYING_HOLDER, str(tmp_path / "dying"), store, url, "2.0"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        time.sleep(2.5)  # beyond one lease time: only its renewals kept it
+        assert LocalDirStore(Path(store)).try_lease(key_of(url), "a-peer", 60) is None
+        holder.kill()
+        killed = time.monotonic()
+    finally:
+        holder.kill()
+        holder.wait(10)
+    with RepoCache(tmp_path / "survivor", cold_store=store, cold_publish="clone", lock_timeout=30) as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "clone"
+        waited = time.monotonic() - killed
+    assert 1.0 <= waited < 2.0 + 0.5 + 5, waited  # what was left of the lease (renewed every 2/3 s), a poll, the clone
