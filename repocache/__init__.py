@@ -13,10 +13,13 @@ if TYPE_CHECKING:
     from repocache.cache import RepoCache
     from repocache.checkout import Checkout, Worktree
     from repocache.errors import (
+        AuthenticationError,
         BudgetError,
+        CloneAuthenticationError,
         CloneError,
         ColdStoreError,
         ConfigError,
+        FetchAuthenticationError,
         FetchError,
         GitError,
         InvalidRefError,
@@ -33,13 +36,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AsyncRepoCache": "repocache.aio",
+    "AuthenticationError": "repocache.errors",
     "BudgetError": "repocache.errors",
+    "CloneAuthenticationError": "repocache.errors",
     "Checkout": "repocache.checkout",
     "CloneError": "repocache.errors",
     "ColdOptions": "repocache.settings",
     "ColdStoreError": "repocache.errors",
     "ConfigError": "repocache.errors",
     "Entry": "repocache.models",
+    "FetchAuthenticationError": "repocache.errors",
     "FetchError": "repocache.errors",
     "Freshness": "repocache.settings",
     "GitError": "repocache.errors",
@@ -63,13 +69,16 @@ _EXPORTS = {
 
 __all__ = [
     "AsyncRepoCache",
+    "AuthenticationError",
     "BudgetError",
     "Checkout",
+    "CloneAuthenticationError",
     "CloneError",
     "ColdOptions",
     "ColdStoreError",
     "ConfigError",
     "Entry",
+    "FetchAuthenticationError",
     "FetchError",
     "Freshness",
     "GitError",

@@ -427,6 +427,7 @@ def test_stats_json_counts_clones_hits_fetches_and_bytes(run: Run, upstream: Pat
         "fetch_errors": 0,
         "clone_errors": 0,
         "restore_errors": 0,
+        "auth_errors": 0,
         "bytes_used": size,
         "bytes_limit": 20 * 1024**2,
         "entries": 1,

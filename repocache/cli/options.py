@@ -164,4 +164,7 @@ def open_cache(context: Context, *, pins_fallback: str | None = None) -> RepoCac
 
     options = cache_options(context.args, pins_fallback=pins_fallback)
     root = options.pop("root")
+    if options.get("on_fetch_error", "warn") == "warn":
+        # A refused credential is an error on the command line, stale copy or not: exit 3, never a silent 0.
+        options["on_fetch_error"] = "warn_except_auth"
     return RepoCache(root, progress=context.bar, **options)
