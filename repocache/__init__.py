@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         InvalidRefError,
         InvalidURLError,
         LockTimeoutError,
+        ReadOnlyRootError,
         RefNotFoundError,
         RepoCacheError,
     )
@@ -56,6 +57,7 @@ _EXPORTS = {
     "MaintenanceReport": "repocache.models",
     "Problem": "repocache.models",
     "Progress": "repocache.models",
+    "ReadOnlyRootError": "repocache.errors",
     "RefNotFoundError": "repocache.errors",
     "RepoCache": "repocache.cache",
     "RepoCacheError": "repocache.errors",
@@ -89,6 +91,7 @@ __all__ = [
     "MaintenanceReport",
     "Problem",
     "Progress",
+    "ReadOnlyRootError",
     "RefNotFoundError",
     "RepoCache",
     "RepoCacheError",

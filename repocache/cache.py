@@ -140,8 +140,15 @@ class RepoCache:
     def _check_open(self) -> None:
         self._lifecycle.check()
 
-    def _parse(self, url: str | os.PathLike[str]) -> RepoURL:
+    def _writable(self, action: str) -> None:
+        """Refuse, before anything is done, what would change a read-only root."""
+        if self._context.index.read_only:
+            raise self._context.index.refused(action)
+
+    def _parse(self, url: str | os.PathLike[str], *, changes: str | None = None) -> RepoURL:
         self._check_open()
+        if changes is not None:
+            self._writable(changes)
         parsed = normalize_url(url)
         if parsed.is_local and not self._context.git.allow_local:
             raise InvalidURLError(parsed.url, "local paths are not allowed by this cache (allow_local=False)")
@@ -189,7 +196,8 @@ class RepoCache:
             BudgetError: the repository cannot fit in the budget.
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
         """
-        with self._acquirer.held(self._parse(url), progress or self.progress, parse_max_age(max_age)) as checkout:
+        parsed = self._parse(url, changes="check a repository out (its recency and counters are written)")
+        with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
             yield checkout
 
     @contextlib.contextmanager
@@ -228,7 +236,7 @@ class RepoCache:
                 ``BudgetError``, ``LockTimeoutError``).
         """
         check_ref(ref)
-        parsed = self._parse(url)
+        parsed = self._parse(url, changes="make a worktree (its recency and counters are written)")
         context = self._context
         with (
             self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout,
@@ -279,7 +287,7 @@ class RepoCache:
         Returns:
             True if the repository is in the cache; False otherwise (nothing is recorded: its clone is fresh).
         """
-        parsed = self._parse(url)
+        parsed = self._parse(url, changes="mark a repository stale")
         marked = self._context.index.mark_stale(parsed.key, time.time())
         if marked:
             self._context.events.marked_stale(parsed.url)
@@ -288,7 +296,7 @@ class RepoCache:
     def _ensure(
         self, url: str | os.PathLike[str], progress: gitops.ProgressCallback | None, max_age: MaxAge, *, strict: bool
     ) -> Entry:
-        parsed = self._parse(url)
+        parsed = self._parse(url, changes="get a repository (its recency and counters are written)")
         acquired = self._acquirer.acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
             entry = entry_of(self._context, parsed.key)
@@ -323,7 +331,7 @@ class RepoCache:
             True if it was evicted; False if it was not on disk, is held by a reader (in any process), or is
             pinned and ``force`` is False.
         """
-        return self._budget.evict_now(self._parse(url), force=force)
+        return self._budget.evict_now(self._parse(url, changes="evict a repository"), force=force)
 
     def enforce(self) -> list[Entry]:
         """Evict least recently used repositories until the budget and ``min_free_bytes`` hold.
@@ -334,6 +342,7 @@ class RepoCache:
             The entries evicted, least recently used first.
         """
         self._check_open()
+        self._writable("enforce the budget")
         return self._budget.enforce()
 
     def stats(self) -> Stats:
@@ -365,10 +374,11 @@ class RepoCache:
             LockTimeoutError: another worker held ``url`` longer than ``lock_timeout``.
         """
         if url is not None:
-            parsed = self._parse(url)
+            parsed = self._parse(url, changes="maintain a repository")
             found = maintenance.maintain_one(self._context, parsed.key, parsed.url, wait=True, forced=True, prune=prune)
             return [] if found is None else [found]
         self._check_open()
+        self._writable("maintain its repositories")
         return maintenance.maintain_all(self._context, prune=prune)
 
     def verify(self, repair: bool = False) -> list[Problem]:
@@ -384,8 +394,13 @@ class RepoCache:
 
         Returns:
             The problems found, each with ``repaired`` set when it was fixed.
+
+        Raises:
+            ReadOnlyRootError: ``repair`` on a read-only root (without it, a read-only root is verified as any).
         """
         self._check_open()
+        if repair:
+            self._writable("repair it")
         problems = verify_root(self._context, self._budget, repair)
         if repair:
             sweep_locks(self._context)

@@ -17,6 +17,7 @@ exception a caller would naturally catch, so ``except ValueError`` still works f
     │   └── AuthenticationError           upstream refused the credentials (or asked for some); never retried
     ├── BudgetError                       the repository cannot fit in the byte budget
     ├── ColdStoreError                    the cold storage tier failed
+    ├── ReadOnlyRootError                 the root is read-only: it can be read, not changed
     └── WebhookError (ValueError)         a webhook request was refused (``status``: the HTTP status to answer)
         ├── WebhookSignatureError         the signature or token is missing or wrong (401)
         ├── WebhookEventError             not a push event, or from no known host (400)
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidRefError",
     "InvalidURLError",
     "LockTimeoutError",
+    "ReadOnlyRootError",
     "RefNotFoundError",
     "RepoCacheError",
     "WebhookError",
@@ -282,6 +284,27 @@ class BudgetError(RepoCacheError):
 
 class ColdStoreError(RepoCacheError):
     """The cold storage tier failed: unreachable, corrupt artifact, or misconfigured."""
+
+
+class ReadOnlyRootError(RepoCacheError):
+    """The cache root cannot be written (a read-only mount or permissions): what only reads it (``entries``,
+    ``stats``, ``verify`` without repair) works; what would change it raises this.
+
+    Attributes:
+        root: the cache root.
+        action: what could not be done.
+    """
+
+    def __init__(self, root: str, action: str) -> None:
+        super().__init__(root, action)
+        self.root = root
+        self.action = action
+
+    def __str__(self) -> str:
+        return (
+            f"the cache root {self.root} is read-only: cannot {self.action} (reading works: ls, stats, verify; "
+            "use a writable root to change it)"
+        )
 
 
 class WebhookError(RepoCacheError, ValueError):

@@ -123,7 +123,15 @@ def acquire(
     operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     started = time.monotonic()
     deadline = None if timeout < 0 else started + timeout
-    fd = os.open(path, flags, 0o644)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        # A read-only root (mount or permissions): flock needs no write access, it works on a descriptor opened
+        # for reading (what the lock guards cannot be changed there anyway; the cache refuses writes earlier).
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not path.exists():
+            raise
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        fd = os.open(path, flags)
     try:
         while True:
             try:

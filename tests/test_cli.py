@@ -29,6 +29,7 @@ from repocache.errors import (
     GitError,
     InvalidURLError,
     LockTimeoutError,
+    ReadOnlyRootError,
     RepoCacheError,
 )
 from tests.helpers import git, refs
@@ -207,7 +208,7 @@ def test_every_error_maps_to_its_documented_exit_code(error: BaseException, code
 def test_every_exception_class_of_the_library_has_a_mapping() -> None:
     import repocache.errors
 
-    generic = {RepoCacheError, ColdStoreError}
+    generic = {RepoCacheError, ColdStoreError, ReadOnlyRootError}  # a read-only root is "anything else" (6)
     for name in repocache.errors.__all__:
         cls = getattr(repocache.errors, name)
         instance = cls.__new__(cls)
