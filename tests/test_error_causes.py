@@ -11,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import prometheus_client
 import pytest
 
-from repocache import AuthenticationError, CloneError, FetchError, RepoCache
+from repocache import AuthenticationError, CloneError, FetchError, RepoCache, metrics
 from repocache.counters import Counter
 from repocache.testing import SmartHTTPServer, UpstreamFactory
 from tests.helpers import PROJECT
@@ -87,6 +88,10 @@ def test_wrong_credentials_are_an_authentication_error_tried_once(
             assert len(advertisements) <= 2, server.requests[before:]
             assert cache.stats().auth_errors == 2
             assert Counter.AUTH_ERRORS.value == "auth_errors"
+            registry = prometheus_client.CollectorRegistry()
+            metrics.instrument(cache, registry)
+            scraped = prometheus_client.generate_latest(registry).decode()
+            assert f'repocache_auth_errors_total{{root="{cache_root}"}} 2.0' in scraped, scraped
 
 
 def test_serve_stale_names_the_authentication_failure(
