@@ -25,9 +25,11 @@ if TYPE_CHECKING:
         InvalidRefError,
         InvalidURLError,
         LockTimeoutError,
+        MissingObjectError,
         ReadOnlyRootError,
         RefNotFoundError,
         RepoCacheError,
+        UnsafeFileError,
     )
     from repocache.keys import RepoURL, normalize_url
     from repocache.models import Entry, MaintenanceReport, Problem, Progress, Stats
@@ -55,6 +57,7 @@ _EXPORTS = {
     "LockTimeoutError": "repocache.errors",
     "Maintenance": "repocache.settings",
     "MaintenanceReport": "repocache.models",
+    "MissingObjectError": "repocache.errors",
     "Problem": "repocache.models",
     "Progress": "repocache.models",
     "ReadOnlyRootError": "repocache.errors",
@@ -65,6 +68,7 @@ _EXPORTS = {
     "Settings": "repocache.settings",
     "Stats": "repocache.models",
     "Transport": "repocache.settings",
+    "UnsafeFileError": "repocache.errors",
     "Worktree": "repocache.checkout",
     "normalize_url": "repocache.keys",
 }
@@ -89,6 +93,7 @@ __all__ = [
     "LockTimeoutError",
     "Maintenance",
     "MaintenanceReport",
+    "MissingObjectError",
     "Problem",
     "Progress",
     "ReadOnlyRootError",
@@ -99,6 +104,7 @@ __all__ = [
     "Settings",
     "Stats",
     "Transport",
+    "UnsafeFileError",
     "Worktree",
     "__version__",
     "normalize_url",
