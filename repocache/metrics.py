@@ -175,7 +175,8 @@ def start_http_server(
         registry: a registry of its own by default, so two caches in one process do not collide.
 
     Returns:
-        ``(server, thread)`` as ``prometheus_client.start_http_server`` returns them; ``server.shutdown()`` stops it.
+        ``(server, thread)`` as ``prometheus_client.start_http_server`` returns them; ``server.shutdown()`` stops
+        serving and ``server.server_close()`` closes the listening socket.
     """
     registry = CollectorRegistry() if registry is None else registry
     instrument(cache, registry)
