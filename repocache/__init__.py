@@ -22,8 +22,10 @@ if TYPE_CHECKING:
         InvalidRefError,
         InvalidURLError,
         LockTimeoutError,
+        MissingObjectError,
         RefNotFoundError,
         RepoCacheError,
+        UnsafeFileError,
     )
     from repocache.keys import RepoURL, normalize_url
     from repocache.models import Entry, MaintenanceReport, Problem, Progress, Stats
@@ -48,6 +50,7 @@ _EXPORTS = {
     "LockTimeoutError": "repocache.errors",
     "Maintenance": "repocache.settings",
     "MaintenanceReport": "repocache.models",
+    "MissingObjectError": "repocache.errors",
     "Problem": "repocache.models",
     "Progress": "repocache.models",
     "RefNotFoundError": "repocache.errors",
@@ -57,6 +60,7 @@ _EXPORTS = {
     "Settings": "repocache.settings",
     "Stats": "repocache.models",
     "Transport": "repocache.settings",
+    "UnsafeFileError": "repocache.errors",
     "Worktree": "repocache.checkout",
     "normalize_url": "repocache.keys",
 }
@@ -78,6 +82,7 @@ __all__ = [
     "LockTimeoutError",
     "Maintenance",
     "MaintenanceReport",
+    "MissingObjectError",
     "Problem",
     "Progress",
     "RefNotFoundError",
@@ -87,6 +92,7 @@ __all__ = [
     "Settings",
     "Stats",
     "Transport",
+    "UnsafeFileError",
     "Worktree",
     "__version__",
     "normalize_url",

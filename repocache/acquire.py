@@ -185,6 +185,7 @@ class Acquirer:
             source=source,
             fetched=was_fetched,
             stale=stale,
+            filter=hold.url.filter,
         )
         return Acquired(hold, checkout, fetched)
 
@@ -192,11 +193,10 @@ class Acquirer:
         """Count the call once, when its outcome is known: a miss is a call that cloned or restored it."""
         context = self._context
         context.index.touch(hold.key, time.time(), counter=Counter.HITS if source is Source.HIT else Counter.MISSES)
-        if context.events.active:
-            if source is Source.HIT:
-                context.events.hit(hold.url.url, hold.key, seconds, fetched)
-            else:
-                context.events.miss(hold.url.url, hold.key, seconds, source)
+        if source is Source.HIT:
+            context.events.hit(hold.url.url, hold.key, seconds, fetched)  # logs at debug even with no hook
+        elif context.events.active:
+            context.events.miss(hold.url.url, hold.key, seconds, source)
 
     def _materialize(
         self, parsed: RepoURL, progress: gitops.ProgressCallback | None, request: Request, room: RoomWait

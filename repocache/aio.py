@@ -16,7 +16,7 @@ import contextvars
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,11 +24,12 @@ from repocache import cancel, uses
 from repocache.cache import RepoCache
 from repocache.checkout import Checkout, Worktree
 from repocache.errors import ConfigError
-from repocache.events import EventHook
+from repocache.events import Event, EventHook
 from repocache.gitops import ProgressCallback
 from repocache.keys import normalize_url
 from repocache.lifecycle import Lifecycle
 from repocache.models import Entry, MaintenanceReport, Problem, Progress, Stats
+from repocache.partial import USE_CONFIGURED, FilterArg
 from repocache.refresh import USE_TTL, MaxAge
 from repocache.settings import CacheOptions, Settings
 
@@ -160,6 +161,7 @@ class AsyncRepoCache:
         *,
         progress: ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> AsyncIterator[Checkout]:
         """Hold the repository's bare mirror for the ``async with`` block, cloning or refreshing it first.
 
@@ -176,7 +178,7 @@ class AsyncRepoCache:
             BudgetError: the repository cannot fit in the budget.
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
         """
-        manager = self.cache.checkout(url, progress=self._on_loop(progress), max_age=max_age)
+        manager = self.cache.checkout(url, progress=self._on_loop(progress), max_age=max_age, filter=filter)
         async with self._held(manager) as checkout:
             held = uses.begin(self.cache.root, checkout.key, checkout.url)  # in the awaiting task's context
             try:
@@ -194,6 +196,7 @@ class AsyncRepoCache:
         submodules: bool = False,
         progress: ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> AsyncIterator[Worktree]:
         """A temporary working tree of the repository at ``ref``, removed when the ``async with`` block exits.
 
@@ -209,10 +212,16 @@ class AsyncRepoCache:
                 ``BudgetError``, ``LockTimeoutError``).
         """
         manager = self.cache.worktree(
-            url, ref, path=path, submodules=submodules, progress=self._on_loop(progress), max_age=max_age
+            url,
+            ref,
+            path=path,
+            submodules=submodules,
+            progress=self._on_loop(progress),
+            max_age=max_age,
+            filter=filter,
         )
         async with self._held(manager) as worktree:
-            held = uses.begin(self.cache.root, normalize_url(worktree.url).key, worktree.url)
+            held = uses.begin(self.cache.root, worktree.key or normalize_url(worktree.url).key, worktree.url)
             try:
                 yield worktree
             finally:
@@ -245,8 +254,17 @@ class AsyncRepoCache:
         """
         return self.cache.subscribe(hook)
 
+    def report(self, event: Event) -> None:
+        """Hand ``event`` to this cache's hooks and metrics; as :meth:`RepoCache.report` (quick: not awaited)."""
+        self.cache.report(event)
+
     async def ensure(
-        self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None, max_age: MaxAge = USE_TTL
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Entry:
         """Clone or refresh the repository now without holding it; as :meth:`RepoCache.ensure`.
 
@@ -254,16 +272,22 @@ class AsyncRepoCache:
             The repository's entry after the operation.
         """
         callback = self._on_loop(progress)
-        return await self._run(lambda: self.cache.ensure(url, progress=callback, max_age=max_age))
+        return await self._run(lambda: self.cache.ensure(url, progress=callback, max_age=max_age, filter=filter))
 
-    async def refresh(self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Entry:
+    async def refresh(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Entry:
         """Fetch the repository now, whatever its age; as :meth:`RepoCache.refresh`.
 
         Returns:
             The repository's entry after the fetch.
         """
         callback = self._on_loop(progress)
-        return await self._run(lambda: self.cache.refresh(url, progress=callback))
+        return await self._run(lambda: self.cache.refresh(url, progress=callback, filter=filter))
 
     async def mark_stale(self, url: str | os.PathLike[str]) -> bool:
         """Mark the repository stale for its next hit in any process; as :meth:`RepoCache.mark_stale`.
@@ -273,21 +297,46 @@ class AsyncRepoCache:
         """
         return await self._run(lambda: self.cache.mark_stale(url))
 
-    async def info(self, url: str | os.PathLike[str]) -> Entry | None:
-        """The repository's entry if it is on disk, else None; no network, no recency update."""
-        return await self._run(lambda: self.cache.info(url))
+    async def info(self, url: str | os.PathLike[str], *, filter: FilterArg = USE_CONFIGURED) -> Entry | None:
+        """The entry of the mirror that would serve the repository if it is on disk, else None; no network, no
+        recency update. As :meth:`RepoCache.info`."""
+        return await self._run(lambda: self.cache.info(url, filter=filter))
+
+    async def fetch_missing(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        oids: Iterable[str] = (),
+        commit: str | None = None,
+        paths: Sequence[str] | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Fetch into a partial mirror what its filter left out; as :meth:`RepoCache.fetch_missing`.
+
+        Returns:
+            The number of objects asked from upstream.
+        """
+        callback = self._on_loop(progress)
+        return await self._run(
+            lambda: self.cache.fetch_missing(
+                url, oids=oids, commit=commit, paths=paths, filter=filter, progress=callback
+            )
+        )
 
     async def entries(self) -> list[Entry]:
         """Every repository on disk, most recently used first."""
         return await self._run(self.cache.entries)
 
-    async def evict(self, url: str | os.PathLike[str], *, force: bool = False) -> bool:
+    async def evict(
+        self, url: str | os.PathLike[str], *, force: bool = False, filter: FilterArg = USE_CONFIGURED
+    ) -> bool:
         """Remove the repository from disk now; as :meth:`RepoCache.evict`.
 
         Returns:
             True if it was evicted; False if it was not on disk, is held, or is pinned and ``force`` is False.
         """
-        return await self._run(lambda: self.cache.evict(url, force=force))
+        return await self._run(lambda: self.cache.evict(url, force=force, filter=filter))
 
     async def enforce(self) -> list[Entry]:
         """Evict least recently used repositories until the budget holds; as :meth:`RepoCache.enforce`.
@@ -310,23 +359,29 @@ class AsyncRepoCache:
         return await self._run(lambda: self.cache.verify(repair))
 
     async def maintain(
-        self, url: str | os.PathLike[str] | None = None, *, prune: bool = False
+        self, url: str | os.PathLike[str] | None = None, *, prune: bool = False, filter: FilterArg = USE_CONFIGURED
     ) -> list[MaintenanceReport]:
         """Maintain one cached repository (or every one) now; as :meth:`RepoCache.maintain`.
 
         Returns:
             One report per repository maintained (empty when ``url`` is not cached).
         """
-        return await self._run(lambda: self.cache.maintain(url, prune=prune))
+        return await self._run(lambda: self.cache.maintain(url, prune=prune, filter=filter))
 
-    async def publish(self, url: str | os.PathLike[str], *, progress: ProgressCallback | None = None) -> Manifest:
+    async def publish(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Manifest:
         """Upload the repository's mirror to the cold store now; as :meth:`RepoCache.publish`.
 
         Returns:
             The store's manifest of the repository.
         """
         callback = self._on_loop(progress)
-        return await self._run(lambda: self.cache.publish(url, progress=callback))
+        return await self._run(lambda: self.cache.publish(url, progress=callback, filter=filter))
 
     async def cold_entries(self) -> list[Manifest]:
         """The manifests in the cold store, newest first; as :meth:`RepoCache.cold_entries`."""

@@ -71,7 +71,12 @@ def assemble(
     context = Context(
         settings=settings,
         layout=layout,
-        index=Index(layout.index, lock_path=layout.locks / "index.lock", adopt=lambda: mirrors_on_disk(layout)),
+        index=Index(
+            layout.index,
+            lock_path=layout.locks / "index.lock",
+            adopt=lambda: mirrors_on_disk(layout),
+            timeout=settings.lock_timeout,
+        ),
         pins=Pins(pins),
         git=_git_options(settings),
         events=_events(on_event),

@@ -311,11 +311,12 @@ class Budget:
     def evict_locked(self, hold: ExclusiveHold, row: Row | None, reason: str = "budget") -> None:
         """Offload the mirror to the cold store (if configured) and remove it from disk and from the index.
 
-        ``reason`` (``"budget"``, ``"explicit"``, ``"invalid"``) is reported with the eviction event.
+        ``reason`` (``"budget"``, ``"explicit"``, ``"invalid"``) is reported with the eviction event. An invalid
+        mirror is never offloaded: its artifact would be refused by every restore and shadow a good one.
         """
         context = self._context
         mirror = context.layout.mirror(hold.key)
-        if mirror.is_dir() and row is not None and self._cold is not None:
+        if mirror.is_dir() and row is not None and self._cold is not None and reason != "invalid":
             self._cold.offload(hold, row)
         if mirror.is_dir():
             trash = context.layout.new_trash(hold.key)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from repocache import gitops, maintenance
+from repocache import gitops, maintenance, partial
 from repocache.assembly import assemble
 from repocache.budget import entry_of, entry_of_row
 from repocache.checkout import Checkout, Worktree
@@ -28,9 +28,10 @@ from repocache.errors import (
     InvalidURLError,
     RepoCacheError,
 )
-from repocache.events import EventHook
+from repocache.events import Event, EventHook
 from repocache.keys import RepoURL, normalize_url
 from repocache.models import Entry, MaintenanceReport, Problem, Stats
+from repocache.partial import USE_CONFIGURED, FilterArg
 from repocache.refresh import USE_TTL, MaxAge, parse_max_age
 from repocache.settings import CacheOptions, ReadBack, Settings, parse_bytes, parse_seconds
 from repocache.verify import sweep_locks, verify_root
@@ -76,9 +77,15 @@ class RepoCache:
         if progress is not None and not callable(progress):
             raise ConfigError(f"progress={progress!r} is not callable; expected a function taking a Progress")
         self.progress = progress
+        settings = Settings.from_options(options)
+        if settings.filter is not None and gitops.find_git() is None:
+            raise ConfigError(
+                f"filter={settings.filter!r} needs the git CLI (libgit2 cannot clone or fetch with a filter) and no "
+                "git binary was found (install git or set REPOCACHE_GIT to it), or use filter=None"
+            )
         parts = assemble(
             root,
-            Settings.from_options(options),
+            settings,
             pins=options.get("pins"),
             cold_store=options.get("cold_store"),
             on_event=options.get("on_event"),
@@ -101,6 +108,10 @@ class RepoCache:
     )
     lock_timeout: ReadBack[float] = ReadBack("Seconds any wait for another worker is bounded by.")
     on_fetch_error: ReadBack[str] = ReadBack('``"warn"`` (serve a stale copy) or ``"raise"``.')
+    filter: ReadBack[str | None] = ReadBack(
+        'The partial-clone filter of new mirrors (None: full; ``"blob:none"``, ``"tree:0"``), unless a pin or a call '
+        "names one."
+    )
     cold_min_bytes: ReadBack[int] = ReadBack("Evicted repositories smaller than this are not offloaded.")
     cold_compression: ReadBack[str] = ReadBack('How cold artifacts are compressed (``"none"`` or ``"zstd"``).')
     cold_retention: ReadBack[float | None] = ReadBack("Seconds an artifact is kept in the cold store (None: forever).")
@@ -147,6 +158,10 @@ class RepoCache:
             raise InvalidURLError(parsed.url, "local paths are not allowed by this cache (allow_local=False)")
         return parsed
 
+    def _choose(self, url: str | os.PathLike[str], filter: FilterArg) -> RepoURL:
+        """The parsed URL of the mirror serving ``url`` with the call's ``filter`` (see :mod:`repocache.partial`)."""
+        return partial.choose(self._context, self._parse(url), filter)
+
     def subscribe(self, hook: EventHook) -> Callable[[], None]:
         """Call ``hook`` with every :class:`~repocache.events.Event` of this cache from now on.
 
@@ -161,6 +176,13 @@ class RepoCache:
         """
         return self._context.events.subscribe(hook)
 
+    def report(self, event: Event) -> None:
+        """Hand ``event``, from a part built on this cache (the git server), to the cache's hooks and metrics.
+
+        Hooks run in the calling thread; one that raises is logged and ignored.
+        """
+        self._context.events.emit(event)
+
     # -- public API -----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -170,6 +192,7 @@ class RepoCache:
         *,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Iterator[Checkout]:
         """Hold the repository's bare mirror for the ``with`` block, cloning or refreshing it first.
 
@@ -178,6 +201,9 @@ class RepoCache:
             progress: progress callback for the clone or fetch.
             max_age: for this call instead of ``fetch_ttl``: seconds the copy may be old (0: fetch unless a fetch
                 finished after the call began; None: any age, upstream is not contacted on a hit).
+            filter: the mirror's partial-clone filter for this call: None (full), ``"blob:none"`` or ``"tree:0"``;
+                by default the first pin naming one, else the cache's ``filter``. A full mirror already on disk
+                serves a partial request (``co.filter`` says which it got); see ``docs/partial.md``.
 
         Yields:
             A :class:`Checkout`; the mirror is not evicted by any process until the block exits.
@@ -188,8 +214,10 @@ class RepoCache:
             FetchError: the fetch failed and ``on_fetch_error="raise"``.
             BudgetError: the repository cannot fit in the budget.
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
+            ConfigError: ``filter`` is not accepted, or is partial and no git CLI was found.
         """
-        with self._acquirer.held(self._parse(url), progress or self.progress, parse_max_age(max_age)) as checkout:
+        parsed = self._choose(url, filter)
+        with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
             yield checkout
 
     @contextlib.contextmanager
@@ -202,6 +230,7 @@ class RepoCache:
         submodules: bool = False,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Iterator[Worktree]:
         """A temporary working tree of the repository at ``ref``, removed when the block exits.
 
@@ -217,6 +246,8 @@ class RepoCache:
             submodules: also initialise and check out submodules (from their own upstreams).
             progress: progress callback for the clone or fetch.
             max_age: as for :meth:`checkout`.
+            filter: as for :meth:`checkout`. From a partial mirror, what the tree at ``ref`` lacks is fetched
+                first (:meth:`fetch_missing`, under the fetch lock, charged to the budget).
 
         Yields:
             A :class:`Worktree` with ``path`` and ``commit``.
@@ -228,13 +259,15 @@ class RepoCache:
                 ``BudgetError``, ``LockTimeoutError``).
         """
         check_ref(ref)
-        parsed = self._parse(url)
+        parsed = self._choose(url, filter)
         context = self._context
-        with (
-            self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout,
-            worktree_of(context.layout, context.git, checkout, parsed, ref, path=path, submodules=submodules) as tree,
-        ):
-            yield tree
+        with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
+            if parsed.filter is not None:
+                partial.fetch_missing(context, parsed, commit=ref, progress=progress or self.progress)
+            with worktree_of(
+                context.layout, context.git, checkout, parsed, ref, path=path, submodules=submodules
+            ) as tree:
+                yield tree
 
     def ensure(
         self,
@@ -242,6 +275,7 @@ class RepoCache:
         *,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Entry:
         """Clone or refresh the repository now without holding it (pre-warming); counts as a use.
 
@@ -249,13 +283,20 @@ class RepoCache:
             url: the repository.
             progress: progress callback for the clone or fetch.
             max_age: as for :meth:`checkout`.
+            filter: as for :meth:`checkout`.
 
         Returns:
             The repository's entry after the operation.
         """
-        return self._ensure(url, progress, parse_max_age(max_age), strict=False)
+        return self._ensure(url, progress, parse_max_age(max_age), strict=False, filter=filter)
 
-    def refresh(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Entry:
+    def refresh(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Entry:
         """Fetch the repository now, whatever its age (cloning it if it is not cached); counts as a use.
 
         Like a hit, it holds the repository shared and takes its fetch lock; a fetch by another worker that
@@ -267,7 +308,7 @@ class RepoCache:
         Raises:
             FetchError: the fetch failed, whatever ``on_fetch_error`` says.
         """
-        return self._ensure(url, progress, 0.0, strict=True)
+        return self._ensure(url, progress, 0.0, strict=True, filter=filter)
 
     def mark_stale(self, url: str | os.PathLike[str]) -> bool:
         """Mark the repository stale: its next hit, in any process or host sharing the root, fetches first.
@@ -277,18 +318,27 @@ class RepoCache:
         it. This is what :mod:`repocache.webhooks` calls for a push.
 
         Returns:
-            True if the repository is in the cache; False otherwise (nothing is recorded: its clone is fresh).
+            True if the repository is in the cache (any of its mirrors, full or partial, each marked); False
+            otherwise (nothing is recorded: its clone is fresh).
         """
         parsed = self._parse(url)
-        marked = self._context.index.mark_stale(parsed.key, time.time())
+        now = time.time()
+        # every mirror of the URL (full and partial) is as stale as its upstream: each is marked
+        marked = any([self._context.index.mark_stale(each.key, now) for each in partial.every_mirror_of(parsed)])
         if marked:
             self._context.events.marked_stale(parsed.url)
         return marked
 
     def _ensure(
-        self, url: str | os.PathLike[str], progress: gitops.ProgressCallback | None, max_age: MaxAge, *, strict: bool
+        self,
+        url: str | os.PathLike[str],
+        progress: gitops.ProgressCallback | None,
+        max_age: MaxAge,
+        *,
+        strict: bool,
+        filter: FilterArg = USE_CONFIGURED,
     ) -> Entry:
-        parsed = self._parse(url)
+        parsed = self._choose(url, filter)
         acquired = self._acquirer.acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
             entry = entry_of(self._context, parsed.key)
@@ -300,9 +350,10 @@ class RepoCache:
             raise self._budget.evicted_on_release(parsed, entry)
         return entry
 
-    def info(self, url: str | os.PathLike[str]) -> Entry | None:
-        """The repository's entry if it is on disk, else None. No network, no recency update."""
-        parsed = self._parse(url)
+    def info(self, url: str | os.PathLike[str], *, filter: FilterArg = USE_CONFIGURED) -> Entry | None:
+        """The entry of the mirror that would serve the repository (with ``filter``, as for :meth:`checkout`) if it
+        is on disk, else None. No network, no recency update."""
+        parsed = self._choose(url, filter)
         if not self._context.layout.mirror(parsed.key).is_dir():
             return None
         return entry_of(self._context, parsed.key)
@@ -312,18 +363,70 @@ class RepoCache:
         self._check_open()
         return [entry_of_row(self._context, row) for row in self._context.index.rows()]
 
-    def evict(self, url: str | os.PathLike[str], *, force: bool = False) -> bool:
+    def fetch_missing(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        oids: Iterable[str] = (),
+        commit: str | None = None,
+        paths: Sequence[str] | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+        progress: gitops.ProgressCallback | None = None,
+    ) -> int:
+        """Fetch into a partial mirror what its filter left out: given objects, or what a commit's tree lacks.
+
+        The repository is held as by :meth:`checkout` (cloned if missing; no fetch of refs on a hit), and the
+        objects are fetched under its fetch lock with the git CLI from upstream, which must allow filters
+        (``uploadpack.allowFilter``). The mirror's new size is charged to the budget. A full mirror holds
+        everything: nothing is fetched. See ``docs/partial.md``.
+
+        Args:
+            url: the repository.
+            oids: hex ids of objects to fetch (a tree comes with its subtrees, not their blobs); those present are
+                skipped.
+            commit: a commit, branch or tag: fetch what its tree lacks (trees, then blobs), so that a checkout of it
+                or a read of any of its files needs nothing more. ``"HEAD"`` when only ``paths`` is given.
+            paths: only the files and directories under these repository-relative paths of ``commit``'s tree.
+            filter: which mirror, as for :meth:`checkout`.
+            progress: progress callback for the clone and the fetches.
+
+        Returns:
+            The number of objects asked from upstream (0 when nothing was missing).
+
+        Raises:
+            ConfigError: no ``oids``, ``commit`` or ``paths`` were given, or an oid is not 40 hex digits.
+            RefNotFoundError: ``commit`` is not in the mirror.
+            FetchError: upstream failed (the mirror keeps what it had).
+            RepoCacheError: whatever :meth:`checkout` raises.
+        """
+        wanted = [oids] if isinstance(oids, str) else list(oids)
+        if isinstance(paths, str):
+            paths = [paths]
+        if commit is None and paths is not None:
+            commit = "HEAD"
+        if not wanted and commit is None:
+            raise ConfigError("fetch_missing needs oids=[...], commit=... or paths=[...]; none was given")
+        parsed = self._choose(url, filter)
+        callback = progress or self.progress
+        with self._acquirer.held(parsed, callback, None):
+            return partial.fetch_missing(
+                self._context, parsed, oids=wanted, commit=commit, paths=paths, progress=callback
+            )
+
+    def evict(self, url: str | os.PathLike[str], *, force: bool = False, filter: FilterArg = USE_CONFIGURED) -> bool:
         """Remove the repository from disk now (offloading it to the cold store when one is configured).
 
         Args:
             url: the repository.
             force: evict even if it is pinned.
+            filter: which mirror of ``url``: exactly the one with this filter (by default the pins' or the
+                cache's), never another that would serve it.
 
         Returns:
             True if it was evicted; False if it was not on disk, is held by a reader (in any process), or is
             pinned and ``force`` is False.
         """
-        return self._budget.evict_now(self._parse(url), force=force)
+        return self._budget.evict_now(partial.exact(self._context, self._parse(url), filter), force=force)
 
     def enforce(self) -> list[Entry]:
         """Evict least recently used repositories until the budget and ``min_free_bytes`` hold.
@@ -342,7 +445,9 @@ class RepoCache:
         used, count = self._context.index.totals()
         return Stats.of(self._context.index.counters(), bytes_used=used, bytes_limit=self.max_bytes, entries=count)
 
-    def maintain(self, url: str | os.PathLike[str] | None = None, *, prune: bool = False) -> list[MaintenanceReport]:
+    def maintain(
+        self, url: str | os.PathLike[str] | None = None, *, prune: bool = False, filter: FilterArg = USE_CONFIGURED
+    ) -> list[MaintenanceReport]:
         """Repack, pack refs and write the commit-graph of one cached repository (or of every one) now.
 
         Runs under the mirror's fetch lock while readers keep reading (waits up to ``lock_timeout`` for a fetch
@@ -356,6 +461,7 @@ class RepoCache:
             prune: also repack fully and drop unreachable objects older than ``maintenance_grace``. That needs the
                 repository's exclusive lock and never waits for it: a mirror held by a reader or a worktree is
                 left alone (``skipped`` says so).
+            filter: which mirror of ``url``, as for :meth:`checkout` (partial mirrors keep their promisor packs).
 
         Returns:
             One report per repository maintained (empty when ``url`` is not cached).
@@ -365,7 +471,7 @@ class RepoCache:
             LockTimeoutError: another worker held ``url`` longer than ``lock_timeout``.
         """
         if url is not None:
-            parsed = self._parse(url)
+            parsed = self._choose(url, filter)
             found = maintenance.maintain_one(self._context, parsed.key, parsed.url, wait=True, forced=True, prune=prune)
             return [] if found is None else [found]
         self._check_open()
@@ -407,11 +513,20 @@ class RepoCache:
         self._check_open()
         return [] if self._cold is None else self._cold.entries()
 
-    def publish(self, url: str | os.PathLike[str], *, progress: gitops.ProgressCallback | None = None) -> Manifest:
+    def publish(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Manifest:
         """Upload the repository's mirror to the cold store now, for other hosts to restore; clones it first if needed.
 
         The mirror is held shared while it is packed (readers and fetches go on) and streamed into the store. When
         the store already holds an artifact made after the mirror's last fetch, nothing is uploaded.
+
+        A partial mirror (``filter``, as for :meth:`checkout`) is published under its own key: only a request
+        for the same filter restores it.
 
         Returns:
             The store's manifest of the repository.
@@ -421,10 +536,10 @@ class RepoCache:
             ColdStoreError: the store failed.
             RepoCacheError: whatever :meth:`ensure` raises (clone, budget, lock and fetch errors).
         """
-        parsed = self._parse(url)
+        parsed = self._choose(url, filter)
         if self._cold is None:
             raise ConfigError("publish needs a cold store: pass cold_store= (a directory or an fsspec URL)")
-        self.ensure(url, progress=progress)
+        self.ensure(url, progress=progress, filter=filter)
         self._cold.wait(parsed.key)  # an upload started by the clone: let it finish rather than upload twice
         manifest = self._cold.publish(parsed)
         if manifest is None:

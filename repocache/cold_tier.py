@@ -398,11 +398,11 @@ class ColdTier:
         """Upload the mirror of ``parsed`` (on disk) to the store now, holding it shared; the manifest stored.
 
         Returns the store's current manifest instead, without uploading, when it already covers the mirror's last
-        fetch, or (with ``fresh_enough``) when it is younger than that many seconds. None when the mirror is not
-        on disk.
+        fetch, or (with ``fresh_enough``) when it is younger than that many seconds, or when a usable artifact at
+        least as new was committed meanwhile. None only when the mirror is not on disk.
 
         Raises:
-            ColdStoreError: the store failed.
+            ColdStoreError: the store failed, or refused the upload while holding no usable artifact.
             LockTimeoutError: the repository or its fetch lock stayed held longer than ``lock_timeout`` (and a
                 minute, :data:`LEASE_TTL`).
         """
@@ -429,8 +429,11 @@ class ColdTier:
             started = time.monotonic()
             with self._snapshot(parsed, mirror) as (snapshot, created):
                 stored = self._upload(parsed.url, parsed.key, snapshot, row.size_bytes, created)
-            if stored is None:
-                return self.store.get_manifest(parsed.key)
+            if stored is None:  # a usable artifact at least as new was there, or committed meanwhile
+                current = self.store.get_manifest(parsed.key)
+                if current is None:  # never "evicted": the mirror is here, the store refused and holds nothing
+                    raise ColdStoreError(f"the cold store refused the upload of {parsed.url} and holds no artifact")
+                return current
             context.events.published(parsed.url, parsed.key, time.monotonic() - started, stored.size_bytes, reason)
             return stored
 

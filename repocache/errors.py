@@ -9,12 +9,14 @@ RepoCacheError (Exception)
 ├── ConfigError (ValueError)          a bad setting or pin file
 ├── InvalidRefError (ValueError)      a ref argument that cannot name anything (empty, starts with '-')
 ├── RefNotFoundError (LookupError)    the ref does not exist in the repository
+├── MissingObjectError (KeyError)     an object a partial mirror left out (filter) was read
 ├── LockTimeoutError (TimeoutError)   another worker held the repository longer than lock_timeout
 ├── GitError                          git or libgit2 failed
 │   ├── CloneError                    a miss could not be cloned
 │   └── FetchError                    a hit could not be refreshed
 ├── BudgetError                       the repository cannot fit in the byte budget
 ├── ColdStoreError                    the cold storage tier failed
+├── UnsafeFileError (OSError)         a file others can write is not a regular file, or is larger than allowed
 └── WebhookError (ValueError)         a webhook request was refused (status: the HTTP status to answer)
     ├── WebhookSignatureError         the signature or token is missing or wrong (401)
     ├── WebhookEventError             not a push event, or from no known host (400)
@@ -28,6 +30,8 @@ credentials: URLs in them are the normalized, credential-free form.
 
 from __future__ import annotations
 
+from repocache.redact import scrub_untrusted
+
 __all__ = [
     "BudgetError",
     "CloneError",
@@ -38,8 +42,10 @@ __all__ = [
     "InvalidRefError",
     "InvalidURLError",
     "LockTimeoutError",
+    "MissingObjectError",
     "RefNotFoundError",
     "RepoCacheError",
+    "UnsafeFileError",
     "WebhookError",
     "WebhookEventError",
     "WebhookPayloadError",
@@ -105,6 +111,34 @@ class RefNotFoundError(RepoCacheError, LookupError):
 
     def __str__(self) -> str:
         return f"{self.ref!r} is not a branch, tag or commit of {self.url}"
+
+
+class MissingObjectError(RepoCacheError, KeyError):
+    """An object is absent from a partial mirror: its filter left it out (a blob of a blob-less mirror, a tree or
+    blob of a tree-less one), and it was not fetched since.
+
+    ``RepoCache.fetch_missing(url, oids=..., commit=..., paths=...)`` fetches it (charged to the budget); it is a
+    ``KeyError``, as pygit2's own error for an absent object is.
+
+    Attributes:
+        url: the repository's normalized URL.
+        oid: the hex id of the absent object.
+        filter: the mirror's filter (``"blob:none"`` or ``"tree:0"``); None when a full mirror lacks it (corrupt).
+    """
+
+    def __init__(self, url: str, oid: str, filter: str | None) -> None:
+        super().__init__(url, oid, filter)
+        self.url = url
+        self.oid = oid
+        self.filter = filter
+
+    def __str__(self) -> str:
+        if self.filter is None:
+            return f"object {self.oid} is missing from the full mirror of {self.url} (run verify)"
+        return (
+            f"object {self.oid} is not in the partial mirror of {self.url} (filter {self.filter!r}); "
+            "fetch it with cache.fetch_missing(url, oids=[...]) or ask for a full mirror (filter=None)"
+        )
 
 
 class LockTimeoutError(RepoCacheError, TimeoutError):
@@ -237,17 +271,49 @@ class ColdStoreError(RepoCacheError):
     """The cold storage tier failed: unreachable, corrupt artifact, or misconfigured."""
 
 
+class UnsafeFileError(RepoCacheError, OSError):
+    """A file repocache reads from a place others can write is refused unread.
+
+    Raised for a lock file, the index, the pin file or a cold store object that is not a regular file (a FIFO, a
+    device, a directory, a socket, or a symbolic link where none is accepted) or is larger than the bound its
+    reader sets; such a file could otherwise block a read forever or be read until memory runs out.
+
+    Attributes:
+        path: the refused file.
+        reason: what it is and what would be accepted (e.g. "a FIFO, not a regular file").
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+        # OSError took the two arguments for (errno, strerror): keep its attributes meaningful instead.
+        self.errno = None
+        self.strerror = reason
+        self.filename = path
+
+    def __reduce__(self) -> tuple[type[UnsafeFileError], tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
+
+    def __str__(self) -> str:
+        return f"refused {self.path}: {self.reason}"
+
+
 class WebhookError(RepoCacheError, ValueError):
     """A webhook request was refused (see :mod:`repocache.webhooks`).
 
     Attributes:
-        reason: what is wrong and what would be accepted.
+        reason: what is wrong and what would be accepted, scrubbed of credentials (URL user-info, ``token=``
+            and ``password=`` fields, ``Authorization`` values), since it quotes the request.
         status: the HTTP status to answer with.
     """
 
     default_status = 400
 
     def __init__(self, reason: str, status: int | None = None) -> None:
+        # The one boundary every refusal's message passes: it is built from the request, so whatever of it is
+        # quoted is scrubbed of credentials before it is answered or logged.
+        reason = scrub_untrusted(reason)
         super().__init__(reason, status)
         self.reason = reason
         self.status = self.default_status if status is None else status

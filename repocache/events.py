@@ -40,6 +40,7 @@ __all__ = [
     "MissEvent",
     "PublishEvent",
     "RestoreEvent",
+    "ServeEvent",
     "Source",
     "StaleEvent",
     "warn_caller",
@@ -192,6 +193,34 @@ class PublishEvent(Event):
     reason: str
 
 
+@dataclass(frozen=True)
+class ServeEvent(Event):
+    """The git server (:mod:`repocache.serve`) answered a request.
+
+    Attributes:
+        service: ``info/refs`` or ``git-upload-pack`` (or what was refused).
+        outcome: ``served``, ``stale`` (served from a copy whose fetch failed), ``refused`` (the path or the
+            request), ``busy`` (503, no slot or queue place), ``upstream`` (the clone or fetch failed), ``failed``
+            (upload-pack failed before answering, or an internal error), ``gone`` (the client left).
+        status: the HTTP status answered.
+        bytes_sent: body bytes sent.
+        seconds: from the request to its end.
+        shared: the answer was a pack generation another request started.
+        queued_seconds: how long its pack generation waited for a slot.
+        queue_length: pack generations waiting for a slot when it ended.
+    """
+
+    kind: ClassVar[str] = "serve"
+    service: str
+    outcome: str
+    status: int
+    bytes_sent: int
+    seconds: float
+    shared: bool = False
+    queued_seconds: float = 0.0
+    queue_length: int = 0
+
+
 EventHook = Callable[[Event], None]
 
 
@@ -200,7 +229,7 @@ class Events:
 
     Hooks run synchronously in the thread that caused the event; they must be quick. A hook that raises is logged
     and otherwise ignored: it never breaks the operation that caused the event. With no hook subscribed, no event
-    object is built, so the hot path (a hit within ``fetch_ttl``) pays one attribute test.
+    object is built, so the hot path (a hit within ``fetch_ttl``) pays one attribute test and one logger level test.
     """
 
     def __init__(self) -> None:
@@ -238,7 +267,9 @@ class Events:
     # -- outcomes, named once ------------------------------------------------------------------------------------
 
     def hit(self, url: str, key: str, seconds: float, fetched: bool) -> None:
-        """A repository was found on disk and handed out."""
+        """A repository was found on disk and handed out: a debug line (``repocache -vv``) and a hook event."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("hit %s (%s, %.3f s)", url, "fetched" if fetched else "not fetched", seconds)
         if self._hooks:
             self.emit(HitEvent(url, key, time.time(), seconds, fetched))
 

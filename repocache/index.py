@@ -10,9 +10,15 @@ The index is advisory about the disk: a process can die between a rename and the
 directory as the truth for "is it there" and :meth:`RepoCache.verify` reconciles the two.
 
 The schema's version is the database's ``PRAGMA user_version``; opening an older index runs the missing steps of
-:data:`MIGRATIONS` in one transaction. A damaged file (not a database, truncated, corrupt pages) is moved aside as
-``index.sqlite.damaged-<time>`` and a fresh index is built from the mirrors on disk, by one process at a time; the
-cache reports it with one warning and in ``verify()``.
+:data:`MIGRATIONS` in one transaction. A damaged file (not a database, truncated, corrupt pages, or emptied:
+shorter than a header while mirrors are on disk, which SQLite alone would read as a new empty database) is moved
+aside as ``index.sqlite.damaged-<time>`` and a fresh index is built from the mirrors on disk, by one process at a
+time; the cache reports it with one warning and in ``verify()``. Every wait on the database (busy, the switch to
+WAL, another process's rebuild) is bounded by the ``timeout`` the cache passes: its ``lock_timeout``.
+
+The index's files (``index.sqlite`` and its ``-wal``, ``-shm`` and ``-journal``) must be regular files: a FIFO, a
+device, a directory or a symbolic link at one of those paths is refused with
+:class:`~repocache.errors.UnsafeFileError` before SQLite opens it, instead of blocking forever or being "rebuilt".
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import psutil
 from repocache import locks
 from repocache.counters import Counter
 from repocache.errors import RepoCacheError
+from repocache.safe_read import check_regular
 
 __all__ = [
     "COUNTERS",
@@ -163,10 +170,18 @@ def _process_started(pid: int) -> float:
         return -1.0
 
 
+class _EmptiedIndex(sqlite3.DatabaseError):
+    """The index file is shorter than a database header (0 bytes after a full disk or ``> index.sqlite``) while
+    mirrors are on disk: SQLite would read it as a new, empty database and forget them all."""
+
+
 def _is_damage(exc: sqlite3.DatabaseError) -> bool:
     """True when ``exc`` says the database file is damaged (not merely busy, locked or read-only)."""
+    if isinstance(exc, _EmptiedIndex):
+        return True
     if isinstance(exc, sqlite3.OperationalError):
-        return False
+        # Every connection is opened on a migrated schema: a table gone is a file emptied or replaced under it.
+        return "no such table" in str(exc)
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF in _DAMAGE_CODES
@@ -207,10 +222,28 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _set_wal(conn: sqlite3.Connection) -> None:
-    """Switch to WAL. The switch ignores the busy timeout, so processes opening a new root together retry it."""
+_SQLITE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _check_files(path: Path) -> None:
+    """Refuse an index whose database, WAL, shared-memory or journal file is not a regular file (or missing).
+
+    SQLite opens them by name and would block forever reading a FIFO (retrying on EINTR, so no signal frees it),
+    read a link to ``/dev/zero`` as a damaged database, or write through a link to a file elsewhere.
+
+    Raises:
+        UnsafeFileError: one of them is a FIFO, a device, a directory or a symbolic link.
+    """
+    for suffix in _SQLITE_FILES:
+        check_regular(f"{path}{suffix}")
+
+
+def _set_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL. The switch ignores the busy timeout, so processes opening a new root together retry it, for
+    at most ``timeout`` seconds in all (then the last busy error is raised)."""
     delay = 0.005
-    for _attempt in range(200):
+    deadline = time.monotonic() + timeout
+    while True:
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                 return
@@ -219,9 +252,13 @@ def _set_wal(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
+            if time.monotonic() + delay > deadline:
+                raise
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
-    conn.execute("PRAGMA journal_mode=WAL")
+
+
+_HEADER_BYTES = 100  # an SQLite file shorter than its header holds no database
 
 
 class _Recency:
@@ -308,12 +345,19 @@ class Index:
         path: the database file.
         lock_path: the lock file that makes one process at a time rebuild a damaged index (default: next to it).
         adopt: what a rebuilt index starts with, called by the rebuilding process under that lock.
+        timeout: the longest any one wait on the database lasts, in seconds (the cache's ``lock_timeout``, used
+            between 1 and 60 s): a busy database, the switch to WAL, another process's rebuild of a damaged index.
     """
 
-    def __init__(self, path: Path, *, lock_path: Path | None = None, adopt: Adopt | None = None) -> None:
+    def __init__(
+        self, path: Path, *, lock_path: Path | None = None, adopt: Adopt | None = None, timeout: float = 60.0
+    ) -> None:
         self.path = path
         self.lock_path = lock_path or path.with_name(path.name + ".lock")
         self._adopt = adopt
+        # At least 1 s (SQLite writes take milliseconds; lock_timeout=0 must not make every contended write fail),
+        # at most 60 s (the busy wait this index always had).
+        self._timeout = min(60.0, max(1.0, float(timeout)))
         self._local = threading.local()
         self._pid_started = _process_started(os.getpid())
         self._recency = _Recency()
@@ -359,12 +403,20 @@ class Index:
                 return conn
         if conn is not None and self._local.pid == os.getpid():
             conn.close()  # the file was replaced (another process rebuilt a damaged index): use the new one
-        conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            self._local.conn = None
+        _check_files(self.path)
+        if self._emptied():
+            raise _EmptiedIndex(f"the file is shorter than a database header ({_HEADER_BYTES} bytes)")
+        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+        try:
+            _set_wal(conn, self._timeout)
+        except BaseException:
+            conn.close()
+            raise
         self._local.conn = conn
         self._local.pid = os.getpid()
         self._local.file = _identity(self.path)
         self._local.checked = time.monotonic()
-        _set_wal(conn)
         conn.execute("PRAGMA synchronous=NORMAL")
         # An unbounded WAL grew to 950 MiB under two busy writers in our measurements: cap it.
         conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
@@ -405,10 +457,20 @@ class Index:
 
     # -- damage ------------------------------------------------------------------------------------------------
 
+    def _emptied(self) -> bool:
+        """True when the file is missing or shorter than a header while mirrors are on disk (a new root has none,
+        so the first opener's empty file is never mistaken for damage)."""
+        try:
+            if os.stat(self.path).st_size >= _HEADER_BYTES:
+                return False
+        except FileNotFoundError:
+            pass
+        return self._adopt is not None and next(iter(self._adopt()), None) is not None
+
     def _recover(self, exc: sqlite3.DatabaseError) -> None:
         """Rebuild a damaged index, unless another process did it first; the damaged file is kept aside."""
         self._close_connection()
-        handle = locks.acquire(self.lock_path, shared=False, timeout=600.0)
+        handle = locks.acquire(self.lock_path, shared=False, timeout=self._timeout)
         if handle is None:
             raise RepoCacheError(f"the index {self.path} is damaged ({exc}) and another process is rebuilding it")
         with handle:
@@ -464,10 +526,11 @@ class Index:
 
     def _healthy(self) -> bool:
         """True when the file at :attr:`path` is a sound database (a fresh connection, full page check)."""
-        if not self.path.exists():
+        if not self.path.exists() or self._emptied():
             return False
+        _check_files(self.path)
         try:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
         except sqlite3.DatabaseError:
             return False
         try:
@@ -626,7 +689,7 @@ class Index:
             try:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
-                conn.execute("PRAGMA busy_timeout=60000")
+                conn.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
         return True
 
     @_recovering

@@ -13,12 +13,16 @@ import hashlib
 import os
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
-from repocache.errors import InvalidURLError
+from repocache.errors import ConfigError, InvalidURLError
+from repocache.redact import scrub_urls
 
-__all__ = ["MAX_URL_LENGTH", "RepoURL", "normalize_url", "scrub"]
+__all__ = ["FILTERS", "MAX_URL_LENGTH", "RepoURL", "normalize_url", "scrub", "with_filter"]
+
+FILTERS: dict[str, str] = {"blob:none": "blobless", "tree:0": "treeless"}
+"""The partial-clone filters a mirror may have, with the word that ends its key (a full mirror has no filter)."""
 
 MAX_URL_LENGTH = 4096
 """The longest URL or path accepted, in characters (Linux's PATH_MAX; git hosts accept far less)."""
@@ -33,7 +37,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _INVISIBLE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")  # control, format (bidi overrides), separators, surrogates
 _KEY_UNSAFE = re.compile(r"[^a-z0-9._-]+")
 _HOST_OK = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^@/\s]*@")
 _ACCEPTED = (
     "accepted forms are https://host/path, http://host/path, git://host/path, ssh://[user@]host/path, "
     "user@host:path, file:///absolute/path and local paths"
@@ -52,6 +55,8 @@ class RepoURL:
         scheme: one of ``http``, ``https``, ``git``, ``ssh``, ``file``.
         username: the HTTP user from the URL, if any (never written to disk).
         password: the HTTP password or token from the URL, if any (never written to disk).
+        filter: the partial-clone filter of the mirror (``"blob:none"``, ``"tree:0"``), None for a full mirror;
+            part of the identity: a partial mirror's key ends with ``-blobless`` or ``-treeless``.
     """
 
     url: str
@@ -60,6 +65,22 @@ class RepoURL:
     scheme: str
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    filter: str | None = None
+
+    @property
+    def transfer_url(self) -> str:
+        """What git is given to clone or fetch: :attr:`fetch_url`, as a ``file://`` URL for a partial local mirror
+        (git ignores ``--filter`` for a plain local path and hard-links every object instead)."""
+        if self.filter is not None and self.scheme == "file":
+            return "file://" + self.fetch_url
+        return self.fetch_url
+
+    @property
+    def full(self) -> RepoURL:
+        """The same repository as a full mirror (itself when it has no filter)."""
+        if self.filter is None:
+            return self
+        return replace(self, filter=None, key=self.key[: -len(FILTERS[self.filter]) - 1])
 
     @property
     def is_local(self) -> bool:
@@ -72,9 +93,26 @@ class RepoURL:
         return self.username is not None or self.password is not None
 
 
+def with_filter(parsed: RepoURL, filter: str | None) -> RepoURL:
+    """``parsed`` as the mirror with the partial-clone ``filter`` (None: the full mirror), with its own key.
+
+    A full mirror keeps the key it always had; a partial one adds ``-blobless`` or ``-treeless``, which no full
+    key can end with (full keys end with a hex digest), so a full and a partial mirror of one URL never mix.
+
+    Raises:
+        ConfigError: ``filter`` is not None, ``"blob:none"`` or ``"tree:0"``.
+    """
+    if filter is None:
+        return parsed.full
+    if not isinstance(filter, str) or filter not in FILTERS:
+        raise ConfigError(f"filter={filter!r} is not accepted; expected None (a full mirror), 'blob:none' or 'tree:0'")
+    full = parsed.full
+    return replace(full, filter=filter, key=f"{full.key}-{FILTERS[filter]}")
+
+
 def scrub(text: str) -> str:
     """Remove the user-info part of every URL in ``text`` (for messages and logs)."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    return scrub_urls(text)
 
 
 def _reject(url: str, reason: str) -> InvalidURLError:

@@ -34,6 +34,11 @@ cannot close a cycle either.
 
 Worktree lock files (``worktrees/<key>.<id>.lock``) are taken only by their creator (already locked, see
 :func:`create_locked`) and tried without waiting by ``verify``.
+
+A lock file must be a regular file, opened without following a symbolic link (:mod:`repocache.safe_read`): a
+FIFO, a device, a directory or a link planted at a lock path is refused at once with
+:class:`~repocache.errors.UnsafeFileError` naming it, never waited on, locked or followed (a dangling link would
+otherwise make the locker create a file wherever it points).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from pathlib import Path
 from types import TracebackType
 
 from repocache import cancel
+from repocache.errors import UnsafeFileError
+from repocache.safe_read import open_regular_fd
 
 __all__ = ["FileLockHandle", "acquire", "create_locked", "discard", "sweep"]
 
@@ -118,12 +125,14 @@ def acquire(
 
     Raises:
         repocache.cancel.Cancelled: the calling thread's cancel token was cancelled while waiting.
+        repocache.errors.UnsafeFileError: ``path`` is not a regular file (a FIFO, a device, a directory, or a
+            symbolic link, which is never followed).
     """
     flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
     operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     started = time.monotonic()
     deadline = None if timeout < 0 else started + timeout
-    fd = os.open(path, flags, 0o644)
+    fd = open_regular_fd(path, flags, 0o644)
     try:
         while True:
             try:
@@ -136,7 +145,7 @@ def acquire(
                 # Unlinked by a holder before we locked it: not contention, so try the new file at once.
                 os.close(fd)
                 fd = -1
-                fd = os.open(path, flags, 0o644)
+                fd = open_regular_fd(path, flags, 0o644)
                 continue
             if unless is not None and unless():
                 os.close(fd)
@@ -212,6 +221,8 @@ def sweep(directory: Path, unused: Callable[[str], bool], *, suffixes: tuple[str
             handle = acquire(path, shared=False, timeout=0, create=False)
         except FileNotFoundError:
             continue
+        except UnsafeFileError:
+            continue  # not a lock file this module made: left for a person to look at, never unlinked blindly
         if handle is None:
             continue
         if unused(name[: -len(suffix)]) and discard(handle):

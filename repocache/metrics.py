@@ -42,6 +42,7 @@ from repocache.events import (
     MaintenanceEvent,
     MissEvent,
     PublishEvent,
+    ServeEvent,
     StaleEvent,
 )
 
@@ -134,6 +135,31 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.serve_requests = prometheus_client.Counter(
+            "repocache_serve_requests",
+            "Requests the git server answered, by service and outcome (this process)",
+            ["service", "outcome"],
+            registry=registry,
+        )
+        self.serve_bytes = prometheus_client.Counter(
+            "repocache_serve_bytes", "Body bytes the git server sent (this process)", registry=registry
+        )
+        self.serve_shared = prometheus_client.Counter(
+            "repocache_serve_pack_shares",
+            "Answers the git server took from a pack generation another request started (this process)",
+            registry=registry,
+        )
+        self.serve_queue_seconds = prometheus_client.Histogram(
+            "repocache_serve_queue_seconds",
+            "Time pack generations waited for a slot (this process)",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.serve_queue_length = prometheus_client.Gauge(
+            "repocache_serve_queue_length",
+            "Pack generations waiting for a slot, as of the last answer (this process)",
+            registry=registry,
+        )
         self.unsubscribe = cache.subscribe(self.observe)
 
     def observe(self, event: Event) -> None:
@@ -156,6 +182,14 @@ class Metrics:
             self.maintenance_seconds.observe(event.seconds)
         elif isinstance(event, PublishEvent):
             self.publish_seconds.labels(event.reason).observe(event.seconds)
+        elif isinstance(event, ServeEvent):
+            self.serve_requests.labels(event.service, event.outcome).inc()
+            self.serve_bytes.inc(event.bytes_sent)
+            if event.shared:
+                self.serve_shared.inc()
+            if event.service == "git-upload-pack" and event.outcome in ("served", "stale"):
+                self.serve_queue_seconds.observe(event.queued_seconds)
+            self.serve_queue_length.set(event.queue_length)
 
 
 def instrument(cache: RepoCache, registry: CollectorRegistry | None = None) -> Metrics:

@@ -4,7 +4,20 @@ The canonical file has a top-level ``never_evict:`` list. pizza's spellings, ``n
 ``config: cache: neverEvict:``, are read too, so its configuration files drop in. A plain URL pins exactly that
 repository (normalized, so ``https://host/a/b.git`` pins ``https://host/a/b``); an entry containing ``*``, ``?`` or
 ``[`` is a glob matched against normalized URLs (``https://github.com/open-sauced/*``). The file is read again
-when it changes; a file that becomes invalid keeps the last good pins and logs an error.
+when it changes; a file that becomes invalid keeps the last good pins and logs one warning saying where it is
+wrong.
+
+The pin file must be a regular file (a symbolic link to one is fine) of at most :data:`PINS_MAX_BYTES`: a FIFO, a
+device or a directory is refused at once, and a larger file is refused unread (see :mod:`repocache.safe_read`).
+
+An entry may also be a mapping that gives the pattern a partial-clone filter, beside plain strings::
+
+    never_evict:
+      - https://github.com/org/pinned
+      - {url: "https://github.com/org/history-only-*", filter: "blob:none"}
+
+A request for a repository such a pattern matches gets a mirror with that filter (unless the call names one);
+the first matching entry that names a filter wins. Every matching entry pins, with or without a filter.
 """
 
 from __future__ import annotations
@@ -14,26 +27,55 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
-from repocache.errors import ConfigError, InvalidURLError
-from repocache.keys import normalize_url
+from repocache.errors import ConfigError, InvalidURLError, UnsafeFileError
+from repocache.keys import FILTERS, normalize_url
+from repocache.safe_read import read_regular
 
-__all__ = ["Pins", "PinsSpec", "load_pin_file"]
+__all__ = ["PINS_MAX_BYTES", "Pins", "PinsSpec", "load_pin_file"]
 
 logger = logging.getLogger("repocache")
+PINS_MAX_BYTES = 1 << 20
+"""The largest pin file read, in bytes (1 MiB: tens of thousands of URLs); a larger one is refused unread."""
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _FORMATS = "a top-level 'never_evict:' list (or pizza's 'never-evict-repos:' / 'config: cache: neverEvict:')"
 
 
-def _compile(patterns: Iterable[object], source: str) -> tuple[frozenset[str], tuple[str, ...]]:
+_Compiled = tuple[frozenset[str], tuple[str, ...], tuple[tuple[str, str | None], ...]]
+
+
+def _entry(item: object, source: str) -> tuple[object, bool, str | None]:
+    """(the pattern, whether the entry names a filter, the filter) of one pin entry."""
+    if not isinstance(item, Mapping):
+        return item, False, None
+    unknown = sorted(str(name) for name in item if name not in ("url", "filter"))
+    if unknown or "url" not in item:
+        raise ConfigError(
+            f"{source}: pin {dict(item)!r} is not a URL or glob pattern, nor a mapping with a 'url' (a URL or glob "
+            "pattern) and an optional 'filter' (null, 'blob:none' or 'tree:0')"
+        )
+    if "filter" not in item:
+        return item["url"], False, None
+    value = item["filter"]
+    if value is not None and (not isinstance(value, str) or value not in FILTERS):
+        raise ConfigError(
+            f"{source}: pin {item['url']!r} has filter {value!r}; expected null (a full mirror), 'blob:none' or "
+            "'tree:0'"
+        )
+    return item["url"], True, value
+
+
+def _compile(patterns: Iterable[object], source: str) -> _Compiled:
     urls: set[str] = set()
     globs: list[str] = []
-    for item in patterns:
+    filters: list[tuple[str, str | None]] = []  # (URL or glob, filter) of the entries that name a filter
+    for entry in patterns:
+        item, has_filter, filter = _entry(entry, source)
         if not isinstance(item, str) or not item.strip():
             raise ConfigError(f"{source}: pin {item!r} is not a URL or glob pattern (expected a non-empty string)")
         text = item.strip()
@@ -41,12 +83,15 @@ def _compile(patterns: Iterable[object], source: str) -> tuple[frozenset[str], t
             while text.endswith(("/", ".git")):
                 text = text[:-1] if text.endswith("/") else text[: -len(".git")]
             globs.append(text)
-            continue
-        try:
-            urls.add(normalize_url(text).url)
-        except InvalidURLError as exc:
-            raise ConfigError(f"{source}: pin {text!r} is not a valid repository URL: {exc.reason}") from exc
-    return frozenset(urls), tuple(globs)
+        else:
+            try:
+                text = normalize_url(text).url
+            except InvalidURLError as exc:
+                raise ConfigError(f"{source}: pin {text!r} is not a valid repository URL: {exc.reason}") from exc
+            urls.add(text)
+        if has_filter:
+            filters.append((text, filter))
+    return frozenset(urls), tuple(globs), tuple(filters)
 
 
 def _extract(document: Any, source: str) -> list[object]:
@@ -74,21 +119,36 @@ def load_pin_file(path: Path) -> list[object]:
     """Read the pin entries of a never-evict YAML file.
 
     Raises:
-        ConfigError: the file cannot be read, is not YAML, or has none of the accepted shapes.
+        ConfigError: the file cannot be read, is not a regular file (a FIFO, a device, a directory), is larger
+            than :data:`PINS_MAX_BYTES`, is not YAML, or has none of the accepted shapes.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, limit=PINS_MAX_BYTES, follow_symlinks=True).decode("utf-8")
+    except UnsafeFileError as exc:
+        raise ConfigError(f"cannot read pin file {str(path)!r}: {exc.reason}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read pin file {str(path)!r}: {exc}") from exc
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"pin file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"pin file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from exc
     return _extract(document, repr(str(path)))
 
 
-PinsSpec = Union[str, "os.PathLike[str]", Iterable[str], None]
-"""What ``pins=`` accepts: a never-evict YAML file, or an iterable of URLs and glob patterns (None: no pins)."""
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line for a YAML error: where it is in the file (1-based line and column) and what is wrong there.
+
+    PyYAML's own text spans several lines and names ``<unicode string>`` instead of the file.
+    """
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    problem = getattr(error, "problem", None) or getattr(error, "context", None) or type(error).__name__
+    where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
+    return f"{where}{' '.join(str(problem).split())}"
+
+
+PinsSpec = Union[str, "os.PathLike[str]", Iterable[str | Mapping[str, object]], None]
+"""What ``pins=`` accepts: a never-evict YAML file, or an iterable of URLs and glob patterns, each alone or as a
+mapping ``{"url": ..., "filter": "blob:none"}`` (None: no pins)."""
 
 
 class Pins:
@@ -98,7 +158,8 @@ class Pins:
         """Load pins.
 
         Args:
-            source: None (nothing pinned), a path to a YAML pin file, or an iterable of URLs / glob patterns.
+            source: None (nothing pinned), a path to a YAML pin file, or an iterable of URLs / glob patterns (or
+                mappings with ``url`` and ``filter``).
 
         Raises:
             ConfigError: the file or a pattern is invalid.
@@ -108,15 +169,16 @@ class Pins:
         self._stamp: tuple[int, int, int] | None = None
         self._urls: frozenset[str] = frozenset()
         self._globs: tuple[str, ...] = ()
+        self._filters: tuple[tuple[str, str | None], ...] = ()
         if source is None:
             return
         if isinstance(source, (str, os.PathLike)):
             self.path = Path(source)
-            if not self.path.is_file():
+            if not self.path.exists():
                 raise ConfigError(f"pins file {str(self.path)!r} does not exist (expected a YAML file path)")
             self._reload(strict=True)
         elif isinstance(source, Iterable):
-            self._urls, self._globs = _compile(list(source), "pins")
+            self._urls, self._globs, self._filters = _compile(list(source), "pins")
         else:
             raise ConfigError(
                 f"pins={source!r} is not accepted: give a YAML file path, a list of URLs or globs, or None"
@@ -136,13 +198,14 @@ class Pins:
         if stamp == self._stamp and self._stamp is not None:
             return
         try:
-            self._urls, self._globs = _compile(load_pin_file(self.path), repr(str(self.path)))
+            self._urls, self._globs, self._filters = _compile(load_pin_file(self.path), repr(str(self.path)))
             self._stamp = stamp
-        except ConfigError:
+        except ConfigError as exc:
             if strict:
                 raise
             self._stamp = stamp  # do not re-parse a broken file on every call
-            logger.exception("pin file %s is invalid; keeping the previous pins", self.path)
+            # One line, no traceback: the message says where the file is wrong, and nothing else failed.
+            logger.warning("%s; keeping the previous pins", exc)
 
     def refresh(self) -> None:
         """Reload the pin file if it changed since it was last read."""
@@ -156,6 +219,15 @@ class Pins:
         if url in self._urls:
             return True
         return any(fnmatch.fnmatchcase(url, pattern) for pattern in self._globs)
+
+    def filter_for(self, url: str) -> tuple[bool, str | None]:
+        """(whether a pin names a filter for the normalized ``url``, that filter): the first matching entry that
+        names one wins (a pin with ``filter: null`` asks for a full mirror)."""
+        self.refresh()
+        for pattern, filter in self._filters:
+            if url == pattern or (_GLOB_CHARS.search(pattern) and fnmatch.fnmatchcase(url, pattern)):
+                return True, filter
+        return False, None
 
     @property
     def patterns(self) -> list[str]:

@@ -17,6 +17,12 @@ The persistent directory comes from ``--repocache-dir``, else the ini setting ``
 environment variable ``REPOCACHE_TEST_DIR``, else ``.pytest_cache/d/repocache`` (pytest's cache directory), else a
 temporary directory of the run. See ``docs/pytest-plugin.md``.
 
+Offline mode (``--repocache-offline`` or ``REPOCACHE_OFFLINE=1``): ``repo_cache_persistent`` serves what it holds
+at any age without contacting upstream, and a test asking it for a repository it does not hold is skipped, naming
+the URL. The marker ``@pytest.mark.repocache_upstream(url, ..., timeout=10)`` skips a test whose upstream cannot be
+reached (one bounded ``git ls-remote`` per URL and session), naming the URL and the error; offline, it skips the test
+unless the persistent cache holds the repository.
+
 Importing this module is cheap: pygit2, the cache and the servers are imported inside the fixtures that use them.
 """
 
@@ -27,7 +33,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
@@ -42,7 +48,20 @@ if TYPE_CHECKING:
     from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 
 # The fixtures are found by pytest through the entry point; importing them elsewhere would register them twice.
-__all__ = ["CACHE_SUBDIR", "DIR_ENV", "DIR_INI", "DIR_OPTION", "GitServer", "RepoCacheFactory", "persistent_dir"]
+__all__ = [
+    "CACHE_SUBDIR",
+    "DIR_ENV",
+    "DIR_INI",
+    "DIR_OPTION",
+    "OFFLINE_ENV",
+    "OFFLINE_OPTION",
+    "PROBE_TIMEOUT",
+    "UPSTREAM_MARKER",
+    "GitServer",
+    "RepoCacheFactory",
+    "is_offline",
+    "persistent_dir",
+]
 
 #: The command-line option naming the persistent cache directory.
 DIR_OPTION = "--repocache-dir"
@@ -52,6 +71,17 @@ DIR_INI = "repocache_dir"
 DIR_ENV = "REPOCACHE_TEST_DIR"
 #: The name of the persistent cache's directory inside pytest's cache directory (``.pytest_cache/d/<name>``).
 CACHE_SUBDIR = "repocache"
+#: The command-line option of offline mode: the persistent cache serves what it holds and never contacts upstream.
+OFFLINE_OPTION = "--repocache-offline"
+#: The environment variable of offline mode (``1``, ``true``, ``yes`` or ``on``).
+OFFLINE_ENV = "REPOCACHE_OFFLINE"
+#: The marker skipping a test whose upstream cannot be reached: ``@pytest.mark.repocache_upstream(url, ...)``.
+UPSTREAM_MARKER = "repocache_upstream"
+#: Seconds the marker's probe of one upstream may take, unless the marker says ``timeout=``.
+PROBE_TIMEOUT = 10.0
+
+_TRUE = ("1", "true", "yes", "on")
+_PROBES = pytest.StashKey[dict[tuple[str, float], "str | None"]]()
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_]+")
 
@@ -69,6 +99,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             f"(default: ini {DIR_INI}, else ${DIR_ENV}, else .pytest_cache/d/{CACHE_SUBDIR})"
         ),
     )
+    group.addoption(
+        OFFLINE_OPTION,
+        dest="repocache_offline",
+        action="store_true",
+        default=False,
+        help=(
+            "repo_cache_persistent serves what it holds at any age without contacting upstream; a test needing a "
+            f"repository it does not hold is skipped (also ${OFFLINE_ENV}=1)"
+        ),
+    )
     parser.addini(
         DIR_INI,
         type="string",
@@ -77,13 +117,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
-    """Say where the persistent cache lives when it was configured explicitly (nothing is created here)."""
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``repocache_upstream`` marker."""
+    config.addinivalue_line(
+        "markers",
+        f"{UPSTREAM_MARKER}(url, ..., timeout={PROBE_TIMEOUT:g}): skip the test when an upstream cannot be reached "
+        "(offline: when the persistent cache does not hold it)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    """Say where the persistent cache lives when it was configured explicitly, and offline mode (nothing is created)."""
+    lines = []
     configured = _configured_dir(config)
-    if configured is None:
-        return None
-    path, source = configured
-    return f"repocache: persistent cache {path} (from {source})"
+    if configured is not None:
+        path, source = configured
+        lines.append(f"repocache: persistent cache {path} (from {source})")
+    if is_offline(config):
+        source = OFFLINE_OPTION if config.getoption("repocache_offline", default=False) else f"${OFFLINE_ENV}"
+        lines.append(f"repocache: offline (from {source}): upstreams are not contacted")
+    return lines or None
+
+
+def is_offline(config: pytest.Config) -> bool:
+    """Whether offline mode is on: ``--repocache-offline``, or ``REPOCACHE_OFFLINE`` set to 1, true, yes or on."""
+    if config.getoption("repocache_offline", default=False):
+        return True
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE
 
 
 def _configured_dir(config: pytest.Config) -> tuple[Path, str] | None:
@@ -319,14 +379,73 @@ def repo_cache_persistent_dir(pytestconfig: pytest.Config, tmp_path_factory: pyt
 
 
 @pytest.fixture(scope="session")
-def repo_cache_persistent(repo_cache_persistent_dir: Path) -> Iterator[RepoCache]:
+def repocache_offline(pytestconfig: pytest.Config) -> bool:
+    """Whether offline mode is on (``--repocache-offline`` or ``REPOCACHE_OFFLINE=1``); see :func:`is_offline`."""
+    return is_offline(pytestconfig)
+
+
+def _skip_offline(url: str, reason: str) -> NoReturn:
+    pytest.skip(f"{url}: {reason} (offline mode: {OFFLINE_OPTION} or ${OFFLINE_ENV})")
+
+
+@pytest.fixture(scope="session")
+def repo_cache_persistent(repo_cache_persistent_dir: Path, repocache_offline: bool) -> Iterator[RepoCache]:
     """A :class:`~repocache.RepoCache` kept between runs, so each repository is cloned once per machine.
 
     Under pytest-xdist every worker opens the same directory; the cache is safe for many processes, so a
     repository that several workers ask for at once is still cloned once. A hit fetches from upstream (default
     ``fetch_ttl=0``); override this fixture to pass other settings.
+
+    In offline mode it is a :class:`~repocache.testing.offline.OfflineRepoCache`: ``checkout``, ``worktree`` and
+    ``ensure`` serve what it holds at any age without contacting upstream, and skip the test (naming the URL) for a
+    repository it does not hold.
     """
+    if repocache_offline:
+        from repocache.testing.offline import OfflineRepoCache
+
+        with OfflineRepoCache(repo_cache_persistent_dir, on_miss=_skip_offline) as offline:
+            yield offline
+        return
     from repocache.cache import RepoCache
 
     with RepoCache(repo_cache_persistent_dir) as cache:
         yield cache
+
+
+@pytest.fixture(autouse=True)
+def _repocache_upstream_marker(request: pytest.FixtureRequest) -> None:
+    """Skip the test when an upstream named by its ``repocache_upstream`` markers cannot be reached.
+
+    Online, each URL is probed once per session and timeout (``git ls-remote``, bounded); offline, nothing is
+    contacted and the test is skipped unless ``repo_cache_persistent`` holds the repository.
+    """
+    markers = list(request.node.iter_markers(UPSTREAM_MARKER))
+    if not markers:
+        return
+    from repocache.keys import normalize_url
+
+    for marker in markers:
+        timeout = float(marker.kwargs.get("timeout", PROBE_TIMEOUT))
+        if not marker.args or not all(isinstance(url, str) for url in marker.args):
+            raise pytest.UsageError(f"@pytest.mark.{UPSTREAM_MARKER} needs URLs as strings, got {marker.args!r}")
+        for url in marker.args:
+            shown = normalize_url(url).url  # credential-free; an invalid URL errors the test
+            if is_offline(request.config):
+                cache = request.getfixturevalue("repo_cache_persistent")
+                if cache.info(url) is None:
+                    _skip_offline(shown, f"offline, and it is not in the persistent cache {cache.root}")
+                continue
+            problem = _probe(request.config, url, timeout)
+            if problem is not None:
+                pytest.skip(f"upstream {shown} cannot be reached: {problem}")
+
+
+def _probe(config: pytest.Config, url: str, timeout: float) -> str | None:
+    """Why ``url`` does not answer (None: it does), asked once per session and timeout."""
+    from repocache.gitops import GitOptions, find_git, probe_upstream
+    from repocache.keys import normalize_url
+
+    probes = config.stash.setdefault(_PROBES, {})
+    if (url, timeout) not in probes:
+        probes[(url, timeout)] = probe_upstream(normalize_url(url), GitOptions(git=find_git()), timeout=timeout)
+    return probes[(url, timeout)]

@@ -203,6 +203,22 @@ def _ttl(name: str, value: object) -> object:
     return parse_seconds(name, value)
 
 
+def _number_text(text: str) -> object:
+    """An environment variable's text as a number when it reads as one (``"60"``), else the text (``"auto"``)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _filter(name: str, value: object) -> object:
+    from repocache.keys import FILTERS
+
+    if value is None or (isinstance(value, str) and value in FILTERS):
+        return value
+    raise ConfigError(f"{name}={value!r} is not accepted; expected None (a full mirror), 'blob:none' or 'tree:0'")
+
+
 def _flag(name: str, value: object) -> object:
     if isinstance(value, str):  # from the environment
         return value.strip().lower() not in ("", "0", "false", "no", "off")
@@ -234,6 +250,7 @@ class Option:
         field: its name inside the group object (``"max_packs"``); the flat name for a plain keyword.
         env: the environment variable the CLI reads it from when its option is not given, if any.
         shown: how the default is written in the docs table, when not ``repr(default)``.
+        from_text: turns the variable's text into what ``parse`` takes (``"60"`` into ``60.0``), if it needs it.
     """
 
     name: str
@@ -245,6 +262,7 @@ class Option:
     field: str = ""
     env: str | None = None
     shown: str | None = None
+    from_text: Callable[[str], object] | None = None
 
     @property
     def spelled(self) -> str:
@@ -262,7 +280,9 @@ class Option:
         if self.env is None:
             return None
         text = (os.environ if environ is None else environ).get(self.env, "").strip()
-        return None if not text else self.parse(self.env, text)
+        if not text:
+            return None
+        return self.parse(self.env, text if self.from_text is None else self.from_text(text))
 
 
 def option(
@@ -274,6 +294,7 @@ def option(
     flat: str | None = None,
     env: str | None = None,
     shown: str | None = None,
+    from_text: Callable[[str], object] | None = None,
 ) -> T:
     """Declare a field of a settings class: its default, its parser and its documentation (see :class:`Option`).
 
@@ -281,6 +302,7 @@ def option(
     """
     spec = {"default": default, "parse": parse, "accepted": accepted, "doc": doc, "flat": flat, "env": env}
     spec["shown"] = shown
+    spec["from_text"] = from_text
     return field(default=default, metadata={"option": spec})
 
 
@@ -502,18 +524,30 @@ class Settings:
         'finite seconds >= 0, or `"auto"`',
         "a hit fetched less than this many seconds ago does not contact upstream; `auto`: each repository's own "
         "interval, half the time since upstream last changed, within `fetch_ttl_min` and `fetch_ttl_max`",
+        env="REPOCACHE_FETCH_TTL",
+        from_text=_number_text,
     )
     lock_timeout: float = option(
         600.0,
         _seconds(),
         "finite seconds >= 0",
         "bound of every wait of a call for another worker's clone, fetch or eviction, or for room it holds",
+        env="REPOCACHE_LOCK_TIMEOUT",
+        from_text=_number_text,
     )
     on_fetch_error: str = option(
         "warn",
         _choice(ON_FETCH_ERROR),
         '`"warn"` or `"raise"`',
         "a failed fetch serves the cached copy (`co.stale`), or raises `FetchError`",
+        env="REPOCACHE_ON_FETCH_ERROR",
+    )
+    filter: str | None = option(
+        None,
+        _filter,
+        '`None`, `"blob:none"` or `"tree:0"`',
+        "the partial-clone filter of new mirrors (`None`: full mirrors), unless a pin or the call names one; "
+        "see docs/partial.md",
     )
     freshness: Freshness = field(default_factory=Freshness)
     cold: ColdOptions = field(default_factory=ColdOptions)
@@ -640,7 +674,17 @@ _HANDLES = {
 """Keywords that are not settings but objects their owners validate (the root, pins, the store, the callbacks)."""
 
 _PLAIN = {row.name: row for row in _OPTIONS_OF[Settings]}
-_ORDER = ("root", "max_bytes", "min_free_bytes", "pins", "fetch_ttl", "cold_store", "lock_timeout", "on_fetch_error")
+_ORDER = (
+    "root",
+    "max_bytes",
+    "min_free_bytes",
+    "pins",
+    "fetch_ttl",
+    "cold_store",
+    "lock_timeout",
+    "on_fetch_error",
+    "filter",
+)
 OPTIONS: tuple[Option, ...] = (
     *(_HANDLES.get(name) or _PLAIN[name] for name in _ORDER),
     _HANDLES["progress"],
@@ -659,11 +703,12 @@ class CacheOptions(TypedDict, total=False):
 
     max_bytes: int | str | None
     min_free_bytes: int | str
-    pins: str | os.PathLike[str] | Iterable[str] | None
+    pins: str | os.PathLike[str] | Iterable[str | Mapping[str, object]] | None
     fetch_ttl: float | str
     cold_store: ColdStoreSpec
     lock_timeout: float
     on_fetch_error: str
+    filter: str | None
     on_event: EventHook | None
     freshness: Freshness
     cold: ColdOptions

@@ -18,9 +18,9 @@ from pathlib import Path
 from repocache import gitops, locks
 from repocache.budget import Budget
 from repocache.context import Context
-from repocache.errors import InvalidURLError
+from repocache.errors import ConfigError, InvalidURLError, UnsafeFileError
 from repocache.index import Row
-from repocache.keys import normalize_url
+from repocache.keys import normalize_url, with_filter
 from repocache.layout import ExclusiveHold, Layout, key_of, listing, remove
 from repocache.models import Problem
 
@@ -125,7 +125,11 @@ def mirror_url(layout: Layout, mirror: Path) -> str | None:
         return None
     try:
         parsed = normalize_url(str(repo.config["remote.origin.url"]))
-    except (KeyError, InvalidURLError):
+        config = repo.config
+        name = "remote.origin.partialclonefilter"
+        filter = str(config[name]) if name in config else None
+        parsed = with_filter(parsed, filter)  # a partial mirror's key says its filter
+    except (KeyError, InvalidURLError, ConfigError):
         return None
     finally:
         repo.free()
@@ -171,6 +175,9 @@ def _verify_worktrees(layout: Layout, repair: bool) -> list[Problem]:
             owner = None  # no lock file: either removed by its owner just now, or a tree whose owner died
             if not tree.exists():
                 continue
+        except UnsafeFileError as exc:  # planted by someone else: reported, never followed or removed blindly
+            problems.append(Problem("leftover", name, lock_file, f"worktree lock file refused: {exc.reason}"))
+            continue
         else:
             if owner is None:
                 continue  # its process is alive and using it

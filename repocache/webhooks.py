@@ -59,13 +59,14 @@ from repocache.errors import (
     WebhookTooLargeError,
 )
 from repocache.keys import normalize_url
+from repocache.redact import scrub_untrusted
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
     from repocache.cache import RepoCache
 
-__all__ = ["MAX_BODY_BYTES", "PROVIDERS", "PushEvent", "handle", "parse_event", "wsgi_app"]
+__all__ = ["DRAIN_BYTES", "MAX_BODY_BYTES", "PROVIDERS", "PushEvent", "handle", "parse_event", "wsgi_app"]
 
 logger = logging.getLogger("repocache")
 
@@ -87,6 +88,7 @@ _PUSH_EVENTS = {
     "gitlab": ("Push Hook", "Tag Push Hook"),
     "github": ("push",),
 }
+_EVENT_SHOWN = 64  # the most of an ignored event's name echoed back and logged
 _PING_EVENTS = {"github": ("ping",), "gitea": (), "forgejo": (), "gitlab": ()}
 _URL_FIELDS = {
     "github": ("clone_url", "ssh_url", "git_url", "html_url"),
@@ -105,18 +107,32 @@ class PushEvent:
         event: the event's name as the host sent it (``"push"``, ``"Push Hook"``, ``"ping"``...).
         urls: the normalized URLs of the pushed repository, one per cache key (empty for a ping).
         ref: the ref that was pushed, when the payload says.
+        ignored: the event is verified but is not a push (an "all events" hook sends issues, releases...):
+            nothing to mark, and it is answered as accepted so the host does not report a failed delivery.
     """
 
     provider: str
     event: str
     urls: tuple[str, ...]
     ref: str | None = None
+    ignored: bool = False
 
 
-def _secret_bytes(secret: str | bytes) -> bytes:
-    value = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+def _secret_bytes(secret: object) -> bytes:
+    """The shared secret as bytes: only non-empty text or bytes are secrets (``5`` or ``True`` would sign as NULs)."""
+    expected = "expected the non-empty secret shared with the git host, as str or bytes"
+    # bool is an int and bytes(5) is five NUL bytes: anything but str and bytes is refused by its type, never
+    # converted; its content is not shown, since a wrongly typed value may still hold the real secret.
+    if isinstance(secret, str):
+        value = secret.encode("utf-8")
+    elif type(secret) is bytes:
+        value = secret
+    else:
+        kind = type(secret).__name__
+        shown = f"{secret!r} ({kind})" if secret is None or isinstance(secret, bool) else f"<a value of type {kind}>"
+        raise ConfigError(f"secret={shown} is not accepted; {expected}")
     if not value:
-        raise ConfigError("secret='' is not accepted; expected the non-empty secret shared with the git host")
+        raise ConfigError(f"secret={secret!r} (empty {type(secret).__name__}) is not accepted; {expected}")
     return value
 
 
@@ -144,9 +160,10 @@ def parse_event(
         The event, with the URLs to mark stale.
 
     Raises:
-        ConfigError: ``secret`` is empty.
+        ConfigError: ``secret`` is not non-empty ``str`` or ``bytes``.
         WebhookTooLargeError: the body is larger than ``max_body_bytes``.
-        WebhookEventError: no known host's event header, or an event that is not a push (or a GitHub ping).
+        WebhookEventError: no known host's event header, or an empty event name. A signed event that is not a
+            push (or a GitHub ping) is not an error: it is returned with ``ignored=True`` and no URLs.
         WebhookSignatureError: the signature or token is missing or wrong.
         WebhookPayloadError: the body is not a JSON object naming a repository with a usable URL.
     """
@@ -159,18 +176,31 @@ def parse_event(
         expected = ", ".join(f"{_EVENT_HEADERS[name]!r}" for name in PROVIDERS)
         raise WebhookEventError(f"no event header of a known git host; expected one of {expected}")
     event = lowered[_EVENT_HEADERS[provider]].strip()
-    if event not in _PUSH_EVENTS[provider] + _PING_EVENTS[provider]:
+    if not event:
         accepted = " or ".join(repr(name) for name in _PUSH_EVENTS[provider] + _PING_EVENTS[provider])
-        raise WebhookEventError(f"{provider} event {event!r} is not handled; expected {accepted}")
+        raise WebhookEventError(f"the {provider} event header is empty; expected an event name such as {accepted}")
     _verify(provider, lowered, body, key)
-    payload = _payload(lowered, body)
-    if event in _PING_EVENTS[provider]:
-        return PushEvent(provider=provider, event=event, urls=())
-    urls = tuple(_repository_urls(provider, payload))
+    if event not in _PUSH_EVENTS[provider] + _PING_EVENTS[provider]:
+        # Verified first: an unsigned request learns nothing, not even that its event would be ignored.
+        # The event header is not signed (only the body is): what of it is echoed is scrubbed and bounded.
+        shown = scrub_untrusted(event if len(event) <= _EVENT_SHOWN else event[:_EVENT_SHOWN] + "...")
+        return PushEvent(provider=provider, event=shown, urls=(), ignored=True)
+    try:
+        payload = _payload(lowered, body)
+        if event in _PING_EVENTS[provider]:
+            return PushEvent(provider=provider, event=event, urls=())
+        urls = tuple(_repository_urls(provider, payload))
+        ref = payload.get("ref")
+    except WebhookError:
+        raise
+    except RecursionError:
+        raise WebhookPayloadError("the body nests too deeply to be a webhook payload") from None
+    except (ValueError, TypeError, LookupError, OverflowError) as exc:
+        # The last line of defence: whatever shape a signed body takes, it is a refusal, never a crash.
+        raise WebhookPayloadError(f"the body cannot be read as a {provider} event ({type(exc).__name__})") from None
     if not urls:
         fields = ", ".join(_URL_FIELDS[provider])
         raise WebhookPayloadError(f"the {provider} payload names no repository with a usable URL ({fields})")
-    ref = payload.get("ref")
     return PushEvent(provider=provider, event=event, urls=urls, ref=ref if isinstance(ref, str) else None)
 
 
@@ -224,6 +254,8 @@ def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
         text = form["payload"][0]
     try:
         payload = json.loads(text)
+    except RecursionError:
+        raise WebhookPayloadError("the body nests too deeply to be a webhook payload") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise WebhookPayloadError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
@@ -245,8 +277,8 @@ def _repository_urls(provider: str, payload: Mapping[str, Any]) -> Iterator[str]
                 continue
             try:
                 parsed = normalize_url(value.strip())
-            except InvalidURLError:
-                continue
+            except (InvalidURLError, ValueError, UnicodeError):
+                continue  # not a URL the cache could hold under this name
             if parsed.is_local or parsed.key in seen:
                 continue  # a host never names a path on this machine
             seen.add(parsed.key)
@@ -270,6 +302,9 @@ def handle(
         WebhookError: as :func:`parse_event` (its ``status`` is the HTTP status to answer).
     """
     event = parse_event(headers, body, secret=secret, max_body_bytes=max_body_bytes)
+    if event.ignored:
+        logger.debug("%s %s event ignored: not a push", event.provider, event.event)
+        return event, []
     marked = [url for url in event.urls if cache.mark_stale(url)]
     logger.info("%s %s event: marked %s stale", event.provider, event.event, ", ".join(marked) or "nothing")
     return event, marked
@@ -278,12 +313,15 @@ def handle(
 def wsgi_app(cache: RepoCache, *, secret: str | bytes, max_body_bytes: int = MAX_BODY_BYTES) -> WSGIApplication:
     """A WSGI application that receives push webhooks for ``cache`` (any path; POST only).
 
-    It answers 200 with ``{"provider", "event", "urls", "marked"}`` for a verified event, 405 for another method,
-    411 without a Content-Length, and the :class:`WebhookError`'s status with ``{"error": reason}`` otherwise
-    (401 bad signature, 400 unknown event or malformed body, 413 too large: the body is then not read).
+    It answers 200 with ``{"provider", "event", "urls", "marked"}`` for a verified push or ping, 202 with
+    ``{"provider", "event", "ignored": true, "urls": [], "marked": []}`` for a verified event of another kind
+    (an "all events" hook's issues or releases: accepted, so the host shows no failed delivery), 405 for another
+    method, 411 without a Content-Length, and the :class:`WebhookError`'s status with ``{"error": reason}``
+    otherwise (401 bad signature, 400 no known host's event header or a malformed body, 413 too large: the body
+    is then not read).
 
     Raises:
-        ConfigError: ``secret`` is empty.
+        ConfigError: ``secret`` is not non-empty ``str`` or ``bytes`` (checked here, before any request).
     """
     _secret_bytes(secret)
 
@@ -304,6 +342,7 @@ def wsgi_app(cache: RepoCache, *, secret: str | bytes, max_body_bytes: int = MAX
             if length < 0:
                 raise WebhookPayloadError(f"Content-Length {length} is negative")
             if length > max_body_bytes:
+                _drain(environ["wsgi.input"], length)
                 raise WebhookTooLargeError(f"the body is {length} bytes; at most {max_body_bytes} bytes are accepted")
             body = environ["wsgi.input"].read(length)
             if len(body) != length:
@@ -316,6 +355,10 @@ def wsgi_app(cache: RepoCache, *, secret: str | bytes, max_body_bytes: int = MAX
         except WebhookError as exc:
             logger.warning("webhook refused (%d): %s", exc.status, exc.reason)
             return answer(exc.status, {"error": exc.reason})
+        if event.ignored:
+            return answer(
+                202, {"provider": event.provider, "event": event.event, "ignored": True, "urls": [], "marked": []}
+            )
         return answer(
             200, {"provider": event.provider, "event": event.event, "urls": list(event.urls), "marked": marked}
         )
@@ -323,8 +366,26 @@ def wsgi_app(cache: RepoCache, *, secret: str | bytes, max_body_bytes: int = MAX
     return app
 
 
+DRAIN_BYTES = 16 << 20
+"""How much of a too-large body :func:`wsgi_app` reads and discards before answering 413 (16 MiB).
+
+A server that answers before the client has sent its body and then closes leaves the client writing into a
+closed socket: it sees a broken pipe instead of the 413. Up to this many bytes are read (in 64 KiB pieces, never
+kept), so a client that sent a little too much learns why; beyond it the answer is sent at once."""
+
+
+def _drain(stream: Any, length: int) -> None:
+    left = length if length <= DRAIN_BYTES else 0
+    while left > 0:
+        piece = stream.read(min(left, 1 << 16))
+        if not piece:
+            return
+        left -= len(piece)
+
+
 _REASONS = {
     200: "OK",
+    202: "Accepted",
     400: "Bad Request",
     401: "Unauthorized",
     405: "Method Not Allowed",

@@ -59,7 +59,7 @@ def worktree_of(
     dest, owner = _choose_dir(layout, checkout.key, path)
     try:
         gitops.make_worktree(checkout.path, dest, commit, branch, parsed, git, submodules=submodules)
-        yield Worktree(path=dest, commit=commit, ref=ref, url=checkout.url)
+        yield Worktree(path=dest, commit=commit, ref=ref, url=checkout.url, key=checkout.key)
     finally:
         shutil.rmtree(dest, ignore_errors=True)
         if owner is not None:

@@ -31,7 +31,8 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         HOME=str(home),
         XDG_CACHE_HOME=str(home / ".cache"),
         XDG_CONFIG_HOME=str(home / ".config"),
-        GIT_CONFIG_GLOBAL=os.devnull,
+        # Not /dev/null: as root, a `git config --global` in a test would replace the device for the machine.
+        GIT_CONFIG_GLOBAL=str(tmp_path_factory.mktemp("git-global") / "config"),
         GIT_CONFIG_NOSYSTEM="1",
         REPOCACHE_DIR=str(tmp_path_factory.mktemp("default-cache")),
     )

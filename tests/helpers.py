@@ -8,6 +8,8 @@ Fixtures live in ``conftest.py``; everything here is a plain function or class, 
 from __future__ import annotations
 
 import builtins
+import hashlib
+import io
 import json
 import os
 import random
@@ -24,6 +26,7 @@ import pytest
 
 from repocache import RepoCache, normalize_url
 from repocache.cold import ColdStore, Manifest
+from repocache.cold.manifest import FORMAT_VERSION
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -142,6 +145,52 @@ class DelegatingStore:
 
     def prune(self, *, older_than: float | None = None, keep_bytes: int | None = None) -> builtins.list[Manifest]:
         return self.inner.prune(older_than=older_than, keep_bytes=keep_bytes)
+
+
+POISONS = ("future", "unparseable", "missing-artifact", "truncated")
+"""The kinds of generation a hostile or broken writer leaves in a shared store (see :func:`poison_generation`)."""
+
+FAR_FUTURE = 4_102_444_800.0
+"""2100-01-01 in epoch seconds: a date no honest upload has."""
+
+
+def poison_generation(store: ColdStore, key: str, url: str, kind: str, artifact: bytes) -> str:
+    """Write a generation of ``key`` into ``store`` as a peer with write access could, and return its name.
+
+    ``"future"`` is a whole manifest and artifact dated in 2100; the others are dated ten minutes ahead (newer than
+    any honest upload, within the clock skew tolerated): ``"unparseable"`` has a manifest that is not JSON,
+    ``"missing-artifact"`` no artifact, ``"truncated"`` half of the artifact its manifest declares. Not a poison:
+    ``"newer-format"`` is a whole generation written by a newer repocache (a ``format_version`` above ours).
+    """
+    assert kind in (*POISONS, "newer-format"), kind
+    created = FAR_FUTURE if kind == "future" else time.time() + 600
+    generation = f"{round(created * 1e9):020d}-00000000deadbeef"
+    manifest = Manifest(
+        url=url,
+        key=key,
+        sha256=hashlib.sha256(artifact).hexdigest(),
+        size_bytes=len(artifact),
+        mirror_bytes=4 * len(artifact),
+        ref_count=1,
+        head="refs/heads/main",
+        created=created,
+        generation=generation,
+    )
+    publish = store._publish  # type: ignore[attr-defined]  # the store's own primitive, as a peer's writer
+    if kind != "missing-artifact":
+        data = artifact[: len(artifact) // 2] if kind == "truncated" else artifact
+        publish(key, generation + ".tar", io.BytesIO(data))
+    text = b'{"url": "https://half-writ' if kind == "unparseable" else manifest.to_json().encode()
+    if kind == "newer-format":  # whole, as a newer repocache in a rolling upgrade writes it
+        text = json.dumps({**json.loads(text), "format_version": FORMAT_VERSION + 1}).encode()
+    publish(key, generation + ".json", io.BytesIO(text))
+    return generation
+
+
+def stored_generations(store: ColdStore, key: str) -> set[str]:
+    """The generations that have any object of ``key`` in ``store`` (committed or not)."""
+    entries = store._entries(key)  # type: ignore[attr-defined]
+    return {name.split(".", 1)[0] for name in entries}
 
 
 # -- worker processes ----------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from repocache.errors import (
     InvalidURLError,
     LockTimeoutError,
     RepoCacheError,
+    UnsafeFileError,
 )
 from tests.helpers import git, refs
 
@@ -55,7 +56,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
         XDG_CACHE_HOME=str(home / ".cache"),
         XDG_CONFIG_HOME=str(home / ".config"),
         REPOCACHE_DIR=str(tmp_path / "cache"),
-        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_CONFIG_GLOBAL=str(tmp_path / "git-global-config"),  # not /dev/null, which root could overwrite
         GIT_CONFIG_NOSYSTEM="1",
         PYTHONUNBUFFERED="1",
         **_IDENTITY,
@@ -162,7 +163,32 @@ def test_help_lists_every_command_and_the_exit_codes(run: Run) -> None:
     assert "REPOCACHE_DIR" in result.stdout and "REPOCACHE_MAX_BYTES" in result.stdout
     assert "--version" in result.stdout
     sub = run("verify", "--help", check=0)
-    assert "--repair" in sub.stdout and "exit codes:" in sub.stdout
+    assert "--repair" in sub.stdout and "repocache --help" in sub.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "own"),
+    [
+        (["get"], ["URL", "--json"]),
+        (["verify"], ["--repair", "--json"]),
+        (["cold", "ls"], ["--json"]),
+        (["cold", "prune"], ["--older-than", "--keep-bytes"]),
+    ],
+)
+def test_command_help_shows_its_own_options_and_points_to_the_global_ones(
+    run: Run, command: list[str], own: list[str]
+) -> None:
+    from repocache.cli.commands import find
+
+    text = run(*command, "--help", check=0).stdout
+    assert len(text.splitlines()) <= 16, text  # was 54 lines, 35 of them the global options
+    for option in own:
+        assert option in text, (option, text)
+    assert find(command).summary in text  # the description, also for subcommands (cold ls, cold prune)
+    assert "--max-bytes" not in text and "--cold-publish" not in text  # the globals are not repeated
+    assert "repocache --help" in text
+    top = run("--help", check=0).stdout
+    assert "--max-bytes" in top and "--cold-publish" in top
 
 
 def test_version_and_missing_command(run: Run) -> None:
@@ -207,7 +233,7 @@ def test_every_error_maps_to_its_documented_exit_code(error: BaseException, code
 def test_every_exception_class_of_the_library_has_a_mapping() -> None:
     import repocache.errors
 
-    generic = {RepoCacheError, ColdStoreError}
+    generic = {RepoCacheError, ColdStoreError, UnsafeFileError}  # an unsafe file is no usage or git error: 6
     for name in repocache.errors.__all__:
         cls = getattr(repocache.errors, name)
         instance = cls.__new__(cls)
@@ -251,6 +277,16 @@ def test_get_serves_a_stale_copy_with_one_warning_when_upstream_is_gone(run: Run
     assert len(lines) == 1 and lines[0].startswith(f"repocache: warning: serving a stale copy of file://{upstream}")
     assert run("-q", "get", str(upstream), check=0).stderr == ""
     assert stats_json(run)["fetch_errors"] == 2
+
+
+def test_very_verbose_logs_a_line_for_every_hit(run: Run, upstream: Path) -> None:
+    url = f"file://{upstream}"
+    run("get", str(upstream), check=0)
+    debug = run("-vv", "get", str(upstream), check=0).stderr.splitlines()
+    assert f"repocache: debug: hit {url} (fetched, " in "\n".join(debug), debug
+    cached = run("-vv", "--fetch-ttl", "3600", "get", str(upstream), check=0).stderr
+    assert f"repocache: debug: hit {url} (not fetched, " in cached, cached
+    assert "hit" not in run("-v", "get", str(upstream), check=0).stderr
 
 
 def test_get_json_prints_the_entry(run: Run, upstream: Path) -> None:
@@ -299,6 +335,77 @@ def test_invalid_settings_exit_2_naming_the_setting(run: Run, tmp_path: Path) ->
     assert "--fetch-ttl" in run("--fetch-ttl", "-5", "ls", check=2).stderr
     missing_pins = run("--pins", str(tmp_path / "nope.yaml"), "ls", check=2)
     assert_one_error_line(missing_pins.stderr, "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("never_evict:\n  - https://h/a\n  bad: [\n")
+    assert_one_error_line(run("--pins", str(broken), "ls", check=2).stderr, str(broken), "line 3, column 3")
+
+
+def test_fetch_ttl_comes_from_the_option_else_the_environment_and_accepts_auto(
+    run: Run, upstream: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    path = Path(run("get", str(upstream), check=0).stdout.strip())
+    add_commit(upstream, cli_env, tmp_path)
+    hour = {"REPOCACHE_FETCH_TTL": "3600"}
+    run("get", str(upstream), env=hour, check=0)
+    assert refs(path, cli_env) != refs(upstream, cli_env)  # fetched a moment ago: upstream not contacted
+    assert stats_json(run)["fetches"] == 0
+    run("--fetch-ttl", "0", "get", str(upstream), env=hour, check=0)  # the option wins over the environment
+    assert refs(path, cli_env) == refs(upstream, cli_env)
+    run("--fetch-ttl", "auto", "get", str(upstream), check=0)
+    run("get", str(upstream), env={"REPOCACHE_FETCH_TTL": "auto"}, check=0)
+    assert "--fetch-ttl" in run("--fetch-ttl", "soon", "ls", check=2).stderr
+    bad_env = run("ls", env={"REPOCACHE_FETCH_TTL": "soon"}, check=2)
+    assert_one_error_line(bad_env.stderr, "REPOCACHE_FETCH_TTL", "soon", "auto")
+
+
+def test_max_age_overrides_the_ttl_for_one_get(
+    run: Run, make_upstream: MakeUpstream, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    upstream = make_upstream("aging")
+    path = Path(run("get", str(upstream), check=0).stdout.strip())
+    add_commit(upstream, cli_env, tmp_path)
+    run("--fetch-ttl", "3600", "get", "--max-age", "0", str(upstream), check=0)
+    assert refs(path, cli_env) == refs(upstream, cli_env)
+    shutil.rmtree(upstream)
+    served = run("get", str(upstream), "--max-age", "any", check=0)  # any age: upstream is not contacted
+    assert served.stdout.strip() == str(path) and served.stderr == ""
+    assert "--max-age" in run("get", str(upstream), "--max-age", "old", check=2).stderr
+
+
+def test_on_fetch_error_raise_exits_3_instead_of_serving_a_stale_copy(run: Run, make_upstream: MakeUpstream) -> None:
+    upstream = make_upstream("gone")
+    run("get", str(upstream), check=0)
+    shutil.rmtree(upstream)
+    assert_one_error_line(run("--on-fetch-error", "raise", "get", str(upstream), check=3).stderr, str(upstream))
+    run("get", str(upstream), env={"REPOCACHE_ON_FETCH_ERROR": "raise"}, check=3)
+    run("get", str(upstream), check=0)  # warn, the default: the stale copy is served
+    assert "--on-fetch-error" in run("--on-fetch-error", "ignore", "ls", check=2).stderr
+
+
+@pytest.mark.timeout(60)
+def test_lock_timeout_bounds_the_wait_for_another_workers_fetch(run: Run, upstream: Path, tmp_path: Path) -> None:
+    key = json.loads(run("get", "--json", str(upstream), check=0).stdout)["key"]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True);"
+            " sys.stdin.read()",
+            str(tmp_path / "cache" / "locks" / f"{key}.fetch"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        timed_out = run("--lock-timeout", "0.5", "get", str(upstream), check=5, timeout=30)
+        assert_one_error_line(timed_out.stderr, str(upstream))
+        run("get", str(upstream), env={"REPOCACHE_LOCK_TIMEOUT": "0.5"}, check=5, timeout=30)
+    finally:
+        holder.communicate("\n", timeout=30)
+    run("--lock-timeout", "0.5", "get", str(upstream), check=0)
+    assert "--lock-timeout" in run("--lock-timeout", "-1", "ls", check=2).stderr
 
 
 def test_verbose_error_shows_the_traceback(run: Run, tmp_path: Path) -> None:
@@ -490,6 +597,19 @@ def test_global_options_are_accepted_after_the_command(run: Run, upstream: Path,
     assert path.parent == other / "repos"
     assert ls_json(run) == []  # the default root ($REPOCACHE_DIR) was not used
     assert [entry["path"] for entry in ls_json(run, "--root", str(other))] == [str(path)]
+
+
+def test_maintain_of_a_repository_not_cached_exits_1_as_stale_and_evict_do(run: Run, upstream: Path) -> None:
+    url = f"file://{upstream}"
+    for command in ("maintain", "stale", "evict"):
+        refused = run(command, str(upstream), check=1)
+        assert refused.stdout == "", command
+        assert_one_error_line(refused.stderr, url, "not in the cache")
+    assert json.loads(run("maintain", "--json", str(upstream), check=1).stdout) == []
+    assert run("maintain", check=0).stdout == ""  # every cached repository: none is not a failure
+    run("get", str(upstream), check=0)
+    run("maintain", str(upstream), check=0)
+    assert_one_error_line(run("maintain", "ftp://host/a", check=2).stderr, "invalid repository URL")
 
 
 # -- verify ---------------------------------------------------------------------------------------------------------
@@ -715,3 +835,131 @@ def test_cold_publish_option_publishes_every_clone(run: Run, upstream: Path, tmp
     cold = f"file://{tmp_path / 'cold'}"
     run("--cold-store", cold, "--cold-publish", "clone", "get", str(upstream), check=0)
     assert len(json.loads(run("--cold-store", cold, "cold", "ls", "--json", check=0).stdout)) == 1
+
+
+# -- run: a command in a temporary worktree ------------------------------------------------------------------------
+
+_SHOW_TREE = (
+    "import os, sys; from pathlib import Path; "
+    "print(os.environ['REPOCACHE_WORKTREE']); print(os.getcwd()); print(os.environ['REPOCACHE_COMMIT']); "
+    "print(sorted(p.name for p in Path('.').iterdir())); sys.exit(int(sys.argv[1]))"
+)
+
+
+def _worktrees(tmp_path: Path) -> list[Path]:
+    directory = tmp_path / "cache" / "worktrees"
+    return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_run_runs_the_command_in_a_worktree_of_the_ref_and_passes_its_exit_code_through(
+    run: Run, upstream: Path, cli_env: dict[str, str], tmp_path: Path, code: int
+) -> None:
+    result = run("run", str(upstream), "--", sys.executable, "-c", _SHOW_TREE, str(code), check=code)
+    tree, cwd, commit, names = result.stdout.splitlines()
+    assert Path(cwd).resolve() == Path(tree).resolve()
+    assert commit == refs(upstream, cli_env)["refs/heads/main"]
+    assert names == str([".git", "file0.txt", "file1.txt"])
+    assert not Path(tree).exists() and _worktrees(tmp_path) == []
+    feature = run("run", "--ref", "feature", str(upstream), "--", sys.executable, "-c", _SHOW_TREE, "0", check=0)
+    assert feature.stdout.splitlines()[2] == refs(upstream, cli_env)["refs/heads/feature"]
+    assert feature.stdout.splitlines()[3] == str([".git", "file0.txt"])
+    assert _worktrees(tmp_path) == []
+
+
+def test_run_hands_the_arguments_after_the_first_double_dash_over_verbatim(run: Run, upstream: Path) -> None:
+    printed = run("run", str(upstream), "--", sys.executable, "-c", "import sys; print(sys.argv[1:])", "-x", "--", "y")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() == str(["-x", "--", "y"])
+
+
+def test_run_reports_a_killed_command_a_missing_command_and_a_missing_ref(
+    run: Run, upstream: Path, tmp_path: Path
+) -> None:
+    kill = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    run("run", str(upstream), "--", sys.executable, "-c", kill, check=128 + signal.SIGKILL)
+    missing = run("run", str(upstream), "--", str(tmp_path / "no-such-command"), check=127)
+    assert_one_error_line(missing.stderr, "command not found", "no-such-command")
+    assert_one_error_line(run("run", str(upstream), check=2).stderr, "run needs a command")
+    no_ref = run("run", "--ref", "no-such-branch", str(upstream), "--", "true", check=2)
+    assert_one_error_line(no_ref.stderr, "no-such-branch")
+    assert _worktrees(tmp_path) == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_run_passes_a_signal_on_to_the_command_and_removes_the_worktree(
+    upstream: Path, cli_env: dict[str, str], tmp_path: Path, signum: int, code: int
+) -> None:
+    wait = (
+        "import os, signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "print(os.getcwd(), flush=True); time.sleep(60)"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "repocache", "run", str(upstream), "--", sys.executable, "-c", wait],
+        env=cli_env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        tree = Path(process.stdout.readline().strip())  # the command is running in its worktree
+        assert tree.is_dir()
+        process.send_signal(signum)  # to repocache alone, as `kill` or `timeout` sends it
+        _stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == code, stderr
+    assert not tree.exists() and _worktrees(tmp_path) == []
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_run_does_not_repeat_a_ctrl_c_the_terminal_already_sent_to_the_command(
+    upstream: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    import fcntl
+    import pty
+    import termios
+
+    count = (
+        "import os, signal, sys, time; seen = []; signal.signal(signal.SIGINT, lambda *_: seen.append(1)); "
+        "print(os.getcwd(), flush=True); deadline = time.monotonic() + 30\n"
+        "while not seen and time.monotonic() < deadline: time.sleep(0.05)\n"
+        "time.sleep(1.5); print(len(seen), flush=True); sys.exit(7)"
+    )
+    controller, terminal = pty.openpty()
+
+    def own_terminal() -> None:  # a session whose controlling terminal is the pty: Ctrl-C reaches its group
+        os.setsid()
+        fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "repocache", "run", str(upstream), "--", sys.executable, "-c", count],
+        env=cli_env,
+        cwd=tmp_path,
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=own_terminal,
+    )
+    os.close(terminal)
+    try:
+        assert process.stdout is not None
+        tree = Path(process.stdout.readline().strip())
+        assert tree.is_dir()
+        os.write(controller, b"\x03")  # Ctrl-C typed on the terminal: SIGINT to repocache and the command
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert stdout.strip() == "1", stderr  # the command saw one SIGINT, the terminal's
+    assert process.returncode == 7, stderr
+    assert not tree.exists() and _worktrees(tmp_path) == []

@@ -431,8 +431,8 @@ def test_tar_members_that_could_escape_the_destination_are_refused(
 
 def test_an_older_manifest_does_not_replace_a_newer_one(backend: Backend, tmp_path: Path) -> None:
     store = backend.store
-    newer, newer_artifact, _ = packed(tmp_path, "repo-1", created=2_000_000_000.0, content=b"newer")
-    older, older_artifact, _ = packed(tmp_path, "repo-1", created=1_900_000_000.0, content=b"older")
+    newer, newer_artifact, _ = packed(tmp_path, "repo-1", created=1_700_000_000.0, content=b"newer")
+    older, older_artifact, _ = packed(tmp_path, "repo-1", created=1_600_000_000.0, content=b"older")
     assert store.put("repo-1", newer, newer_artifact) is True
     assert store.put("repo-1", older, older_artifact) is False
     assert store.put("repo-1", newer, newer_artifact) is False  # same age: what is there stays
@@ -443,8 +443,8 @@ def test_an_older_manifest_does_not_replace_a_newer_one(backend: Backend, tmp_pa
 
 def test_a_newer_upload_replaces_the_older_and_deletes_its_objects(backend: Backend, tmp_path: Path) -> None:
     store = backend.store
-    older, older_artifact, _ = packed(tmp_path, "repo-1", created=1_900_000_000.0, content=b"older")
-    newer, newer_artifact, commit = packed(tmp_path, "repo-1", created=2_000_000_000.0, content=b"newer")
+    older, older_artifact, _ = packed(tmp_path, "repo-1", created=1_600_000_000.0, content=b"older")
+    newer, newer_artifact, commit = packed(tmp_path, "repo-1", created=1_700_000_000.0, content=b"newer")
     assert store.put("repo-1", older, older_artifact)
     first = store.get_manifest("repo-1")
     assert store.put("repo-1", newer, newer_artifact)
@@ -459,14 +459,14 @@ def test_a_newer_upload_replaces_the_older_and_deletes_its_objects(backend: Back
 
 def test_leftovers_of_a_crashed_upload_are_never_restored_and_are_swept(backend: Backend, tmp_path: Path) -> None:
     store = backend.store
-    first, first_artifact, _ = packed(tmp_path, "repo-1", created=1_900_000_000.0)
+    first, first_artifact, _ = packed(tmp_path, "repo-1", created=1_600_000_000.0)
     assert store.put("repo-1", first, first_artifact)
     # A newer upload died after its artifact was (partly) written and before its manifest: no manifest names it.
-    backend.write("repo-1", "01950000000000000000-00000000deadbeef.tar", b"half an artifact")
+    backend.write("repo-1", "01650000000000000000-00000000deadbeef.tar", b"half an artifact")
     current = store.get_manifest("repo-1")
     assert current is not None and current.sha256 == first.sha256
     assert [m.sha256 for m in store.list()] == [first.sha256]
-    later, later_artifact, _ = packed(tmp_path, "repo-1", created=2_000_000_000.0)
+    later, later_artifact, _ = packed(tmp_path, "repo-1", created=1_700_000_000.0)
     assert store.put("repo-1", later, later_artifact)
     current = store.get_manifest("repo-1")
     assert current is not None
@@ -475,9 +475,9 @@ def test_leftovers_of_a_crashed_upload_are_never_restored_and_are_swept(backend:
 
 def test_an_unreadable_newest_manifest_falls_back_to_the_previous_one(backend: Backend, tmp_path: Path) -> None:
     store = backend.store
-    manifest, artifact, _ = packed(tmp_path, "repo-1", created=1_900_000_000.0)
+    manifest, artifact, _ = packed(tmp_path, "repo-1", created=1_600_000_000.0)
     assert store.put("repo-1", manifest, artifact)
-    backend.write("repo-1", "01950000000000000000-00000000deadbeef.json", b'{"url": "https://half-writ')
+    backend.write("repo-1", "01650000000000000000-00000000deadbeef.json", b'{"url": "https://half-writ')
     current = store.get_manifest("repo-1")
     assert current is not None and current.sha256 == manifest.sha256
 
@@ -500,7 +500,7 @@ def _assert_one_consistent_pair(backend: Backend, key: str, expected: Manifest, 
 def test_concurrent_uploads_from_threads_leave_one_consistent_pair(backend: Backend, tmp_path: Path) -> None:
     writers = 8
     uploads = [
-        packed(tmp_path, "repo-1", created=1_900_000_000.0 + i, content=f"writer {1_900_000_000 + i}".encode())
+        packed(tmp_path, "repo-1", created=1_600_000_000.0 + i, content=f"writer {1_600_000_000 + i}".encode())
         for i in range(writers)
     ]
     barrier = threading.Barrier(writers)
@@ -544,7 +544,7 @@ def test_concurrent_uploads_from_processes_leave_one_consistent_pair(tmp_path: P
     writers = 6
     store = LocalDirStore(tmp_path / "cold")
     uploads = [
-        packed(tmp_path, "repo-1", created=1_900_000_000.0 + i, content=f"writer {1_900_000_000 + i}".encode())
+        packed(tmp_path, "repo-1", created=1_600_000_000.0 + i, content=f"writer {1_600_000_000 + i}".encode())
         for i in range(writers)
     ]
     go = tmp_path / "go"

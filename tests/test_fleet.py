@@ -3,6 +3,7 @@ fleet, uploads that no miss waits for. Real upstreams over git://, a real direct
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -17,11 +18,21 @@ from typing import Any, BinaryIO
 import pytest
 
 from repocache import ConfigError, RepoCache
-from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest
+from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest, open_cold_store, pack_mirror
 from repocache.cold.store import ArtifactWriter
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, Upstream, UpstreamFactory
-from tests.helpers import DelegatingStore, assert_consistent, key_of, mirror_refs, served_upstream
+from tests.helpers import (
+    POISONS,
+    DelegatingStore,
+    assert_consistent,
+    key_of,
+    mirror_refs,
+    poison_generation,
+    served_upstream,
+    stored_generations,
+)
+from tests.test_cold_store import make_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
 StoreFactory = Callable[[], Any]
@@ -115,6 +126,37 @@ def test_publish_uploads_now_and_not_again_until_the_mirror_changes(
         newer = cache.publish(url)  # restored and fetched, so the mirror is newer than the artifact: uploads
         assert newer.generation != manifest.generation
         assert_consistent(cache)
+
+
+@pytest.mark.parametrize("kind", POISONS)
+def test_a_poisoned_generation_never_stops_the_fleet_publishing(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, shared: tuple[str, str, dict[str, str]], kind: str
+) -> None:
+    store_kind, spec, _env = shared
+    upstream = _served(served, f"poisoned-{store_kind}-{kind}")
+    url = daemon.url_for(upstream)
+    parsed = normalize_url(url)
+    make_mirror(tmp_path / "hostile.git", content=b"not the upstream")
+    hostile = io.BytesIO()
+    pack_mirror(tmp_path / "hostile.git", hostile)
+    store = open_cold_store(spec)
+    assert store is not None
+    poison = poison_generation(store, parsed.key, parsed.url, kind, hostile.getvalue())
+    with RepoCache(tmp_path / "host-a", cold_store=spec) as host_a:
+        honest = host_a.publish(url)  # a clone: nothing usable to restore
+        assert honest.generation != poison and honest.ref_count == len(upstream.refs())
+        assert host_a.stats().clones == 1
+    assert stored_generations(store, parsed.key) == {honest.generation}  # the commit deleted the poison
+    poison_generation(store, parsed.key, parsed.url, kind, hostile.getvalue())  # written again, after the upload
+    with RepoCache(tmp_path / "host-b", cold_store=spec) as host_b:
+        assert [m.generation for m in host_b.cold_entries()] == [honest.generation]
+        with host_b.checkout(url) as co:
+            assert co.source == "restore"
+            assert mirror_refs(co.path) == upstream.refs()
+        assert (host_b.stats().clones, host_b.stats().restores) == (0, 1)
+        assert host_b.prune_cold() == []  # no retention: only the poison goes
+        assert stored_generations(store, parsed.key) == {honest.generation}
+        assert_consistent(host_b)
 
 
 def test_publish_without_a_cold_store_is_a_config_error(cache_root: Path, upstreams: UpstreamFactory) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -15,8 +17,10 @@ from typing import Any, BinaryIO
 import pytest
 
 from repocache.cold import FleetStore, FsspecStore, LocalDirStore, Manifest, pack_mirror, unpack_artifact
+from repocache.cold.generations import FUTURE_BOUND
 from repocache.errors import ColdStoreError
 from tests._s3 import s3_endpoint  # noqa: F401
+from tests.helpers import POISONS, poison_generation, stored_generations
 from tests.test_cold_store import make_mirror
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,3 +175,85 @@ def test_leases_are_not_listed_as_artifacts(store: FleetStore, tmp_path: Path) -
     assert store.try_lease("repo-1", "host-a", 60) is not None
     assert list(store.list()) == []
     assert not store.exists("repo-1")
+
+
+# -- poisoned generations: a writer of the store cannot stop honest uploads ----------------------------------------
+
+
+def _packed_bytes(tmp_path: Path, content: bytes) -> bytes:
+    mirror = tmp_path / f"mirror-{hashlib.sha256(content).hexdigest()[:8]}"
+    make_mirror(mirror, content=content)
+    out = io.BytesIO()
+    pack_mirror(mirror, out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", POISONS)
+def test_a_poisoned_generation_is_skipped_and_an_honest_upload_replaces_it(
+    store: FleetStore, tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    poison = poison_generation(store, "repo-1", "https://example.invalid/repo-1", kind, _packed_bytes(tmp_path, b"x"))
+    assert store.get_manifest("repo-1") is None and list(store.list()) == [] and not store.exists("repo-1")
+    assert store.get_manifest("repo-1") is None
+    warned = [r for r in caplog.records if "ignoring the cold store generation" in r.getMessage()]
+    assert len(warned) == 1 and poison in warned[0].getMessage(), warned  # once, however often it is skipped
+    make_mirror(tmp_path / "mirror")
+    honest = store.put_stream("repo-1", _writer(tmp_path / "mirror", "repo-1", time.time()))
+    assert honest is not None, "a poisoned generation stopped an honest upload"
+    assert store.get_manifest("repo-1") == honest
+    assert stored_generations(store, "repo-1") == {honest.generation}  # the poison was deleted on commit
+
+
+@pytest.mark.parametrize("kind", POISONS)
+def test_prune_deletes_poisoned_generations_and_keeps_the_honest_one(
+    store: FleetStore, tmp_path: Path, kind: str
+) -> None:
+    make_mirror(tmp_path / "mirror")
+    honest = store.put_stream("repo-1", _writer(tmp_path / "mirror", "repo-1", time.time()))
+    assert honest is not None
+    artifact = _packed_bytes(tmp_path, b"hostile")
+    poison_generation(store, "repo-1", "https://example.invalid/repo-1", kind, artifact)
+    poison_generation(store, "repo-2", "https://example.invalid/repo-2", kind, artifact)  # a key with nothing else
+    assert store.get_manifest("repo-1") == honest  # skipped while it is there
+    assert store.prune() == []  # no retention policy: only what is unusable goes
+    assert stored_generations(store, "repo-1") == {honest.generation}
+    assert stored_generations(store, "repo-2") == set()
+    assert [m.generation for m in store.list()] == [honest.generation]
+
+
+def test_a_newer_repocaches_generation_is_skipped_but_never_deleted_as_poison(
+    store: FleetStore, tmp_path: Path
+) -> None:
+    """In a rolling upgrade, older hosts read past what newer ones write and leave it for them."""
+    make_mirror(tmp_path / "mirror")
+    honest = store.put_stream("repo-1", _writer(tmp_path / "mirror", "repo-1", time.time()))
+    assert honest is not None
+    newer = poison_generation(store, "repo-1", "https://example.invalid/repo-1", "newer-format", b"artifact")
+    assert store.get_manifest("repo-1") == honest
+    assert store.prune() == []
+    assert stored_generations(store, "repo-1") == {honest.generation, newer}
+
+
+def test_a_whole_generation_dated_ahead_within_the_bound_ranks_when_the_store_wrote_it(
+    store: FleetStore, tmp_path: Path
+) -> None:
+    """A peer whose clock is ahead (or who lies, within FUTURE_BOUND) is trusted with its content, not its date."""
+    make_mirror(tmp_path / "ahead", content=b"ahead")
+    ahead = time.time() + FUTURE_BOUND / 2
+    skewed = store.put_stream("repo-1", _writer(tmp_path / "ahead", "repo-1", ahead), created=ahead)
+    assert skewed is not None and store.get_manifest("repo-1") == skewed
+    time.sleep(1.1)  # S3 dates what it stores to the second
+    make_mirror(tmp_path / "mirror")
+    now = time.time()
+    honest = store.put_stream("repo-1", _writer(tmp_path / "mirror", "repo-1", now), created=now)
+    assert honest is not None, "a generation dated ahead shadowed an honest upload taken after it was stored"
+    assert store.get_manifest("repo-1") == honest
+    assert stored_generations(store, "repo-1") == {honest.generation}
+
+
+def test_an_upload_from_a_host_whose_clock_is_far_ahead_is_not_committed(store: FleetStore, tmp_path: Path) -> None:
+    make_mirror(tmp_path / "mirror")
+    ahead = time.time() + 2 * FUTURE_BOUND
+    far = store.put_stream("repo-1", _writer(tmp_path / "mirror", "repo-1", ahead), created=ahead)
+    assert far is None and store.get_manifest("repo-1") is None
+    assert stored_generations(store, "repo-1") == set()

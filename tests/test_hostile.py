@@ -319,7 +319,38 @@ def test_a_pin_file_broken_later_keeps_the_last_good_pins(
         later = time.time() + 5
         os.utime(pin_file, (later, later))
         assert cache.pins.matches("https://h/a")
-        assert "invalid" in caplog.text
+        assert "not valid YAML" in caplog.text and "keeping the previous pins" in caplog.text
+
+
+def test_a_yaml_error_in_a_pin_file_names_the_file_line_and_column(cache_root: Path, tmp_path: Path) -> None:
+    pin_file = tmp_path / "pins.yaml"
+    pin_file.write_text("never_evict:\n  - https://h/a\n  bad: [\n")
+    with pytest.raises(ConfigError) as raised:
+        RepoCache(cache_root, pins=pin_file)
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1, message
+    assert str(pin_file) in message and "line 3, column 3" in message, message
+    assert "<unicode string>" not in message
+
+
+def test_a_live_reload_of_a_broken_pin_file_logs_one_warning_line_and_keeps_the_pins(
+    cache_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pin_file = tmp_path / "pins.yaml"
+    pin_file.write_text("never_evict:\n  - https://h/a\n")
+    with RepoCache(cache_root, pins=pin_file) as cache:
+        caplog.clear()
+        pin_file.write_text("never_evict:\n  - https://h/b\n  oops: [\n")
+        later = time.time() + 5
+        os.utime(pin_file, (later, later))
+        assert cache.pins.matches("https://h/a") and not cache.pins.matches("https://h/b")
+        assert cache.pins.matches("https://h/a")  # the broken file is read once, not on every call
+    records = [record for record in caplog.records if record.name == "repocache"]
+    assert len(records) == 1, caplog.text
+    (record,) = records
+    assert record.levelname == "WARNING" and record.exc_info is None
+    text = record.getMessage()
+    assert len(text.splitlines()) == 1 and str(pin_file) in text and "line 3, column" in text, text
 
 
 @pytest.mark.parametrize(

@@ -440,3 +440,151 @@ def test_the_documented_examples_run(pytester: pytest.Pytester) -> None:
         """,
     )
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=4)
+
+
+# -- offline mode and the repocache_upstream marker ----------------------------------------------------------------
+
+_OFFLINE_TESTS = """
+import json, os
+
+URL = {url!r}
+
+
+def test_cached(repo_cache_persistent):
+    with repo_cache_persistent.checkout(URL) as co:
+        record = {{"source": co.source, "fetched": co.fetched, "stale": co.stale}}
+    with open({out!r}, "w") as out:
+        json.dump(record, out)
+
+
+def test_not_cached(repo_cache_persistent):
+    with repo_cache_persistent.checkout({missing!r}):
+        raise AssertionError("offline mode cloned a repository")
+"""
+
+
+def test_offline_mode_serves_the_persistent_cache_without_fetching_and_skips_what_it_lacks(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = UpstreamFactory(tmp_path / "served")
+    upstream, missing = served.create("present"), served.create("absent")
+    cache_dir, out = tmp_path / "persistent", tmp_path / "out.json"
+    with GitDaemon(served.base_dir) as daemon:
+        url, missing_url = daemon.url_for(upstream), daemon.url_for(missing)
+        pytester.makepyfile(_OFFLINE_TESTS.format(url=url, missing=missing_url, out=str(out)))
+        online = pytester.runpytest(f"--repocache-dir={cache_dir}", "-k", "test_cached")
+        online.assert_outcomes(passed=1, deselected=1)
+        assert read_json(out)["source"] == "clone"
+    # The daemon is gone: online, a hit would try to fetch and serve a stale copy with a warning.
+    result = pytester.runpytest(f"--repocache-dir={cache_dir}", "--repocache-offline", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert read_json(out) == {"source": "hit", "fetched": False, "stale": False}
+    result.stdout.fnmatch_lines([f"SKIPPED *{missing_url.removesuffix('.git')}*not in the cache*offline mode*"])
+    result.stdout.fnmatch_lines(["repocache: offline (from --repocache-offline)*"])
+    monkeypatch.setenv("REPOCACHE_OFFLINE", "1")
+    pytester.runpytest(f"--repocache-dir={cache_dir}").assert_outcomes(passed=1, skipped=1)
+    assert stats_of(cache_dir)[0] == 1  # one clone: offline runs never cloned
+
+
+def test_upstream_marker_skips_a_test_whose_upstream_cannot_be_reached_with_the_reason(
+    pytester: pytest.Pytester, served_url: str
+) -> None:
+    from repocache.testing import HangingServer
+
+    with socket.socket() as dead, HangingServer() as hanging:
+        dead.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        dead_url = f"git://127.0.0.1:{dead.getsockname()[1]}/gone.git"
+        hanging_url = hanging.git_url
+        pytester.makepyfile(
+            f"""
+            import pytest
+
+            @pytest.mark.repocache_upstream({served_url!r})
+            def test_reachable():
+                pass
+
+            @pytest.mark.repocache_upstream({served_url!r}, {dead_url!r})
+            def test_refused():
+                raise AssertionError("ran although its upstream is down")
+
+            @pytest.mark.repocache_upstream({hanging_url!r}, timeout=1)
+            def test_hanging():
+                raise AssertionError("ran although its upstream never answers")
+            """
+        )
+        result = pytester.runpytest("-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"SKIPPED *upstream {dead_url.removesuffix('.git')} cannot be reached: *Connection refused*",
+            f"SKIPPED *upstream {hanging_url} cannot be reached: no answer within 1s*",
+        ],
+        consecutive=False,
+    )
+
+
+def test_upstream_marker_offline_skips_unless_the_persistent_cache_holds_the_repository(
+    pytester: pytest.Pytester, served_url: str, tmp_path: Path
+) -> None:
+    cache_dir = tmp_path / "persistent"
+    with RepoCache(cache_dir) as cache:
+        cache.ensure(served_url)
+    elsewhere = "https://example.invalid/never/contacted"
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.repocache_upstream({served_url!r})
+        def test_cached():
+            pass
+
+        @pytest.mark.repocache_upstream({elsewhere!r})
+        def test_not_cached():
+            raise AssertionError("ran offline without its repository")
+        """
+    )
+    result = pytester.runpytest(f"--repocache-dir={cache_dir}", "--repocache-offline", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines([f"SKIPPED *{elsewhere}: offline, and it is not in the persistent cache*"])
+
+
+@pytest.mark.parametrize("engine", ["git", "libgit2"])
+def test_probe_upstream_answers_none_for_a_live_upstream_and_the_cause_for_a_dead_one(
+    served: UpstreamFactory, daemon: GitDaemon, engine: str
+) -> None:
+    from repocache.gitops import GitOptions, find_git, probe_upstream
+    from repocache.keys import normalize_url
+
+    live = daemon.url_for(served.create(f"probed-{engine}"))
+    options = GitOptions(git=find_git() if engine == "git" else None)
+    assert probe_upstream(normalize_url(live), options, timeout=10) is None
+    absent = probe_upstream(normalize_url(daemon.url_for(served.base_dir / "absent.git")), options, timeout=10)
+    assert absent is not None
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        problem = probe_upstream(normalize_url(f"git://127.0.0.1:{dead.getsockname()[1]}/x"), options, timeout=10)
+    assert problem is not None and "refused" in problem.lower(), problem
+
+
+def test_offline_cache_serves_a_cached_repository_and_refuses_anything_needing_upstream(
+    served_url: str, tmp_path: Path
+) -> None:
+    from repocache.testing.offline import NotCachedOffline, OfflineRepoCache
+
+    with RepoCache(tmp_path / "cache") as cache:
+        cache.ensure(served_url)
+    with OfflineRepoCache(tmp_path / "cache") as offline:
+        assert offline.ensure(served_url, max_age=0).url == normalize(served_url)  # any age: no fetch
+        with offline.worktree(served_url, "v1") as tree:
+            assert tree.path.is_dir()
+        with pytest.raises(NotCachedOffline, match="offline, and a refresh needs the upstream"):
+            offline.refresh(served_url)
+        with pytest.raises(NotCachedOffline, match="not in the cache"):
+            offline.ensure("git://127.0.0.1:9/absent")
+        assert (offline.stats().fetches, offline.stats().clones) == (0, 1)  # the root's: only the first clone
+
+
+def normalize(url: str) -> str:
+    from repocache.keys import normalize_url
+
+    return normalize_url(url).url

@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -223,19 +225,27 @@ def test_declared_mirror_size_is_a_hint_capped_by_the_artifact(
 
 @pytest.mark.parametrize("lie", ["longer", "shorter"])
 def test_artifact_whose_size_differs_from_its_manifest_is_reported_once_and_cloned(
-    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, lie: str
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, lie: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream = upstreams.create("lied-about")
     upstream.commits(3, size=20_000)
     store = tmp_path / "cold"
     manifest = _store_artifact(store, str(upstream.path), _mirror_of(tmp_path, str(upstream.path)))
     _rewrite_manifest(store, str(upstream.path), size_bytes=manifest.size_bytes + (-512 if lie == "shorter" else 512))
-    with RepoCache(cache_root, cold_store=str(store)) as cache, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    caplog.set_level(logging.WARNING, "repocache.cold")
+    with RepoCache(cache_root, cold_store=str(store), cold_min_bytes=0) as cache:
         with cache.checkout(str(upstream.path)) as co:
             assert co.source == "clone"
             assert mirror_refs(co.path) == upstream.refs()
-        assert len(_cold_warnings(caught)) == 1, _cold_warnings(caught)
+        assert cache.cold_entries() == []  # looked up again: skipped, not reported again
+        assert cache.evict(str(upstream.path))  # uploads an honest artifact, which replaces the lying one
+        (honest,) = cache.cold_entries()
+        kept = sorted(p.name for p in (store / key_of(str(upstream.path))).iterdir())
+        assert kept == [honest.generation + ".json", honest.generation + ".tar"]  # the lying pair is deleted
+        with cache.checkout(str(upstream.path)) as co:
+            assert co.source == "restore"
+        ignored = [r.getMessage() for r in caplog.records if "ignoring the cold store generation" in r.getMessage()]
+        assert len(ignored) == 1 and "declares" in ignored[0], ignored
         assert_consistent(cache)
 
 
@@ -302,6 +312,141 @@ def test_artifact_in_a_codec_this_host_lacks_is_reported_once_and_cloned(
         assert_consistent(cache)
 
 
+# -- restored mirrors must hold their refs' objects ------------------------------------------------------------
+
+
+def _loose_path(mirror: Path, oid: str) -> Path:
+    return mirror / "objects" / oid[:2] / oid[2:]
+
+
+def _upstream_with_side_refs(upstreams: UpstreamFactory, name: str) -> tuple[Upstream, dict[str, str]]:
+    """An upstream with a side branch (its own tree) and an annotated tag on a commit only the tag reaches.
+
+    Returns the upstream and the ids a damaged copy loses: the side tip, its tree and the tagged commit.
+    """
+    upstream = upstreams.create(name)
+    upstream.commits(2)
+    side = upstream.commit({"side.txt": "side\n"}, branch="side")
+    tagged = upstream.commit({"tagged.txt": "tagged\n"}, branch="tagged")
+    upstream.tag("v1", at="tagged", annotated=True)
+    git("update-ref", "-d", "refs/heads/tagged", cwd=upstream.path)
+    upstream.commit({"main.txt": "later\n"})  # so the side tree is not main's
+    tree = git("rev-parse", f"{side}^{{tree}}", cwd=upstream.path).strip()
+    return upstream, {"side-tip": side, "side-tree": tree, "tag-target": tagged}
+
+
+def _damaged_mirror(tmp_path: Path, upstream: Upstream, lost: dict[str, str], damage: str) -> Path:
+    """A copy of the upstream as a peer could upload it: objects behind alternates, or one ref's objects lost."""
+    mirror = tmp_path / f"damaged-{damage}.git"
+    if damage == "alternates":  # no object of its own: all borrowed, HEAD naming a branch that does not exist
+        git("clone", "-q", "--mirror", "--shared", str(upstream.path), str(mirror))
+        git("symbolic-ref", "HEAD", "refs/heads/nope", cwd=mirror)
+        assert (mirror / "objects" / "info" / "alternates").exists()
+        assert [p for p in (mirror / "objects").rglob("*") if p.is_file() and "info" not in p.parts] == []
+        return mirror
+    git("clone", "-q", "--mirror", "--no-hardlinks", str(upstream.path), str(mirror))  # loose objects copied
+    _loose_path(mirror, lost[damage]).unlink()
+    return mirror
+
+
+@pytest.mark.parametrize("damage", ["alternates", "side-tip", "side-tree", "tag-target"])
+def test_restored_mirror_missing_a_refs_objects_is_refused_and_cloned(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, damage: str
+) -> None:
+    upstream, lost = _upstream_with_side_refs(upstreams, f"hollow-{damage}")
+    url = str(upstream.path)
+    store = tmp_path / "cold"
+    _store_artifact(store, url, _damaged_mirror(tmp_path, upstream, lost, damage))
+    with RepoCache(cache_root, cold_store=str(store)) as cache, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with cache.checkout(url) as co:
+            assert co.source == "clone" and not co.stale
+            assert mirror_refs(co.path) == upstream.refs()
+        messages = _cold_warnings(caught)
+        assert len(messages) == 1 and "is corrupt" in messages[0] and " is missing" in messages[0], messages
+        stats = cache.stats()
+        assert (stats.restore_errors, stats.restores, stats.clones) == (1, 0, 1)
+        assert cache.verify() == []
+        assert_consistent(cache)
+
+
+@pytest.mark.parametrize("damage", ["alternates", "side-tip", "side-tree", "tag-target"])
+def test_verify_finds_a_mirror_missing_a_refs_objects_and_repair_evicts_it(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory, damage: str
+) -> None:
+    upstream, lost = _upstream_with_side_refs(upstreams, f"verify-hollow-{damage}")
+    url = str(upstream.path)
+    with RepoCache(cache_root) as cache:
+        cache.ensure(url)
+        mirror = cache_root / "repos" / key_of(url)
+        damaged = _damaged_mirror(tmp_path, upstream, lost, damage)  # what an earlier version restored as whole
+        for name in ("HEAD", "packed-refs", "refs", "objects"):
+            target = mirror / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+            if (damaged / name).exists():
+                os.rename(damaged / name, target)
+        if damage == "alternates":
+            (mirror / "objects" / "info" / "alternates").unlink()  # the restore dropped them
+        (problem,) = cache.verify()
+        assert (problem.kind, problem.key) == ("invalid", key_of(url))
+        assert " is missing" in problem.detail and not problem.repaired
+        (repaired,) = cache.verify(repair=True)
+        assert (repaired.kind, repaired.repaired) == ("invalid", True)
+        assert cache.info(url) is None and not mirror.exists()
+        with cache.checkout(url) as co:
+            assert co.source == "clone"
+            assert mirror_refs(co.path) == upstream.refs()
+        assert cache.verify() == []
+        assert_consistent(cache)
+
+
+def test_repairing_a_mirror_missing_a_refs_objects_never_uploads_it(
+    tmp_path: Path, cache_root: Path, upstreams: UpstreamFactory
+) -> None:
+    upstream, lost = _upstream_with_side_refs(upstreams, "repair-no-upload")
+    url = str(upstream.path)
+    with RepoCache(cache_root, cold_store=tmp_path / "cold", cold_min_bytes=0) as cache:
+        cache.ensure(url)
+        mirror = cache_root / "repos" / key_of(url)
+        _loose_path(mirror, lost["side-tip"]).unlink()
+        (repaired,) = cache.verify(repair=True)
+        assert (repaired.kind, repaired.repaired) == ("invalid", True)
+        assert cache.cold_entries() == []  # a damaged mirror is not offloaded: it would shadow a good artifact
+        assert_consistent(cache)
+
+
+def test_a_mirror_whose_only_refs_are_symbolic_refs_to_missing_refs_is_not_valid(tmp_path: Path) -> None:
+    from repocache.gitops import validate_mirror
+
+    mirror = tmp_path / "symbolic-only.git"
+    git("init", "-q", "--bare", str(mirror))
+    git("symbolic-ref", "HEAD", "refs/heads/nope", cwd=mirror)
+    git("symbolic-ref", "refs/remotes/origin/HEAD", "refs/heads/nope", cwd=mirror)
+    assert validate_mirror(mirror) == "is corrupt (no ref names an object, only symbolic refs to missing refs)"
+
+
+def test_a_mirror_with_tags_of_trees_and_blobs_and_head_on_a_missing_branch_is_valid(
+    tmp_path: Path, upstreams: UpstreamFactory
+) -> None:
+    from repocache.gitops import validate_mirror
+
+    upstream = upstreams.create("odd-tags")
+    upstream.commits(2)
+    tree = git("rev-parse", "HEAD^{tree}", cwd=upstream.path).strip()
+    blob = git("rev-parse", "HEAD:counter.txt", cwd=upstream.path).strip()
+    who = ["-c", "user.name=Tagger", "-c", "user.email=tagger@example.invalid"]
+    git(*who, "tag", "-a", "-m", "a tree", "tree-tag", tree, cwd=upstream.path)
+    git(*who, "tag", "-a", "-m", "a tag of a tag", "tag-tag", "tree-tag", cwd=upstream.path)
+    git("update-ref", "refs/blob", blob, cwd=upstream.path)
+    mirror = tmp_path / "odd.git"
+    git("clone", "-q", "--mirror", str(upstream.path), str(mirror))
+    git("symbolic-ref", "HEAD", "refs/heads/nope", cwd=mirror)
+    assert validate_mirror(mirror) is None
+
+
 # -- a damaged index ------------------------------------------------------------------------------------------
 
 
@@ -356,6 +501,77 @@ def test_damaged_index_is_kept_aside_and_rebuilt_from_the_mirrors(
     messages = [str(w.message) for w in caught if "damaged" in str(w.message)]
     assert len(messages) == 1, messages
     assert len(list(cache_root.glob("index.sqlite.damaged-*"))) == 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("size", [0, 50], ids=["emptied", "shorter-than-a-header"])
+def test_an_emptied_index_is_damage_rebuilt_from_the_mirrors(
+    cache_root: Path, upstreams: UpstreamFactory, size: int
+) -> None:
+    """A full disk or an operator's `> index.sqlite` leaves 0 bytes: SQLite reads that as a new, empty database,
+    which would forget every mirror. It is damage: kept aside, rebuilt from the mirrors, said once."""
+    urls = _cache_with_two_mirrors(cache_root, upstreams)
+    os.truncate(cache_root / "index.sqlite", size)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with RepoCache(cache_root, lock_timeout=5) as cache:
+            assert sorted(e.url for e in cache.entries()) == sorted(normalize_url(u).url for u in urls)
+            with cache.checkout(urls[0]) as co:
+                assert co.source == "hit"
+            assert [p.kind for p in cache.verify()] == ["index"]  # told, until acknowledged
+            assert cache.verify(repair=True)[0].repaired
+            assert_consistent(cache)
+    messages = [str(w.message) for w in caught if "damaged" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert len(list(cache_root.glob("index.sqlite.damaged-*"))) == 1
+
+
+@pytest.mark.timeout(120)
+def test_an_index_emptied_under_a_running_process_is_rebuilt_within_lock_timeout(
+    cache_root: Path, upstreams: UpstreamFactory
+) -> None:
+    """The file is truncated while this process holds connections (and the WAL) open: each new thread and the
+    old ones get their answer within `lock_timeout`, after one rebuild, with one warning."""
+    import threading
+
+    urls = _cache_with_two_mirrors(cache_root, upstreams)
+    lock_timeout = 4.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with RepoCache(cache_root, lock_timeout=lock_timeout) as cache:
+            with cache.checkout(urls[0]) as co:
+                assert co.source == "hit"
+            os.truncate(cache_root / "index.sqlite", 0)
+            results: list[object] = []
+
+            def reader() -> None:
+                started = time.monotonic()
+                try:
+                    with cache.checkout(urls[1]) as co:
+                        results.append((co.source, sorted(e.url for e in cache.entries())))
+                except Exception as exc:  # the assertion below shows it
+                    results.append(exc)
+                results.append(time.monotonic() - started)
+
+            threads = [threading.Thread(target=reader) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            started = time.monotonic()
+            entries = sorted(e.url for e in cache.entries())  # the thread that opened the index
+            results.append(("main", entries))
+            results.append(time.monotonic() - started)
+            expected = sorted(normalize_url(u).url for u in urls)
+            assert entries == expected, results
+            answers = [r for r in results if not isinstance(r, float)]
+            waits = [r for r in results if isinstance(r, float)]
+            assert answers == [("hit", expected)] * 3 + [("main", expected)], answers
+            assert max(waits) < lock_timeout + 2.0, waits
+            assert [p.kind for p in cache.verify(repair=True)] == ["index"]
+            assert_consistent(cache)
+    messages = [str(w.message) for w in caught if "damaged" in str(w.message)]
+    assert len(messages) == 1, messages
 
 
 def test_command_line_rebuilds_a_damaged_index(cache_root: Path, upstreams: UpstreamFactory) -> None:

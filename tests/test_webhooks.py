@@ -173,7 +173,7 @@ def test_bad_requests_are_refused_and_mark_nothing(
         ({k: v for k, v in headers.items() if k != "X-Hub-Signature-256"}, body, 401, "X-Hub-Signature-256"),
         (headers, body + b" ", 401, "signature"),  # the body was changed after signing
         (gitlab(repo_url, token="wrong")[0], gitlab(repo_url)[1], 401, "X-Gitlab-Token"),
-        ({**headers, "X-GitHub-Event": "issues"}, body, 400, "issues"),
+        ({**headers, "X-GitHub-Event": " "}, body, 400, "empty"),
         ({k: v for k, v in headers.items() if k != "X-GitHub-Event"}, body, 400, "event header"),
         ({**headers, "X-Hub-Signature-256": "sha256=" + _hex(b"{nope")}, b"{nope", 400, "JSON"),
         ({**headers, "X-Hub-Signature-256": "sha256=" + _hex(b"{}")}, b"{}", 400, "repository"),
@@ -207,8 +207,10 @@ def test_parse_event_reads_every_repository_url_and_refuses_with_typed_errors() 
     with pytest.raises(WebhookSignatureError) as caught:
         parse_event(headers, body, secret="other")
     assert caught.value.status == 401 and isinstance(caught.value, (WebhookError, ValueError))
-    with pytest.raises(WebhookEventError):
-        parse_event({**headers, "X-GitHub-Event": "release"}, body, secret=SECRET)
+    with pytest.raises(WebhookEventError, match="empty"):
+        parse_event({**headers, "X-GitHub-Event": ""}, body, secret=SECRET)
+    release = parse_event({**headers, "X-GitHub-Event": "release"}, body, secret=SECRET)
+    assert (release.ignored, release.urls) == (True, ())  # verified, not a push: nothing to mark
     local = json.dumps({"object_kind": "push", "project": {"git_http_url": "/srv/git/repo", "web_url": "ftp://x/y"}})
     with pytest.raises(WebhookPayloadError, match="no repository"):  # a host never names a local path
         parse_event(gitlab("")[0], local.encode(), secret=SECRET)

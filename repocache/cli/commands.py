@@ -6,11 +6,18 @@ A command is written here once; ``parser.py`` builds the argument parser and ``-
 
 from __future__ import annotations
 
-from repocache.cli import cold, maintain, repos
-from repocache.cli.options import seconds, size
+from repocache.cli import cold, maintain, repos, serve, worktree
+from repocache.cli.options import max_age, seconds, size
 from repocache.cli.spec import Command, argument
 
 _URLS = argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
+_MAX_AGE = argument(
+    "--max-age",
+    metavar="SECONDS",
+    type=max_age,
+    default=None,
+    help="for this command instead of --fetch-ttl: the age a copy may have (0: fetch now; any: never fetch)",
+)
 
 COMMANDS: tuple[Command, ...] = (
     Command(
@@ -26,6 +33,7 @@ COMMANDS: tuple[Command, ...] = (
                 action="store_true",
                 help="print the cache entry as JSON instead",
             ),
+            _MAX_AGE,
         ),
         details='`cd "$(repocache get URL)"` works in scripts: only the path goes to standard output.',
     ),
@@ -62,6 +70,7 @@ COMMANDS: tuple[Command, ...] = (
                 help="pin file to warm (default: --pins / $REPOCACHE_PINS); also used as the cache's pins if none "
                 "is set",
             ),
+            _MAX_AGE,
         ),
     ),
     Command(
@@ -84,6 +93,28 @@ COMMANDS: tuple[Command, ...] = (
         repos.stale,
         (_URLS,),
         details="The mark is shared: the next hit in any process using the root fetches first. Prints each URL.",
+    ),
+    Command(
+        "run",
+        "run a command in a temporary worktree of a ref, remove the worktree, exit with the command's code",
+        worktree.run_in_worktree,
+        (
+            argument("url", metavar="URL", help="repository URL or local path"),
+            argument("--ref", metavar="REF", default="HEAD", help="branch, tag or commit to check out (default: HEAD)"),
+            _MAX_AGE,
+            argument(
+                "argv",
+                metavar="COMMAND",
+                nargs="*",
+                help="the command and its arguments, after -- (run in the worktree, which $REPOCACHE_WORKTREE names)",
+            ),
+        ),
+        details="`repocache run URL --ref v1 -- make test` is `with cache.worktree(URL, 'v1')` for the shell: the "
+        "command runs with the worktree as its directory and `$REPOCACHE_WORKTREE` and `$REPOCACHE_COMMIT` set, "
+        "and the worktree is removed when it ends, also on Ctrl-C or SIGTERM (passed on to the command). "
+        "The exit code is the command's (128 + the signal if it was killed; 127 if it is not found); "
+        "repocache's own failures exit with their usual codes.",
+        passthrough=True,
     ),
     Command(
         "verify",
@@ -156,7 +187,94 @@ COMMANDS: tuple[Command, ...] = (
             ),
             argument("--json", action="store_true", help="print a JSON list of reports"),
         ),
-        details="Exit 1 if maintenance failed for a repository. See [Maintenance](operations.md#maintenance).",
+        details="Exit 1 if the repository is not cached or maintenance failed for a repository. "
+        "See [Maintenance](operations.md#maintenance).",
+    ),
+    Command(
+        "serve",
+        "serve the cache to plain git clients over smart HTTP until SIGTERM or Ctrl-C",
+        serve.serve,
+        (
+            argument(
+                "--allow",
+                metavar="PREFIX=URL",
+                action="append",
+                required=True,
+                help="serve /PREFIX/<path>.git from upstream URL/<path>.git, e.g. github.com=https://github.com/ "
+                "(repeatable; nothing else is served)",
+            ),
+            argument(
+                "--listen",
+                metavar="HOST:PORT",
+                type=serve.listen,
+                default="127.0.0.1:8080",
+                help="address to listen on (default: 127.0.0.1:8080; :8080 for every address)",
+            ),
+            argument(
+                "--max-packs",
+                metavar="N",
+                type=serve.count,
+                default=4,
+                help="pack answers generated at once (default: 4)",
+            ),
+            argument(
+                "--max-queue",
+                metavar="N",
+                type=serve.count,
+                default=64,
+                help="pack answers waiting for a slot; beyond, 503 with Retry-After (default: 64)",
+            ),
+            argument(
+                "--retry-after",
+                metavar="SECONDS",
+                type=seconds,
+                default=5.0,
+                help="what a 503 tells clients to wait (default: 5)",
+            ),
+            argument(
+                "--graceful-timeout",
+                metavar="SECONDS",
+                type=seconds,
+                default=30.0,
+                help="on SIGTERM, how long requests in flight may finish (default: 30)",
+            ),
+            argument(
+                "--head-timeout",
+                metavar="SECONDS",
+                type=seconds,
+                default=30.0,
+                help="how long a request head may take to arrive (default: 30)",
+            ),
+            argument(
+                "--body-timeout",
+                metavar="SECONDS",
+                type=seconds,
+                default=60.0,
+                help="how long a request body may pause (default: 60)",
+            ),
+            argument(
+                "--auto-ttl",
+                action="store_true",
+                help='use the adaptive schedule (fetch_ttl="auto") instead of --fetch-ttl',
+            ),
+            argument(
+                "--refresh",
+                metavar="MODE",
+                choices=("foreground", "background"),
+                default=None,
+                help="background: a due repository is served at once while it is fetched (default: foreground)",
+            ),
+            argument(
+                "--webhook-secret-file",
+                metavar="FILE",
+                default=None,
+                help="accept push webhooks at /-/webhook with the secret in FILE (default: $REPOCACHE_WEBHOOK_SECRET, "
+                "else no webhook route)",
+            ),
+        ),
+        details="Needs the `serve` extra (`pip install 'git-repocache[serve]'`). Clients use it unchanged with "
+        '`git config --global url."http://HOST:PORT/github.com/".insteadOf "https://github.com/"`. '
+        "See [The git server](serve.md).",
     ),
 )
 """Every command, in ``--help`` order."""

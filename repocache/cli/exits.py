@@ -9,6 +9,7 @@ from repocache.errors import (
     InvalidRefError,
     InvalidURLError,
     LockTimeoutError,
+    MissingObjectError,
     RefNotFoundError,
     RepoCacheError,
     WebhookError,
@@ -44,7 +45,7 @@ def exit_code_for(error: BaseException) -> int:
         return EXIT_PIPE
     if isinstance(error, (InvalidURLError, ConfigError, InvalidRefError, RefNotFoundError, WebhookError)):
         return EXIT_USAGE
-    if isinstance(error, GitError):
+    if isinstance(error, (GitError, MissingObjectError)):
         return EXIT_GIT
     if isinstance(error, BudgetError):
         return EXIT_BUDGET

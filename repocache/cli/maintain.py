@@ -33,9 +33,17 @@ def verify(context: Context) -> int:
 
 
 def maintain(context: Context) -> int:
-    """``maintain [URL] [--prune] [--json]``."""
+    """``maintain [URL] [--prune] [--json]``; exit 1 when URL is not cached, as ``stale`` and ``evict`` do."""
+    from repocache.keys import normalize_url
+
+    url = None if context.args.url is None else normalize_url(context.args.url).url
     with open_cache(context) as cache:
         reports = cache.maintain(context.args.url, prune=bool(context.args.prune))
+    if url is not None and not reports:
+        if context.args.json:
+            context.emit_json([])
+        context.error(f"{url} was not maintained: it is not in the cache")
+        return EXIT_NOT_DONE
     if context.args.json:
         context.emit_json([dataclasses.asdict(report) for report in reports])
     elif reports:
@@ -55,6 +63,6 @@ def maintain(context: Context) -> int:
         ]
         context.emit(table(rows))
     else:
-        context.note("nothing to maintain" if context.args.url is None else f"{context.args.url} is not cached")
+        context.note("nothing to maintain")
     failed = [r for r in reports if r.skipped is not None and r.skipped.startswith("failed")]
     return EXIT_NOT_DONE if failed else EXIT_OK

@@ -15,6 +15,7 @@ from repocache.errors import ConfigError
 if TYPE_CHECKING:
     from repocache.cache import RepoCache
     from repocache.cli.output import Context
+    from repocache.refresh import MaxAge
 
 
 # -- argument types -----------------------------------------------------------------------------------------------
@@ -47,6 +48,26 @@ def seconds(value: str) -> float:
     if not number >= 0 or number == float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} is out of range; expected finite seconds >= 0")
     return number
+
+
+def ttl(value: str) -> float | str:
+    """A ``--fetch-ttl`` argument: finite seconds >= 0, or ``auto`` (each repository's own interval)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return seconds(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not accepted; expected finite seconds >= 0 or auto") from None
+
+
+def max_age(value: str) -> float | str:
+    """A ``--max-age`` argument: finite seconds >= 0 (0: fetch now), or ``any`` (serve the cached copy, any age)."""
+    if value.strip().lower() == "any":
+        return "any"
+    try:
+        return seconds(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not accepted; expected finite seconds >= 0 or any") from None
 
 
 # -- the global options -------------------------------------------------------------------------------------------
@@ -90,9 +111,26 @@ GLOBAL_OPTIONS: tuple[Argument, ...] = (
     argument(
         "--fetch-ttl",
         metavar="SECONDS",
+        type=ttl,
+        default=None,
+        help="do not contact upstream for a repository fetched less than this long ago; auto: each repository's "
+        "own interval, from how often it changes (default: $REPOCACHE_FETCH_TTL, else 0)",
+    ),
+    argument(
+        "--lock-timeout",
+        metavar="SECONDS",
         type=seconds,
-        default=0.0,
-        help="do not contact upstream for a repository fetched less than this long ago (default: 0)",
+        default=None,
+        help="give up (exit 5) after waiting this long for another worker's clone, fetch or eviction "
+        "(default: $REPOCACHE_LOCK_TIMEOUT, else 600)",
+    ),
+    argument(
+        "--on-fetch-error",
+        metavar="MODE",
+        choices=("warn", "raise"),
+        default=None,
+        help="when a fetch fails: warn (serve the cached copy with a warning) or raise (exit 3) "
+        "(default: $REPOCACHE_ON_FETCH_ERROR, else warn)",
     ),
     argument("-q", "--quiet", action="store_true", default=False, help="no progress bars, notes or warnings"),
     argument(
@@ -107,13 +145,19 @@ GLOBAL_OPTIONS: tuple[Argument, ...] = (
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, in_command: bool) -> None:
-    """Add the global options to ``parser`` (a command's parser leaves unset ones to the top-level parser)."""
-    group = parser.add_argument_group("global options")
+    """Add the global options to ``parser``.
+
+    A command's parser accepts them too, hidden from its ``--help`` (``repocache --help`` describes them), and
+    leaves the ones not given to the top-level parser.
+    """
+    if not in_command:
+        group = parser.add_argument_group("global options")
+        for option in GLOBAL_OPTIONS:
+            group.add_argument(*option.flags, help=option.help, **option.settings)
+        return
     for option in GLOBAL_OPTIONS:
-        settings = dict(option.settings)
-        if in_command:
-            settings["default"] = argparse.SUPPRESS
-        group.add_argument(*option.flags, help=option.help, **settings)
+        settings = {**option.settings, "default": argparse.SUPPRESS}
+        parser.add_argument(*option.flags, help=argparse.SUPPRESS, **settings)
 
 
 # -- from options and environment to a cache ----------------------------------------------------------------------
@@ -148,6 +192,8 @@ def cache_options(args: argparse.Namespace, *, pins_fallback: str | None = None)
         "max_bytes": args.max_bytes,
         "pins": args.pins,
         "fetch_ttl": args.fetch_ttl,
+        "lock_timeout": args.lock_timeout,
+        "on_fetch_error": args.on_fetch_error,
         "cold_store": args.cold_store,
         "cold_publish": args.cold_publish,
     }
@@ -156,6 +202,16 @@ def cache_options(args: argparse.Namespace, *, pins_fallback: str | None = None)
     if options.get("pins") is None and pins_fallback is not None:
         options["pins"] = pins_fallback
     return options
+
+
+def call_max_age(args: argparse.Namespace) -> MaxAge:
+    """The ``max_age=`` of the command's call: ``--max-age`` (``any``: None), else the cache's TTL applies."""
+    from repocache.refresh import USE_TTL
+
+    value = getattr(args, "max_age", None)
+    if value is None:
+        return USE_TTL
+    return None if value == "any" else value
 
 
 def open_cache(context: Context, *, pins_fallback: str | None = None) -> RepoCache:

@@ -8,17 +8,20 @@ from repocache.cli.commands import COMMANDS
 from repocache.cli.options import add_global_options
 from repocache.cli.spec import Command
 
-EPILOG = """\
-environment:
-  REPOCACHE_DIR        cache root when --root is not given (else the platform's user cache directory)
-  REPOCACHE_MAX_BYTES  budget when --max-bytes is not given
-  REPOCACHE_PINS       never-evict YAML file when --pins is not given
-  REPOCACHE_COLD_STORE cold storage URL when --cold-store is not given
-  REPOCACHE_COLD_PUBLISH when to upload mirrors for other hosts when --cold-publish is not given
 
+def _environment_lines() -> str:
+    from repocache.cli.options import ENVIRONMENT
+
+    width = max(len(name) for name in ENVIRONMENT.values())
+    return "".join(f"  {name.ljust(width)}  when {flag} is not given\n" for flag, name in ENVIRONMENT.items())
+
+
+EPILOG = f"""\
+environment:
+{_environment_lines()}
 exit codes:
   0    success
-  1    the operation did not happen (not evicted; verify found problems it did not repair)
+  1    the operation did not happen (not cached, not evicted; verify found problems it did not repair)
   2    usage error or invalid input (bad option, invalid URL, setting or pin file)
   3    git failed (clone or fetch)
   4    the repository does not fit in the byte budget
@@ -28,6 +31,9 @@ exit codes:
   143  terminated (SIGTERM)
   141  standard output closed early
 """
+
+COMMAND_EPILOG = "global options (--root, --fetch-ttl, ...), environment, exit codes: repocache --help"
+"""The last line of every command's ``--help``: where the global options are described."""
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
@@ -58,16 +64,15 @@ def _add_commands(
 ) -> None:
     subparsers = parser.add_subparsers(dest=command_dest(path), metavar=metavar, title=title)
     for command in commands:
-        if path:  # a subcommand's help is its one line, without the description and the epilog
-            sub = subparsers.add_parser(command.name, help=command.summary, formatter_class=_FORMATTER)
-        else:
-            sub = subparsers.add_parser(
-                command.name,
-                help=command.summary,
-                description=command.summary,
-                epilog=EPILOG,
-                formatter_class=_FORMATTER,
-            )
+        # A command's help shows its own arguments; the global options are accepted after it too (scripts put
+        # them there) but described once, by ``repocache --help``.
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.summary,
+            description=command.summary,
+            epilog=COMMAND_EPILOG,
+            formatter_class=_FORMATTER,
+        )
         add_global_options(sub, in_command=True)
         for argument in command.arguments:
             sub.add_argument(*argument.flags, help=argument.help, **argument.settings)

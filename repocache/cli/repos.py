@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from repocache.cli.exits import EXIT_NOT_DONE, EXIT_OK, describe, exit_code_for
-from repocache.cli.options import open_cache
+from repocache.cli.options import call_max_age, open_cache
 from repocache.cli.output import Context, ago, entry_json, human_bytes, manifest_json, table, yes_no
 from repocache.counters import Counter
 from repocache.errors import ConfigError, InvalidURLError, RepoCacheError
@@ -39,7 +39,9 @@ def get(context: Context) -> int:
     """``get URL [--json]``."""
     with open_cache(context) as cache:
         _refuse_missing_path(cache, context.args.url)
-        entry = cache.ensure(context.args.url)  # never returns an entry whose path is gone
+        entry = cache.ensure(
+            context.args.url, max_age=call_max_age(context.args)
+        )  # never returns an entry whose path is gone
     if context.args.json:
         context.emit_json(entry_json(entry))
     else:
@@ -159,7 +161,7 @@ def warm(context: Context) -> int:
         failures: list[int] = []
         for url in urls:
             try:
-                entry = cache.ensure(url)
+                entry = cache.ensure(url, max_age=call_max_age(context.args))
             except RepoCacheError as exc:
                 context.error(describe(exc))
                 failures.append(exit_code_for(exc))

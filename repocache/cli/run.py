@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         The exit code (see the ``repocache.cli`` docstring); usable as a console script's return value.
     """
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors: argparse has already printed
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     command = _chosen(args)
+    if command.passthrough and "--" in argv:
+        args.argv = argv[argv.index("--") + 1 :]
     err = sys.stderr
     bar = ProgressBar(err) if not args.quiet and is_terminal(err) else None
     context = Context(args=args, out=sys.stdout, err=err, bar=bar)

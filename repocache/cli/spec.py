@@ -72,6 +72,8 @@ class Command:
         subcommands: commands typed after this one (``cold ls``).
         details: Markdown added after the summary in the docs only (exit codes, links to the guide).
         subcommands_title: the heading of the subcommands in ``--help`` (default: ``"<name> commands"``).
+        passthrough: everything after the first ``--`` is handed over verbatim as ``args.argv`` (``run``), later
+            ``--`` included, which argparse would drop.
     """
 
     name: str
@@ -81,10 +83,17 @@ class Command:
     subcommands: tuple[Command, ...] = ()
     details: str = ""
     subcommands_title: str = ""
+    passthrough: bool = False
 
     def synopsis(self) -> str:
-        """``get URL [--json]``: the name and the arguments, without the global options."""
-        return " ".join([self.name, *(argument.synopsis() for argument in self.arguments)])
+        """``get URL [--json]``: the name and the arguments, without the global options.
+
+        A passthrough command's last argument is written after ``--`` (``run URL [--ref REF] -- COMMAND...``).
+        """
+        words = [argument.synopsis() for argument in self.arguments]
+        if self.passthrough and self.arguments:
+            words[-1] = f"-- {self.arguments[-1].synopsis().strip('[]')}"
+        return " ".join([self.name, *words])
 
     def subcommand(self, name: str) -> Command:
         """The subcommand called ``name``."""

@@ -7,6 +7,7 @@ the two stores (``local``, ``fsspec_store``). The cache's use of a store is :mod
 
 from repocache.cold.artifact import ColdStoreSpec, open_cold_store, pack_mirror, unpack_artifact
 from repocache.cold.fsspec_store import FsspecStore
+from repocache.cold.generations import FUTURE_BOUND
 from repocache.cold.local import LocalDirStore
 from repocache.cold.manifest import COMPRESSIONS, FORMAT_VERSION, Manifest, checked_manifest
 from repocache.cold.prune import prune_store
@@ -15,6 +16,7 @@ from repocache.cold.store import ColdStore, FleetStore, Lease
 __all__ = [
     "COMPRESSIONS",
     "FORMAT_VERSION",
+    "FUTURE_BOUND",
     "ColdStore",
     "ColdStoreSpec",
     "FleetStore",

@@ -6,21 +6,31 @@ This is the only module that imports fsspec, and the one place where fsspec's an
 
 from __future__ import annotations
 
-import builtins
 import contextlib
+import datetime
 import importlib
 import io
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
-from repocache.cold.generations import LEASES, GenerationStore, check_ttl, lease_document, parse_lease
+from repocache.cold.generations import (
+    LEASES,
+    GenerationStore,
+    StoredObject,
+    check_ttl,
+    lease_document,
+    parse_lease,
+)
 from repocache.cold.manifest import MANIFEST_MAX_BYTES, check_key
 from repocache.cold.store import Lease
-from repocache.errors import ColdStoreError, ConfigError
+from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
 from repocache.keys import scrub
 
 __all__ = ["FsspecStore"]
+
+logger = logging.getLogger("repocache.cold")
 
 _BLOCK = 5 << 20  # upload part size: memory per upload stays near this, whatever the repo size
 # Download window: each is one ranged GET, held in memory until it has been read, then dropped before the next
@@ -109,32 +119,36 @@ class FsspecStore(GenerationStore):
                 f"cold store: cannot {action} {self._describe(key, name)}: {type(exc).__name__}: {scrub(str(exc))}"
             ) from exc
 
-    def _names(self, key: str) -> builtins.list[str]:
+    def _entries(self, key: str) -> dict[str, StoredObject]:
         directory = self._path(key)
         try:
             with self._translated("list", key, missing_ok=True):
                 self._fs.invalidate_cache(directory)
-                paths = self._fs.ls(directory, detail=False)
+                infos = self._fs.ls(directory, detail=True)
         except FileNotFoundError:
-            return []
-        return [str(path).rstrip("/").rsplit("/", 1)[-1] for path in paths]
+            return {}
+        found: dict[str, StoredObject] = {}
+        for info in infos:
+            if isinstance(info, dict) and info.get("type", "file") == "file":
+                found[str(info.get("name", "")).rstrip("/").rsplit("/", 1)[-1]] = _stored_object(info)
+        return found
 
-    def _all_names(self) -> Iterator[tuple[str, builtins.list[str]]]:
+    def _all_entries(self) -> Iterator[tuple[str, dict[str, StoredObject]]]:
         with self._translated("list", ""):
             self._fs.invalidate_cache(self._root)
             try:
-                paths = self._fs.find(self._root, detail=False)
+                infos = self._fs.find(self._root, detail=True)
             except FileNotFoundError:
-                paths = []
-        by_key: dict[str, builtins.list[str]] = {}
+                infos = {}
+        by_key: dict[str, dict[str, StoredObject]] = {}
         prefix = self._root + "/"
-        for path in paths:
+        for path, info in infos.items():
             path = str(path)
             if not path.startswith(prefix):
                 continue
             parts = path[len(prefix) :].split("/")
             if len(parts) == 2 and parts[0] and parts[1]:
-                by_key.setdefault(parts[0], []).append(parts[1])
+                by_key.setdefault(parts[0], {})[parts[1]] = _stored_object(info)
         for key in sorted(by_key):
             yield key, by_key[key]
 
@@ -155,18 +169,45 @@ class FsspecStore(GenerationStore):
             self._fs.invalidate_cache(self._path(key))
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
-        with self._translated("read", key, name, missing_ok=True), self._fs.open(self._path(key, name), "rb") as f:
+        self._check_regular(key, name)
+        # No read-ahead: s3fs would fetch a whole block (50 MiB by default) of an oversize object; this fetches
+        # limit + 1 bytes at most, in one ranged read.
+        with (
+            self._translated("read", key, name, missing_ok=True),
+            self._fs.open(self._path(key, name), "rb", block_size=limit + 1, cache_type="none") as f,
+        ):
             data: bytes = f.read(limit + 1)
-            return data
+        if len(data) > limit:
+            raise UnsafeFileError(self._describe(key, name), f"it holds more than the bound of {limit} bytes")
+        return data
 
     def _open(self, key: str, name: str) -> BinaryIO:
         path = self._path(key, name)
+        try:
+            self._check_regular(key, name)
+        except UnsafeFileError as exc:
+            raise ColdStoreError(f"cold store: cannot open {self._describe(key, name)}: {exc.reason}") from exc
         with self._translated("open", key, name, missing_ok=True):
             self._fs.invalidate_cache(self._path(key))
             # No fsspec cache: its read-ahead cache kept the window, a copy of it and a joined result alive at once
             # (72 MB for a 50 MB artifact); _TranslatingReader keeps exactly one window instead.
             inner = self._fs.open(path, "rb", block_size=_READ_BLOCK, cache_type="none")
         return io.BufferedReader(_TranslatingReader(inner, self, key, name, window=_READ_BLOCK), _CHUNK)
+
+    def _check_regular(self, key: str, name: str) -> None:
+        """On a filesystem with special files (not an object store): refuse an object that is not a regular file
+        before opening it (a FIFO would block the read forever, a link to ``/dev/zero`` never end).
+
+        Raises:
+            FileNotFoundError: it is missing.
+            UnsafeFileError: it is a FIFO, a device, a directory or a symbolic link.
+        """
+        if self._object_store:
+            return  # every object of an object store is a plain, finite blob
+        with self._translated("stat", key, name, missing_ok=True):
+            self._fs.invalidate_cache(self._path(key))
+            info = self._fs.info(self._path(key, name))
+        _refuse_special(self._describe(key, name), info)
 
     def _size(self, key: str, name: str) -> int:
         with self._translated("stat", key, name, missing_ok=True):
@@ -210,11 +251,26 @@ class FsspecStore(GenerationStore):
         self._fs.invalidate_cache(f"{self._root}/{LEASES}")
         try:
             with self._translated("read the lease of", key, missing_ok=True):
-                etag = str(self._fs.info(path).get("ETag"))
-                data = self._fs.cat_file(path)
+                info = self._fs.info(path)
+                etag = str(info.get("ETag"))
+            _refuse_special(path, info)
+            size = info.get("size")
+            if isinstance(size, int) and size > MANIFEST_MAX_BYTES:
+                raise UnsafeFileError(path, f"it holds {size} bytes, more than the bound of {MANIFEST_MAX_BYTES}")
+            data = b""
+            if size != 0:  # a ranged read of an empty object is an error on S3 (416)
+                with self._translated("read the lease of", key, missing_ok=True):
+                    # Never more than the bound, even if it grew since: an oversize lease is not read whole.
+                    data = bytes(self._fs.cat_file(path, start=0, end=MANIFEST_MAX_BYTES + 1))
         except FileNotFoundError:
             return None
-        return parse_lease(bytes(data)[:MANIFEST_MAX_BYTES]), etag
+        except UnsafeFileError as exc:
+            logger.warning("cold store: the lease %s reads as expired: %s", path, exc.reason)
+            data = b""
+        if len(data) > MANIFEST_MAX_BYTES:
+            logger.warning("cold store: the lease %s reads as expired: larger than %d bytes", path, MANIFEST_MAX_BYTES)
+            data = b""
+        return parse_lease(data), etag
 
     def _require_leases(self) -> None:
         if not self._s3:
@@ -261,6 +317,40 @@ class FsspecStore(GenerationStore):
             except FileNotFoundError:
                 continue
         self._fs.invalidate_cache(self._path(key))
+
+
+def _stored_object(info: Any) -> StoredObject:
+    """Size and store time of an fsspec listing entry (S3 ``LastModified``, a file's ``mtime``, GCS ``updated``)."""
+    info = info if isinstance(info, dict) else {}
+    try:
+        size = int(info.get("size", info.get("Size", 0)) or 0)
+    except (TypeError, ValueError):
+        size = -1  # unknown: never matches a manifest, so the generation is not trusted
+    modified: float | None = None
+    for name in ("LastModified", "mtime", "updated", "last_modified"):
+        value = info.get(name)
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.timezone.utc)
+            modified = value.timestamp()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            modified = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                modified = datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        if modified is not None:
+            break
+    return StoredObject(size, modified)
+
+
+def _refuse_special(where: str, info: dict[str, Any]) -> None:
+    """Raise UnsafeFileError unless fsspec's ``info`` describes a regular file that is not a symbolic link."""
+    kind = info.get("type")
+    if info.get("islink"):
+        raise UnsafeFileError(where, "it is a symbolic link; expected a regular file, not a symbolic link")
+    if kind not in (None, "file"):
+        what = "a directory" if kind == "directory" else "not a regular file (a FIFO, a device or a socket)"
+        raise UnsafeFileError(where, f"it is {what}; expected a regular file")
 
 
 def _precondition_failed(exc: BaseException) -> bool:

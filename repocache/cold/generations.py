@@ -1,8 +1,8 @@
 """The layout and rules the built-in stores share, implemented once on top of a few primitives per backend.
 
 :class:`GenerationStore` is the engine of :class:`~repocache.cold.LocalDirStore` and
-:class:`~repocache.cold.FsspecStore`; a backend provides the primitives (list, upload, read, open, size, remove)
-and inherits the layout::
+:class:`~repocache.cold.FsspecStore`; a backend provides the primitives (list with sizes and store times, upload,
+read, open, size, remove) and inherits the layout::
 
     <root>/<key>/<generation>.tar        the artifact (".tar.zst" when compressed with zstd)
     <root>/<key>/<generation>.json       its manifest, written after the artifact: the commit point
@@ -10,10 +10,23 @@ and inherits the layout::
 
 Every upload writes objects with a name of its own, so concurrent uploads of one key never write to the same
 object and a reader never sees a half-written artifact: a manifest only exists once its artifact is complete.
-Generations sort by their ``created`` time, and the current manifest of a key is the newest readable one, so an
-older upload can never shadow a newer one; object stores need neither rename nor compare-and-swap for this. After
-committing, an upload deletes the older generations (manifests first, then artifacts), or deletes itself when it
-finds that a newer upload committed meanwhile.
+The current manifest of a key is the newest *usable* generation, so an older upload can never shadow a newer
+one; object stores need neither rename nor compare-and-swap for this. After committing, an upload deletes the
+older and the unusable generations (manifests first, then artifacts), or deletes itself when it finds that a newer
+upload committed meanwhile.
+
+Anyone who can write the store can write a generation, so its name is a claim, not a fact:
+
+* *Order.* A generation ranks by the earlier of its ``created`` time (the writer's clock, in its name) and the
+  time the store wrote its manifest (S3's ``LastModified``, a file's modification time, plus one second for the
+  store's resolution), which the writer does not choose. A generation dated far ahead therefore ranks at the
+  moment it was written, and an honest snapshot taken after that moment always ranks above it.
+* *Usable.* A generation is skipped (with one warning per process) and deleted by the next upload or
+  :meth:`GenerationStore.prune` when it is dated more than :data:`FUTURE_BOUND` seconds after the store wrote
+  its manifest or after this host's clock, when its manifest is unreadable, larger than
+  :data:`~repocache.cold.manifest.MANIFEST_MAX_BYTES` or names another key or generation, or when its artifact
+  is missing or does not hold the size its manifest declares. The checks read one manifest and use the sizes
+  and times of the listing: no extra request per artifact.
 
 Stores shared by a fleet of hosts (:class:`~repocache.cold.FleetStore`, which both built-in stores are) also take
 uploads as a stream (:meth:`~repocache.cold.FleetStore.put_stream`: the artifact is written straight into the
@@ -36,14 +49,16 @@ import logging
 import math
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import BinaryIO, cast
 
 from repocache.cold.manifest import (
+    FORMAT_VERSION,
     GENERATION_PATTERN,
     MANIFEST_MAX_BYTES,
     Manifest,
@@ -54,9 +69,9 @@ from repocache.cold.manifest import (
 from repocache.cold.prune import prune_store
 from repocache.cold.store import ColdStore
 from repocache.cold.streams import CHUNK, CountingWriter, HashingReader
-from repocache.errors import ColdStoreError, ConfigError
+from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
 
-__all__ = ["LEASES", "GenerationStore", "check_ttl", "lease_document", "parse_lease"]
+__all__ = ["FUTURE_BOUND", "LEASES", "GenerationStore", "StoredObject", "check_ttl", "lease_document", "parse_lease"]
 
 logger = logging.getLogger("repocache.cold")
 
@@ -92,24 +107,114 @@ def check_ttl(ttl: float) -> float:
     return float(ttl)
 
 
+FUTURE_BOUND = 3600.0
+"""Seconds a generation's ``created`` may lie after the time the store wrote its manifest, or after this host's
+clock: the clock skew tolerated between hosts. A generation dated further ahead is forged or broken: unusable."""
+
+_NS = 1_000_000_000
+_STORE_RESOLUTION_NS = _NS  # S3 reports LastModified in whole seconds
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What a backend's listing says of one object.
+
+    Attributes:
+        size: its size in bytes.
+        modified: epoch seconds at which the store wrote it (S3 ``LastModified``, a file's modification time), or
+            None when the backend does not say.
+    """
+
+    size: int
+    modified: float | None = None
+
+
+@dataclass
+class _Generation:
+    """One generation's objects in a listing."""
+
+    name: str
+    created_ns: int
+    objects: dict[str, StoredObject] = field(default_factory=dict)
+
+    @property
+    def manifest(self) -> StoredObject | None:
+        return self.objects.get(self.name + ".json")
+
+    @property
+    def rank(self) -> tuple[int, str]:
+        """The order of generations: the writer's date, but never later than when the store wrote the manifest."""
+        manifest = self.manifest
+        when = self.created_ns
+        if manifest is not None and manifest.modified is not None:
+            when = min(when, round(manifest.modified * _NS) + _STORE_RESOLUTION_NS)
+        return when, self.name
+
+    def ahead(self, now: float) -> str | None:
+        """Why this generation is dated impossibly far ahead, or None."""
+        manifest = self.manifest
+        created = self.created_ns / _NS
+        if manifest is not None and manifest.modified is not None and created > manifest.modified + FUTURE_BOUND:
+            return f"dated {created - manifest.modified:.0f} s after the store wrote it (more than {FUTURE_BOUND:.0f})"
+        if created > now + FUTURE_BOUND:
+            return f"dated {created - now:.0f} s ahead of this host's clock (more than {FUTURE_BOUND:.0f})"
+        return None
+
+
+@dataclass
+class _Scan:
+    """The newest usable generation of a key (and its manifest), and the unusable ones ranked above it."""
+
+    generations: list[_Generation]
+    current: _Generation | None = None
+    manifest: Manifest | None = None
+    unusable: list[_Generation] = field(default_factory=list)
+
+
+_reported: set[str] = set()
+_reported_lock = threading.Lock()
+
+
+class _NewerFormat(ColdStoreError):
+    """A manifest written by a newer repocache (``format_version`` above :data:`FORMAT_VERSION`)."""
+
+
+def _newer_format(data: bytes) -> bool:
+    """True when ``data`` is a JSON object whose ``format_version`` is an integer this repocache does not read yet."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    version = value.get("format_version") if isinstance(value, dict) else None
+    return type(version) is int and version > FORMAT_VERSION
+
+
+def _report_once(what: str, reason: str) -> None:
+    """One warning per unusable generation per process: every lookup skips it, only the first says so."""
+    with _reported_lock:
+        if what in _reported:
+            return
+        _reported.add(what)
+    logger.warning("ignoring the cold store generation %s: %s", what, reason)
+
+
 def _new_generation(created: float) -> str:
     return f"{round(created * 1e9):020d}-{secrets.token_hex(8)}"
 
 
-def _parse(names: Iterable[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Split object names into committed generations (newest first) and every object name by generation."""
-    committed: list[str] = []
-    objects: dict[str, list[str]] = {}
-    for name in names:
+def _parse(entries: dict[str, StoredObject]) -> list[_Generation]:
+    """Group a key's objects by generation, newest rank first (committed or not)."""
+    generations: dict[str, _Generation] = {}
+    for name, stored in entries.items():
         match = _OBJECT.match(name)
         if not match:
             continue
         generation = match["generation"]
-        objects.setdefault(generation, []).append(name)
-        if match["suffix"] == ".json":
-            committed.append(generation)
-    committed.sort(reverse=True)
-    return committed, objects
+        found = generations.get(generation)
+        if found is None:
+            found = generations[generation] = _Generation(generation, int(generation[:20]))
+        found.objects[name] = stored
+    return sorted(generations.values(), key=lambda g: g.rank, reverse=True)
 
 
 class GenerationStore(ColdStore):
@@ -124,12 +229,13 @@ class GenerationStore(ColdStore):
         """Whether this store can take leases (see :class:`FleetStore`); False unless a backend says otherwise."""
         return False
 
-    def _names(self, key: str) -> builtins.list[str]:
-        """Object names directly under ``<root>/<key>/`` (none when it does not exist)."""
+    def _entries(self, key: str) -> dict[str, StoredObject]:
+        """The objects directly under ``<root>/<key>/`` by name, with size and store time (none when it does not
+        exist)."""
         raise NotImplementedError
 
-    def _all_names(self) -> Iterator[tuple[str, builtins.list[str]]]:
-        """(key, object names) for every key directory in the store."""
+    def _all_entries(self) -> Iterator[tuple[str, dict[str, StoredObject]]]:
+        """(key, its objects as :meth:`_entries` gives them) for every key directory in the store."""
         raise NotImplementedError
 
     def _upload(self, key: str, name: str) -> AbstractContextManager[BinaryIO]:
@@ -150,11 +256,13 @@ class GenerationStore(ColdStore):
                     raise ColdStoreError(f"cold store: cannot write {self._describe(key, name)}: {exc}") from exc
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
-        """Return at most ``limit + 1`` bytes of an object; FileNotFoundError when it is missing."""
+        """Return at most ``limit + 1`` bytes of an object; FileNotFoundError when it is missing, UnsafeFileError
+        when it is not a regular file or holds more than ``limit`` bytes (never read whole, never waited on)."""
         raise NotImplementedError
 
     def _open(self, key: str, name: str) -> BinaryIO:
-        """Open an object for streaming reads; FileNotFoundError when it is missing."""
+        """Open an object for streaming reads; FileNotFoundError when it is missing, ColdStoreError when it is not
+        a regular file (opened without blocking: a FIFO must not stall a restore)."""
         raise NotImplementedError
 
     def _size(self, key: str, name: str) -> int:
@@ -179,8 +287,9 @@ class GenerationStore(ColdStore):
         stored with a fresh ``generation`` whatever ``manifest.generation`` says.
 
         Returns:
-            True if the upload became current; False if a manifest at least as new was already there or was
-            committed concurrently, in which case this upload's objects are deleted again.
+            True if the upload became current; False if a usable manifest at least as new was already there or
+            was committed concurrently, in which case this upload's objects are deleted again. Unusable
+            generations (see the module docstring) never count as newer, and are deleted once this one commits.
 
         Raises:
             ColdStoreError: the key is invalid or differs from ``manifest.key``, the artifact does not match the
@@ -189,9 +298,8 @@ class GenerationStore(ColdStore):
         check_key(key)
         if manifest.key != key:
             raise ColdStoreError(f"manifest key {manifest.key!r} does not match the key {key!r} it is stored under")
-        committed, _ = _parse(self._names(key))
         generation = _new_generation(manifest.created)
-        if committed and committed[0][:20] >= generation[:20]:
+        if self._superseded(key, generation):
             logger.info("cold store already holds a newer or same-age artifact of %s; not uploading", manifest.url)
             return False
         stored = replace(manifest, generation=generation)
@@ -222,12 +330,13 @@ class GenerationStore(ColdStore):
 
         The bytes ``write`` writes are counted on their way into the store's upload; the manifest it returns
         must name ``key``, ``compression`` and exactly that many bytes, and the stored object must hold them.
+        Unusable generations (see the module docstring) never count as newer, and are deleted once this one
+        commits.
         """
         check_key(key)
         suffix = artifact_suffix(compression)
         generation = _new_generation(time.time() if created is None else created)
-        committed, _ = _parse(self._names(key))
-        if committed and committed[0][:20] >= generation[:20]:
+        if self._superseded(key, generation):
             logger.info("cold store already holds a newer or same-age artifact of %s; not uploading", key)
             return None
         artifact = generation + suffix
@@ -242,8 +351,14 @@ class GenerationStore(ColdStore):
                 )
         return self._commit(key, replace(manifest, generation=generation))
 
+    def _superseded(self, key: str, generation: str) -> bool:
+        """Whether a usable generation of ``key`` ranks at least as high as a new one named ``generation``."""
+        created = int(generation[:20])
+        current = self._scan(key, self._entries(key), down_to=created).current
+        return current is not None and current.rank[0] >= created
+
     def _commit(self, key: str, stored: Manifest) -> Manifest | None:
-        """Check the uploaded artifact of ``stored``, write its manifest, then drop older generations.
+        """Check the uploaded artifact of ``stored``, write its manifest, then drop older and unusable generations.
 
         Returns ``stored``, or None when a newer upload committed meanwhile (this one's objects are deleted).
         """
@@ -260,8 +375,7 @@ class GenerationStore(ColdStore):
             self._publish(key, generation + ".json", io.BytesIO(stored.to_json().encode("utf-8")))
         except FileNotFoundError as exc:
             self._remove(key, [generation + ".json", artifact])
-            committed, _ = _parse(self._names(key))
-            if committed and committed[0] > generation:
+            if self._superseded(key, generation):
                 # A newer upload committed meanwhile and swept this one's artifact as an older orphan.
                 logger.info("a newer artifact of %s was committed concurrently; dropping this upload", manifest.url)
                 return None
@@ -269,50 +383,131 @@ class GenerationStore(ColdStore):
         except BaseException:
             self._remove(key, [generation + ".json", artifact])
             raise
-        committed, objects = _parse(self._names(key))
-        if committed and committed[0] > generation:
-            logger.info("a newer artifact of %s was committed concurrently; dropping this upload", manifest.url)
+        scan = self._scan(key, self._entries(key), known=stored)
+        if scan.current is None or scan.current.name != generation:
+            if scan.current is None:
+                logger.warning(
+                    "the upload %s of %s is not usable once stored (is this host's clock more than %.0f s ahead of "
+                    "the store's?); dropping it",
+                    self._describe(key, generation + ".json"),
+                    manifest.url,
+                    FUTURE_BOUND,
+                )
+            else:
+                logger.info("a newer artifact of %s was committed concurrently; dropping this upload", manifest.url)
             self._remove(key, [generation + ".json", artifact])
             return None
-        self._collect(key, generation, objects)
+        self._collect(key, scan)
         return stored
 
-    def _collect(self, key: str, current: str, objects: dict[str, builtins.list[str]]) -> None:
-        """Delete every generation older than ``current``: all their manifests first, then their artifacts."""
-        older = sorted(g for g in objects if g < current)
-        manifests = [name for g in older for name in objects[g] if name.endswith(".json")]
-        artifacts = [name for g in older for name in objects[g] if not name.endswith(".json")]
-        self._remove(key, manifests)
-        self._remove(key, artifacts)
+    def _scan(
+        self,
+        key: str,
+        entries: dict[str, StoredObject],
+        *,
+        down_to: int | None = None,
+        known: Manifest | None = None,
+    ) -> _Scan:
+        """Find the newest usable generation of ``key`` in a listing, reading manifests newest rank first.
 
-    def _newest_manifest(self, key: str, names: Iterable[str]) -> Manifest | None:
-        committed, _ = _parse(names)
-        for generation in committed:
-            try:
-                data = self._read(key, generation + ".json", MANIFEST_MAX_BYTES)
-            except FileNotFoundError:
-                continue  # superseded and deleted while we listed
-            try:
-                if len(data) > MANIFEST_MAX_BYTES:
-                    raise ColdStoreError(f"larger than {MANIFEST_MAX_BYTES} bytes")
-                manifest = Manifest.from_json(data)
-                if manifest.key != key or manifest.generation != generation:
-                    raise ColdStoreError(f"it names key {manifest.key!r}, generation {manifest.generation!r}")
-            except ColdStoreError as exc:
-                logger.warning(
-                    "ignoring unreadable cold store manifest %s: %s", self._describe(key, generation + ".json"), exc
-                )
+        Args:
+            key: the key listed.
+            entries: its objects.
+            down_to: stop (with no current generation) at the first one ranked below this many nanoseconds.
+            known: a manifest this process just wrote: not read back (its listed artifact is still checked).
+        """
+        scan = _Scan(_parse(entries))
+        now = time.time()
+        for candidate in scan.generations:
+            if down_to is not None and candidate.rank[0] < down_to:
+                break
+            if candidate.manifest is None:
+                continue  # an upload in progress, or the artifact of a superseded one: not committed
+            problem = candidate.ahead(now)
+            manifest = None
+            if problem is None:
+                try:
+                    manifest = self._usable_manifest(key, candidate, known)
+                except FileNotFoundError:
+                    continue  # superseded and deleted while we listed
+                except _NewerFormat as exc:
+                    # A newer repocache's generation (a fleet in a rolling upgrade): not ours to read, nor to
+                    # delete as poison; an older one below it may still be read.
+                    _report_once(self._describe(key, candidate.name + ".json"), str(exc))
+                    continue
+                except (ColdStoreError, UnsafeFileError) as exc:
+                    problem = str(exc)
+            if manifest is None:
+                _report_once(self._describe(key, candidate.name + ".json"), problem or "unusable")
+                scan.unusable.append(candidate)
                 continue
-            return manifest
-        return None
+            scan.current, scan.manifest = candidate, manifest
+            break
+        return scan
+
+    def _usable_manifest(self, key: str, generation: _Generation, known: Manifest | None = None) -> Manifest:
+        """The manifest of ``generation`` if it and its listed artifact are whole (``known``: it, unread).
+
+        Raises:
+            FileNotFoundError: the manifest is gone (deleted since the listing).
+            ColdStoreError: the manifest is unreadable or does not match, or its artifact is missing or truncated.
+        """
+        if known is not None and known.generation == generation.name:
+            manifest = known
+        else:
+            data = self._read(key, generation.name + ".json", MANIFEST_MAX_BYTES)
+            if len(data) > MANIFEST_MAX_BYTES:
+                raise ColdStoreError(f"the manifest is larger than {MANIFEST_MAX_BYTES} bytes")
+            if _newer_format(data):
+                raise _NewerFormat(f"its manifest is of a newer format than {FORMAT_VERSION} (a newer repocache)")
+            manifest = Manifest.from_json(data)
+        if manifest.key != key or manifest.generation != generation.name:
+            raise ColdStoreError(f"its manifest names key {manifest.key!r}, generation {manifest.generation!r}")
+        stored = generation.manifest
+        clock = time.time() if stored is None or stored.modified is None else min(time.time(), stored.modified)
+        if manifest.created > clock + FUTURE_BOUND:
+            raise ColdStoreError(f"its manifest is dated {manifest.created - clock:.0f} s ahead of the store's clock")
+        artifact = generation.objects.get(manifest.artifact_name)
+        if artifact is None:
+            raise ColdStoreError(f"its artifact {manifest.artifact_name} is missing")
+        if artifact.size != manifest.size_bytes:
+            raise ColdStoreError(
+                f"its artifact {manifest.artifact_name} holds {artifact.size} bytes, its manifest declares "
+                f"{manifest.size_bytes}"
+            )
+        return manifest
+
+    def _collect(self, key: str, scan: _Scan) -> int:
+        """Delete what no reader will use: every generation ranked below the current one, every unusable one, and
+        objects of uploads dated beyond :data:`FUTURE_BOUND` (manifests first, then artifacts). Returns how many
+        generations were deleted.
+
+        With no current generation, only the unusable ones and those dated too far ahead go: an upload in
+        progress is left alone.
+        """
+        now = time.time()
+        doomed = {g.name: g for g in scan.unusable}
+        for candidate in scan.generations:
+            impossible = candidate.created_ns / _NS > now + FUTURE_BOUND
+            older = scan.current is not None and candidate.rank < scan.current.rank
+            if impossible or older:
+                doomed[candidate.name] = candidate
+        if scan.current is not None:
+            doomed.pop(scan.current.name, None)
+        manifests = [name for g in doomed.values() for name in g.objects if name.endswith(".json")]
+        artifacts = [name for g in doomed.values() for name in g.objects if not name.endswith(".json")]
+        self._remove(key, sorted(manifests))
+        self._remove(key, sorted(artifacts))
+        return len(doomed)
 
     def get_manifest(self, key: str) -> Manifest | None:
-        """Return the newest readable manifest of ``key``, or None (see :meth:`ColdStore.get_manifest`).
+        """Return the newest usable manifest of ``key``, or None (see :meth:`ColdStore.get_manifest`).
 
-        A malformed manifest (e.g. one written by a newer repocache) is logged and skipped.
+        An unusable generation (dated too far ahead, a malformed manifest such as one written by a newer
+        repocache, a missing or truncated artifact) is skipped, with one warning per process.
         """
         check_key(key)
-        return self._newest_manifest(key, self._names(key))
+        return self._scan(key, self._entries(key)).manifest
 
     def open_artifact(self, manifest: Manifest) -> BinaryIO:
         """Open the artifact described by ``manifest`` (see :meth:`ColdStore.open_artifact`)."""
@@ -340,27 +535,41 @@ class GenerationStore(ColdStore):
             raise ColdStoreError(f"{self._describe(manifest.key, name)} is gone") from exc
 
     def exists(self, key: str) -> bool:
-        """Return True when a manifest of ``key`` is stored (see :meth:`ColdStore.exists`)."""
-        check_key(key)
-        committed, _ = _parse(self._names(key))
-        return bool(committed)
+        """Return True when a usable manifest of ``key`` is stored (see :meth:`ColdStore.exists`)."""
+        return self.get_manifest(key) is not None
 
     def delete(self, key: str) -> None:
         """Delete every object of ``key``, manifests first (see :meth:`ColdStore.delete`)."""
         check_key(key)
-        names = self._names(key)
+        names = self._entries(key)
         self._remove(key, sorted(names, key=lambda name: not name.endswith(".json")))
         self._forget_key(key)
 
     def list(self) -> Iterator[Manifest]:
-        """Yield the newest readable manifest of every key (see :meth:`ColdStore.list`)."""
-        for key, names in self._all_names():
+        """Yield the newest usable manifest of every key (see :meth:`ColdStore.list`)."""
+        for key, entries in self._all_entries():
             if not is_key(key):
                 continue
-            manifest = self._newest_manifest(key, names)
+            manifest = self._scan(key, entries).manifest
             if manifest is not None:
                 yield manifest
 
     def prune(self, *, older_than: float | None = None, keep_bytes: int | None = None) -> builtins.list[Manifest]:
-        """Apply a retention policy with :func:`prune_store`; returns the manifests whose keys were deleted."""
+        """Delete unusable generations of every key, then apply a retention policy with :func:`prune_store`.
+
+        Unusable generations (see the module docstring) are deleted whatever the policy, as are generations
+        ranked below a key's current one (leftovers of interrupted clean-ups); they are logged, not returned.
+
+        Returns:
+            The manifests whose keys were deleted by the policy.
+        """
+        for key, entries in self._all_entries():
+            if not is_key(key):
+                continue
+            scan = self._scan(key, entries)
+            removed = self._collect(key, scan)
+            if removed:
+                logger.info("pruned %d unusable or superseded generations of %s", removed, self._describe(key))
+                if scan.current is None and not self._entries(key):
+                    self._forget_key(key)
         return prune_store(self, older_than=older_than, keep_bytes=keep_bytes)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import builtins
 import contextlib
+import logging
 import os
 import secrets
 import time
@@ -12,12 +12,22 @@ from pathlib import Path
 from typing import BinaryIO
 
 from repocache import locks
-from repocache.cold.generations import LEASES, GenerationStore, check_ttl, lease_document, parse_lease
+from repocache.cold.generations import (
+    LEASES,
+    GenerationStore,
+    StoredObject,
+    check_ttl,
+    lease_document,
+    parse_lease,
+)
 from repocache.cold.manifest import MANIFEST_MAX_BYTES, check_key
 from repocache.cold.store import Lease
-from repocache.errors import ColdStoreError, ConfigError
+from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
+from repocache.safe_read import open_regular, read_regular
 
 __all__ = ["LocalDirStore"]
+
+logger = logging.getLogger("repocache.cold")
 
 _TEMP_PREFIX = ".tmp-"
 _LEASE_LOCK_TIMEOUT = 30.0  # seconds: the lock only guards a read and a rename
@@ -55,18 +65,29 @@ class LocalDirStore(GenerationStore):
         return str(self.root / key / name) if name else str(self.root / key)
 
     def _fail(self, action: str, key: str, name: str, exc: OSError) -> ColdStoreError:
-        return ColdStoreError(f"cold store: cannot {action} {self._describe(key, name)}: {exc}")
+        detail = exc.reason if isinstance(exc, UnsafeFileError) else exc
+        return ColdStoreError(f"cold store: cannot {action} {self._describe(key, name)}: {detail}")
 
-    def _names(self, key: str) -> builtins.list[str]:
+    def _entries(self, key: str) -> dict[str, StoredObject]:
+        directory = self.root / key
+        found: dict[str, StoredObject] = {}
         try:
-            names = os.listdir(self.root / key)
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted while we listed
+                    found[entry.name] = StoredObject(st.st_size, st.st_mtime)
         except (FileNotFoundError, NotADirectoryError):
-            return []
+            return {}
         except OSError as exc:
             raise self._fail("list", key, "", exc) from exc
-        return [name for name in names if not name.startswith(".")]
+        return found
 
-    def _all_names(self) -> Iterator[tuple[str, builtins.list[str]]]:
+    def _all_entries(self) -> Iterator[tuple[str, dict[str, StoredObject]]]:
         try:
             keys = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False))
         except FileNotFoundError:
@@ -75,7 +96,7 @@ class LocalDirStore(GenerationStore):
             raise ColdStoreError(f"cold store: cannot list {self.root}: {exc}") from exc
         for key in keys:
             if not key.startswith("."):
-                yield key, self._names(key)
+                yield key, self._entries(key)
 
     @contextlib.contextmanager
     def _upload(self, key: str, name: str) -> Iterator[BinaryIO]:
@@ -116,16 +137,15 @@ class LocalDirStore(GenerationStore):
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
         try:
-            with open(self.root / key / name, "rb") as source:
-                return source.read(limit + 1)
-        except FileNotFoundError:
+            return read_regular(self.root / key / name, limit=limit)
+        except (FileNotFoundError, UnsafeFileError):
             raise
         except OSError as exc:
             raise self._fail("read", key, name, exc) from exc
 
     def _open(self, key: str, name: str) -> BinaryIO:
         try:
-            return open(self.root / key / name, "rb", buffering=_CHUNK)
+            return open_regular(self.root / key / name, buffering=_CHUNK)
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -173,10 +193,15 @@ class LocalDirStore(GenerationStore):
             yield path
 
     def _read_lease(self, path: Path) -> tuple[str, float, str] | None:
+        """The lease at ``path``, or None; one that is not a small regular file reads as expired (and is
+        replaced by the next lease written, the rename replacing the file itself, never what a link names)."""
         try:
-            return parse_lease(path.read_bytes()[:MANIFEST_MAX_BYTES])
+            return parse_lease(read_regular(path, limit=MANIFEST_MAX_BYTES))
         except FileNotFoundError:
             return None
+        except UnsafeFileError as exc:
+            logger.warning("cold store: the lease %s reads as expired: %s", path, exc.reason)
+            return parse_lease(b"")
         except OSError as exc:
             raise ColdStoreError(f"cold store: cannot read the lease {path}: {exc}") from exc
 

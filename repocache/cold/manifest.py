@@ -103,7 +103,9 @@ class Manifest:
         mirror_bytes: allocated bytes of the unpacked mirror on disk, so room can be made before a restore.
         ref_count: number of refs in the mirror when it was packed.
         head: what HEAD pointed at when packed (a ref name such as ``refs/heads/main``, or a commit id).
-        created: epoch seconds of the upload; of two manifests of one key, the larger ``created`` wins.
+        created: epoch seconds of the snapshot uploaded; of two manifests of one key the later wins, ranked by
+            ``created`` but never later than the time the store wrote the manifest (a writer cannot date an upload
+            past later ones); more than :data:`~repocache.cold.generations.FUTURE_BOUND` ahead, it is unusable.
         compression: ``"none"`` or ``"zstd"``.
         format_version: the artifact/manifest format; readers refuse versions newer than :data:`FORMAT_VERSION`.
         generation: the name of this upload inside the key's directory; empty until a store accepts the manifest

@@ -27,7 +27,8 @@ class ColdStore(Protocol):
 
     * a manifest returned by :meth:`get_manifest` or :meth:`list` describes an artifact that was completely
       written before the manifest became visible (a half-written artifact is never offered for restore);
-    * a manifest with a larger ``created`` is never replaced by one with a smaller ``created``;
+    * a newer upload is never replaced by an older one (the built-in stores rank uploads by ``created``, but never
+      later than the time the store wrote them, and skip unusable ones: see :mod:`repocache.cold.generations`);
     * nothing is held in memory whole: artifacts move as streams.
 
     Methods raise :class:`~repocache.errors.ColdStoreError` when the store fails.
@@ -124,7 +125,8 @@ class FleetStore(ColdStore, Protocol):
             key: the repository key.
             write: writes the artifact and returns its manifest.
             compression: the artifact's compression (its object name depends on it).
-            created: the time of the snapshot (default: now); it orders generations.
+            created: the time of the snapshot (default: now); it orders generations (never later than the time the
+                store writes the manifest).
 
         Returns:
             The manifest as stored (with its generation), or None if a manifest at least as new was already there

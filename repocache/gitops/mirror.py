@@ -20,6 +20,13 @@ from repocache.keys import RepoURL
 
 logger = logging.getLogger("repocache")
 
+# libgit2 refuses to open a repository whose config names an extension it was not told about; a partial clone
+# made by git may carry ``extensions.partialclone``. Registering it is process-wide and only lets pygit2 open such
+# a repository: it reads what is present and never fetches what is absent (see repocache.gitops.partial).
+with contextlib.suppress(AttributeError, pygit2.GitError):
+    if "partialclone" not in pygit2.settings.extensions:
+        pygit2.settings.set_extensions([*pygit2.settings.extensions, "partialclone"])
+
 
 _LEFTOVER_PACK_PREFIXES = ("tmp_pack_", "pack_git2_", "tmp_idx_", "tmp_rev_", ".tmp-")  # .tmp-: git pack-objects
 _GIT_LOCK_FILES = (
@@ -45,8 +52,13 @@ def open_repository(path: Path) -> pygit2.Repository:
 def validate_mirror(path: Path) -> str | None:
     """Why the directory is not a usable mirror, or None when it is.
 
-    ``pygit2.Repository`` opens a half-cloned repository without complaint, so the check is that the repository
-    has at least one ref and that HEAD resolves when it names an existing branch.
+    ``pygit2.Repository`` opens a half-cloned repository without complaint, and a repository whose objects were
+    borrowed through alternates that are gone looks whole until something reads an object. So the check is that
+    every ref's objects are present, cheaply: each ref's tip (annotated tags peeled to what they name) and, for a
+    commit, its root tree. A symbolic ref naming a missing ref (HEAD of a mirror whose upstream's default branch
+    does not exist) is accepted, as git accepts it, as long as at least one ref names an object: a mirror with
+    no such ref, or with any ref whose tip or root tree is missing, is refused. This is not ``git fsck``: history
+    below the tips and the entries of the root trees are not read.
     """
     try:
         repo = open_repository(path)
@@ -58,6 +70,9 @@ def validate_mirror(path: Path) -> str | None:
         names = repo.references.iterator()
         if next(iter(names), None) is None:
             return "has no refs (unfinished clone or empty upstream)"
+        missing = _missing_objects(repo)
+        if missing is not None:
+            return f"is corrupt ({missing})"
         if repo.head_is_unborn:
             head = repo.references.get("HEAD")
             target = head.target if head is not None else None
@@ -70,6 +85,59 @@ def validate_mirror(path: Path) -> str | None:
         return f"is corrupt ({exc})"
     finally:
         repo.free()
+
+
+_PEEL_LIMIT = 32  # tags of tags: git itself gives up peeling well before a chain this long
+
+
+def _missing_objects(repo: pygit2.Repository) -> str | None:
+    """What is missing: the tip (peeled through annotated tags) or root tree of a ref, or any ref naming an object;
+    None when every ref is whole.
+
+    Cost: a lookup in the pack indexes per object, and reading the tag and commit objects the tips name (a few
+    hundred bytes each, decompressed); trees and blobs are only looked up. Shared tips are checked once.
+    """
+    odb = repo.odb
+    usable = 0
+    checked: set[pygit2.Oid] = set()
+    for reference in repo.listall_reference_objects():
+        target = reference.target
+        if isinstance(target, str):
+            continue  # symbolic: its target is a ref of its own, checked as such (or missing, as HEAD may be)
+        problem = _missing_below(repo, odb, reference.name, target, checked)
+        if problem is not None:
+            return problem
+        usable += 1
+    if usable == 0:
+        return "no ref names an object, only symbolic refs to missing refs"
+    return None
+
+
+def _missing_below(
+    repo: pygit2.Repository, odb: pygit2.Odb, name: str, oid: pygit2.Oid, checked: set[pygit2.Oid]
+) -> str | None:
+    """Whether the object a ref names, the objects its annotated tags lead to and a commit's tree are present."""
+    for _ in range(_PEEL_LIMIT):
+        if oid in checked:
+            return None
+        if not odb.exists(oid):
+            return f"the object {oid} that {name} names is missing: lost, or borrowed through alternates"
+        checked.add(oid)
+        kind, _size = odb.read_header(oid)
+        if kind not in (pygit2.enums.ObjectType.TAG, pygit2.enums.ObjectType.COMMIT):
+            return None  # a tree or a blob (tags of trees exist): present, and not read
+        obj = repo.get(oid)
+        if obj is None:
+            return f"the object {oid} that {name} names is missing"
+        if isinstance(obj, pygit2.Tag):
+            oid = obj.target
+            continue
+        if isinstance(obj, pygit2.Commit):
+            tree = obj.tree_id
+            if not odb.exists(tree):
+                return f"the tree {tree} of the commit {oid} that {name} names is missing"
+        return None
+    return f"{name} names a chain of more than {_PEEL_LIMIT} tags"
 
 
 def describe_mirror(path: Path) -> tuple[int, str]:
@@ -210,14 +278,20 @@ _MIRROR_DATA = frozenset({"HEAD", "objects", "refs", "packed-refs"})
 def mirror_config(url: RepoURL) -> str:
     """The whole ``config`` of a mirror of ``url``, as ``git clone --mirror`` writes it (credential-free URL).
 
-    Nothing else belongs there: no URL rewriting, no commands, no hooks path, no alternates, no extensions.
+    Nothing else belongs there: no URL rewriting, no commands, no hooks path, no alternates, no extensions. A
+    partial mirror (``url.filter``) keeps what ``git clone --filter`` writes and every later fetch needs:
+    ``repositoryformatversion = 1``, ``remote.origin.promisor`` and ``remote.origin.partialclonefilter`` (without
+    them a fetch would bring every object the filter left out, and git could not fetch a missing one).
     """
-    value = url.fetch_url.replace("\\", "\\\\").replace('"', '\\"')
+    value = url.transfer_url.replace("\\", "\\\\").replace('"', '\\"')
     if value != value.strip() or any(c in value for c in ";#"):
         value = f'"{value}"'  # quoted as git quotes it: otherwise ';' and '#' would start a comment
+    version, partial = "0", ""
+    if url.filter is not None:
+        version, partial = "1", f"\tpromisor = true\n\tpartialclonefilter = {url.filter}\n"
     return (
-        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n"
-        f'[remote "origin"]\n\turl = {value}\n\tfetch = +refs/*:refs/*\n\tmirror = true\n'
+        f"[core]\n\trepositoryformatversion = {version}\n\tfilemode = true\n\tbare = true\n"
+        f'[remote "origin"]\n\turl = {value}\n\tfetch = +refs/*:refs/*\n\tmirror = true\n{partial}'
     )
 
 

@@ -255,7 +255,8 @@ def run_git(
         process.stderr.close()
     if code != 0:
         detail = _error_lines(tail, hide=hide) or f"git exited with status {code}"
-        if any(marker in detail for marker in PARTIAL_UPSTREAM_MARKERS):
+        # a partial mirror's own git talks of promisors: the hint is about partial upstreams of full mirrors
+        if url.filter is None and any(marker in detail for marker in PARTIAL_UPSTREAM_MARKERS):
             detail += PARTIAL_UPSTREAM_HINT
         raise error(url.url, detail)
 

@@ -26,7 +26,7 @@ import pygit2
 from pygit2.ffi import C, ffi
 
 from repocache import cancel
-from repocache.errors import CloneError, FetchError, GitError
+from repocache.errors import CloneError, ConfigError, FetchError, GitError
 from repocache.gitops.mirror import ensure_mirror_config, open_repository, sweep_mirror, validate_mirror
 from repocache.gitops.run import (
     PARTIAL_UPSTREAM_HINT,
@@ -94,17 +94,22 @@ class _Callbacks(pygit2.RemoteCallbacks):
 def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: ProgressCallback | None = None) -> None:
     """Clone ``url`` as a bare mirror (every ref, HEAD as upstream's) into the new directory ``dest``.
 
+    A partial mirror (``url.filter``) is cloned by the git CLI with ``--filter`` (libgit2 1.9 cannot filter).
+
     Raises:
         CloneError: git failed or the result is not a usable mirror; ``dest`` may hold debris the caller removes.
+        ConfigError: ``url`` has a filter and no git CLI was found (libgit2 alone cannot make a partial mirror).
     """
     throttle = Throttle(progress, url.url, "clone", options.progress_interval)
+    require_cli_for_filter(url, options)
     if url.is_local and _is_partial_clone(Path(url.fetch_url)):
         # A local clone hard-links objects without checking them, so a partial upstream would yield a mirror
         # with missing objects that looks whole: refuse it, as git and libgit2 do over the network.
         raise CloneError(url.url, "the upstream is a partial clone" + PARTIAL_UPSTREAM_HINT)
     if options.git is not None:
+        partial = [] if url.filter is None else [f"--filter={url.filter}"]
         run_git(
-            ["clone", "--mirror", "--progress", "--", url.fetch_url, str(dest)],
+            ["clone", "--mirror", "--progress", *partial, "--", url.transfer_url, str(dest)],
             url,
             options,
             throttle,
@@ -121,6 +126,19 @@ def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: Pro
     except OSError as exc:
         raise CloneError(url.url, f"cannot write the mirror's config: {exc}") from None
     throttle.done()
+
+
+def require_cli_for_filter(url: RepoURL, options: GitOptions) -> None:
+    """Refuse a partial mirror of ``url`` when only libgit2 is available.
+
+    Raises:
+        ConfigError: ``url.filter`` is set and no git CLI was found.
+    """
+    if url.filter is not None and options.git is None:
+        raise ConfigError(
+            f"filter={url.filter!r} for {url.url} needs the git CLI (libgit2 cannot clone or fetch with a filter) "
+            "and no git binary was found (install git or set REPOCACHE_GIT to it), or ask for filter=None"
+        )
 
 
 def _clone_libgit2(url: RepoURL, dest: Path, options: GitOptions, throttle: Throttle) -> None:
@@ -216,10 +234,15 @@ def fetch_mirror(
     instead of libgit2 for every transport: slower for a no-op fetch, but out of process, so a fetch running in
     a background thread does not compete with the caller's threads for the GIL.
 
+    A partial mirror (``url.filter``) is always fetched by the git CLI from its promisor remote ``origin``, so the
+    filter is kept (``remote.origin.partialclonefilter``) and the new packs are marked as promisor packs.
+
     Raises:
         FetchError: upstream is unreachable or the transfer failed; the mirror still serves its previous state.
+        ConfigError: ``url`` has a filter and no git CLI was found.
     """
     throttle = Throttle(progress, url.url, "fetch", options.progress_interval)
+    require_cli_for_filter(url, options)
     sweep_mirror(path)
     try:
         if ensure_mirror_config(path, url):
@@ -235,7 +258,7 @@ def fetch_mirror(
                 "--progress",
                 "--no-write-fetch-head",
                 "--",
-                url.fetch_url,
+                url.fetch_url if url.filter is None else "origin",
                 "+refs/*:refs/*",
             ],
             url,
@@ -253,6 +276,8 @@ def fetch_mirror(
 
 def fetch_reports_moves(url: RepoURL, options: GitOptions, *, prefer_cli: bool = False) -> bool:
     """Whether :func:`fetch_mirror` of ``url`` will say if it moved a ref (libgit2 does; the git CLI does not)."""
+    if url.filter is not None:
+        return False  # partial mirrors are fetched by the git CLI
     return options.git is None or not (prefer_cli or url.scheme in ("ssh", "file"))
 
 

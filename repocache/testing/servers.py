@@ -51,9 +51,11 @@ def isolated_git_env(home: str | os.PathLike[str], extra: Mapping[str, str] | No
     """Return an environment for running git that cannot read or write the user's configuration or home.
 
     The current environment is copied, then: ``HOME`` and ``XDG_CONFIG_HOME`` point into ``home``; system and
-    global git config are off (``GIT_CONFIG_NOSYSTEM=1``, ``GIT_CONFIG_GLOBAL=/dev/null``); git never prompts
-    (``GIT_TERMINAL_PROMPT=0``, no askpass); every other ``GIT_*`` variable except ``GIT_TRACE*`` is dropped, so
-    an outer ``GIT_DIR`` cannot leak in; proxy variables are dropped and loopback is exempt from proxies.
+    global git config are off (``GIT_CONFIG_NOSYSTEM=1``; ``GIT_CONFIG_GLOBAL`` is a file of its own in ``home``,
+    absent until git writes it, never ``/dev/null``, which a ``git config --global`` run as root would replace);
+    git never prompts (``GIT_TERMINAL_PROMPT=0``, no askpass); every other ``GIT_*`` variable except
+    ``GIT_TRACE*`` is dropped, so an outer ``GIT_DIR`` cannot leak in; proxy variables are dropped and loopback is
+    exempt from proxies.
 
     Args:
         home: the directory to use as ``HOME`` (it should exist; nothing is written to it unless git does).
@@ -71,7 +73,8 @@ def isolated_git_env(home: str | os.PathLike[str], extra: Mapping[str, str] | No
         HOME=home_path,
         XDG_CONFIG_HOME=os.path.join(home_path, ".config"),
         GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_GLOBAL=os.devnull,
+        # A file of its own, not /dev/null: as root, a `git config --global` would replace the device.
+        GIT_CONFIG_GLOBAL=os.path.join(home_path, ".config", "git", "isolated-global-config"),
         GIT_TERMINAL_PROMPT="0",
         no_proxy=f"{HOST},localhost",
         NO_PROXY=f"{HOST},localhost",

@@ -1,0 +1,91 @@
+"""``repocache serve``: the git server (:mod:`repocache.serve`) in front of the cache, until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+
+from repocache.cli.exits import EXIT_OK
+from repocache.cli.options import cache_options
+from repocache.cli.output import Context
+from repocache.errors import ConfigError
+
+_SECRET_VARIABLE = "REPOCACHE_WEBHOOK_SECRET"
+
+
+def count(value: str) -> int:
+    """A count argument: an integer of at least 0."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 0")
+    return int(value)
+
+
+def listen(value: str) -> str:
+    """A HOST:PORT argument, checked here and parsed by the runner."""
+    from repocache.serve.runner import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def serve(context: Context) -> int:
+    """``serve --allow PREFIX=URL... [--listen HOST:PORT] [...]``."""
+    from repocache.cache import RepoCache
+    from repocache.serve import GitServer, ServeOptions, Upstreams, parse_allow
+    from repocache.serve.runner import bind, make_server, parse_listen
+
+    args = context.args
+    upstreams = Upstreams(parse_allow(args.allow or []))
+    secret = _webhook_secret(args.webhook_secret_file)
+    serve_options = ServeOptions(
+        max_packs=args.max_packs,
+        max_queue=args.max_queue,
+        retry_after=max(1, round(args.retry_after)),
+        body_timeout=args.body_timeout,
+        webhook_secret=secret,
+    )
+    options = cache_options(args)
+    root = options.pop("root")
+    if args.auto_ttl:
+        options["fetch_ttl"] = "auto"
+    if args.refresh is not None:
+        options["refresh"] = args.refresh
+    where = parse_listen(args.listen)
+    sock = bind(where)
+    # The cache's warning for a stale copy is logged by the cache and the server already.
+    warnings.filterwarnings("ignore", message="serving a stale copy", category=RuntimeWarning)
+    cache = RepoCache(root, **options)
+    try:
+        app = GitServer(cache, upstreams, options=serve_options)
+        server = make_server(
+            app,
+            graceful_timeout=args.graceful_timeout,
+            head_timeout=args.head_timeout,
+            access_log=args.verbose > 0,
+        )
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        context.note(f"serving {cache.root} on http://{shown}:{port}/ for " + ", ".join(sorted(upstreams.allowed)))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        cache.close()
+    context.note("stopped")
+    return EXIT_OK
+
+
+def _webhook_secret(path: str | None) -> str | None:
+    if path is None:
+        return os.environ.get(_SECRET_VARIABLE) or None
+    try:
+        with open(path, encoding="utf-8") as file:
+            secret = file.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"--webhook-secret-file {path!r} cannot be read: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError(f"--webhook-secret-file {path!r} is empty")
+    return secret

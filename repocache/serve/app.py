@@ -1,0 +1,641 @@
+"""GitServer: an ASGI application serving the cache's mirrors to plain git clients over smart HTTP.
+
+One request, start to end:
+
+1. the path is routed by the allow-list (:mod:`repocache.serve.mapping`) before anything else: a refused path
+   costs no lock, no disk and no upstream contact;
+2. a ``git-upload-pack`` request's body is read (inflated when gzip-encoded), bounded in size and in the time
+   between its chunks;
+3. the repository is held as a reader (:meth:`AsyncRepoCache.checkout <repocache.AsyncRepoCache.checkout>`:
+   a miss clones once across every process of the root, a due hit fetches once for all its concurrent readers,
+   as the cache's freshness rules say) for the whole request, the streaming of the pack included, so eviction
+   never removes a mirror that is being served. ``info/refs`` is where freshness is decided; the
+   ``git-upload-pack`` requests that follow it in the same clone read the mirror as it is (``max_age=None``),
+   so the refs a client was shown are the refs it is served;
+4. git's own ``upload-pack --stateless-rpc`` answers from the bare mirror with the client's ``Git-Protocol``
+   header as ``GIT_PROTOCOL`` (:mod:`repocache.serve.packs`: shared by identical requests, bounded, spooled).
+
+Blocking work (locks, the index, clones and fetches) runs in the cache's worker threads; upload-pack runs as an
+asyncio subprocess. Nothing here blocks the event loop longer than a page-cache read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import tempfile
+import time
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from repocache import gitops, webhooks
+from repocache.aio import AsyncRepoCache
+from repocache.cache import RepoCache
+from repocache.errors import (
+    BudgetError,
+    CloneError,
+    ConfigError,
+    FetchError,
+    InvalidURLError,
+    LockTimeoutError,
+    RepoCacheError,
+    WebhookError,
+)
+from repocache.events import ServeEvent
+from repocache.gitops.upload_pack import GIT_PROTOCOL_PATTERN, upload_pack_command
+from repocache.keys import normalize_url
+from repocache.refresh import USE_TTL, MaxAge
+from repocache.serve.mapping import Refused, Route, Upstreams
+from repocache.serve.packs import Body, Busy, Generation, Generations
+from repocache.serve.pktline import service_announcement
+
+__all__ = ["GitServer", "ServeOptions"]
+
+logger = logging.getLogger("repocache")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_ADVERTISEMENT = b"application/x-git-upload-pack-advertisement"
+_RESULT = b"application/x-git-upload-pack-result"
+_REQUEST = "application/x-git-upload-pack-request"
+_NO_CACHE = [
+    (b"cache-control", b"no-cache, max-age=0, must-revalidate"),
+    (b"pragma", b"no-cache"),
+    (b"expires", b"Fri, 01 Jan 1980 00:00:00 GMT"),
+]
+_IN_MEMORY_BODY = 1 << 20
+_PUSH_REFUSED = (
+    "this is a read-only cache of {upstream}; push to the upstream itself "
+    "(git push {upstream}, or set a pushurl: git remote set-url --push origin {upstream})"
+)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server bounds its work and its clients.
+
+    Attributes:
+        max_packs: ``git-upload-pack`` answers generated at once (each is one upload-pack process).
+        max_queue: further answers that may wait for a slot; beyond, 503 with ``Retry-After``.
+        retry_after: the seconds a 503 tells the client to wait.
+        max_body_bytes: the largest request body, after inflating (a want/have negotiation of a large
+            repository is a few MiB).
+        body_timeout: seconds a client may pause while sending its request body (then 408).
+        send_timeout: seconds a client may refuse to read the answer before the request is abandoned.
+        webhook_secret: the shared secret of push webhooks at ``/-/webhook`` (None: the route is off).
+        spool_dir: where pack answers and large bodies are spooled (unlinked files; default: the system's).
+        max_header_bytes: the largest request head (path, query and headers) answered; larger is 431. (uvicorn's
+            h11 bounds only a head that arrives in pieces; one that arrives whole in one read is checked here.)
+    """
+
+    max_packs: int = 4
+    max_queue: int = 64
+    retry_after: int = 5
+    max_body_bytes: int = 64 << 20
+    body_timeout: float = 60.0
+    send_timeout: float = 300.0
+    webhook_secret: str | None = None
+    spool_dir: str | None = None
+    max_header_bytes: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_packs", "retry_after", "max_body_bytes", "max_header_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} is not accepted; expected an int of at least 1")
+        if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
+            raise ConfigError(f"max_queue={self.max_queue!r} is not accepted; expected an int of at least 0")
+        for name in ("body_timeout", "send_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigError(f"{name}={value!r} is not accepted; expected finite seconds > 0")
+        if self.webhook_secret is not None and not self.webhook_secret:
+            raise ConfigError("webhook_secret must not be empty (None turns the webhook route off)")
+
+
+@dataclass
+class _Answer:
+    """What one request came to, for its event."""
+
+    service: str
+    url: str = ""
+    key: str = ""
+    outcome: str = "served"
+    status: int = 200
+    bytes_sent: int = 0
+    shared: bool = False
+    queued_seconds: float = 0.0
+    responded: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+class _Gone(Exception):
+    """The client went away."""
+
+
+class GitServer:
+    """An ASGI application: git clients clone and fetch through the cache (``git clone http://cache/github.com/o/r``).
+
+    ```python
+    cache = repocache.RepoCache("/var/cache/repos", fetch_ttl=60)
+    app = GitServer(cache, {"github.com": "https://github.com/"})
+    # uvicorn.run(app, host="0.0.0.0", port=8080), or mount it in another ASGI application
+    ```
+
+    Routes: ``/<prefix>/<path>[.git]/info/refs?service=git-upload-pack`` and ``.../git-upload-pack`` (smart
+    HTTP, protocol v0 and v2); pushes (``git-receive-pack``) are refused with 403 and a message naming the
+    upstream; ``/-/health`` answers JSON; ``/-/webhook`` takes push webhooks when ``webhook_secret`` is set.
+
+    Attributes:
+        upstreams: the allow-list.
+        options: the bounds.
+        cache: the cache served (closing the server closes it).
+        counts: requests answered, by outcome (this process).
+        bytes_sent: body bytes sent (this process).
+        generations: the pack generations running, shared and queued.
+    """
+
+    def __init__(
+        self,
+        cache: RepoCache | AsyncRepoCache,
+        upstreams: Upstreams | Mapping[str, str],
+        *,
+        options: ServeOptions | None = None,
+        max_workers: int = 64,
+    ) -> None:
+        """Serve ``cache`` for the prefixes ``upstreams`` allows.
+
+        Args:
+            cache: the cache (a :class:`~repocache.RepoCache` is wrapped in an
+                :class:`~repocache.AsyncRepoCache` with ``max_workers`` threads: one per repository being
+                cloned, fetched or waited for at once).
+            upstreams: the allow-list, or the mapping to build it from (``{"github.com": "https://github.com/"}``).
+            options: the bounds (:class:`ServeOptions`).
+            max_workers: threads for blocking work when ``cache`` is a RepoCache.
+
+        Raises:
+            ConfigError: the allow-list or an option is invalid, or no git binary is available.
+        """
+        self.options = options or ServeOptions()
+        self.upstreams = upstreams if isinstance(upstreams, Upstreams) else Upstreams(upstreams)
+        self.cache = cache if isinstance(cache, AsyncRepoCache) else AsyncRepoCache(cache, max_workers=max_workers)
+        git = gitops.find_git()
+        if git is None:
+            raise ConfigError("the git server runs git's upload-pack: install git (or unset REPOCACHE_GIT)")
+        self._git = git
+        self._git_options = gitops.GitOptions(git=git, allow_local=False)
+        self.generations = Generations(
+            max_packs=self.options.max_packs, max_queue=self.options.max_queue, spool_dir=self.options.spool_dir
+        )
+        self.counts: Counter[str] = Counter()
+        self.bytes_sent = 0
+
+    async def aclose(self) -> None:
+        """Close the cache (waiting for its calls in flight); closing twice is a no-op."""
+        await self.cache.close()
+
+    # -- ASGI -------------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point (``http`` and ``lifespan`` scopes)."""
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+        head = len(path) + len(scope.get("query_string", b"")) + sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+        if head > self.options.max_header_bytes:
+            answer = _Answer(service="unrouted", outcome="refused")
+            reason = f"the request head is {head} bytes; at most {self.options.max_header_bytes} are accepted"
+            await self._text(send, answer, 431, reason, None)
+            self._finish(answer)
+            return
+        if path == b"/-/health":
+            await self._health(scope, send)
+            return
+        if path == b"/-/webhook" and self.options.webhook_secret is not None:
+            await self._webhook(scope, receive, send)
+            return
+        answer = _Answer(service="unrouted")
+        try:
+            route = self.upstreams.route(path)
+            answer.service = route.service
+            await self._git_request(scope, receive, send, route, answer)
+        except Refused as refused:
+            if answer.outcome == "served":
+                answer.outcome = "refused"
+            retry = refused.retry_after if isinstance(refused, _Retry) else None
+            if not answer.responded:
+                await self._text(send, answer, refused.status, refused.reason, retry)
+        except _Gone:
+            answer.outcome = "gone"
+        except Exception:
+            logger.exception("git server: request for %r failed", path[:200])
+            answer.outcome = "failed"
+            if not answer.responded:
+                with contextlib.suppress(Exception):
+                    await self._text(send, answer, 500, "internal error of the cache server (see its log)", None)
+        finally:
+            self._finish(answer)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- git -------------------------------------------------------------------------------------------------
+
+    async def _git_request(self, scope: Scope, receive: Receive, send: Send, route: Route, answer: _Answer) -> None:
+        method = scope["method"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        parsed = normalize_url(route.upstream)
+        answer.url, answer.key = parsed.url, parsed.key
+        service = _query_service(query) if route.service == "info/refs" else route.service
+        if service == "git-receive-pack" or route.service == "git-receive-pack":
+            raise Refused(403, _PUSH_REFUSED.format(upstream=route.upstream))
+        protocol = _header(scope, b"git-protocol")
+        if not GIT_PROTOCOL_PATTERN.fullmatch(protocol):
+            raise Refused(400, "the Git-Protocol header may hold only letters, digits and '=:._-' (at most 256)")
+        if route.service == "info/refs":
+            if method not in ("GET", "HEAD"):
+                raise Refused(405, "info/refs is read with GET")
+            if service != "git-upload-pack":
+                raise Refused(
+                    403, "only git's smart HTTP is served: ask for info/refs?service=git-upload-pack (git does)"
+                )
+            await self._advertise(scope, receive, send, route, protocol, answer)
+            return
+        if method != "POST":
+            raise Refused(405, "git-upload-pack takes a POST")
+        content_type = _header(scope, b"content-type")
+        if content_type != _REQUEST:
+            raise Refused(415, f"git-upload-pack takes a body of type {_REQUEST}, not {content_type or 'none'}")
+        body, digest = await self._read_body(scope, receive)
+        try:
+            await self._upload_pack(scope, receive, send, route, protocol, body, digest, answer)
+        finally:
+            body.close()
+
+    async def _advertise(
+        self, scope: Scope, receive: Receive, send: Send, route: Route, protocol: str, answer: _Answer
+    ) -> None:
+        if self.generations.full():
+            raise self._busy(answer)
+        async with self._held(route, USE_TTL, answer) as mirror:
+            command = self._command(mirror, advertise=True, protocol=protocol)
+            prefix = b"" if _is_v2(protocol) else service_announcement("git-upload-pack")
+            async with self.generations.joined(uuid.uuid4().hex, command, Body(), limited=False) as (generation, _):
+                await self._stream(receive, send, generation, _ADVERTISEMENT, prefix, answer)
+
+    async def _upload_pack(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        route: Route,
+        protocol: str,
+        body: Body,
+        digest: str,
+        answer: _Answer,
+    ) -> None:
+        async with self._held(route, None, answer) as mirror:
+            tips = await asyncio.to_thread(gitops.ref_tips, mirror)
+            state = hashlib.sha256(json.dumps([str(mirror), protocol, sorted(tips.items())]).encode()).hexdigest()
+            key = f"{state}:{digest}"
+            command = self._command(mirror, advertise=False, protocol=protocol)
+            try:
+                async with self.generations.joined(key, command, body, limited=True) as (generation, joined):
+                    answer.shared = joined
+                    await self._stream(receive, send, generation, _RESULT, b"", answer)
+                    answer.queued_seconds = generation.queued_seconds
+            except Busy:
+                raise self._busy(answer) from None
+
+    def _command(
+        self, mirror: Any, *, advertise: bool, protocol: str
+    ) -> Callable[[], tuple[list[str], dict[str, str]]]:
+        return lambda: upload_pack_command(self._git_options, self._git, mirror, advertise=advertise, protocol=protocol)
+
+    def _busy(self, answer: _Answer) -> Refused:
+        answer.outcome = "busy"
+        return _Retry(
+            503,
+            f"the cache server is busy ({self.generations.active} packs being made, {self.generations.queued} "
+            f"waiting); retry in {self.options.retry_after} s",
+            self.options.retry_after,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _held(self, route: Route, max_age: MaxAge, answer: _Answer) -> Any:
+        """The mirror of ``route`` held as a reader for the block; cache errors become answers git shows."""
+        try:
+            manager = self.cache.checkout(route.upstream, max_age=max_age)
+            checkout = await manager.__aenter__()
+        except CloneError as exc:
+            answer.outcome = "upstream"
+            raise Refused(502, f"the cache cannot clone {route.upstream} from upstream: {exc.detail}") from None
+        except FetchError as exc:
+            answer.outcome = "upstream"
+            raise Refused(502, f"the cache cannot fetch {route.upstream} from upstream: {exc.detail}") from None
+        except BudgetError as exc:
+            answer.outcome = "failed"
+            raise Refused(507, f"the cache has no room for {route.upstream}: {exc}") from None
+        except LockTimeoutError as exc:
+            answer.outcome = "busy"
+            raise _Retry(503, f"the cache is busy with {route.upstream}: {exc}", self.options.retry_after) from None
+        except InvalidURLError as exc:
+            answer.outcome = "refused"
+            raise Refused(400, f"the repository path is not accepted: {exc.reason}") from None
+        except RepoCacheError as exc:
+            answer.outcome = "failed"
+            raise Refused(500, f"the cache failed for {route.upstream}: {exc}") from None
+        try:
+            if checkout.stale:
+                answer.outcome = "stale"
+                logger.warning("git server: serving a stale copy of %s (its fetch failed)", checkout.url)
+            yield checkout.path
+        finally:
+            await manager.__aexit__(None, None, None)
+
+    async def _stream(
+        self,
+        receive: Receive,
+        send: Send,
+        generation: Generation,
+        content_type: bytes,
+        prefix: bytes,
+        answer: _Answer,
+    ) -> None:
+        """Answer with the generation's output as it is spooled; an upload-pack that failed before writing
+        anything is answered 400 with what it said (a malformed request), never a hang."""
+        await generation.wait_past(0)
+        if generation.written == 0 and generation.done and generation.returncode != 0:
+            answer.outcome = "failed"
+            said = generation.stderr.decode("utf-8", "replace").strip() or f"exit status {generation.returncode}"
+            raise Refused(400, f"git upload-pack refused the request: {said}")
+        gone = asyncio.create_task(_disconnected(receive))
+        sending = asyncio.create_task(self._send_all(send, generation, content_type, prefix, answer))
+        left = False
+        try:
+            done, _ = await asyncio.wait({gone, sending}, return_when=asyncio.FIRST_COMPLETED)
+            left = sending not in done
+        finally:
+            gone.cancel()
+            if not sending.done():
+                sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+        if generation.returncode not in (None, 0) and answer.outcome == "served":
+            answer.outcome = "failed"
+        if left and answer.outcome in ("served", "stale"):
+            answer.outcome = "gone"
+        elif not left:
+            sending.result()  # a send that timed out or failed is this request's error
+
+    async def _send_all(
+        self, send: Send, generation: Generation, content_type: bytes, prefix: bytes, answer: _Answer
+    ) -> None:
+        try:
+            await self._send_each(send, generation, content_type, prefix, answer)
+        except TimeoutError:
+            logger.info("git server: a client read nothing for %g s; abandoned", self.options.send_timeout)
+            raise _Gone() from None
+
+    async def _send_each(
+        self, send: Send, generation: Generation, content_type: bytes, prefix: bytes, answer: _Answer
+    ) -> None:
+        timeout = self.options.send_timeout
+        headers = [(b"content-type", content_type), *_NO_CACHE]
+        answer.responded = True
+        answer.status = 200
+        await asyncio.wait_for(send({"type": "http.response.start", "status": 200, "headers": headers}), timeout)
+        if prefix:
+            await asyncio.wait_for(send({"type": "http.response.body", "body": prefix, "more_body": True}), timeout)
+            self._sent(answer, len(prefix))
+        async for data in generation.stream():
+            await asyncio.wait_for(send({"type": "http.response.body", "body": data, "more_body": True}), timeout)
+            self._sent(answer, len(data))
+        await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}), timeout)
+
+    def _sent(self, answer: _Answer, count: int) -> None:
+        answer.bytes_sent += count
+        self.bytes_sent += count
+
+    # -- request bodies -------------------------------------------------------------------------------------
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[Body, str]:
+        """The request body, inflated, bounded, into memory or a temporary file; and its sha256."""
+        limit = self.options.max_body_bytes
+        encoding = _header(scope, b"content-encoding").lower()
+        if encoding in ("gzip", "x-gzip"):
+            inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding in ("", "identity"):
+            inflater = None
+        else:
+            raise Refused(415, f"Content-Encoding {encoding!r} is not accepted; expected gzip or none")
+        declared = _header(scope, b"content-length")
+        if declared.isdigit() and int(declared) > limit:
+            raise Refused(413, f"the request body is {declared} bytes; at most {limit} are accepted")
+        body = Body()
+        memory = bytearray()
+        digest = hashlib.sha256()
+        received = 0
+
+        def keep(data: bytes) -> None:
+            if not data:
+                return
+            body.size += len(data)
+            if body.size > limit:
+                raise Refused(413, f"the request body is larger than {limit} bytes (inflated); it is not accepted")
+            digest.update(data)
+            if body.file is None and len(memory) + len(data) > _IN_MEMORY_BODY:
+                body.file = tempfile.TemporaryFile(dir=self.options.spool_dir)  # noqa: SIM115 - Body.close
+                body.file.write(memory)
+                memory.clear()
+            if body.file is not None:
+                body.file.write(data)
+            else:
+                memory.extend(data)
+
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(receive(), self.options.body_timeout)
+                except TimeoutError:
+                    raise Refused(
+                        408, f"the request body stalled for {self.options.body_timeout:g} s; send it whole"
+                    ) from None
+                if message["type"] == "http.disconnect":
+                    raise _Gone()
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > limit:
+                    raise Refused(413, f"the request body is larger than {limit} bytes; it is not accepted")
+                if inflater is None:
+                    keep(chunk)
+                else:
+                    try:
+                        while chunk:
+                            keep(inflater.decompress(chunk, 1 << 20))
+                            chunk = inflater.unconsumed_tail
+                    except zlib.error:
+                        raise Refused(400, "the gzip-encoded request body is corrupt") from None
+                if not message.get("more_body", False):
+                    break
+            if inflater is not None:
+                keep(inflater.flush())
+                if not inflater.eof:
+                    raise Refused(400, "the gzip-encoded request body is truncated")
+        except BaseException:
+            body.close()
+            raise
+        if body.file is not None:
+            body.file.flush()
+        else:
+            body.data = bytes(memory)
+        return body, digest.hexdigest()
+
+    # -- other routes and answers ---------------------------------------------------------------------------
+
+    async def _health(self, scope: Scope, send: Send) -> None:
+        value = {
+            "status": "ok",
+            "packs_running": self.generations.active,
+            "packs_queued": self.generations.queued,
+            "pack_shares": self.generations.shared,
+            "requests": dict(self.counts),
+            "bytes_sent": self.bytes_sent,
+        }
+        await _json(send, 200, value)
+
+    async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await _json(send, 405, {"error": "only POST is accepted"})
+            return
+        secret = self.options.webhook_secret
+        assert secret is not None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), self.options.body_timeout)
+            except TimeoutError:
+                await _json(send, 408, {"error": "the request body stalled"})
+                return
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > webhooks.MAX_BODY_BYTES:
+                await _json(send, 413, {"error": f"at most {webhooks.MAX_BODY_BYTES} bytes are accepted"})
+                return
+            if not message.get("more_body", False):
+                break
+        headers = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]]
+        cache = self.cache.cache
+        try:
+            event, marked = await asyncio.to_thread(webhooks.handle, cache, headers, b"".join(chunks), secret=secret)
+        except WebhookError as exc:
+            logger.warning("webhook refused (%d): %s", exc.status, exc.reason)
+            await _json(send, exc.status, {"error": exc.reason})
+            return
+        await _json(
+            send, 200, {"provider": event.provider, "event": event.event, "urls": list(event.urls), "marked": marked}
+        )
+
+    async def _text(self, send: Send, answer: _Answer, status: int, reason: str, retry_after: int | None) -> None:
+        """A refusal git shows its user: each line of a text/plain body becomes ``remote: ...``."""
+        answer.status = status
+        answer.responded = True
+        data = f"repocache: {reason}\n".encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(data)).encode())]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        headers += _NO_CACHE
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+        self._sent(answer, len(data))
+
+    def _finish(self, answer: _Answer) -> None:
+        self.counts[answer.outcome] += 1
+        event = ServeEvent(
+            url=answer.url,
+            key=answer.key,
+            at=time.time(),
+            service=answer.service,
+            outcome=answer.outcome,
+            status=answer.status,
+            bytes_sent=answer.bytes_sent,
+            seconds=time.perf_counter() - answer.started,
+            shared=answer.shared,
+            queued_seconds=answer.queued_seconds,
+            queue_length=self.generations.queued,
+        )
+        logger.info(
+            "git server: %s %s %s %d (%d bytes%s)",
+            answer.service,
+            answer.url or "-",
+            answer.outcome,
+            answer.status,
+            answer.bytes_sent,
+            ", shared" if answer.shared else "",
+        )
+        self.cache.cache.report(event)
+
+
+class _Retry(Refused):
+    """A refusal that tells the client when to come back (``Retry-After``)."""
+
+    def __init__(self, status: int, reason: str, retry_after: int) -> None:
+        super().__init__(status, reason)
+        self.retry_after = retry_after
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1")).strip()
+    return ""
+
+
+def _query_service(query: str) -> str:
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key == "service":
+            return value
+    return ""
+
+
+def _is_v2(protocol: str) -> bool:
+    return "version=2" in protocol.split(":")
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return when the client has gone away (the request body was already read)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _json(send: Send, status: int, value: Mapping[str, object]) -> None:
+    data = json.dumps(value).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *_NO_CACHE]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
