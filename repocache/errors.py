@@ -1,30 +1,32 @@
 """The exception tree of repocache.
 
 Every error the library raises on purpose is a :class:`RepoCacheError`. Each subclass is also the builtin
-exception a caller would naturally catch, so ``except ValueError`` still works for a bad URL::
+exception a caller would naturally catch, so ``except ValueError`` still works for a bad URL:
 
-    RepoCacheError (Exception)
-    ├── InvalidURLError (ValueError)      the URL cannot be cached: malformed, unsupported or unsafe
-    ├── ConfigError (ValueError)          a bad setting or pin file
-    ├── InvalidRefError (ValueError)      a ref argument that cannot name anything (empty, starts with '-')
-    ├── RefNotFoundError (LookupError)    the ref does not exist in the repository
-    ├── MissingObjectError (KeyError)     an object a partial mirror left out (``filter``) was read
-    ├── LockTimeoutError (TimeoutError)   another worker held the repository longer than ``lock_timeout``
-    ├── GitError                          git or libgit2 failed
-    │   ├── CloneError                    a miss could not be cloned
-    │   │   └── CloneAuthenticationError  ... because upstream refused the credentials (also AuthenticationError)
-    │   ├── FetchError                    a hit could not be refreshed
-    │   │   └── FetchAuthenticationError  ... because upstream refused the credentials (also AuthenticationError)
-    │   └── AuthenticationError           upstream refused the credentials (or asked for some); never retried
-    ├── BudgetError                       the repository cannot fit in the byte budget
-    ├── ColdStoreError                    the cold storage tier failed
-    ├── ReadOnlyRootError                 the root is read-only: it can be read, not changed
-    ├── UnsafeFileError (OSError)         a file others can write is not a regular file, or is larger than allowed
-    └── WebhookError (ValueError)         a webhook request was refused (``status``: the HTTP status to answer)
-        ├── WebhookSignatureError         the signature or token is missing or wrong (401)
-        ├── WebhookEventError             not a push event, or from no known host (400)
-        ├── WebhookPayloadError           the body is malformed or names no repository (400)
-        └── WebhookTooLargeError          the body is larger than accepted (413)
+```text
+RepoCacheError (Exception)
+├── InvalidURLError (ValueError)      the URL cannot be cached: malformed, unsupported or unsafe
+├── ConfigError (ValueError)          a bad setting or pin file
+├── InvalidRefError (ValueError)      a ref argument that cannot name anything (empty, starts with '-')
+├── RefNotFoundError (LookupError)    the ref does not exist in the repository
+├── MissingObjectError (KeyError)     an object a partial mirror left out (filter) was read
+├── LockTimeoutError (TimeoutError)   another worker held the repository longer than lock_timeout
+├── GitError                          git or libgit2 failed
+│   ├── CloneError                    a miss could not be cloned
+│   │   └── CloneAuthenticationError  ... because upstream refused the credentials (also AuthenticationError)
+│   ├── FetchError                    a hit could not be refreshed
+│   │   └── FetchAuthenticationError  ... because upstream refused the credentials (also AuthenticationError)
+│   └── AuthenticationError           upstream refused the credentials (or asked for some); never retried
+├── BudgetError                       the repository cannot fit in the byte budget
+├── ColdStoreError                    the cold storage tier failed
+├── ReadOnlyRootError                 the root is read-only: it can be read, not changed
+├── UnsafeFileError (OSError)         a file others can write is not a regular file, or is larger than allowed
+└── WebhookError (ValueError)         a webhook request was refused (status: the HTTP status to answer)
+    ├── WebhookSignatureError         the signature or token is missing or wrong (401)
+    ├── WebhookEventError             not a push event, or from no known host (400)
+    ├── WebhookPayloadError           the body is malformed or names no repository (400)
+    └── WebhookTooLargeError          the body is larger than accepted (413)
+```
 
 Errors carry their data as attributes and pickle, so they cross process pools intact. Messages never contain
 credentials: a git error names the URL as the caller wrote it with its credentials removed (``shown``), every
