@@ -354,7 +354,7 @@ def run_size(label: str, spec: datagen.Spec, args: argparse.Namespace) -> list[R
                     print(f"  {clients} warm clones CPU {ratio:.2f}x", file=sys.stderr, flush=True)
 
                     # (e) clone time as concurrency grows
-                    levels = [n for n in (1, 2, 4, 8, 16) if n <= clients]
+                    levels = [n for n in args.levels if n <= clients]
                     slowest: dict[str, dict[int, list[float]]] = {"ours": {}, "git": {}}
                     for rep in range(reps):
                         for level in levels:
@@ -453,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="small,medium,large", help="comma-separated sizes (default: all three)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per case (default 5)")
     parser.add_argument("--clients", type=int, default=16, help="clients of the bursts (default 16)")
+    parser.add_argument(
+        "--levels", default="1,2,4,8,16", help="concurrency levels of the concurrency case (default 1,2,4,8,16)"
+    )
     parser.add_argument("--max-packs", type=int, default=4, help="the server's --max-packs (default 4)")
     parser.add_argument("--quick", action="store_true", help="tiny upstream, 1 repetition, 4 clients (smoke test)")
     parser.add_argument("--output", type=Path, help="write results.md and results.json here")
@@ -466,8 +469,14 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown size {unknown[0]!r}; choose from {', '.join(datagen.SPECS)}")
         sizes = [(name, datagen.SPECS[name]) for name in names]
-    if args.reps < 1 or args.clients < 1:
-        parser.error(f"--reps and --clients must be at least 1 (got {args.reps} and {args.clients})")
+    try:
+        args.levels = sorted({int(level) for level in args.levels.split(",")})
+    except ValueError:
+        parser.error(f"--levels takes comma-separated client counts such as 1,4,16, not {args.levels!r}")
+    if args.reps < 1 or args.clients < 1 or args.levels[0] < 1:
+        parser.error(
+            f"--reps, --clients and --levels must be at least 1 (got {args.reps}, {args.clients}, {args.levels})"
+        )
     started = machine()
     rows: list[Row] = []
     for label, spec in sizes:

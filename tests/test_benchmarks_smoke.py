@@ -88,8 +88,8 @@ def test_serve_benchmark_quick_prints_every_case(tmp_path: Path) -> None:
         "no-op fetch within fetch_ttl",
         "4 warm identical clones: server CPU",
         "4 warm identical clones: server peak RSS",
-        "concurrency: 1 warm clones at once",
-        "concurrency: 4 warm clones at once",
+        "concurrency: 1 warm clones at once, slowest client",
+        "concurrency: 4 warm clones at once, slowest client",
         "4 concurrent cold clones",
     ):
         assert f"| {case} | tiny |" in table, f"{case!r} missing from:\n{table}"
