@@ -379,6 +379,7 @@ def run_size(label: str, spec: datagen.Spec, args: argparse.Namespace) -> list[R
                         )
                     print("  concurrency done", file=sys.stderr, flush=True)
                     warm_clone = median(ours_a)
+                    direct_burst = median(slowest["git"][clients]) if clients in slowest["git"] else None
 
             # (c) 16 cold clones, a fresh root and server per repetition
             cold_slowest: list[float] = []
@@ -413,7 +414,13 @@ def run_size(label: str, spec: datagen.Spec, args: argparse.Namespace) -> list[R
                     ratio,
                     "1 upstream clone, at most 1.5x",
                     all(count == 1 for count in cold_clones) and ratio <= 1.5,
-                    f"upstream upload-packs per repetition {cold_clones}",
+                    f"upstream upload-packs per repetition {cold_clones}"
+                    + (
+                        f"; {clients} warm clones at once straight from `git http-backend`: {_fmt(direct_burst)} "
+                        f"(the clients' own share of the machine)"
+                        if direct_burst is not None
+                        else ""
+                    ),
                     {"slowest": cold_slowest, "upstream_clone": upstream_one, "upstream_contacts": cold_clones},
                 )
             )
