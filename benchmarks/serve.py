@@ -119,15 +119,19 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU seconds of the server's tree: itself, its reaped descendants, and the live ones."""
+        own, children = self.cpu_split()
+        return own + children
+
+    def cpu_split(self) -> tuple[float, float]:
+        """CPU seconds of the server's Python process, and of its git children (reaped and live)."""
         root = psutil.Process(self.process.pid)
-        total = 0.0
         times = root.cpu_times()
-        total += times.user + times.system + times.children_user + times.children_system
+        children = times.children_user + times.children_system
         for child in root.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 t = child.cpu_times()
-                total += t.user + t.system
-        return total
+                children += t.user + t.system
+        return times.user + times.system, children
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not stop in time."""
@@ -308,21 +312,27 @@ def run_size(label: str, spec: datagen.Spec, args: argparse.Namespace) -> list[R
                     # (d) 16 warm identical clones: CPU and memory of the server's tree
                     one_cpu: list[float] = []
                     burst_cpu: list[float] = []
+                    burst_own: list[float] = []
+                    one_own: list[float] = []
                     peaks: list[int] = []
                     shares: list[int] = []
                     idle_rss = psutil.Process(server.process.pid).memory_info().rss
                     for _rep in range(reps):
-                        start = server.cpu_seconds()
+                        own_start, children_start = server.cpu_split()
                         bench.clone(url)
                         time.sleep(0.2)  # the server reaps its upload-pack
-                        one_cpu.append(server.cpu_seconds() - start)
+                        own_end, children_end = server.cpu_split()
+                        one_cpu.append(own_end + children_end - own_start - children_start)
+                        one_own.append(own_end - own_start)
                         shared_before = int(server.health()["pack_shares"])
-                        start = server.cpu_seconds()
+                        own_start, children_start = server.cpu_split()
                         sampler = TreeSampler(server.process.pid).start()
                         bench.burst(url, clients)
                         time.sleep(0.2)
                         peaks.append(sampler.stop())
-                        burst_cpu.append(server.cpu_seconds() - start)
+                        own_end, children_end = server.cpu_split()
+                        burst_cpu.append(own_end + children_end - own_start - children_start)
+                        burst_own.append(own_end - own_start)
                         shares.append(int(server.health()["pack_shares"]) - shared_before)
                     ratio = median(burst_cpu) / median(one_cpu)
                     rows.append(
@@ -330,13 +340,21 @@ def run_size(label: str, spec: datagen.Spec, args: argparse.Namespace) -> list[R
                             f"{clients} warm identical clones: server CPU",
                             label,
                             f"{median(burst_cpu):.2f} s CPU",
-                            f"{median(one_cpu):.2f} s CPU (one clone through the server)",
+                            f"{median(one_cpu):.2f} s CPU (one clone through the server; Python {median(one_own):.2f} s)",
                             ratio,
                             "at most 3x",
                             ratio <= 3,
+                            f"of which the server's Python process {median(burst_own):.2f} s, its git children "
+                            f"{median(burst_cpu) - median(burst_own):.2f} s; "
                             f"pack shares per burst {shares}; server tree peak RSS {median(peaks) / 1e6:.0f} MB "
                             f"(idle server {idle_rss / 1e6:.0f} MB)",
-                            {"one": one_cpu, "burst": burst_cpu, "peak_rss": peaks, "shares": shares},
+                            {
+                                "one": one_cpu,
+                                "burst": burst_cpu,
+                                "burst_python": burst_own,
+                                "peak_rss": peaks,
+                                "shares": shares,
+                            },
                         )
                     )
                     rows.append(
