@@ -340,7 +340,8 @@ def run_size(label: str, spec: datagen.Spec, args: argparse.Namespace) -> list[R
                             f"{clients} warm identical clones: server CPU",
                             label,
                             f"{median(burst_cpu):.2f} s CPU",
-                            f"{median(one_cpu):.2f} s CPU (one clone through the server; Python {median(one_own):.2f} s)",
+                            f"{median(one_cpu):.2f} s CPU (one clone through the server; "
+                            f"Python {median(one_own):.2f} s)",
                             ratio,
                             "at most 3x",
                             ratio <= 3,

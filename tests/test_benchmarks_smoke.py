@@ -95,6 +95,6 @@ def test_serve_benchmark_quick_prints_every_case(tmp_path: Path) -> None:
         assert f"| {case} | tiny |" in table, f"{case!r} missing from:\n{table}"
     # The within-TTL fetches never reach upstream, and the cold burst made exactly one upstream clone.
     assert "upstream upload-packs during 1 fetches: 0 |" in table, table
-    assert "upstream upload-packs per repetition [1] |" in table, table
+    assert "upstream upload-packs per repetition [1];" in table, table
     samples = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {row["case"] for row in samples} >= {"warm clone", "4 concurrent cold clones"}
