@@ -19,7 +19,7 @@ Cases:
   RSS, sampled every 5 ms.
 - ``concurrency``: the slowest of N simultaneous warm clones, N = 1, 2, 4, 8, 16, through the server and direct.
 
-``--quick`` runs the tiny upstream with one repetition and 4 clients (the smoke test's mode).
+``--quick`` runs the tiny upstream with one repetition, 4 clients and levels 1 and 4 (the smoke test's mode).
 """
 
 from __future__ import annotations
@@ -483,11 +483,13 @@ def main(argv: list[str] | None = None) -> int:
         "--levels", default="1,2,4,8,16", help="concurrency levels of the concurrency case (default 1,2,4,8,16)"
     )
     parser.add_argument("--max-packs", type=int, default=4, help="the server's --max-packs (default 4)")
-    parser.add_argument("--quick", action="store_true", help="tiny upstream, 1 repetition, 4 clients (smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny upstream, 1 repetition, 4 clients, levels 1,4 (smoke test)"
+    )
     parser.add_argument("--output", type=Path, help="write results.md and results.json here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.reps, args.clients = 1, 4
+        args.reps, args.clients, args.levels = 1, 4, "1,4"
         sizes = [("tiny", datagen.SPECS["tiny"])]
     else:
         names = [name.strip() for name in args.sizes.split(",") if name.strip()]
