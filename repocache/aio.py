@@ -49,6 +49,7 @@ _RELEASE_WORKERS = 2
 class AsyncRepoCache:
     """An asyncio front for :class:`~repocache.RepoCache`: the same calls, awaited, with clean cancellation.
 
+    <!-- example: async -->
     ```python
     async with repocache.AsyncRepoCache(max_bytes="20GB", fetch_ttl=60) as cache:
         async with cache.checkout("https://github.com/pallets/click") as co:

@@ -151,16 +151,24 @@ class RepoCache:
     def _check_open(self) -> None:
         self._lifecycle.check()
 
-    def _parse(self, url: str | os.PathLike[str]) -> RepoURL:
+    def _writable(self, action: str) -> None:
+        """Refuse, before anything is done, what would change a read-only root."""
+        if self._context.index.read_only:
+            raise self._context.index.refused(action)
+
+    def _parse(self, url: str | os.PathLike[str], *, changes: str | None = None) -> RepoURL:
         self._check_open()
+        if changes is not None:
+            self._writable(changes)
         parsed = normalize_url(url)
         if parsed.is_local and not self._context.git.allow_local:
             raise InvalidURLError(parsed.url, "local paths are not allowed by this cache (allow_local=False)")
         return parsed
 
-    def _choose(self, url: str | os.PathLike[str], filter: FilterArg) -> RepoURL:
-        """The parsed URL of the mirror serving ``url`` with the call's ``filter`` (see :mod:`repocache.partial`)."""
-        return partial.choose(self._context, self._parse(url), filter)
+    def _choose(self, url: str | os.PathLike[str], filter: FilterArg, *, changes: str | None = None) -> RepoURL:
+        """The parsed URL of the mirror serving ``url`` with the call's ``filter`` (see :mod:`repocache.partial`);
+        ``changes``: what the call would change, refused on a read-only root."""
+        return partial.choose(self._context, self._parse(url, changes=changes), filter)
 
     def subscribe(self, hook: EventHook) -> Callable[[], None]:
         """Call ``hook`` with every :class:`~repocache.events.Event` of this cache from now on.
@@ -216,7 +224,7 @@ class RepoCache:
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
             ConfigError: ``filter`` is not accepted, or is partial and no git CLI was found.
         """
-        parsed = self._choose(url, filter)
+        parsed = self._choose(url, filter, changes="check a repository out (its recency and counters are written)")
         with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
             yield checkout
 
@@ -259,7 +267,7 @@ class RepoCache:
                 ``BudgetError``, ``LockTimeoutError``).
         """
         check_ref(ref)
-        parsed = self._choose(url, filter)
+        parsed = self._choose(url, filter, changes="make a worktree (its recency and counters are written)")
         context = self._context
         with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
             if parsed.filter is not None:
@@ -321,7 +329,7 @@ class RepoCache:
             True if the repository is in the cache (any of its mirrors, full or partial, each marked); False
             otherwise (nothing is recorded: its clone is fresh).
         """
-        parsed = self._parse(url)
+        parsed = self._parse(url, changes="mark a repository stale")
         now = time.time()
         # every mirror of the URL (full and partial) is as stale as its upstream: each is marked
         marked = any([self._context.index.mark_stale(each.key, now) for each in partial.every_mirror_of(parsed)])
@@ -338,7 +346,7 @@ class RepoCache:
         strict: bool,
         filter: FilterArg = USE_CONFIGURED,
     ) -> Entry:
-        parsed = self._choose(url, filter)
+        parsed = self._choose(url, filter, changes="get a repository (its recency and counters are written)")
         acquired = self._acquirer.acquire(parsed, progress or self.progress, max_age, strict=strict)
         try:
             entry = entry_of(self._context, parsed.key)
@@ -426,7 +434,9 @@ class RepoCache:
             True if it was evicted; False if it was not on disk, is held by a reader (in any process), or is
             pinned and ``force`` is False.
         """
-        return self._budget.evict_now(partial.exact(self._context, self._parse(url), filter), force=force)
+        return self._budget.evict_now(
+            partial.exact(self._context, self._parse(url, changes="evict a repository"), filter), force=force
+        )
 
     def enforce(self) -> list[Entry]:
         """Evict least recently used repositories until the budget and ``min_free_bytes`` hold.
@@ -437,6 +447,7 @@ class RepoCache:
             The entries evicted, least recently used first.
         """
         self._check_open()
+        self._writable("enforce the budget")
         return self._budget.enforce()
 
     def stats(self) -> Stats:
@@ -471,10 +482,11 @@ class RepoCache:
             LockTimeoutError: another worker held ``url`` longer than ``lock_timeout``.
         """
         if url is not None:
-            parsed = self._choose(url, filter)
+            parsed = self._choose(url, filter, changes="maintain a repository")
             found = maintenance.maintain_one(self._context, parsed.key, parsed.url, wait=True, forced=True, prune=prune)
             return [] if found is None else [found]
         self._check_open()
+        self._writable("maintain its repositories")
         return maintenance.maintain_all(self._context, prune=prune)
 
     def verify(self, repair: bool = False) -> list[Problem]:
@@ -490,8 +502,13 @@ class RepoCache:
 
         Returns:
             The problems found, each with ``repaired`` set when it was fixed.
+
+        Raises:
+            ReadOnlyRootError: ``repair`` on a read-only root (without it, a read-only root is verified as any).
         """
         self._check_open()
+        if repair:
+            self._writable("repair it")
         problems = verify_root(self._context, self._budget, repair)
         if repair:
             sweep_locks(self._context)

@@ -199,6 +199,8 @@ class ColdTier:
             self._context.events.restore_unusable(parsed.url, exc)
             warn_caller(f"cold store artifact of {parsed.url} is unusable ({exc}); cloning")
             return False
+        # The artifact this mirror came from is in the store: say so, as for a mirror this host offloaded.
+        self._context.index.set_in_cold_store(hold.key, parsed.url, True)
         if progress is not None:
             progress(Progress(parsed.url, "restore", "done", 0, 0, manifest.size_bytes))
         return True

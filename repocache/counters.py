@@ -23,6 +23,7 @@ class Counter(str, Enum):
     FETCH_ERRORS = "fetch_errors", "Fetches that failed (stale copies served or errors raised)."
     CLONE_ERRORS = "clone_errors", "Clones that failed (nothing was kept)."
     RESTORE_ERRORS = "restore_errors", "Restores from the cold store that failed (the repository was cloned instead)."
+    AUTH_ERRORS = "auth_errors", "Clones and fetches refused by upstream for their credentials (never retried)."
 
     description: str
 

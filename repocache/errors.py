@@ -1,29 +1,36 @@
 """The exception tree of repocache.
 
 Every error the library raises on purpose is a :class:`RepoCacheError`. Each subclass is also the builtin
-exception a caller would naturally catch, so ``except ValueError`` still works for a bad URL::
+exception a caller would naturally catch, so ``except ValueError`` still works for a bad URL:
 
-    RepoCacheError (Exception)
-    ├── InvalidURLError (ValueError)      the URL cannot be cached: malformed, unsupported or unsafe
-    ├── ConfigError (ValueError)          a bad setting or pin file
-    ├── InvalidRefError (ValueError)      a ref argument that cannot name anything (empty, starts with '-')
-    ├── RefNotFoundError (LookupError)    the ref does not exist in the repository
-    ├── MissingObjectError (KeyError)     an object a partial mirror left out (``filter``) was read
-    ├── LockTimeoutError (TimeoutError)   another worker held the repository longer than ``lock_timeout``
-    ├── GitError                          git or libgit2 failed
-    │   ├── CloneError                    a miss could not be cloned
-    │   └── FetchError                    a hit could not be refreshed
-    ├── BudgetError                       the repository cannot fit in the byte budget
-    ├── ColdStoreError                    the cold storage tier failed
-    ├── UnsafeFileError (OSError)         a file others can write is not a regular file, or is larger than allowed
-    └── WebhookError (ValueError)         a webhook request was refused (``status``: the HTTP status to answer)
-        ├── WebhookSignatureError         the signature or token is missing or wrong (401)
-        ├── WebhookEventError             not a push event, or from no known host (400)
-        ├── WebhookPayloadError           the body is malformed or names no repository (400)
-        └── WebhookTooLargeError          the body is larger than accepted (413)
+```text
+RepoCacheError (Exception)
+├── InvalidURLError (ValueError)      the URL cannot be cached: malformed, unsupported or unsafe
+├── ConfigError (ValueError)          a bad setting or pin file
+├── InvalidRefError (ValueError)      a ref argument that cannot name anything (empty, starts with '-')
+├── RefNotFoundError (LookupError)    the ref does not exist in the repository
+├── MissingObjectError (KeyError)     an object a partial mirror left out (filter) was read
+├── LockTimeoutError (TimeoutError)   another worker held the repository longer than lock_timeout
+├── GitError                          git or libgit2 failed
+│   ├── CloneError                    a miss could not be cloned
+│   │   └── CloneAuthenticationError  ... because upstream refused the credentials (also AuthenticationError)
+│   ├── FetchError                    a hit could not be refreshed
+│   │   └── FetchAuthenticationError  ... because upstream refused the credentials (also AuthenticationError)
+│   └── AuthenticationError           upstream refused the credentials (or asked for some); never retried
+├── BudgetError                       the repository cannot fit in the byte budget
+├── ColdStoreError                    the cold storage tier failed
+├── ReadOnlyRootError                 the root is read-only: it can be read, not changed
+├── UnsafeFileError (OSError)         a file others can write is not a regular file, or is larger than allowed
+└── WebhookError (ValueError)         a webhook request was refused (status: the HTTP status to answer)
+    ├── WebhookSignatureError         the signature or token is missing or wrong (401)
+    ├── WebhookEventError             not a push event, or from no known host (400)
+    ├── WebhookPayloadError           the body is malformed or names no repository (400)
+    └── WebhookTooLargeError          the body is larger than accepted (413)
+```
 
 Errors carry their data as attributes and pickle, so they cross process pools intact. Messages never contain
-credentials: URLs in them are the normalized, credential-free form.
+credentials: a git error names the URL as the caller wrote it with its credentials removed (``shown``), every
+other error the normalized, credential-free form.
 """
 
 from __future__ import annotations
@@ -31,16 +38,20 @@ from __future__ import annotations
 from repocache.redact import scrub_untrusted
 
 __all__ = [
+    "AuthenticationError",
     "BudgetError",
+    "CloneAuthenticationError",
     "CloneError",
     "ColdStoreError",
     "ConfigError",
+    "FetchAuthenticationError",
     "FetchError",
     "GitError",
     "InvalidRefError",
     "InvalidURLError",
     "LockTimeoutError",
     "MissingObjectError",
+    "ReadOnlyRootError",
     "RefNotFoundError",
     "RepoCacheError",
     "UnsafeFileError",
@@ -162,15 +173,22 @@ class LockTimeoutError(RepoCacheError, TimeoutError):
 
 
 class GitError(RepoCacheError):
-    """git or libgit2 failed. ``url`` is credential-free; ``detail`` is git's own message, scrubbed."""
+    """git or libgit2 failed.
 
-    def __init__(self, url: str, detail: str) -> None:
-        super().__init__(url, detail)
+    Attributes:
+        url: the repository's normalized, credential-free URL (its identity).
+        detail: git's own cause lines (every ``fatal:``, ``error:`` and ``ssh:`` line, deduplicated), scrubbed.
+        shown: the URL as the caller wrote it, credentials removed; the message names this one.
+    """
+
+    def __init__(self, url: str, detail: str, shown: str | None = None) -> None:
+        super().__init__(url, detail, shown)
         self.url = url
         self.detail = detail
+        self.shown = shown or url
 
     def __str__(self) -> str:
-        return f"{self._action} {self.url} failed: {self.detail}"
+        return f"{self._action} {self.shown} failed: {self.detail}"
 
     _action = "git operation on"
 
@@ -183,6 +201,41 @@ class CloneError(GitError):
 
 class FetchError(GitError):
     """A cached repository could not be refreshed from upstream; the cached copy is unchanged."""
+
+    _action = "fetch of"
+
+
+class AuthenticationError(GitError):
+    """Upstream refused the credentials (or wanted some and the URL had none usable); nothing was changed.
+
+    It is never retried: the same credentials would be refused again. Raised as :class:`CloneAuthenticationError`
+    or :class:`FetchAuthenticationError`, so ``except CloneError`` and ``except FetchError`` still catch it. With
+    ``on_fetch_error="warn"`` a hit whose fetch is refused still serves its cached copy, with a warning naming the
+    authentication failure; the ``repocache`` command treats it as an error (exit code 3) instead.
+    """
+
+    _action = "authentication for"
+
+    @staticmethod
+    def of(error: type[GitError]) -> type[GitError]:
+        """The authentication error raised where ``error`` (``CloneError`` or ``FetchError``) would be."""
+        if issubclass(error, CloneError):
+            return CloneAuthenticationError
+        if issubclass(error, FetchError):
+            return FetchAuthenticationError
+        return AuthenticationError
+
+
+class CloneAuthenticationError(AuthenticationError, CloneError):
+    """A clone refused by upstream for its credentials: both an :class:`AuthenticationError` and a
+    :class:`CloneError`."""
+
+    _action = "clone of"
+
+
+class FetchAuthenticationError(AuthenticationError, FetchError):
+    """A fetch refused by upstream for its credentials: both an :class:`AuthenticationError` and a
+    :class:`FetchError`; the cached copy is unchanged."""
 
     _action = "fetch of"
 
@@ -267,6 +320,27 @@ class BudgetError(RepoCacheError):
 
 class ColdStoreError(RepoCacheError):
     """The cold storage tier failed: unreachable, corrupt artifact, or misconfigured."""
+
+
+class ReadOnlyRootError(RepoCacheError):
+    """The cache root cannot be written (a read-only mount or permissions): what only reads it (``entries``,
+    ``stats``, ``verify`` without repair) works; what would change it raises this.
+
+    Attributes:
+        root: the cache root.
+        action: what could not be done.
+    """
+
+    def __init__(self, root: str, action: str) -> None:
+        super().__init__(root, action)
+        self.root = root
+        self.action = action
+
+    def __str__(self) -> str:
+        return (
+            f"the cache root {self.root} is read-only: cannot {self.action} (reading works: ls, stats, verify; "
+            "use a writable root to change it)"
+        )
 
 
 class UnsafeFileError(RepoCacheError, OSError):

@@ -30,6 +30,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -41,7 +42,7 @@ import psutil
 
 from repocache import locks
 from repocache.counters import Counter
-from repocache.errors import RepoCacheError
+from repocache.errors import ReadOnlyRootError, RepoCacheError
 from repocache.safe_read import check_regular
 
 __all__ = [
@@ -222,6 +223,18 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _is_read_only(path: Path) -> bool:
+    """Whether the index at ``path`` cannot be written: its directory (where the journal goes) or the file itself.
+
+    ``os.access`` answers for a read-only mount even for root, which permissions never stop.
+    """
+    if not path.parent.exists():
+        return False  # created by the layout; a failure there is an OSError of its own
+    if not os.access(path.parent, os.W_OK):
+        return True
+    return path.exists() and not os.access(path, os.W_OK)
+
+
 _SQLITE_FILES = ("", "-wal", "-shm", "-journal")
 
 
@@ -355,6 +368,8 @@ class Index:
         self.path = path
         self.lock_path = lock_path or path.with_name(path.name + ".lock")
         self._adopt = adopt
+        self.read_only = _is_read_only(path)
+        """Whether the root cannot be written: the database is opened read-only and every write refused."""
         # At least 1 s (SQLite writes take milliseconds; lock_timeout=0 must not make every contended write fail),
         # at most 60 s (the busy wait this index always had).
         self._timeout = min(60.0, max(1.0, float(timeout)))
@@ -368,11 +383,12 @@ class Index:
     def _open(self) -> None:
         self._migrate(self._conn())
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         """Bring the schema to :data:`SCHEMA_VERSION` (one transaction; concurrent openers wait for it)."""
         if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
             return
+        if self.read_only:
+            raise self.refused("bring its index to the current schema")
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -404,6 +420,14 @@ class Index:
         if conn is not None and self._local.pid == os.getpid():
             conn.close()  # the file was replaced (another process rebuilt a damaged index): use the new one
             self._local.conn = None
+        if self.read_only:
+            _check_files(self.path)
+            conn = self._connect_read_only()
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+            self._local.file = _identity(self.path)
+            self._local.checked = time.monotonic()
+            return conn
         _check_files(self.path)
         if self._emptied():
             raise _EmptiedIndex(f"the file is shorter than a database header ({_HEADER_BYTES} bytes)")
@@ -423,6 +447,29 @@ class Index:
         conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints are the flusher's (WAL_CHECKPOINT_BYTES)
         return conn
 
+    def refused(self, action: str) -> ReadOnlyRootError:
+        """The error for a write to the index of a read-only root."""
+        return ReadOnlyRootError(str(self.path.parent), action)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A read-only connection: ``mode=ro`` reads the write-ahead log too when its shared memory can be used;
+        where it cannot (no ``-shm`` file, and none can be made), ``immutable=1`` reads the database file alone
+        (nothing can write to a read-only root, so nothing changes under it)."""
+        if not self.path.exists():
+            raise self.refused("create its index (it has none yet)")
+        base = "file:" + urllib.parse.quote(str(self.path))
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            conn = sqlite3.connect(
+                f"{base}?{query}", uri=True, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.OperationalError:
+                conn.close()
+                continue
+            return conn
+        raise self.refused("open its index (sqlite cannot read it read-only)")
+
     class _Tx:
         def __init__(self, conn: sqlite3.Connection) -> None:
             self.conn = conn
@@ -439,6 +486,8 @@ class Index:
                     self.conn.execute("ROLLBACK")
 
     def _transaction(self) -> Index._Tx:
+        if self.read_only:
+            raise self.refused("change its index")
         return Index._Tx(self._conn())
 
     def close(self) -> None:
@@ -674,6 +723,8 @@ class Index:
     def checkpoint_if_large(self) -> bool:
         """Checkpoint the write-ahead log (``PASSIVE``: never waits for readers) once it exceeds
         :data:`WAL_CHECKPOINT_BYTES`; True when it did."""
+        if self.read_only:
+            return False
         try:
             size = os.stat(f"{self.path}-wal").st_size
         except FileNotFoundError:

@@ -9,6 +9,7 @@ path outside the cache root (it contains no separator, never starts with a dot, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -55,6 +56,7 @@ class RepoURL:
         scheme: one of ``http``, ``https``, ``git``, ``ssh``, ``file``.
         username: the HTTP user from the URL, if any (never written to disk).
         password: the HTTP password or token from the URL, if any (never written to disk).
+        given: the URL as the caller wrote it, credentials removed (what messages show); not part of the identity.
         filter: the partial-clone filter of the mirror (``"blob:none"``, ``"tree:0"``), None for a full mirror;
             part of the identity: a partial mirror's key ends with ``-blobless`` or ``-treeless``.
     """
@@ -65,7 +67,13 @@ class RepoURL:
     scheme: str
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
+    given: str = field(default="", compare=False)
     filter: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The URL to name in messages: as the caller wrote it, without credentials (else the identity)."""
+        return self.given or self.url
 
     @property
     def transfer_url(self) -> str:
@@ -211,7 +219,7 @@ def normalize_url(url: str | os.PathLike[str]) -> RepoURL:
         known = _MEMO.get(url)
         if known is not None:
             return known
-        parsed = _normalize_text(url)
+        parsed = dataclasses.replace(_normalize_text(url), given=scrub(url.strip()))
         # A local path's meaning follows the filesystem (symbolic links), and a URL with a password is not kept
         # in memory longer than its caller keeps it: neither is memoized.
         if not parsed.is_local and not parsed.has_credentials:
@@ -224,7 +232,7 @@ def normalize_url(url: str | os.PathLike[str]) -> RepoURL:
         if not isinstance(url, str):
             raise InvalidURLError(repr(url), "expected a text path, got bytes")
         _check_length(url)
-        return _local(url, url)
+        return dataclasses.replace(_local(url, url), given=url)
     return _normalize_text(url)
 
 

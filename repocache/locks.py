@@ -132,7 +132,15 @@ def acquire(
     operation = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
     started = time.monotonic()
     deadline = None if timeout < 0 else started + timeout
-    fd = open_regular_fd(path, flags, 0o644)
+    try:
+        fd = open_regular_fd(path, flags, 0o644)
+    except OSError as exc:
+        # A read-only root (mount or permissions): flock needs no write access, it works on a descriptor opened
+        # for reading (what the lock guards cannot be changed there anyway; the cache refuses writes earlier).
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not path.exists():
+            raise
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        fd = open_regular_fd(path, flags)
     try:
         while True:
             try:

@@ -22,7 +22,7 @@ from repocache.cold_tier import ColdTier
 from repocache.consequences import Consequences
 from repocache.context import Context
 from repocache.counters import Counter
-from repocache.errors import CloneError
+from repocache.errors import AuthenticationError, CloneError
 from repocache.events import Source
 from repocache.keys import RepoURL
 from repocache.layout import ExclusiveHold, remove
@@ -127,14 +127,17 @@ def _fill(
 
 
 def _first_that_fills(context: Context, sources: list[tuple[Source, Fill]], staging: Path) -> Source:
-    """The first source that fills ``staging``; a clone that fails is counted (``clone_errors``) and raised."""
+    """The first source that fills ``staging``; a clone that fails is counted (``clone_errors``, and
+    ``auth_errors`` when upstream refused the credentials) and raised."""
     for source, fill in sources:
         try:
             if fill(staging):
                 return source
-        except CloneError:
+        except CloneError as exc:
             if source is Source.CLONE:
                 context.index.count(Counter.CLONE_ERRORS)
+                if isinstance(exc, AuthenticationError):
+                    context.index.count(Counter.AUTH_ERRORS)
             raise
     raise CloneError("", "no source could fill the mirror")  # pragma: no cover - the clone source raises or fills
 

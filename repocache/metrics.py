@@ -8,12 +8,16 @@ Two kinds of figures, kept apart on purpose:
 * **This process's distributions** (``repocache_checkout_seconds``, ``repocache_fetch_seconds``,
   ``repocache_fetch_bytes_total``, ``repocache_evictions_by_reason_total``, ...) come from the cache's events.
 
-Example::
+Example:
+    ```python
+    import repocache
+    import repocache.metrics
 
     cache = repocache.RepoCache(max_bytes="50GB")
-    server, thread = repocache.metrics.start_http_server(cache, 9464)   # 127.0.0.1:9464/metrics
+    server, thread = repocache.metrics.start_http_server(cache, 9464)  # 127.0.0.1:9464/metrics
+    ```
 
-or register on an application's own registry with :func:`instrument`.
+    Or register on an application's own registry with :func:`instrument`.
 """
 
 from __future__ import annotations
@@ -205,7 +209,8 @@ def start_http_server(
         registry: a registry of its own by default, so two caches in one process do not collide.
 
     Returns:
-        ``(server, thread)`` as ``prometheus_client.start_http_server`` returns them; ``server.shutdown()`` stops it.
+        ``(server, thread)`` as ``prometheus_client.start_http_server`` returns them; ``server.shutdown()`` stops
+        serving and ``server.server_close()`` closes the listening socket.
     """
     registry = CollectorRegistry() if registry is None else registry
     instrument(cache, registry)

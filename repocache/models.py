@@ -41,8 +41,8 @@ class Stats:
     """Counters shared by every process using the cache root, and the current budget.
 
     Attributes:
-        hits, misses, clones, fetches, restores, evictions, fetch_errors, clone_errors, restore_errors: the
-            root's counters, one field per
+        hits, misses, clones, fetches, restores, evictions, fetch_errors, clone_errors, restore_errors, auth_errors:
+            the root's counters, one field per
             :class:`~repocache.counters.Counter` (each described there). Each call that is handed a repository
             counts once, as a hit or a miss; a call that fails (clone error, budget, lock timeout, fetch error
             with ``on_fetch_error="raise"``) counts as neither.
@@ -60,6 +60,7 @@ class Stats:
     fetch_errors: int
     clone_errors: int
     restore_errors: int
+    auth_errors: int
     bytes_used: int
     bytes_limit: int | None
     entries: int

@@ -35,7 +35,7 @@ from typing import Literal
 from repocache import cancel, gitops
 from repocache.consequences import Consequences, Fetched
 from repocache.context import Context
-from repocache.errors import FetchError, LockTimeoutError
+from repocache.errors import AuthenticationError, FetchError, LockTimeoutError
 from repocache.events import Counter, warn_caller
 from repocache.index import Freshness, Row
 from repocache.layout import FetchHold, SharedHold
@@ -196,8 +196,12 @@ def refresh(
             fetched = fetch_locked(context, consequences, fetch_hold, progress, previous_size=row.size_bytes)
         except FetchError as exc:
             context.index.count(Counter.FETCH_ERRORS)
+            refused = isinstance(exc, AuthenticationError)
             if settings.on_fetch_error == "raise" or request.strict:
                 raise
+            if refused and settings.on_fetch_error == "warn_except_auth":
+                raise
+            # An authentication failure's detail begins "authentication failed": the log and the warning name it.
             context.events.stale_served(parsed.url, hold.key, exc.detail)
             warn_caller(f"serving a stale copy: {exc}")
             return None, True
@@ -234,6 +238,8 @@ def fetch_locked(
         moved = fetch_with_retry(context, fetch, progress, prefer_cli=background)
     except FetchError as exc:
         seconds = time.perf_counter() - clock
+        if isinstance(exc, AuthenticationError):
+            context.index.count(Counter.AUTH_ERRORS)
         context.events.fetched(fetch.url.url, fetch.key, seconds, previous_size, 0, error=exc.detail)
         raise
     if moved is None:
@@ -251,7 +257,8 @@ def fetch_with_retry(
     A live upstream can refuse a fetch that raced with a push: over smart HTTP the refs are advertised in one
     request and wanted in the next, and upload-pack refuses a want whose branch was deleted in between. A dead
     upstream fails fast too (connection refused), so the retry costs little; a fetch that failed slowly (a
-    timeout) is not retried, so a stalled upstream does not hold the caller twice as long.
+    timeout) is not retried, so a stalled upstream does not hold the caller twice as long, and neither is an
+    :class:`~repocache.errors.AuthenticationError` (the same credentials would be refused again).
     """
     parsed = fetch.url
     mirror = context.layout.mirror(fetch.key)
@@ -259,7 +266,7 @@ def fetch_with_retry(
     try:
         return gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)
     except FetchError as exc:
-        if time.monotonic() - attempt_started > FETCH_RETRY_WITHIN:
+        if isinstance(exc, AuthenticationError) or time.monotonic() - attempt_started > FETCH_RETRY_WITHIN:
             raise
         context.events.fetch_retried(parsed.url, exc.detail)
         return gitops.fetch_mirror(parsed, mirror, context.git, progress=progress, prefer_cli=prefer_cli)

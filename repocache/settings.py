@@ -63,7 +63,7 @@ PUBLISH_MODES = ("off", "clone", "always")
 MAINTENANCE_MODES = ("auto", "off")
 """Whether a fetch that left a mirror over a threshold is followed by its maintenance."""
 REFRESH_MODES = ("foreground", "background")
-ON_FETCH_ERROR = ("warn", "raise")
+ON_FETCH_ERROR = ("warn", "raise", "warn_except_auth")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?i?B?)?\s*$", re.IGNORECASE)
 _FACTORS = {
@@ -538,8 +538,9 @@ class Settings:
     on_fetch_error: str = option(
         "warn",
         _choice(ON_FETCH_ERROR),
-        '`"warn"` or `"raise"`',
-        "a failed fetch serves the cached copy (`co.stale`), or raises `FetchError`",
+        '`"warn"`, `"raise"` or `"warn_except_auth"`',
+        "a failed fetch serves the cached copy (`co.stale`) with a warning, or raises `FetchError`; "
+        '`"warn_except_auth"` serves it unless upstream refused the credentials (`AuthenticationError` is raised)',
         env="REPOCACHE_ON_FETCH_ERROR",
     )
     filter: str | None = option(

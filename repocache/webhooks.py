@@ -16,8 +16,11 @@ The URLs marked are every repository URL the payload gives (GitHub and Gitea ``c
 ``git_url``, ``html_url``; GitLab ``git_http_url``, ``git_ssh_url``, ``web_url``), so the repository is marked
 whichever of them the cache holds it under. Local paths and ``file://`` URLs in a payload are ignored.
 
-Example: a standalone endpoint with the standard library (put it behind your TLS-terminating proxy)::
+Example:
+    A standalone endpoint with the standard library (put it behind your TLS-terminating proxy):
 
+    <!-- example: serves -->
+    ```python
     import os
     from wsgiref.simple_server import make_server
 
@@ -27,11 +30,12 @@ Example: a standalone endpoint with the standard library (put it behind your TLS
     cache = repocache.RepoCache("/var/cache/repos", fetch_ttl=3600)  # pushes make hits fetch; polling is rare
     app = wsgi_app(cache, secret=os.environ["REPOCACHE_WEBHOOK_SECRET"])
     make_server("0.0.0.0", 8080, app).serve_forever()
+    ```
 
-then point the host's push webhook at ``https://<host>:8080/`` with the same secret (content type JSON; GitHub's
-form encoding is accepted too). In a Flask or Django service, call :func:`handle` with the request's headers and
-raw body and answer ``WebhookError.status`` on error. The cache may be any process's: the mark lives in the
-index, so workers sharing the root see it at their next hit.
+    Then point the host's push webhook at ``https://<host>:8080/`` with the same secret (content type JSON;
+    GitHub's form encoding is accepted too). In a Flask or Django service, call :func:`handle` with the request's
+    headers and raw body and answer ``WebhookError.status`` on error. The cache may be any process's: the mark
+    lives in the index, so workers sharing the root see it at their next hit.
 """
 
 from __future__ import annotations

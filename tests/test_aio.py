@@ -205,7 +205,7 @@ async def test_cancelling_a_checkout_that_waits_for_another_process_stops_waitin
             assert time.monotonic() - started < 5  # not the 60 s lock_timeout
         finally:
             holder.kill()
-            holder.wait()
+            holder.communicate()  # waits and closes the pipe
         # The worker thread is free again: with it stuck polling the lock, this would queue behind it.
         assert (await acache.ensure(url)).url == normalize_url(url).url
 

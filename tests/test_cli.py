@@ -29,6 +29,7 @@ from repocache.errors import (
     GitError,
     InvalidURLError,
     LockTimeoutError,
+    ReadOnlyRootError,
     RepoCacheError,
     UnsafeFileError,
 )
@@ -233,7 +234,7 @@ def test_every_error_maps_to_its_documented_exit_code(error: BaseException, code
 def test_every_exception_class_of_the_library_has_a_mapping() -> None:
     import repocache.errors
 
-    generic = {RepoCacheError, ColdStoreError, UnsafeFileError}  # an unsafe file is no usage or git error: 6
+    generic = {RepoCacheError, ColdStoreError, ReadOnlyRootError, UnsafeFileError}  # "anything else" (6)
     for name in repocache.errors.__all__:
         cls = getattr(repocache.errors, name)
         instance = cls.__new__(cls)
@@ -534,6 +535,7 @@ def test_stats_json_counts_clones_hits_fetches_and_bytes(run: Run, upstream: Pat
         "fetch_errors": 0,
         "clone_errors": 0,
         "restore_errors": 0,
+        "auth_errors": 0,
         "bytes_used": size,
         "bytes_limit": 20 * 1024**2,
         "entries": 1,
@@ -835,6 +837,59 @@ def test_cold_publish_option_publishes_every_clone(run: Run, upstream: Path, tmp
     cold = f"file://{tmp_path / 'cold'}"
     run("--cold-store", cold, "--cold-publish", "clone", "get", str(upstream), check=0)
     assert len(json.loads(run("--cold-store", cold, "cold", "ls", "--json", check=0).stdout)) == 1
+
+
+# -- the cold store's state, told straight -------------------------------------------------------------------------
+
+
+def test_a_restored_repository_is_in_the_cold_store_beside_its_artifact(
+    run: Run, upstream: Path, tmp_path: Path
+) -> None:
+    cold = f"file://{tmp_path / 'cold'}"
+    run("--cold-store", cold, "--root", str(tmp_path / "another-host"), "publish", str(upstream), check=0)
+    run("--cold-store", cold, "get", str(upstream), check=0)
+    assert stats_json(run)["restores"] == 1
+    (entry,) = ls_json(run, "--cold-store", cold)
+    assert entry["cold"] is not None and entry["path"] is not None
+    assert entry["in_cold_store"] is True, entry
+    lines = run("--cold-store", cold, "ls", check=0).stdout.splitlines()
+    assert lines[1].split()[-1] == "yes", lines
+
+
+def test_ls_with_an_unreachable_cold_store_says_unknown_and_fails_as_ls_json_does(
+    run: Run, upstream: Path, tmp_path: Path
+) -> None:
+    cold = tmp_path / "cold"
+    run("--cold-store", str(cold), "publish", str(upstream), check=0)
+    shutil.rmtree(cold)  # permissions do not stop root: a store under a file is one no one can list
+    cold.mkdir()
+    (cold / "sub").write_text("")
+    store = f"file://{cold / 'sub' / 'store'}"
+    table = run("--cold-store", store, "ls")
+    as_json = run("--cold-store", store, "ls", "--json")
+    assert table.returncode == as_json.returncode != 0, (table, as_json)
+    lines = table.stdout.splitlines()
+    assert lines[1].split()[-1] == "?", lines
+    assert "cold store" in table.stderr and str(cold / "sub") in table.stderr, table.stderr
+    assert "Traceback" not in table.stderr + as_json.stderr
+
+
+def test_a_cold_store_directory_that_does_not_exist_is_named_not_an_empty_store(
+    run: Run, upstream: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-store"
+    for args in (("cold", "ls"), ("ls", "--json")):
+        result = run("--cold-store", str(missing), *args)
+        assert result.returncode != 0, (args, result.stdout)
+        assert str(missing) in result.stderr and "does not exist" in result.stderr, result.stderr
+    assert not missing.exists()
+
+
+def test_an_unsupported_cold_store_scheme_is_a_usage_error_naming_it(run: Run) -> None:
+    result = run("--cold-store", "ftp://x/y", "ls", timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr, "ftp://x/y", "s3://")
+    assert "Name or service not known" not in result.stderr
 
 
 # -- run: a command in a temporary worktree ------------------------------------------------------------------------

@@ -589,6 +589,10 @@ def test_concurrent_uploads_from_processes_leave_one_consistent_pair(tmp_path: P
 
 def test_list_exists_and_delete(backend: Backend, tmp_path: Path) -> None:
     store = backend.store
+    if isinstance(store, LocalDirStore):  # a directory that does not exist is named, never an empty store
+        with pytest.raises(ColdStoreError, match=f"{store.root} does not exist"):
+            list(store.list())
+        store.root.mkdir()
     assert list(store.list()) == []
     assert not store.exists("repo-1")
     for key in ("repo-1", "repo-2"):
@@ -683,6 +687,7 @@ def test_open_cold_store_accepts_the_documented_forms(tmp_path: Path) -> None:
         ("   ", "''"),
         ("file://otherhost/dir", "otherhost"),
         ("nosuchprotocol://bucket/x", "nosuchprotocol"),
+        ("ftp://x/y", "unsupported scheme 'ftp'; accepted are a directory path, file:///dir, or"),
         ("s3://", "s3://"),
     ],
 )

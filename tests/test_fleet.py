@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from repocache import ConfigError, RepoCache
+from repocache import ColdStoreError, ConfigError, RepoCache
 from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest, open_cold_store, pack_mirror
 from repocache.cold.store import ArtifactWriter
 from repocache.keys import normalize_url
@@ -79,7 +79,9 @@ def test_without_publishing_a_clone_is_not_uploaded(tmp_path: Path, served: Upst
     url = daemon.url_for(_served(served, "not-published"))
     with RepoCache(tmp_path / "host-a", cold_store=tmp_path / "store") as host_a:
         host_a.ensure(url)
-        assert host_a.cold_entries() == []
+        assert not (tmp_path / "store").exists()  # nothing was uploaded, so the store was never made
+        with pytest.raises(ColdStoreError, match="does not exist"):  # a missing store is named, not empty
+            host_a.cold_entries()
 
 
 def test_always_publishes_again_after_a_fetch_once_the_artifact_is_older_than_the_bound(

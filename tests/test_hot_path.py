@@ -126,7 +126,7 @@ def test_a_process_killed_while_hitting_loses_at_most_its_last_second_of_hits(
         progress.append((int(done), float(at)))
     killed_at = time.time()
     os.kill(child.pid, signal.SIGKILL)
-    child.wait(30)
+    child.communicate(timeout=30)  # waits and closes the pipe
     assert progress, "the child made no hits"
     with RepoCache(cache_root, fetch_ttl=3600) as cache:
         counted = cache.stats().hits - base

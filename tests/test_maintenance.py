@@ -156,7 +156,8 @@ def test_readers_keep_seeing_every_object_while_maintenance_runs(
                 assert done and "repack" in done[0].tasks, done  # type: ignore[attr-defined]
                 assert mirror_shape(mirror).packs <= 3
                 rest = log.stdout.read()
-                assert log.wait(30) == 0, log.stderr.read() if log.stderr else ""
+                _, errors = log.communicate(timeout=30)  # waits and closes both pipes
+                assert log.returncode == 0, errors
                 assert head and rest is not None
                 second_half = [repo[pygit2.Oid(hex=oid)].type for oid in ids[len(ids) // 2 :]]
                 assert len(first_half) + len(second_half) == len(everything)

@@ -40,6 +40,7 @@ def test_a_scrape_shows_the_whole_root_and_this_processes_latencies(
             scraped = _scrape(port)
         finally:
             server.shutdown()
+            server.server_close()
             thread.join(timeout=10)
         stats = cache.stats()
     assert scraped["repocache_clones_total"] == stats.clones == 2
@@ -63,6 +64,7 @@ def test_two_caches_in_one_process_get_endpoints_of_their_own(tmp_path: Path, up
         finally:
             for server, thread in servers:
                 server.shutdown()
+                server.server_close()
                 thread.join(timeout=10)
     assert a["repocache_clones_total"] == 1
     assert b["repocache_clones_total"] == 0

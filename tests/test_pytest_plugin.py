@@ -30,6 +30,18 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytest's ``pytester``, whose inner runs set pytest-asyncio's loop scope as our own configuration does.
+
+    An inner run is a project that does not configure pytest-asyncio, which then warns at start-up that
+    ``asyncio_default_fixture_loop_scope`` is unset (19 warnings in every run of this file); the suite turns
+    warnings into errors. ``pytester`` clears ``PYTEST_ADDOPTS`` when it is set up, so it is set after.
+    """
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-o asyncio_default_fixture_loop_scope=function")
+    return pytester
+
+
+@pytest.fixture
 def served_url(served: UpstreamFactory, daemon: GitDaemon, request: pytest.FixtureRequest) -> str:
     """The ``git://`` URL of a repository served by the outer session's daemon: stable across inner runs."""
     upstream = served.create(f"plugin-{request.node.name}")

@@ -129,7 +129,8 @@ GLOBAL_OPTIONS: tuple[Argument, ...] = (
         metavar="MODE",
         choices=("warn", "raise"),
         default=None,
-        help="when a fetch fails: warn (serve the cached copy with a warning) or raise (exit 3) "
+        help="when a fetch fails: warn (serve the cached copy with a warning; a refused credential still exits 3) "
+        "or raise (exit 3) "
         "(default: $REPOCACHE_ON_FETCH_ERROR, else warn)",
     ),
     argument("-q", "--quiet", action="store_true", default=False, help="no progress bars, notes or warnings"),
@@ -220,4 +221,7 @@ def open_cache(context: Context, *, pins_fallback: str | None = None) -> RepoCac
 
     options = cache_options(context.args, pins_fallback=pins_fallback)
     root = options.pop("root")
+    if options.get("on_fetch_error", "warn") == "warn":
+        # A refused credential is an error on the command line, stale copy or not: exit 3, never a silent 0.
+        options["on_fetch_error"] = "warn_except_auth"
     return RepoCache(root, progress=context.bar, **options)

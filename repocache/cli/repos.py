@@ -14,7 +14,7 @@ from repocache.cli.exits import EXIT_NOT_DONE, EXIT_OK, describe, exit_code_for
 from repocache.cli.options import call_max_age, open_cache
 from repocache.cli.output import Context, ago, entry_json, human_bytes, manifest_json, table, yes_no
 from repocache.counters import Counter
-from repocache.errors import ConfigError, InvalidURLError, RepoCacheError
+from repocache.errors import ColdStoreError, ConfigError, InvalidURLError, RepoCacheError
 
 if TYPE_CHECKING:
     from repocache.cache import RepoCache
@@ -50,26 +50,48 @@ def get(context: Context) -> int:
 
 
 def ls(context: Context) -> int:
-    """``ls [--json]``."""
+    """``ls [--json]``.
+
+    With a cold store, the COLD column (``in_cold_store``) says whether the store holds an artifact of the
+    repository, whichever host put it there. A store that cannot be listed is an error, with or without
+    ``--json`` (the same message and exit code); the table is still printed, its COLD column ``?``.
+    """
+    cold_error: ColdStoreError | None = None
+    manifests: list[Manifest] | None = None
     with open_cache(context) as cache:
         entries = cache.entries()
         root = cache.root
-        if context.args.json and cache.has_cold_store:
-            context.emit_json(_with_cold_store(entries, cache.cold_entries(), cache))
+        if cache.has_cold_store:
+            try:
+                manifests = cache.cold_entries()
+            except ColdStoreError as exc:
+                if context.args.json:
+                    raise
+                cold_error = exc
+        if context.args.json and manifests is not None:
+            context.emit_json(_with_cold_store(entries, manifests, cache))
             return EXIT_OK
     if context.args.json:
         context.emit_json([entry_json(entry) for entry in entries])
         return EXIT_OK
-    if not entries:
+    if not entries and cold_error is None:
         context.note(f"no repositories cached in {root}")
         return EXIT_OK
+    in_store = None if manifests is None else {manifest.key for manifest in manifests}
+
+    def cold(entry: Entry) -> str:
+        if cold_error is not None:
+            return "?"
+        return yes_no(entry.in_cold_store if in_store is None else entry.key in in_store)
+
     now = time.time()
     rows = [("URL", "SIZE", "LAST USED", "PINNED", "COLD")]
-    rows += [
-        (e.url, human_bytes(e.size_bytes), ago(e.last_used, now), yes_no(e.pinned), yes_no(e.in_cold_store))
-        for e in entries
-    ]
-    context.emit(table(rows))
+    rows += [(e.url, human_bytes(e.size_bytes), ago(e.last_used, now), yes_no(e.pinned), cold(e)) for e in entries]
+    if entries:
+        context.emit(table(rows))
+    if cold_error is not None:
+        context.error(f"{describe(cold_error)} (COLD is shown as ?)")
+        return exit_code_for(cold_error)
     return EXIT_OK
 
 
@@ -82,6 +104,7 @@ def _with_cold_store(entries: list[Entry], manifests: list[Manifest], cache: Rep
         data = entry_json(entry)
         manifest = by_key.pop(entry.key, None)
         data["cold"] = None if manifest is None else manifest_json(manifest)
+        data["in_cold_store"] = manifest is not None  # the store's word, whichever host put the artifact there
         listed.append(data)
     for manifest in manifests:
         if manifest.key in by_key:

@@ -28,7 +28,7 @@ from repocache.cold.store import Lease
 from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
 from repocache.keys import scrub
 
-__all__ = ["FsspecStore"]
+__all__ = ["ACCEPTED_PROTOCOLS", "FsspecStore"]
 
 logger = logging.getLogger("repocache.cold")
 
@@ -43,6 +43,8 @@ _CHUNK = 256 * 1024
 _S3_PROTOCOLS = ("s3", "s3a")
 _S3_HINT = "pip install 'git-repocache[s3]'"
 _OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "tos"})
+ACCEPTED_PROTOCOLS = _OBJECT_STORE_PROTOCOLS | {"file", "local", "memory", "sftp", "hdfs", "webhdfs"}
+"""The fsspec schemes a cold store may use: object stores, shared filesystems, and ``memory://`` for tests."""
 
 
 class FsspecStore(GenerationStore):
@@ -69,6 +71,13 @@ class FsspecStore(GenerationStore):
     def __init__(self, url: str, **storage_options: Any) -> None:
         self.url = scrub(url)
         protocol = url.split("://", 1)[0].split("::")[-1].lower() if "://" in url else "file"
+        if protocol not in ACCEPTED_PROTOCOLS:
+            # Refused before fsspec sees it: some of its filesystems (ftp) connect on construction, and would fail
+            # with a bare "Name or service not known" instead of naming the setting.
+            raise ConfigError(
+                f"invalid cold_store {self.url!r}: unsupported scheme {protocol!r}; accepted are a directory path, "
+                f"file:///dir, or {', '.join(f'{name}://' for name in sorted(ACCEPTED_PROTOCOLS - {'file'}))}"
+            )
         try:
             fsspec = importlib.import_module("fsspec")
         except ImportError as exc:

@@ -41,7 +41,9 @@ class LocalDirStore(GenerationStore):
     Objects follow the layout of :mod:`repocache.cold.generations`. Each object is written to a temporary file in its
     final directory (``<key>/.tmp-*``), flushed with ``fsync`` and renamed into place with :func:`os.replace`, and
     the directory is synced, so after a crash a file is either complete or absent. Temporary files left by
-    crashed uploads are swept after a day. The directory is created on the first upload.
+    crashed uploads are swept after a day. The directory is created on the first upload; until then, listing the
+    store (``cold ls``, ``ls`` with a cold store, prune) raises :class:`~repocache.errors.ColdStoreError` naming it,
+    so a mistyped path or an unmounted share is not taken for an empty store (a miss just finds no artifact).
 
     Args:
         path: the store's directory (``~`` is expanded, relative paths are made absolute).
@@ -90,8 +92,12 @@ class LocalDirStore(GenerationStore):
     def _all_entries(self) -> Iterator[tuple[str, dict[str, StoredObject]]]:
         try:
             keys = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False))
-        except FileNotFoundError:
-            return
+        except FileNotFoundError as exc:
+            # Not an empty store: a mistyped path or an unmounted share would pass for one, and hide every artifact.
+            raise ColdStoreError(
+                f"cold store: {self.root} does not exist (it is created by the first upload: evict or publish a "
+                "repository into it, or create the directory)"
+            ) from exc
         except OSError as exc:
             raise ColdStoreError(f"cold store: cannot list {self.root}: {exc}") from exc
         for key in keys:

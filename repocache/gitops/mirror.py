@@ -58,7 +58,9 @@ def validate_mirror(path: Path) -> str | None:
     commit, its root tree. A symbolic ref naming a missing ref (HEAD of a mirror whose upstream's default branch
     does not exist) is accepted, as git accepts it, as long as at least one ref names an object: a mirror with
     no such ref, or with any ref whose tip or root tree is missing, is refused. This is not ``git fsck``: history
-    below the tips and the entries of the root trees are not read.
+    below the tips and the entries of the root trees are not read. In a partial mirror (a promisor remote, see
+    :mod:`repocache.partial`) only the tips themselves must be present: its filter leaves out trees or blobs on
+    purpose, and git fetches them on demand.
     """
     try:
         repo = open_repository(path)
@@ -100,10 +102,16 @@ def _missing_objects(repo: pygit2.Repository) -> str | None:
     odb = repo.odb
     usable = 0
     checked: set[pygit2.Oid] = set()
+    partial = _is_partial(repo)
     for reference in repo.listall_reference_objects():
         target = reference.target
         if isinstance(target, str):
             continue  # symbolic: its target is a ref of its own, checked as such (or missing, as HEAD may be)
+        if partial:
+            if not odb.exists(target):
+                return f"the object {target} that {reference.name} names is missing"
+            usable += 1
+            continue
         problem = _missing_below(repo, odb, reference.name, target, checked)
         if problem is not None:
             return problem
@@ -111,6 +119,14 @@ def _missing_objects(repo: pygit2.Repository) -> str | None:
     if usable == 0:
         return "no ref names an object, only symbolic refs to missing refs"
     return None
+
+
+def _is_partial(repo: pygit2.Repository) -> bool:
+    """Whether the mirror is a partial clone: its origin is a promisor remote (objects may be left out)."""
+    try:
+        return bool(repo.config.get_bool("remote.origin.promisor"))
+    except (KeyError, pygit2.GitError, ValueError):
+        return False
 
 
 def _missing_below(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repocache import cancel
-from repocache.errors import GitError
+from repocache.errors import AuthenticationError, GitError
 from repocache.keys import RepoURL, scrub
 from repocache.models import Progress
 
@@ -234,7 +234,9 @@ def run_git(
             if not ready:
                 if time.monotonic() - last_output > options.idle_timeout:
                     kill_git(process)
-                    raise error(url.url, f"no progress for {options.idle_timeout:g}s (idle_timeout); gave up")
+                    raise error(
+                        url.url, f"no progress for {options.idle_timeout:g}s (idle_timeout); gave up", url.shown
+                    )
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -258,23 +260,76 @@ def run_git(
         # a partial mirror's own git talks of promisors: the hint is about partial upstreams of full mirrors
         if url.filter is None and any(marker in detail for marker in PARTIAL_UPSTREAM_MARKERS):
             detail += PARTIAL_UPSTREAM_HINT
-        raise error(url.url, detail)
+        if is_authentication_failure(detail):
+            raise AuthenticationError.of(error)(url.url, authentication_detail(detail, url), url.shown)
+        raise error(url.url, detail, url.shown)
+
+
+# What git, libgit2, ssh and the common hosts say when credentials are refused or missing (lower case).
+AUTHENTICATION_MARKERS = (
+    "authentication failed",
+    "authentication required",
+    "authentication replays",
+    "could not read username",
+    "could not read password",
+    "permission denied (publickey",
+    "permission denied, please try again",
+    "http basic: access denied",
+    "returned error: 401",
+    "returned error: 403",
+    "unexpected http status code: 401",
+    "unexpected http status code: 403",
+    "invalid username or password",
+)
+
+
+def is_authentication_failure(detail: str) -> bool:
+    """Whether git's error lines say that upstream refused the credentials or wanted some."""
+    lowered = detail.lower()
+    return any(marker in lowered for marker in AUTHENTICATION_MARKERS)
+
+
+def authentication_detail(detail: str, url: RepoURL) -> str:
+    """The detail of an :class:`~repocache.errors.AuthenticationError`: what happened, then git's own lines."""
+    told = (
+        "upstream refused the credentials in the URL"
+        if url.has_credentials
+        else "upstream asked for credentials and the URL has none (put them in the URL, or use ssh keys)"
+    )
+    return f"authentication failed: {told}; {detail}"
+
+
+_CAUSE_PREFIXES = ("fatal:", "error:", "ssh:", "ssh_exchange_identification:", "kex_exchange_identification:")
+_CAUSE_MARKERS = ("permission denied", "host key verification failed", "could not resolve hostname")
+_CAUSE_LINES = 8  # the most cause lines kept (the last ones)
+_CAUSE_LINE_CHARS = 300  # the longest line kept whole
+
+
+def _is_cause(line: str) -> bool:
+    text = line.removeprefix("remote: ")
+    return text.startswith(_CAUSE_PREFIXES) or any(marker in text.lower() for marker in _CAUSE_MARKERS)
 
 
 def _error_lines(tail: Iterable[str], *, hide: Path | None) -> str:
-    """git's own error lines (``fatal:``, ``error:``) from the end of its stderr, as sentences on one line, scrubbed.
+    """git's cause lines from the end of its stderr, as sentences on one line, scrubbed.
 
-    Progress and "Cloning into ..." lines are dropped; without any error line, the last few other lines are kept.
-    One line, because messages end up in logs and in the command line's one-line errors. ``hide`` (a staging
-    directory) is an internal path that means nothing to the caller: it is named as what it is.
+    The cause lines are every ``fatal:``, ``error:`` and ``ssh:`` line (and ssh's own refusals, such as
+    ``Permission denied (publickey)``), each once, the last few, each at most a few hundred characters: ssh's
+    ``connect to host ... Connection refused`` comes before git's ``fatal: Could not read from remote
+    repository.`` and says why. Progress and "Cloning into ..." lines are dropped; without any cause line, the
+    last few other lines are kept. One line, because messages end up in logs and in the command line's one-line
+    errors. ``hide`` (a staging directory) is an internal path that means nothing to the caller: it is named as
+    what it is.
     """
     lines = [
         line.strip()
         for line in tail
         if line.strip() and not _PROGRESS_LINE.match(line.strip()) and not line.startswith("Cloning into ")
     ]
-    errors = [line for line in lines if line.removeprefix("remote: ").startswith(("fatal:", "error:"))]
-    detail = " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in (errors or lines)[-6:])
+    causes = [line for line in lines if _is_cause(line)]
+    unique = list(dict.fromkeys(causes or lines))[-_CAUSE_LINES if causes else -6 :]
+    shortened = [line if len(line) <= _CAUSE_LINE_CHARS else line[: _CAUSE_LINE_CHARS - 3] + "..." for line in unique]
+    detail = " ".join(line if line.endswith((".", "!", "?", ":")) else line + "." for line in shortened)
     return scrub(detail if hide is None else hide_staging(detail, hide))
 
 

@@ -26,7 +26,7 @@ import pygit2
 from pygit2.ffi import C, ffi
 
 from repocache import cancel
-from repocache.errors import CloneError, ConfigError, FetchError, GitError
+from repocache.errors import AuthenticationError, CloneError, ConfigError, FetchError, GitError
 from repocache.gitops.mirror import ensure_mirror_config, open_repository, sweep_mirror, validate_mirror
 from repocache.gitops.run import (
     PARTIAL_UPSTREAM_HINT,
@@ -34,8 +34,10 @@ from repocache.gitops.run import (
     GitOptions,
     ProgressCallback,
     Throttle,
+    authentication_detail,
     git_environment,
     hide_staging,
+    is_authentication_failure,
     run_git,
 )
 from repocache.keys import RepoURL, scrub
@@ -74,7 +76,8 @@ class _Callbacks(pygit2.RemoteCallbacks):
         if self._url.has_credentials and not self._tried_credentials:
             self._tried_credentials = True
             return pygit2.UserPass(self._url.username or "", self._url.password or "")
-        raise GitError(self._url.url, "authentication required (no usable credentials in the URL)")
+        # Asked again: the credentials were refused (or there are none); libgit2 would loop on the same answer.
+        raise AuthenticationError(self._url.url, authentication_detail("", self._url).removesuffix("; "))
 
     def transfer_progress(self, stats: object) -> None:
         cancel.check()  # raising from a callback is what aborts a libgit2 transfer (a return value does not)
@@ -105,7 +108,7 @@ def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: Pro
     if url.is_local and _is_partial_clone(Path(url.fetch_url)):
         # A local clone hard-links objects without checking them, so a partial upstream would yield a mirror
         # with missing objects that looks whole: refuse it, as git and libgit2 do over the network.
-        raise CloneError(url.url, "the upstream is a partial clone" + PARTIAL_UPSTREAM_HINT)
+        raise CloneError(url.url, "the upstream is a partial clone" + PARTIAL_UPSTREAM_HINT, url.shown)
     if options.git is not None:
         partial = [] if url.filter is None else [f"--filter={url.filter}"]
         run_git(
@@ -120,11 +123,11 @@ def clone_mirror(url: RepoURL, dest: Path, options: GitOptions, *, progress: Pro
         _clone_libgit2(url, dest, options, throttle)
     problem = validate_mirror(dest)
     if problem is not None:
-        raise CloneError(url.url, f"the cloned repository {problem}")
+        raise CloneError(url.url, f"the cloned repository {problem}", url.shown)
     try:
         ensure_mirror_config(dest, url)  # libgit2 writes a config of its own; keep one form for every mirror
     except OSError as exc:
-        raise CloneError(url.url, f"cannot write the mirror's config: {exc}") from None
+        raise CloneError(url.url, f"cannot write the mirror's config: {exc}", url.shown) from None
     throttle.done()
 
 
@@ -145,7 +148,7 @@ def _clone_libgit2(url: RepoURL, dest: Path, options: GitOptions, throttle: Thro
     _configure_libgit2(options)
     if url.is_local and not os.path.exists(url.fetch_url):
         # libgit2 says "unsupported URL protocol" for a local path that does not exist; say what git says.
-        raise CloneError(url.url, f"repository '{url.fetch_url}' does not exist")
+        raise CloneError(url.url, f"repository '{url.fetch_url}' does not exist", url.shown)
     try:
         repo = pygit2.init_repository(str(dest), bare=True)
         try:
@@ -169,7 +172,16 @@ def _clone_libgit2(url: RepoURL, dest: Path, options: GitOptions, throttle: Thro
         detail = hide_staging(detail, dest)
         if any(marker in detail for marker in PARTIAL_UPSTREAM_MARKERS):
             detail += PARTIAL_UPSTREAM_HINT
-        raise CloneError(url.url, detail) from None
+        raise _transfer_error(CloneError, url, detail, exc) from None
+
+
+def _transfer_error(error: type[GitError], url: RepoURL, detail: str, cause: BaseException) -> GitError:
+    """The error a failed libgit2 transfer leaves as: an authentication error when credentials were refused."""
+    if isinstance(cause, AuthenticationError):
+        return AuthenticationError.of(error)(url.url, detail, url.shown)
+    if is_authentication_failure(detail):
+        return AuthenticationError.of(error)(url.url, authentication_detail(detail, url), url.shown)
+    return error(url.url, detail, url.shown)
 
 
 def _is_partial_clone(path: Path) -> bool:
@@ -248,7 +260,7 @@ def fetch_mirror(
         if ensure_mirror_config(path, url):
             logger.info("rewrote the config of the mirror of %s to the one repocache writes", url.url)
     except OSError as exc:
-        raise FetchError(url.url, f"cannot write the mirror's config: {exc}") from None
+        raise FetchError(url.url, f"cannot write the mirror's config: {exc}", url.shown) from None
     moved: bool | None = None
     if not fetch_reports_moves(url, options, prefer_cli=prefer_cli):
         run_git(
@@ -286,7 +298,7 @@ def _fetch_libgit2(url: RepoURL, path: Path, options: GitOptions, throttle: Thro
     try:
         repo = open_repository(path)
     except pygit2.GitError as exc:
-        raise FetchError(url.url, f"the cached mirror cannot be opened ({scrub(str(exc))})") from None
+        raise FetchError(url.url, f"the cached mirror cannot be opened ({scrub(str(exc))})", url.shown) from None
     try:
         remote = repo.remotes.create_anonymous(url.fetch_url)
         callbacks = _Callbacks(url, throttle)
@@ -295,7 +307,7 @@ def _fetch_libgit2(url: RepoURL, path: Path, options: GitOptions, throttle: Thro
         return callbacks.moved or head_moved
     except (pygit2.GitError, GitError, KeyError, OSError) as exc:
         detail = scrub(str(exc.detail if isinstance(exc, GitError) else exc))
-        raise FetchError(url.url, detail) from None
+        raise _transfer_error(FetchError, url, detail, exc) from None
     finally:
         repo.free()
 
