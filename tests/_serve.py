@@ -105,7 +105,12 @@ class ServeProcess:
         """Wait for the server to exit; its exit code."""
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=10)
+        self._close_pipe()
         return code
+
+    def _close_pipe(self) -> None:
+        if not self._reader.is_alive() and self.process.stderr is not None:
+            self.process.stderr.close()  # read to its end by the reader: closed here, not by the collector
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not stop in time."""
@@ -117,6 +122,7 @@ class ServeProcess:
                 self.process.kill()
                 self.process.wait(timeout=30)
         self._reader.join(timeout=10)
+        self._close_pipe()
 
 
 @contextlib.contextmanager

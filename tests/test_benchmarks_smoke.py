@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,34 @@ def test_pool_benchmark_smoke_prints_the_table() -> None:
     assert "| workers | budget | completed | BudgetErrors | wall | clones |" in result.stdout
     assert "| 2 | tight" in result.stdout and "| 2 | ample" in result.stdout
     assert "| 6/6 | 0 |" in result.stdout, result.stdout
+
+
+def test_serve_benchmark_quick_prints_every_case(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "REPOCACHE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serve", "--quick", "--output", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = result.stdout
+    assert "| case | size | repocache serve | measured against | ratio | target | met | notes |" in table
+    for case in (
+        "warm clone",
+        "no-op fetch within fetch_ttl",
+        "4 warm identical clones: server CPU",
+        "4 warm identical clones: server peak RSS",
+        "concurrency: 1 warm clones at once, slowest client",
+        "concurrency: 4 warm clones at once, slowest client",
+        "4 concurrent cold clones",
+    ):
+        assert f"| {case} | tiny |" in table, f"{case!r} missing from:\n{table}"
+    # The within-TTL fetches never reach upstream, and the cold burst made exactly one upstream clone.
+    assert "upstream upload-packs during 1 fetches: 0 |" in table, table
+    assert "upstream upload-packs per repetition [1];" in table, table
+    samples = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert {row["case"] for row in samples} >= {"warm clone", "4 concurrent cold clones"}

@@ -345,6 +345,9 @@ class CrashLab:
         if spec is None:
             return
         directory = Path(str(spec).removeprefix("file://"))
+        if not directory.is_dir():  # nothing was uploaded yet: a store directory is made by its first upload
+            record["cold_artifacts"], record["cold_temp_files"] = 0, 0
+            return
         store = LocalDirStore(directory)
         artifacts = 0
         for manifest in store.list():

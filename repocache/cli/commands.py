@@ -272,7 +272,7 @@ COMMANDS: tuple[Command, ...] = (
                 "else no webhook route)",
             ),
         ),
-        details="Needs the `serve` extra (`pip install 'git-repocache[serve]'`). Clients use it unchanged with "
+        details="Needs the `serve` extra (`pip install '.[serve]'` from a checkout). Clients use it unchanged with "
         '`git config --global url."http://HOST:PORT/github.com/".insteadOf "https://github.com/"`. '
         "See [The git server](serve.md).",
     ),

@@ -147,8 +147,11 @@ class GitServer:
     """An ASGI application: git clients clone and fetch through the cache (``git clone http://cache/github.com/o/r``).
 
     ```python
+    import repocache
+    from repocache.serve import GitServer
+
     cache = repocache.RepoCache("/var/cache/repos", fetch_ttl=60)
-    app = GitServer(cache, {"github.com": "https://github.com/"})
+    app = GitServer(cache, {"git.example.com": "https://git.example.com/"})
     # uvicorn.run(app, host="0.0.0.0", port=8080), or mount it in another ASGI application
     ```
 

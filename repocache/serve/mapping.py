@@ -79,9 +79,12 @@ class Route:
 class Upstreams:
     """The allow-list: prefixes of request paths, each mapped to an upstream base URL.
 
-    Example::
+    Example:
+        ```python
+        from repocache.serve.mapping import Upstreams
 
-        Upstreams({"github.com": "https://github.com/", "gitlab.example.com/team": "https://gitlab.example.com/team/"})
+        Upstreams({"git.example.com": "https://git.example.com/", "gitlab.example.com/team": "https://gitlab.example.com/team/"})
+        ```
 
     A prefix is one or more path segments (a host name, optionally with a port, and optionally further segments);
     the longest configured prefix of a request wins. Upstream bases must be ``https``, ``http``, ``git`` or ``ssh``

@@ -25,7 +25,7 @@ try:
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("repocache serve needs uvicorn: pip install 'git-repocache[serve]'") from exc
+    raise ImportError("repocache serve needs uvicorn: pip install '.[serve]' (from a checkout)") from exc
 
 __all__ = ["DrainingServer", "GuardedH11", "Listen", "bind", "make_server", "parse_listen"]
 
