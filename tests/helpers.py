@@ -8,6 +8,7 @@ Fixtures live in ``conftest.py``; everything here is a plain function or class, 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import io
 import json
@@ -16,10 +17,12 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pygit2
 import pytest
@@ -28,6 +31,9 @@ from repocache import RepoCache, normalize_url
 from repocache.cold import ColdStore, Manifest
 from repocache.cold.manifest import FORMAT_VERSION
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 PROJECT = Path(__file__).resolve().parent.parent
 """The project's root: the working directory of every worker process, so ``tests`` is importable there."""
@@ -264,3 +270,25 @@ def report_figures(name: str, summary: dict[str, Any]) -> None:
 def listing(directory: Path) -> list[str]:
     """The names in ``directory``, sorted (none when it does not exist)."""
     return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+
+# -- a WSGI application on loopback ---------------------------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_wsgi(app: WSGIApplication, path: str = "/hooks") -> Iterator[str]:
+    """Serve ``app`` with a real ``wsgiref`` server on 127.0.0.1 for the block; yields the URL of ``path``."""
+    server = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}{path}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
@@ -25,14 +23,9 @@ from repocache.errors import (
 )
 from repocache.testing import SmartHTTPServer, UpstreamFactory
 from repocache.webhooks import parse_event, wsgi_app
-from tests.helpers import assert_consistent, mirror_refs
+from tests.helpers import assert_consistent, mirror_refs, serve_wsgi
 
 SECRET = "It's a Secret to Everybody"
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
@@ -46,17 +39,8 @@ def cache(cache_root: Path) -> Iterator[RepoCache]:
 @pytest.fixture
 def hook_url(cache: RepoCache) -> Iterator[str]:
     """The URL of a real WSGI server on 127.0.0.1 running ``wsgi_app(cache, secret=SECRET)`` (bodies up to 64 KiB)."""
-    server: WSGIServer = make_server(
-        "127.0.0.1", 0, wsgi_app(cache, secret=SECRET, max_body_bytes=65536), handler_class=_Quiet
-    )
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hooks"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_wsgi(wsgi_app(cache, secret=SECRET, max_body_bytes=65536)) as url:
+        yield url
 
 
 def _send(url: str, headers: dict[str, str], body: bytes, *, method: str = "POST") -> tuple[int, dict[str, object]]:

@@ -10,41 +10,28 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
 from repocache import ConfigError, RepoCache
 from repocache.errors import WebhookError
 from repocache.webhooks import parse_event, wsgi_app
+from tests.helpers import serve_wsgi
 
 SECRET = "hostile-secret"
 PASSWORD = "hunter2-Pa55w0rd"
 DEEP = 100_000  # far past the interpreter's recursion limit, far under the body cap
 
 
-class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def hostile_url(cache: RepoCache) -> Iterator[str]:
     """A real WSGI server on 127.0.0.1 running ``wsgi_app(cache, secret=SECRET)`` (bodies up to 1 MiB)."""
-    server: WSGIServer = make_server("127.0.0.1", 0, wsgi_app(cache, secret=SECRET), handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hooks"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_wsgi(wsgi_app(cache, secret=SECRET)) as url:
+        yield url
 
 
 def _send(url: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
