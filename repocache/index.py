@@ -420,15 +420,14 @@ class Index:
         if conn is not None and self._local.pid == os.getpid():
             conn.close()  # the file was replaced (another process rebuilt a damaged index): use the new one
             self._local.conn = None
+        _check_files(self.path)
         if self.read_only:
-            _check_files(self.path)
             conn = self._connect_read_only()
             self._local.conn = conn
             self._local.pid = os.getpid()
             self._local.file = _identity(self.path)
             self._local.checked = time.monotonic()
             return conn
-        _check_files(self.path)
         if self._emptied():
             raise _EmptiedIndex(f"the file is shorter than a database header ({_HEADER_BYTES} bytes)")
         conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
