@@ -33,13 +33,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from repocache import gitops
+from repocache import gitops, maintenance
 from repocache.cold.artifact import is_leftover, pack_mirror, unpack_artifact
 from repocache.cold.manifest import Manifest, checked_manifest
 from repocache.cold.store import ArtifactWriter, ColdStore, FleetStore, Lease
 from repocache.context import Context
 from repocache.counters import Counter
-from repocache.errors import CloneError, ColdStoreError, LockTimeoutError
+from repocache.errors import CloneError, ColdStoreError, GitError, LockTimeoutError
 from repocache.events import Source, warn_caller
 from repocache.index import Row
 from repocache.keys import RepoURL
@@ -421,6 +421,7 @@ class ColdTier:
         """
         context = self._context
         layout = context.layout
+        self._write_graph_first(parsed)
         # At least a lease's time: a publish started by a clone waits for that clone's own exclusive hold to end.
         timeout = max(context.settings.lock_timeout, context.settings.cold_lease_ttl)
         hold = layout.hold_shared(parsed.key, timeout)
@@ -450,6 +451,21 @@ class ColdTier:
                 return current
             context.events.published(parsed.url, parsed.key, time.monotonic() - started, stored.size_bytes, reason)
             return stored
+
+    def _write_graph_first(self, parsed: RepoURL) -> None:
+        """Before packing a mirror that has no commit-graph libgit2 reads (a fresh clone), maintain it, so the
+        artifact carries one and no restoring host writes it (about 2 s for git.git); skipped with
+        ``maintenance="off"``, and a failure only means an artifact without a graph."""
+        context = self._context
+        if context.settings.maintenance.mode == "off":
+            return
+        mirror = context.layout.mirror(parsed.key)
+        if not mirror.is_dir() or gitops.commit_graph_state(mirror) == "ok":
+            return
+        try:
+            maintenance.maintain_one(context, parsed.key, parsed.url, wait=True, forced=False)
+        except (GitError, LockTimeoutError, OSError) as exc:
+            context.events.cold_problem("write the commit-graph before publishing", parsed.url, exc)
 
     @contextlib.contextmanager
     def _snapshot(self, parsed: RepoURL, mirror: Path) -> Iterator[tuple[Path, float]]:

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from repocache import ColdStoreError, ConfigError, RepoCache
+from repocache import ColdStoreError, ConfigError, RepoCache, gitops
 from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest, open_cold_store, pack_mirror
 from repocache.cold.store import ArtifactWriter
 from repocache.keys import normalize_url
@@ -626,3 +626,124 @@ def test_a_host_killed_holding_the_lease_delays_the_fleet_at_most_its_lease_ttl(
             assert co.source == "clone"
         waited = time.monotonic() - killed
     assert 1.0 <= waited < 2.0 + 0.5 + 5, waited  # what was left of the lease (renewed every 2/3 s), a poll, the clone
+
+
+# -- artifacts carry the commit-graph ------------------------------------------------------------------------------
+
+
+def _graph(mirror: Path) -> Path:
+    return mirror / "objects" / "info" / "commit-graph"
+
+
+def _publish_with_graph(tmp_path: Path, url: str, store: ColdStore) -> bytes:
+    """Clone ``url`` on a host publishing its clones (a fresh clone has no graph); the published graph's bytes."""
+    with RepoCache(tmp_path / "publisher", cold_store=store, cold_publish="clone", fetch_ttl=3600) as cache:
+        path = cache.ensure(url).path
+    assert gitops.commit_graph_state(path) == "ok"  # written before the upload
+    return _graph(path).read_bytes()
+
+
+@pytest.mark.timeout(120)
+def test_a_restored_host_gets_the_commit_graph_and_runs_no_maintenance(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    upstream = _served(served, "graph-carried")
+    upstream.commits(40, size=100)
+    url = daemon.url_for(upstream)
+    store = LocalDirStore(tmp_path / "store")
+    graph = _publish_with_graph(tmp_path, url, store)
+    upstream.commit({"after-publishing": "1"})
+    events: list[Any] = []
+    with RepoCache(tmp_path / "restorer", cold_store=store, fetch_ttl=0, on_event=events.append) as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "restore" and co.fetched  # a fetch: the moment automatic maintenance is checked
+            assert _graph(co.path).read_bytes() == graph
+            assert gitops.commit_graph_state(co.path) == "ok"
+            assert (co.path / "packed-refs").is_file()
+    assert [e for e in events if e.kind == "maintenance"] == []
+
+
+def test_an_artifact_without_a_graph_gets_one_written_after_the_restore(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    """The case the carried graph spares: what a host did after restoring an artifact packed by an older version."""
+    upstream = _served(served, "graph-not-carried")
+    url = daemon.url_for(upstream)
+    store = LocalDirStore(tmp_path / "store")
+    with RepoCache(tmp_path / "publisher", cold_store=store, maintenance="off") as cache:
+        path = cache.ensure(url).path
+        cache.publish(url)  # as an older version did: no graph in the artifact
+        assert gitops.commit_graph_state(path) == "missing"
+    upstream.commit({"after-publishing": "1"})
+    events: list[Any] = []
+    with RepoCache(tmp_path / "restorer", cold_store=store, fetch_ttl=0, on_event=events.append) as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "restore" and co.fetched
+            assert gitops.commit_graph_state(co.path) == "missing"
+        assert gitops.commit_graph_state(co.path) == "ok"  # written by the releasing caller, after the fetch
+    assert [e.kind for e in events].count("maintenance") == 1, events
+
+
+def _corrupt_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0xFF])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["checksum", "truncated", "not-a-graph", "split-chain", "directory", "generation-v2"],
+)
+def test_a_bad_commit_graph_in_an_artifact_is_dropped_and_the_mirror_served(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, damage: str
+) -> None:
+    upstream = _served(served, f"bad-graph-{damage}")
+    url = daemon.url_for(upstream)
+    source = tmp_path / "peer.git"
+    subprocess.run(["git", "clone", "-q", "--mirror", str(upstream.path), str(source)], check=True)
+    info = source / "objects" / "info"
+    version = "2" if damage == "generation-v2" else "1"
+    split = ["--split"] if damage == "split-chain" else []
+    subprocess.run(
+        ["git", "-c", f"commitGraph.generationVersion={version}", "commit-graph", "write", "--reachable", *split],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
+    graph = info / "commit-graph"
+    if damage == "checksum":
+        graph.chmod(0o644)
+        graph.write_bytes(_corrupt_last_byte(graph.read_bytes()))
+    elif damage == "truncated":
+        graph.chmod(0o644)
+        graph.write_bytes(graph.read_bytes()[:100])
+    elif damage == "not-a-graph":
+        graph.chmod(0o644)
+        graph.write_bytes(b"#!/bin/sh\necho not a graph\n")
+    elif damage == "directory":
+        graph.unlink()
+        graph.mkdir()
+        (graph / "inside").write_text("x")
+    buffer = io.BytesIO()
+    sha256, size = pack_mirror(source, buffer)
+    store = LocalDirStore(tmp_path / "store")
+    artifact = tmp_path / "artifact.tar"
+    artifact.write_bytes(buffer.getvalue())
+    ref_count, head = gitops.describe_mirror(source)
+    manifest = Manifest(
+        url=normalize_url(url).url,
+        key=key_of(url),
+        sha256=sha256,
+        size_bytes=size,
+        mirror_bytes=gitops.disk_usage(source),
+        ref_count=ref_count,
+        head=head,
+        created=time.time(),
+    )
+    assert store.put(manifest.key, manifest, artifact)
+    with RepoCache(tmp_path / "restorer", cold_store=store, fetch_ttl=600) as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "restore"
+            assert mirror_refs(co.path) == upstream.refs()
+            assert list((co.path / "objects" / "info").iterdir()) == []  # dropped, chains never kept
+        assert cache.verify() == []
+        assert cache.maintain(url) is not None  # maintenance writes a good one when asked
+        assert gitops.commit_graph_state(co.path) == "ok"

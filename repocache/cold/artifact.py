@@ -37,9 +37,11 @@ _TAR_BUFFERS: dict[str, Any] = {"bufsize": _CHUNK, "copybufsize": _CHUNK}
 _ZSTD_LEVEL = 3
 _ZSTD_HINT = "pip install 'git-repocache[zstd]'"
 # What of a mirror is packed: its data, and the config older readers expect. A restore keeps only the data and
-# writes the config afresh (gitops.sanitize_restored_mirror), so hooks/, info/, description, objects/info/ and the
-# like would only cost time to pack, unpack and delete.
+# writes the config afresh (gitops.sanitize_restored_mirror), so hooks/, info/, description and the like would only
+# cost time to pack, unpack and delete. Of objects/info/ only the commit-graph file is packed (what makes a mirror's
+# walks fast, and what maintenance would otherwise write after the restore); alternates and the rest are not.
 _PACKED_TOP = frozenset({"HEAD", "config", "objects", "packed-refs", "refs"})
+_PACKED_OBJECTS_INFO = frozenset({"commit-graph"})
 # Leftovers of interrupted git operations: never part of a consistent mirror.
 _SKIPPED_PREFIXES = ("tmp_pack_", "tmp_idx_", "tmp_obj_", "pack_git2_", "incoming-")
 _SKIPPED_SUFFIXES = (".lock",)
@@ -65,11 +67,11 @@ def pack_mirror(
     """Write a tar of the bare mirror ``mirror_dir`` to ``out_fileobj``, streaming, and hash what is written.
 
     Members are the mirror's directories and regular files, relative to ``mirror_dir``, in sorted order, with
-    owners cleared: ``HEAD``, ``config``, ``packed-refs``, ``refs/`` and ``objects/`` (without ``objects/info/``),
-    which is all a restore keeps; hooks, ``info/`` and the like are left out, and so are leftovers of interrupted
-    git operations (``*.lock``, ``tmp_pack_*``, ``pack_git2_*``, ...). ``out_fileobj`` is only written to,
-    sequentially, and is neither flushed nor closed. The caller must keep the mirror from changing while it is
-    packed (hold its lock).
+    owners cleared: ``HEAD``, ``config``, ``packed-refs``, ``refs/`` and ``objects/`` (of ``objects/info/`` only the
+    ``commit-graph`` file), which is all a restore keeps; hooks, ``info/`` and the like are left out, and so are
+    leftovers of interrupted git operations (``*.lock``, ``tmp_pack_*``, ``pack_git2_*``, ...). ``out_fileobj`` is
+    only written to, sequentially, and is neither flushed nor closed. The caller must keep the mirror from changing
+    while it is packed (hold its lock).
 
     Args:
         mirror_dir: the bare mirror's directory.
@@ -110,8 +112,9 @@ def _write_tar(root: Path, sink: Any) -> None:
             if base == root:
                 dirnames[:] = [d for d in dirnames if d in _PACKED_TOP]
                 filenames = [f for f in filenames if f in _PACKED_TOP]
-            elif base == root / "objects":
-                dirnames[:] = [d for d in dirnames if d != "info"]
+            elif base == root / "objects" / "info":
+                dirnames[:] = []  # no split commit-graph chains (libgit2 reads only the single file)
+                filenames = [f for f in filenames if f in _PACKED_OBJECTS_INFO]
             dirnames[:] = sorted(d for d in dirnames if not is_leftover(d))
             for name in dirnames + sorted(f for f in filenames if not is_leftover(f)):
                 path = base / name

@@ -8,9 +8,11 @@ decides from.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,14 +338,23 @@ def ensure_mirror_config(path: Path, url: RepoURL) -> bool:
 def sanitize_restored_mirror(path: Path, url: RepoURL) -> None:
     """Turn an unpacked cold-store artifact into data only: the mirror's refs and objects, and a fresh config.
 
-    Keeps ``HEAD``, ``refs/``, ``packed-refs`` and ``objects/`` (minus ``objects/info/``, where alternates and
-    http-alternates would borrow objects from elsewhere); drops everything else (``config``, ``hooks/``,
-    ``info/``, ``commondir``, ``shallow``, ``worktrees/``, ``remotes/``, ...), then writes the config a clone of
-    ``url`` has. Links were already refused by the unpacking.
+    Keeps ``HEAD``, ``refs/``, ``packed-refs`` and ``objects/``; of ``objects/info/`` (where alternates and
+    http-alternates would borrow objects from elsewhere) only a ``commit-graph`` file that passes
+    :func:`check_restored_commit_graph`. Drops everything else (``config``, ``hooks/``, ``info/``, ``commondir``,
+    ``shallow``, ``worktrees/``, ``remotes/``, split graph chains, ...), then writes the config a clone of ``url``
+    has. Links were already refused by the unpacking.
     """
     with os.scandir(path) as entries:
         doomed = [Path(entry.path) for entry in entries if entry.name not in _MIRROR_DATA]
-    doomed.append(path / "objects" / "info")
+    info = path / "objects" / "info"
+    if info.is_dir() and not info.is_symlink():
+        with os.scandir(info) as entries:
+            doomed += [Path(entry.path) for entry in entries if entry.name != "commit-graph"]
+        graph = info / "commit-graph"
+        if graph.exists() and not check_restored_commit_graph(graph):
+            doomed.append(graph)
+    else:
+        doomed.append(info)
     for item in doomed:
         if item.is_dir() and not item.is_symlink():
             shutil.rmtree(item)
@@ -353,6 +364,43 @@ def sanitize_restored_mirror(path: Path, url: RepoURL) -> None:
     (path / "objects" / "info").mkdir(parents=True, exist_ok=True)
     (path / "refs").mkdir(exist_ok=True)
     ensure_mirror_config(path, url)
+
+
+_GRAPH_HASH_BYTES = {1: 20, 2: 32}  # the trailing checksum of a commit-graph: SHA-1 or SHA-256, by hash version
+_GRAPH_MAX_BYTES = 1 << 30
+
+
+def check_restored_commit_graph(graph: Path) -> bool:
+    """Whether a commit-graph unpacked from an artifact may stay: data that git and libgit2 read as it is.
+
+    It must be a regular file (not a link) no larger than 1 GiB, one standalone graph (no base graphs) in a format
+    libgit2 reads (see :func:`commit_graph_state`), whose trailing checksum matches its bytes (a graph corrupted
+    on the host that packed it). A graph that fails is dropped: maintenance writes a new one when it is due, and a
+    mirror without a graph is only slower to walk.
+    """
+    try:
+        st = os.lstat(graph)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _GRAPH_MAX_BYTES or st.st_size < 8:
+            return False
+        if commit_graph_state(graph.parent.parent.parent) != "ok":
+            return False
+        with open(graph, "rb") as handle:
+            header = handle.read(8)
+            width = _GRAPH_HASH_BYTES.get(header[5])
+            if width is None or header[7] != 0 or st.st_size < 8 + width:
+                return False
+            digest = hashlib.sha1() if width == 20 else hashlib.sha256()
+            digest.update(header)
+            left = st.st_size - 8 - width
+            while left > 0:
+                chunk = handle.read(min(left, 1 << 20))
+                if not chunk:
+                    return False
+                digest.update(chunk)
+                left -= len(chunk)
+            return handle.read(width) == digest.digest()
+    except OSError:
+        return False
 
 
 _LOOSE_SAMPLE = "17"  # git gc --auto's sample directory: loose objects are estimated from one of the 256
