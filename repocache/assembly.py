@@ -44,6 +44,7 @@ class Parts:
     cold: ColdTier | None
     background: Background
     acquirer: Acquirer
+    consequences: Consequences
     lifecycle: Lifecycle
 
 
@@ -89,7 +90,7 @@ def assemble(
     acquirer = Acquirer(context, budget, cold, consequences, background, lifecycle)
     budget.empty_trash()
     sweep_locks(context)
-    return Parts(path, context, budget, cold, background, acquirer, lifecycle)
+    return Parts(path, context, budget, cold, background, acquirer, consequences, lifecycle)
 
 
 def _git_options(settings: Settings) -> gitops.GitOptions:

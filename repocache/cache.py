@@ -93,6 +93,7 @@ class RepoCache:
         self.root, self.pins = parts.root, parts.context.pins
         self._context, self._budget, self._cold = parts.context, parts.budget, parts.cold
         self._background, self._acquirer, self._lifecycle = parts.background, parts.acquirer, parts.lifecycle
+        self._consequences = parts.consequences
 
     # -- settings, read-only --------------------------------------------------------------------------------
 
@@ -129,10 +130,11 @@ class RepoCache:
 
         Background fetches not started yet are cancelled; running ones are waited for up to ``timeout`` seconds,
         then cancelled (their git is killed; the repository keeps its previous state). Background uploads to the
-        cold store (``cold_publish``) are waited for.
+        cold store (``cold_publish``) and checks of restored commit-graphs are waited for.
         """
         if self._lifecycle.close():
             self._background.close(timeout)
+            self._consequences.close()
             if self._cold is not None:
                 self._cold.close()
             self._context.index.close()

@@ -184,7 +184,8 @@ class ColdTier:
                     expected_size=manifest.size_bytes,
                     max_bytes=max(manifest.mirror_bytes * 4, 1 << 20),
                 )
-            gitops.sanitize_restored_mirror(staging, parsed)  # an artifact is data, never configuration
+            # An artifact is data, never configuration. Its commit-graph is kept only where git can verify it.
+            gitops.sanitize_restored_mirror(staging, parsed, keep_commit_graph=self._context.git.git is not None)
             problem = gitops.validate_mirror(staging)
             if problem is not None:
                 raise ColdStoreError(f"the restored mirror {problem}")

@@ -16,6 +16,7 @@ new rule added here reaches every path.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -52,6 +53,8 @@ class Consequences:
         self._context = context
         self._cold = cold
         self._lifecycle = lifecycle
+        self._checks: dict[str, threading.Thread] = {}
+        self._checks_lock = threading.Lock()
 
     def fetched(
         self,
@@ -83,9 +86,47 @@ class Consequences:
         """
         if fetched is None or not self._lifecycle.is_open:
             return None
+        if gitops.graph_unverified(self._context.layout.mirror(fetched.url.key)):
+            self._check_graph(fetched.url)
         if self._cold is not None:
             self._cold.after_fetch(fetched.url)
         return maintenance.after_fetch(self._context, fetched.url.key, fetched.url.url)
+
+    def _check_graph(self, parsed: RepoURL) -> None:
+        """Verify a commit-graph a restore kept from its artifact, on a background thread, while the mirror is
+        already handed out (:func:`maintenance.verify_restored_graph`).
+
+        Until the check has compared every entry with its commit, the graph is trusted as the artifact's refs
+        are: as data from the store, for the seconds the check takes. A graph that lies is dropped. The mark
+        stays on disk until the check is done, so a process that ends first leaves it to the next fetch, here or
+        on another cache of the same root; :meth:`close` waits for the checks running.
+        """
+
+        def job() -> None:
+            try:
+                maintenance.verify_restored_graph(self._context, parsed.key, parsed.url)
+            except Exception as exc:  # a background job has nobody to raise to: report it
+                self._context.events.cold_problem("verify the commit-graph restored with", parsed.url, exc)
+            finally:
+                with self._checks_lock:
+                    self._checks.pop(parsed.key, None)
+
+        with self._checks_lock:
+            if parsed.key in self._checks:
+                return
+            thread = threading.Thread(target=job, name=f"repocache-graph-{parsed.key[:40]}", daemon=True)
+            self._checks[parsed.key] = thread
+            thread.start()
+
+    def close(self) -> None:
+        """Wait for the checks of restored commit-graphs running (called when the cache closes)."""
+        while True:
+            with self._checks_lock:
+                threads = list(self._checks.values())
+            if not threads:
+                return
+            for thread in threads:
+                thread.join()
 
     def materialized(
         self,

@@ -42,6 +42,7 @@ __all__ = [
     "graph_due",
     "maintain_one",
     "rolls_up_all",
+    "verify_restored_graph",
 ]
 
 
@@ -157,6 +158,18 @@ def _pack_refs_due(shape: gitops.MirrorShape, settings: Settings, plan: Plan) ->
 def _pack_refs(context: Context, fetch: FetchHold, shape: gitops.MirrorShape, plan: Plan) -> int:
     """Move the loose refs into ``packed-refs``."""
     return gitops.pack_refs(context.layout.mirror(fetch.key), context.git, _limits(context.settings)).peak_rss_bytes
+
+
+def _check_graph(context: Context, key: str) -> bool:
+    """Under the fetch hold: verify a commit-graph a restore kept (:func:`gitops.verify_commit_graph`) before any
+    task may rewrite it from its own entries; a graph that lies is dropped and reported."""
+    mirror = context.layout.mirror(key)
+    if gitops.verify_commit_graph(mirror, context.git, _limits(context.settings)):
+        return True
+    row = context.index.get(key)
+    url = row.url if row is not None else key
+    context.events.cold_problem("trust the commit-graph restored with", url, "it does not match the commits")
+    return False
 
 
 def _graph_due(shape: gitops.MirrorShape, settings: Settings, plan: Plan) -> bool:
@@ -285,6 +298,8 @@ def _maintain_fetching(context: Context, fetch: FetchHold, plan: Plan, outcome: 
     mirror = context.layout.mirror(fetch.key)
     if gitops.sweep_mirror(mirror):
         outcome.tasks.append("sweep")
+    if gitops.graph_unverified(mirror) and context.git.git is not None:
+        _check_graph(context, fetch.key)  # a check of data from the store, not upkeep: not a task of the report
     _run_due(context, fetch, plan, outcome)
     if outcome.tasks:
         _record_size(context, fetch.key)
@@ -357,6 +372,30 @@ def _record_size(context: Context, key: str) -> None:
         context.index.set_size(key, gitops.disk_usage(context.layout.mirror(key)))
 
 
+def verify_restored_graph(context: Context, key: str, url: str, *, wait: bool = True) -> bool | None:
+    """Check the commit-graph a restore kept from its artifact (see :func:`gitops.verify_commit_graph`), under a
+    shared hold and the fetch hold, whatever the maintenance mode; run in the background after a restore, and by
+    the first fetch after it if that never finished. None when there was nothing to check (no mark, no mirror,
+    the holds not had within ``lock_timeout``, or at once without ``wait``: the mark stays for the next fetch).
+    """
+    if context.git.git is None:
+        return None
+    timeout = context.settings.lock_timeout if wait else 0.0
+    shared = context.layout.hold_shared(key, timeout)
+    if shared is None:
+        return None
+    with shared:
+        if not gitops.graph_unverified(context.layout.mirror(key)):
+            return None
+        fetch = context.layout.hold_fetch(key, timeout)
+        if fetch is None:
+            return None
+        with fetch:
+            if not gitops.graph_unverified(context.layout.mirror(key)):
+                return None
+            return _check_graph(context, key)
+
+
 def after_fetch(context: Context, key: str, url: str) -> MaintenanceReport | None:
     """Automatic maintenance, run by the caller that fetched once it has released the mirror.
 
@@ -370,6 +409,8 @@ def after_fetch(context: Context, key: str, url: str) -> MaintenanceReport | Non
         shape = gitops.mirror_shape(context.layout.mirror(key))
     except FileNotFoundError:
         return None  # evicted meanwhile
+    if shape.graph_unverified:
+        return None  # a restored graph is checked first (Consequences.settle starts it); upkeep can wait
     if not due_tasks(shape, context.settings, forced=False):
         return None
     try:

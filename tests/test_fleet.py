@@ -4,6 +4,7 @@ fleet, uploads that no miss waits for. Real upstreams over git://, a real direct
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ import pytest
 from repocache import ColdStoreError, ConfigError, RepoCache, gitops
 from repocache.cold import ColdStore, FleetStore, LocalDirStore, Manifest, open_cold_store, pack_mirror
 from repocache.cold.store import ArtifactWriter
+from repocache.gitops.mirror import check_restored_commit_graph
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
 from tests.helpers import (
@@ -661,6 +663,7 @@ def test_a_restored_host_gets_the_commit_graph_and_runs_no_maintenance(
             assert gitops.commit_graph_state(co.path) == "ok"
             assert (co.path / "packed-refs").is_file()
     assert [e for e in events if e.kind == "maintenance"] == []
+    assert not gitops.graph_unverified(co.path) and _graph(co.path).read_bytes() == graph  # checked, and kept
 
 
 def test_an_artifact_without_a_graph_gets_one_written_after_the_restore(
@@ -682,6 +685,111 @@ def test_an_artifact_without_a_graph_gets_one_written_after_the_restore(
             assert gitops.commit_graph_state(co.path) == "missing"
         assert gitops.commit_graph_state(co.path) == "ok"  # written by the releasing caller, after the fetch
     assert [e.kind for e in events].count("maintenance") == 1, events
+
+
+def _store_mirror_as_artifact(tmp_path: Path, source: Path, url: str) -> LocalDirStore:
+    """A directory store holding ``source`` packed as the artifact of ``url``, as a peer host would upload it."""
+    buffer = io.BytesIO()
+    sha256, size = pack_mirror(source, buffer)
+    store = LocalDirStore(tmp_path / "store")
+    artifact = tmp_path / "artifact.tar"
+    artifact.write_bytes(buffer.getvalue())
+    ref_count, head = gitops.describe_mirror(source)
+    manifest = Manifest(
+        url=normalize_url(url).url,
+        key=key_of(url),
+        sha256=sha256,
+        size_bytes=size,
+        mirror_bytes=gitops.disk_usage(source),
+        ref_count=ref_count,
+        head=head,
+        created=time.time(),
+    )
+    assert store.put(manifest.key, manifest, artifact)
+    return store
+
+
+def _lying_graph_mirror(tmp_path: Path, upstream: Upstream) -> Path:
+    """A mirror of ``upstream`` whose commit-graph passes every structural check (format libgit2 reads, checksum
+    recomputed) but gives one real commit a date it does not have: what a hostile writer of the store could plant."""
+    source = tmp_path / "peer.git"
+    subprocess.run(["git", "clone", "-q", "--mirror", str(upstream.path), str(source)], check=True)
+    subprocess.run(
+        ["git", "-c", "commitGraph.generationVersion=1", "commit-graph", "write", "--reachable"],
+        cwd=source,
+        check=True,
+        capture_output=True,
+    )
+    graph = _graph(source)
+    data = bytearray(graph.read_bytes())
+    table: dict[bytes, int] = {}
+    for i in range(data[6]):  # header: signature (4), version, hash version, chunk count, base graphs
+        entry = 8 + 12 * i
+        table[bytes(data[entry : entry + 4])] = int.from_bytes(data[entry + 4 : entry + 12], "big")
+    cdat = table[b"CDAT"]
+    # The first entry: tree (20 bytes), two parent positions (4 + 4), then generation and date in 8 bytes.
+    data[cdat + 20 + 8 + 7] ^= 0x01  # the commit date's last bit
+    data[-20:] = hashlib.sha1(bytes(data[:-20])).digest()
+    graph.chmod(0o644)
+    graph.write_bytes(bytes(data))
+    assert check_restored_commit_graph(graph)  # nothing in its shape gives it away
+    lie = subprocess.run(["git", "commit-graph", "verify"], cwd=source, capture_output=True, text=True)
+    assert lie.returncode != 0 and "commit date" in lie.stderr, lie.stderr
+    return source
+
+
+def _git_verifies_graph(mirror: Path) -> bool:
+    return subprocess.run(["git", "commit-graph", "verify"], cwd=mirror, capture_output=True).returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_commit_graph_that_lies_about_real_commits_is_dropped_after_the_restore(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = _served(served, "lying-graph")
+    upstream.commits(10, size=100)
+    url = daemon.url_for(upstream)
+    store = _store_mirror_as_artifact(tmp_path, _lying_graph_mirror(tmp_path, upstream), url)
+    with RepoCache(tmp_path / "restorer", cold_store=store, fetch_ttl=600) as cache:
+        with cache.checkout(url) as co:
+            assert co.source == "restore"
+            assert mirror_refs(co.path) == upstream.refs()  # handed out at once; the check runs beside the reader
+    # The cache has closed, so the check (a background job it waits for) is over.
+    assert gitops.commit_graph_state(co.path) == "missing"
+    assert not gitops.graph_unverified(co.path)
+    assert "does not match the commits" in caplog.text
+    with RepoCache(tmp_path / "restorer", cold_store=store) as cache:
+        assert cache.maintain(url) is not None
+    assert gitops.commit_graph_state(co.path) == "ok" and _git_verifies_graph(co.path)
+
+
+@pytest.mark.timeout(120)
+def test_a_lying_graph_left_unchecked_by_an_ended_process_is_checked_by_the_first_fetch(
+    tmp_path: Path,
+    served: UpstreamFactory,
+    daemon: GitDaemon,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream = _served(served, "lying-graph-unchecked")
+    upstream.commits(10, size=100)
+    url = daemon.url_for(upstream)
+    store = _store_mirror_as_artifact(tmp_path, _lying_graph_mirror(tmp_path, upstream), url)
+    from repocache.consequences import Consequences
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Consequences, "_check_graph", lambda self, parsed: None)  # as if the process ended first
+        with RepoCache(tmp_path / "restorer", cold_store=store, fetch_ttl=600, maintenance="off") as cache:
+            path = cache.ensure(url).path
+    assert gitops.graph_unverified(path) and gitops.commit_graph_state(path) == "ok"
+    upstream.commit({"after-the-restore": "1"})
+    with RepoCache(tmp_path / "restorer", fetch_ttl=0, maintenance="off") as cache:
+        with cache.checkout(url) as co:
+            assert co.fetched
+    # maintenance="off" too: the check is not upkeep, it ends the trust given to the store's data.
+    assert not gitops.graph_unverified(path)
+    assert gitops.commit_graph_state(path) == "missing"
+    assert "does not match the commits" in caplog.text
 
 
 def _corrupt_last_byte(data: bytes) -> bytes:
@@ -722,23 +830,7 @@ def test_a_bad_commit_graph_in_an_artifact_is_dropped_and_the_mirror_served(
         graph.unlink()
         graph.mkdir()
         (graph / "inside").write_text("x")
-    buffer = io.BytesIO()
-    sha256, size = pack_mirror(source, buffer)
-    store = LocalDirStore(tmp_path / "store")
-    artifact = tmp_path / "artifact.tar"
-    artifact.write_bytes(buffer.getvalue())
-    ref_count, head = gitops.describe_mirror(source)
-    manifest = Manifest(
-        url=normalize_url(url).url,
-        key=key_of(url),
-        sha256=sha256,
-        size_bytes=size,
-        mirror_bytes=gitops.disk_usage(source),
-        ref_count=ref_count,
-        head=head,
-        created=time.time(),
-    )
-    assert store.put(manifest.key, manifest, artifact)
+    store = _store_mirror_as_artifact(tmp_path, source, url)
     with RepoCache(tmp_path / "restorer", cold_store=store, fetch_ttl=600) as cache:
         with cache.checkout(url) as co:
             assert co.source == "restore"

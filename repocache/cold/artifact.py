@@ -112,6 +112,10 @@ def _write_tar(root: Path, sink: Any) -> None:
             if base == root:
                 dirnames[:] = [d for d in dirnames if d in _PACKED_TOP]
                 filenames = [f for f in filenames if f in _PACKED_TOP]
+            elif base == root / "objects":
+                # objects/info/ only to carry the commit-graph: never alternates, nor an empty directory.
+                if not (base / "info" / "commit-graph").is_file():
+                    dirnames[:] = [d for d in dirnames if d != "info"]
             elif base == root / "objects" / "info":
                 dirnames[:] = []  # no split commit-graph chains (libgit2 reads only the single file)
                 filenames = [f for f in filenames if f in _PACKED_OBJECTS_INFO]

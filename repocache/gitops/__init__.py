@@ -23,14 +23,17 @@ from repocache.gitops.housekeeping import (
     repack_geometric,
     repack_pruning,
     run_maintenance_git,
+    verify_commit_graph,
     write_commit_graph,
 )
 from repocache.gitops.mirror import (
+    GRAPH_UNVERIFIED,
     MirrorShape,
     commit_graph_state,
     describe_mirror,
     disk_usage,
     ensure_mirror_config,
+    graph_unverified,
     mirror_config,
     mirror_shape,
     newest_commit_time,
@@ -47,6 +50,7 @@ from repocache.gitops.transfer import clone_mirror, fetch_mirror, fetch_reports_
 from repocache.gitops.worktree import make_worktree, resolve_commit
 
 __all__ = [
+    "GRAPH_UNVERIFIED",
     "GitOptions",
     "GitRun",
     "MaintenanceLimits",
@@ -57,6 +61,7 @@ __all__ = [
     "commit_graph_state",
     "describe_mirror",
     "disk_usage",
+    "graph_unverified",
     "ensure_mirror_config",
     "fetch_mirror",
     "fetch_missing_of",
@@ -82,5 +87,6 @@ __all__ = [
     "sanitize_restored_mirror",
     "sweep_mirror",
     "validate_mirror",
+    "verify_commit_graph",
     "write_commit_graph",
 ]

@@ -6,6 +6,8 @@ Each returns a :class:`GitRun` (its time and peak memory); which to run, and und
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import time
@@ -13,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repocache.errors import GitError
+from repocache.gitops.mirror import GRAPH_UNVERIFIED
 from repocache.gitops.run import GitOptions, MaintenanceLimits, git_environment, kill_git, spawn_git
+
+logger = logging.getLogger("repocache")
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,46 @@ def repack_pruning(path: Path, options: GitOptions, limits: MaintenanceLimits, g
 def pack_refs(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
     """Move loose refs into ``packed-refs`` (written whole, then the loose files are deleted)."""
     return run_maintenance_git(path, ["pack-refs", "--all", "--prune"], options, limits)
+
+
+def verify_commit_graph(path: Path, options: GitOptions, limits: MaintenanceLimits) -> bool:
+    """Check the commit-graph of an artifact against the commits it describes: True when every entry holds.
+
+    ``git commit-graph verify`` parses each commit from its object, without the graph, and compares its root tree,
+    parents, commit date and generation with the graph's entry (about the cost of writing the graph). On success
+    the :data:`~repocache.gitops.mirror.GRAPH_UNVERIFIED` mark is removed; on failure the graph and the mark are
+    deleted, before anything rewrites the graph: ``git commit-graph write`` would copy the entries of the graph
+    it finds. Nothing is done (True) when the mirror has no mark.
+
+    Raises:
+        GitError: git could not be run at all (no git command line tool).
+    """
+    info = path / "objects" / "info"
+    mark = info / GRAPH_UNVERIFIED
+    if not mark.exists():
+        return True
+    graph = info / "commit-graph"
+    try:
+        verified = os.stat(graph)
+    except FileNotFoundError:
+        mark.unlink(missing_ok=True)
+        return True
+    try:
+        run_maintenance_git(path, ["commit-graph", "verify", "--no-progress"], options, limits)
+        good = True
+    except GitError as exc:
+        if options.git is None:
+            raise
+        logger.warning("the commit-graph of %s does not match its commits (%s); dropping it", path, exc)
+        good = False
+    with contextlib.suppress(FileNotFoundError):
+        current = os.stat(graph)
+        # Dropped only if it is the file just verified (maintenance under the fetch hold never replaces it
+        # meanwhile, but a caller without that hold might).
+        if not good and (current.st_ino, current.st_dev) == (verified.st_ino, verified.st_dev):
+            graph.unlink()
+    mark.unlink(missing_ok=True)
+    return good
 
 
 def write_commit_graph(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:

@@ -335,24 +335,36 @@ def ensure_mirror_config(path: Path, url: RepoURL) -> bool:
     return True
 
 
-def sanitize_restored_mirror(path: Path, url: RepoURL) -> None:
+#: Written beside a commit-graph that came from an artifact, until ``git commit-graph verify`` has compared every
+#: entry with the commit it describes (:func:`verify_commit_graph`). Never packed into an artifact, and dropped
+#: from one, so only this host's own restore writes it.
+GRAPH_UNVERIFIED = "commit-graph.unverified"
+
+
+def sanitize_restored_mirror(path: Path, url: RepoURL, *, keep_commit_graph: bool = True) -> None:
     """Turn an unpacked cold-store artifact into data only: the mirror's refs and objects, and a fresh config.
 
     Keeps ``HEAD``, ``refs/``, ``packed-refs`` and ``objects/``; of ``objects/info/`` (where alternates and
     http-alternates would borrow objects from elsewhere) only a ``commit-graph`` file that passes
-    :func:`check_restored_commit_graph`. Drops everything else (``config``, ``hooks/``, ``info/``, ``commondir``,
-    ``shallow``, ``worktrees/``, ``remotes/``, split graph chains, ...), then writes the config a clone of ``url``
-    has. Links were already refused by the unpacking.
+    :func:`check_restored_commit_graph` (and only with ``keep_commit_graph``), marked unverified
+    (:data:`GRAPH_UNVERIFIED`) until :func:`verify_commit_graph` has checked it against the commits. Drops
+    everything else (``config``, ``hooks/``, ``info/``, ``commondir``, ``shallow``, ``worktrees/``, ``remotes/``,
+    split graph chains, ...), then writes the config a clone of ``url`` has. Links were already refused by the
+    unpacking.
     """
     with os.scandir(path) as entries:
         doomed = [Path(entry.path) for entry in entries if entry.name not in _MIRROR_DATA]
     info = path / "objects" / "info"
+    kept_graph = False
     if info.is_dir() and not info.is_symlink():
         with os.scandir(info) as entries:
             doomed += [Path(entry.path) for entry in entries if entry.name != "commit-graph"]
         graph = info / "commit-graph"
-        if graph.exists() and not check_restored_commit_graph(graph):
-            doomed.append(graph)
+        if graph.exists() or graph.is_symlink():
+            if keep_commit_graph and check_restored_commit_graph(graph):
+                kept_graph = True
+            else:
+                doomed.append(graph)
     else:
         doomed.append(info)
     for item in doomed:
@@ -363,6 +375,8 @@ def sanitize_restored_mirror(path: Path, url: RepoURL) -> None:
                 item.unlink()
     (path / "objects" / "info").mkdir(parents=True, exist_ok=True)
     (path / "refs").mkdir(exist_ok=True)
+    if kept_graph:
+        (info / GRAPH_UNVERIFIED).write_bytes(b"")
     ensure_mirror_config(path, url)
 
 
@@ -421,6 +435,8 @@ class MirrorShape:
         commit_graph: ``"missing"``, ``"unreadable"`` (a format libgit2 rejects: generation data v2 chunks, or a
             split chain it does not read) or ``"ok"``.
         graph_stale_bytes: bytes of the packs written after the commit-graph (all of them when there is none).
+        graph_unverified: the commit-graph came from an artifact and has not been checked against the commits
+            yet (:data:`GRAPH_UNVERIFIED`).
     """
 
     packs: int
@@ -430,6 +446,7 @@ class MirrorShape:
     loose_refs: int
     commit_graph: str
     graph_stale_bytes: int
+    graph_unverified: bool = False
 
 
 def commit_graph_state(path: Path) -> str:
@@ -453,6 +470,11 @@ def commit_graph_state(path: Path) -> str:
         return "unreadable"
     chunks = {table[i : i + 4] for i in range(0, 12 * header[6], 12)}
     return "ok" if chunks <= _GRAPH_CHUNKS_LIBGIT2_READS else "unreadable"
+
+
+def graph_unverified(path: Path) -> bool:
+    """Whether the mirror at ``path`` has a commit-graph from an artifact not yet verified against its commits."""
+    return (path / "objects" / "info" / GRAPH_UNVERIFIED).exists()
 
 
 def mirror_shape(path: Path, *, exact: bool = False) -> MirrorShape:
@@ -499,6 +521,7 @@ def mirror_shape(path: Path, *, exact: bool = False) -> MirrorShape:
         loose_refs=loose_refs,
         commit_graph=graph_state,
         graph_stale_bytes=stale,
+        graph_unverified=graph_state == "ok" and graph_unverified(path),
     )
 
 
