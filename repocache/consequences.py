@@ -86,8 +86,11 @@ class Consequences:
         """
         if fetched is None or not self._lifecycle.is_open:
             return None
-        if gitops.graph_unverified(self._context.layout.mirror(fetched.url.key)):
-            self._check_graph(fetched.url)
+        key = fetched.url.key
+        if gitops.graph_unverified(self._context.layout.mirror(key)) and not maintenance.due_after_fetch(
+            self._context, key
+        ):
+            self._check_graph(fetched.url)  # else the maintenance below checks it first, under the fetch hold
         if self._cold is not None:
             self._cold.after_fetch(fetched.url)
         return maintenance.after_fetch(self._context, fetched.url.key, fetched.url.url)

@@ -37,6 +37,7 @@ __all__ = [
     "Task",
     "after_fetch",
     "allowed_packs",
+    "due_after_fetch",
     "due_tasks",
     "failed_report",
     "graph_due",
@@ -318,7 +319,8 @@ def maintain_one(
     """Maintain the mirror of ``key``; None when it is not on disk.
 
     Under a shared hold and the fetch hold (waited for up to ``lock_timeout`` with ``wait``, else only tried):
-    sweep debris of killed git processes, then the tasks of :data:`TASKS` due under the fetch hold (see
+    sweep debris of killed git processes, verify a commit-graph restored from an artifact (before any task could
+    rewrite it from its own entries; a lying one is dropped), then the tasks of :data:`TASKS` due under the fetch hold (see
     :func:`due_tasks`). Then, when a task that needs the exclusive hold is due (``prune``: a full repack that drops
     unreachable objects older than ``maintenance_grace``), under the exclusive hold tried without waiting (no
     reader, no worktree). The index gets the new size.
@@ -396,22 +398,26 @@ def verify_restored_graph(context: Context, key: str, url: str, *, wait: bool = 
             return _check_graph(context, key)
 
 
+def due_after_fetch(context: Context, key: str) -> bool:
+    """Whether :func:`after_fetch` would maintain the mirror of ``key`` now (a few directory listings)."""
+    if context.settings.maintenance.mode != "auto" or context.git.git is None:
+        return False  # off, or no git command line tool to maintain with (libgit2 cannot repack)
+    try:
+        shape = gitops.mirror_shape(context.layout.mirror(key))
+    except FileNotFoundError:
+        return False  # evicted meanwhile
+    return bool(due_tasks(shape, context.settings, forced=False))
+
+
 def after_fetch(context: Context, key: str, url: str) -> MaintenanceReport | None:
     """Automatic maintenance, run by the caller that fetched once it has released the mirror.
 
     A few directory listings decide (:func:`gitops.mirror_shape`); only when a threshold is crossed does it
     maintain, and only if the mirror's locks are free now (it never waits, and never holds the budget lock).
-    Failures are logged, never raised: the caller's checkout already succeeded.
+    Failures are logged, never raised: the caller's checkout already succeeded. A commit-graph restored from an
+    artifact and not yet verified is verified first (see :func:`maintain_one`).
     """
-    if context.settings.maintenance.mode != "auto" or context.git.git is None:
-        return None  # off, or no git command line tool to maintain with (libgit2 cannot repack)
-    try:
-        shape = gitops.mirror_shape(context.layout.mirror(key))
-    except FileNotFoundError:
-        return None  # evicted meanwhile
-    if shape.graph_unverified:
-        return None  # a restored graph is checked first (Consequences.settle starts it); upkeep can wait
-    if not due_tasks(shape, context.settings, forced=False):
+    if not due_after_fetch(context, key):
         return None
     try:
         return maintain_one(context, key, url, wait=False, forced=False)
