@@ -187,6 +187,8 @@ class ColdTier:
             # An artifact is data, never configuration. Its commit-graph is kept only where git can verify it.
             gitops.sanitize_restored_mirror(staging, parsed, keep_commit_graph=self._context.git.git is not None)
             problem = gitops.validate_mirror(staging)
+            if problem is None and manifest.refs_sha256 not in (None, gitops.refs_digest(staging)):
+                problem = "has other refs than its manifest records"
             if problem is not None:
                 raise ColdStoreError(f"the restored mirror {problem}")
         except (ColdStoreError, OSError) as exc:
@@ -251,6 +253,7 @@ class ColdTier:
         context = self._context
         compression = context.settings.cold_compression
         ref_count, head = gitops.describe_mirror(mirror)
+        refs_sha256 = gitops.refs_digest(mirror)
 
         def write(out: BinaryIO) -> Manifest:
             sha256, size = pack_mirror(mirror, out, compression=compression)
@@ -265,6 +268,7 @@ class ColdTier:
                 created=created,
                 compression=compression,
                 fetched=None if fetched is None else min(fetched, created),
+                refs_sha256=refs_sha256,
             )
 
         if self._fleet is not None:

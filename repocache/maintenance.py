@@ -320,10 +320,10 @@ def maintain_one(
 
     Under a shared hold and the fetch hold (waited for up to ``lock_timeout`` with ``wait``, else only tried):
     sweep debris of killed git processes, verify a commit-graph restored from an artifact (before any task could
-    rewrite it from its own entries; a lying one is dropped), then the tasks of :data:`TASKS` due under the fetch hold (see
-    :func:`due_tasks`). Then, when a task that needs the exclusive hold is due (``prune``: a full repack that drops
-    unreachable objects older than ``maintenance_grace``), under the exclusive hold tried without waiting (no
-    reader, no worktree). The index gets the new size.
+    rewrite it from its own entries; a lying one is dropped), then the tasks of :data:`TASKS` due under the fetch
+    hold (see :func:`due_tasks`). Then, when a task that needs the exclusive hold is due (``prune``: a full repack
+    that drops unreachable objects older than ``maintenance_grace``), under the exclusive hold tried without
+    waiting (no reader, no worktree). The index gets the new size.
 
     Raises:
         GitError: a git command failed (the mirror still holds every object it had).

@@ -201,6 +201,9 @@ def test_manifest_json_round_trip_is_exact() -> None:
         {"url": ""},
         {"head": None},
         {"generation": "../../x"},
+        {"refs_sha256": "AB" * 32},
+        {"refs_sha256": 5},
+        {"refs_sha256": ""},
     ],
 )
 def test_manifest_from_json_refuses_invalid_fields(change: dict[str, Any]) -> None:

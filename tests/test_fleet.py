@@ -687,15 +687,13 @@ def test_an_artifact_without_a_graph_gets_one_written_after_the_restore(
     assert [e.kind for e in events].count("maintenance") == 1, events
 
 
-def _store_mirror_as_artifact(tmp_path: Path, source: Path, url: str) -> LocalDirStore:
-    """A directory store holding ``source`` packed as the artifact of ``url``, as a peer host would upload it."""
+def _manifest_of(tmp_path: Path, source: Path, url: str) -> Manifest:
+    """``source`` packed into ``tmp_path/artifact.tar`` as the artifact of ``url``, and its manifest."""
     buffer = io.BytesIO()
     sha256, size = pack_mirror(source, buffer)
-    store = LocalDirStore(tmp_path / "store")
-    artifact = tmp_path / "artifact.tar"
-    artifact.write_bytes(buffer.getvalue())
+    (tmp_path / "artifact.tar").write_bytes(buffer.getvalue())
     ref_count, head = gitops.describe_mirror(source)
-    manifest = Manifest(
+    return Manifest(
         url=normalize_url(url).url,
         key=key_of(url),
         sha256=sha256,
@@ -704,8 +702,15 @@ def _store_mirror_as_artifact(tmp_path: Path, source: Path, url: str) -> LocalDi
         ref_count=ref_count,
         head=head,
         created=time.time(),
+        refs_sha256=gitops.refs_digest(source),
     )
-    assert store.put(manifest.key, manifest, artifact)
+
+
+def _store_mirror_as_artifact(tmp_path: Path, source: Path, url: str) -> LocalDirStore:
+    """A directory store holding ``source`` packed as the artifact of ``url``, as a peer host would upload it."""
+    manifest = _manifest_of(tmp_path, source, url)
+    store = LocalDirStore(tmp_path / "store")
+    assert store.put(manifest.key, manifest, tmp_path / "artifact.tar")
     return store
 
 
@@ -839,3 +844,26 @@ def test_a_bad_commit_graph_in_an_artifact_is_dropped_and_the_mirror_served(
         assert cache.verify() == []
         assert cache.maintain(url) is not None  # maintenance writes a good one when asked
         assert gitops.commit_graph_state(co.path) == "ok"
+
+
+def test_a_manifest_records_the_refs_and_a_restore_that_does_not_match_them_is_refused(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    upstream = _served(served, "refs-recorded")
+    url = daemon.url_for(upstream)
+    store = LocalDirStore(tmp_path / "store")
+    with RepoCache(tmp_path / "publisher", cold_store=store, fetch_ttl=3600) as cache:
+        path = cache.ensure(url).path
+        stored = cache.publish(url)
+    assert stored is not None and stored.refs_sha256 == gitops.refs_digest(path)
+    # The same artifact under a manifest whose record of the refs is another mirror's: refused, and cloned instead.
+    source = tmp_path / "peer.git"
+    subprocess.run(["git", "clone", "-q", "--mirror", str(upstream.path), str(source)], check=True)
+    other = dataclasses.replace(_manifest_of(tmp_path, source, url), refs_sha256="0" * 64)
+    lying = LocalDirStore(tmp_path / "lying-store")
+    assert lying.put(other.key, other, tmp_path / "artifact.tar")
+    with RepoCache(tmp_path / "restorer", cold_store=lying, fetch_ttl=3600) as cache:
+        with pytest.warns(RuntimeWarning, match="other refs than its manifest records"):
+            with cache.checkout(url) as co:
+                assert co.source == "clone"
+                assert mirror_refs(co.path) == upstream.refs()

@@ -112,6 +112,9 @@ class Manifest:
             (:meth:`ColdStore.put` assigns a fresh one), set on every manifest a store returns.
         fetched: epoch seconds of the mirror's last successful fetch (or clone) before it was packed, or None when
             unknown (manifests of older versions): a restored copy is as fresh as this (see :meth:`fetched_at`).
+        refs_sha256: lower-case hex SHA-256 of the mirror's refs when it was packed (see
+            :func:`repocache.gitops.refs_digest`: every ref and what it points at), or None (older versions). What
+            the fleet can compare without downloading; a restore whose refs differ from it is refused.
 
     Raises:
         ValueError: a field has the wrong type or an invalid value.
@@ -129,6 +132,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     generation: str = ""
     fetched: float | None = None
+    refs_sha256: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -157,6 +161,10 @@ class Manifest:
             )
         if not isinstance(self.generation, str) or (self.generation and not _GENERATION.match(self.generation)):
             raise ValueError(f"generation {self.generation!r} is not a valid generation id")
+        if self.refs_sha256 is not None and (
+            not isinstance(self.refs_sha256, str) or not _SHA256.match(self.refs_sha256)
+        ):
+            raise ValueError(f"refs_sha256 must be 64 lower-case hex digits or null, not {self.refs_sha256!r}")
         fetched: object = self.fetched
         if fetched is not None:
             if isinstance(fetched, bool) or not isinstance(fetched, (int, float)):

@@ -195,6 +195,15 @@ def disk_usage(path: Path) -> int:
     return total
 
 
+def refs_digest(path: Path) -> str:
+    """Lower-case hex SHA-256 of the refs of the mirror at ``path`` (:func:`ref_tips`): ``<target> <name>`` lines,
+    sorted by name, each ending in a newline. Two mirrors with the same refs have the same digest."""
+    digest = hashlib.sha256()
+    for name, target in sorted(ref_tips(path).items()):
+        digest.update(f"{target} {name}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
 def ref_tips(path: Path) -> dict[str, str]:
     """Every ref of the mirror at ``path`` with what it points to, read from the files (no libgit2, no git).
 
