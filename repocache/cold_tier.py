@@ -208,12 +208,13 @@ class ColdTier:
             progress(Progress(parsed.url, "restore", "done", 0, 0, manifest.size_bytes))
         return True
 
-    def offload(self, hold: ExclusiveHold, row: Row) -> None:
-        """Upload the mirror before it is deleted; failures are reported, never fatal.
+    def offload(self, row: Row, mirror: Path) -> None:
+        """Upload an evicted mirror before it is deleted; failures are reported, never fatal.
 
-        Skipped when the store holds an artifact this root published or restored after the mirror's last fetch
-        (it has every object and ref). The artifact streams into the store; only a store that is not a
-        :class:`FleetStore` gets a temporary file packed first.
+        ``mirror`` is the evicted copy, handed over by the budget (renamed into ``trash/``, owned by the caller,
+        never changed meanwhile); this runs outside the budget lock. Skipped when the store holds an artifact this
+        root published or restored after the mirror's last fetch (it has every object and ref). The artifact
+        streams into the store; only a store that is not a :class:`FleetStore` gets a temporary file packed first.
         """
         context = self._context
         if row.size_bytes < context.settings.cold_min_bytes:
@@ -222,8 +223,7 @@ class ColdTier:
             if self._current_artifact(row) is not None:
                 return
             started = time.perf_counter()
-            mirror = context.layout.mirror(hold.key)
-            stored = self._upload(row.url, hold.key, mirror, row.size_bytes, time.time(), row.last_fetched)
+            stored = self._upload(row.url, row.key, mirror, row.size_bytes, time.time(), row.last_fetched)
             if stored is not None:
                 context.events.published(row.url, row.key, time.perf_counter() - started, stored.size_bytes, "evict")
         except (ColdStoreError, OSError, ValueError) as exc:
