@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from repocache import gitops, locks, refresh, uses
 from repocache.budget import Budget, RoomShortfall, RoomWait
 from repocache.checkout import Checkout
-from repocache.cold_tier import ColdTier
+from repocache.cold_tier import ColdTier, Lookup
 from repocache.consequences import Consequences, Fetched
 from repocache.context import Context
 from repocache.errors import LockTimeoutError, RepoCacheError
@@ -113,9 +113,11 @@ class Acquirer:
         deadline = time.monotonic() + self._context.settings.lock_timeout
         request = Request(started=time.time(), deadline=deadline, max_age=max_age, strict=strict)
         room = RoomWait(self._context, parsed, deadline, progress)
+        lookup = Lookup()  # the store's answer, kept across the rounds of a wait for room
         try:
-            return self._loop(parsed, progress, request, room)
+            return self._loop(parsed, progress, request, room, lookup)
         finally:
+            lookup.release()  # a lease still held (the wait ended without a clone) is given up
             room.finish()  # a wait for room is reported when the call ends, whatever its outcome
 
     def release(self, acquired: Acquired) -> MaintenanceReport | None:
@@ -132,7 +134,12 @@ class Acquirer:
         return report
 
     def _loop(
-        self, parsed: RepoURL, progress: gitops.ProgressCallback | None, request: Request, room: RoomWait
+        self,
+        parsed: RepoURL,
+        progress: gitops.ProgressCallback | None,
+        request: Request,
+        room: RoomWait,
+        lookup: Lookup,
     ) -> Acquired:
         clock = time.perf_counter()
         source = Source.HIT
@@ -149,7 +156,7 @@ class Acquirer:
             hold.release()
             if materialized == MAX_MATERIALIZATIONS:
                 break
-            made = self._materialize(parsed, progress, request, room)
+            made = self._materialize(parsed, progress, request, room, lookup)
             if made is not None:
                 source, materialized = made, materialized + 1
         raise RepoCacheError(
@@ -199,7 +206,12 @@ class Acquirer:
             context.events.miss(hold.url.url, hold.key, seconds, source)
 
     def _materialize(
-        self, parsed: RepoURL, progress: gitops.ProgressCallback | None, request: Request, room: RoomWait
+        self,
+        parsed: RepoURL,
+        progress: gitops.ProgressCallback | None,
+        request: Request,
+        room: RoomWait,
+        lookup: Lookup,
     ) -> Source | None:
         """Hold the repository exclusively and put its mirror into place; None when another worker did.
 
@@ -229,6 +241,7 @@ class Acquirer:
                     progress,
                     started=request.started,
                     in_use=uses.open_in(context.layout.root),
+                    lookup=lookup,
                 )
             except RoomShortfall as short:
                 shortfall = short  # waited for below, once the exclusive lock is released

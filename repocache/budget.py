@@ -21,24 +21,36 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
 
-from repocache import cancel
+from repocache import cancel, locks
 from repocache.context import Context
 from repocache.errors import BudgetError, LockTimeoutError, RepoCacheError
 from repocache.events import Counter
 from repocache.index import Index, Row
 from repocache.keys import RepoURL
-from repocache.layout import BudgetHold, ExclusiveHold, key_of, listing, remove
+from repocache.layout import BudgetHold, ExclusiveHold, Layout, key_of, listing, remove
 from repocache.models import Entry, Progress
 from repocache.uses import Use
 
 if TYPE_CHECKING:
     from repocache.cold_tier import ColdTier
 
-__all__ = ["POLICIES", "Budget", "EvictionPolicy", "Freed", "RoomShortfall", "RoomWait", "entry_of", "entry_of_row"]
+__all__ = [
+    "POLICIES",
+    "Budget",
+    "EvictionPolicy",
+    "Freed",
+    "Handover",
+    "RoomShortfall",
+    "RoomWait",
+    "dead_trash",
+    "entry_of",
+    "entry_of_row",
+]
 
 #: The longest a waiting miss blocks on one holder before it looks at the whole budget again (reservations that
 #: dropped, other holders that let go).
@@ -86,6 +98,28 @@ def entry_of_row(context: Context, row: Row) -> Entry:
 
 
 @dataclass
+class Handover:
+    """An evicted mirror handed over for its upload: renamed to ``trash/<key>.<id>`` under the budget lock, uploaded
+    to the cold store and deleted once that lock is released (:meth:`Budget.finish`).
+
+    Its bytes are still on disk, so they stay counted against the budget, as a reservation, until it is deleted.
+    The lock file ``trash/<key>.<id>.lock`` is held by its owner the whole time (made locked, before the rename):
+    a copy whose lock is free was left by a process that died, and is deleted (:func:`dead_trash`).
+
+    Attributes:
+        row: the index row it had (URL, size, last fetch).
+        path: where it is now.
+        owner: the held lock of ``path``.
+        reservation: the reservation counting its bytes (None when the miss that evicted it counts them).
+    """
+
+    row: Row
+    path: Path
+    owner: locks.FileLockHandle
+    reservation: int | None
+
+
+@dataclass
 class Freed:
     """What :meth:`Budget.free` did.
 
@@ -95,12 +129,15 @@ class Freed:
         held: rows skipped because a worker held them (a reader, or a clone or eviction in progress), first victim
             first; complete only when ``deficit`` is positive (the search stops once enough was found).
         pinned_bytes: bytes of the pinned rows seen (complete, like ``held``, when ``deficit`` is positive).
+        handed: the evicted mirrors still to upload and delete, once the budget lock is released
+            (:meth:`Budget.finish`).
     """
 
     evicted: list[Entry] = field(default_factory=list)
     deficit: int = 0
     held: list[Row] = field(default_factory=list)
     pinned_bytes: int = 0
+    handed: list[Handover] = field(default_factory=list)
 
 
 class RoomShortfall(Exception):
@@ -177,10 +214,19 @@ class Budget:
             raise BudgetError(parsed.url, needed, settings.max_bytes, max_bytes=settings.max_bytes)
         with self.lock() as budget:
             reserved = self._context.index.reserved_bytes()
-            freed = self.free(budget, needed, reserved=reserved, all_or_nothing=True)
+            freed = self.free(budget, needed, reserved=reserved, all_or_nothing=True, covered=needed)
             if freed.deficit > 0:
                 self._refuse_or_wait(parsed, needed, freed, in_use)
-            return self._context.index.reserve(parsed.key, needed) if needed else None
+            reservation = self._context.index.reserve(parsed.key, needed) if needed else None
+        try:
+            # The victims are uploaded (when they must be) and deleted outside the budget lock: other misses make
+            # room meanwhile. This one waits for them: its download takes the room they still occupy.
+            self.finish(freed.handed)
+        except BaseException:
+            if reservation is not None:
+                self._context.index.unreserve(reservation)
+            raise
+        return reservation
 
     def evicted_on_release(self, parsed: RepoURL, entry: Entry | None) -> RepoCacheError:
         """The error for a repository evicted as soon as its caller released it (``ensure`` never returns a path
@@ -236,10 +282,16 @@ class Budget:
             raise BudgetError(parsed.url, needed, available, reason="holding", held=mine)
         raise RoomShortfall(needed, available, tuple((row.key, row.url, row.size_bytes) for row in freed.held))
 
-    def free(self, budget: BudgetHold, needed: int, *, reserved: int, all_or_nothing: bool = False) -> Freed:
+    def free(
+        self, budget: BudgetHold, needed: int, *, reserved: int, all_or_nothing: bool = False, covered: int = 0
+    ) -> Freed:
         """Evict victims (not pinned, not held) until ``needed`` fits.
 
-        With ``all_or_nothing``, nothing is evicted unless enough can be.
+        With ``all_or_nothing``, nothing is evicted unless enough can be. A victim that must be uploaded first is
+        only handed over (:class:`Handover`): the caller must pass :attr:`Freed.handed` to :meth:`finish` once it
+        has released the budget lock. ``covered`` bytes of those victims are counted by a reservation the caller
+        makes under the same hold (the miss they make room for, which downloads nothing until they are deleted);
+        the rest stay reserved until each is deleted.
         """
         del budget  # held by the caller: the signature is the proof
         context = self._context
@@ -248,6 +300,7 @@ class Budget:
             return Freed()
         context.pins.refresh()
         chosen: list[tuple[Row, ExclusiveHold]] = []
+        handed: list[Handover] = []
         held: list[Row] = []
         pinned_bytes = 0
         freeable = 0
@@ -265,24 +318,38 @@ class Budget:
                 chosen.append((row, hold))
                 freeable += row.size_bytes
                 if not all_or_nothing:
-                    self.evict_locked(hold, row)
-                    hold.release()
+                    covered = self._evict_deferred(hold, row, handed, covered)
             if all_or_nothing:
                 if freeable < deficit:
                     return Freed([], deficit - freeable, held, pinned_bytes)
                 for row, hold in chosen:
-                    self.evict_locked(hold, row)
-                    hold.release()
+                    covered = self._evict_deferred(hold, row, handed, covered)
             evicted = [entry_of_row(context, row) for row, _hold in chosen]
-            return Freed(evicted, max(0, deficit - freeable), held, pinned_bytes)
+            return Freed(evicted, max(0, deficit - freeable), held, pinned_bytes, handed)
+        except BaseException:
+            for handover in handed:  # interrupted: delete them, never upload under the budget lock
+                self._delete(handover)
+            raise
         finally:
             for _row, hold in chosen:
                 hold.release()
 
+    def _evict_deferred(self, hold: ExclusiveHold, row: Row, handed: list[Handover], covered: int) -> int:
+        """Evict ``row`` under the budget lock, handing it over when it must be uploaded; returns what is left of
+        ``covered``."""
+        handover = self.evict_locked(hold, row, defer=True, covered=min(covered, row.size_bytes))
+        hold.release()
+        if handover is None:
+            return covered
+        handed.append(handover)
+        return covered - min(covered, row.size_bytes)
+
     def enforce(self) -> list[Entry]:
         """Evict until the budget and the free-space floor hold; returns what was evicted."""
         with self.lock() as budget:
-            return self.free(budget, 0, reserved=self._context.index.reserved_bytes()).evicted
+            freed = self.free(budget, 0, reserved=self._context.index.reserved_bytes())
+        self.finish(freed.handed)
+        return freed.evicted
 
     def enforce_if_over(self) -> None:
         """Enforce, but only when the budget is exceeded now (one index read otherwise)."""
@@ -308,33 +375,122 @@ class Budget:
             self.evict_locked(hold, context.index.get(parsed.key), reason="explicit")
             return True
 
-    def evict_locked(self, hold: ExclusiveHold, row: Row | None, reason: str = "budget") -> None:
-        """Offload the mirror to the cold store (if configured) and remove it from disk and from the index.
+    def evict_locked(
+        self, hold: ExclusiveHold, row: Row | None, reason: str = "budget", *, defer: bool = False, covered: int = 0
+    ) -> Handover | None:
+        """Remove the mirror from disk and from the index, offloading it to the cold store (if configured) first.
 
         ``reason`` (``"budget"``, ``"explicit"``, ``"invalid"``) is reported with the eviction event. An invalid
         mirror is never offloaded: its artifact would be refused by every restore and shadow a good one.
+
+        A mirror to offload is first handed over: renamed into ``trash/`` (no reader resolves it there; a miss of
+        the repository clones or restores afresh) with its bytes kept reserved. With ``defer`` (under the budget
+        lock) the :class:`Handover` is returned, for :meth:`finish` to upload and delete once the lock is
+        released; else that is done now. ``covered`` bytes of it are counted by the caller's own reservation.
         """
         context = self._context
         mirror = context.layout.mirror(hold.key)
-        if mirror.is_dir() and row is not None and self._cold is not None and reason != "invalid":
-            self._cold.offload(hold, row)
-        if mirror.is_dir():
-            trash = context.layout.new_trash(hold.key)
-            os.rename(mirror, trash)
-            context.index.remove(hold.key, counter=Counter.EVICTIONS)
-            shutil.rmtree(trash, ignore_errors=True)
-            context.events.evicted(row.url if row else hold.key, hold.key, row.size_bytes if row else 0, reason)
-        else:
+        if not mirror.is_dir():
             context.index.remove(hold.key, counter=None)
+            return None
+        if row is not None and self._cold is not None and reason != "invalid":
+            handover = self._hand_over(hold, row, reason, covered)
+            if not defer:
+                self.finish([handover])
+                return None
+            return handover
+        trash = context.layout.new_trash(hold.key)
+        os.rename(mirror, trash)
+        context.index.remove(hold.key, counter=Counter.EVICTIONS)
+        shutil.rmtree(trash, ignore_errors=True)
+        context.events.evicted(row.url if row else hold.key, hold.key, row.size_bytes if row else 0, reason)
+        return None
+
+    def _hand_over(self, hold: ExclusiveHold, row: Row, reason: str, covered: int) -> Handover:
+        """Rename the held mirror into ``trash/`` beside its held lock file, its index row traded for a
+        reservation of the bytes ``covered`` does not count."""
+        context = self._context
+        trash = context.layout.new_trash(hold.key)
+        owner = locks.create_locked(_owner_file(trash))  # before the rename: a copy is never there unowned
+        try:
+            os.rename(context.layout.mirror(hold.key), trash)
+        except BaseException:
+            locks.discard(owner)
+            raise
+        reservation = context.index.hand_over(hold.key, row.size_bytes - covered, counter=Counter.EVICTIONS)
+        context.events.evicted(row.url, hold.key, row.size_bytes, reason)
+        return Handover(row, trash, owner, reservation)
+
+    def finish(self, handed: Sequence[Handover]) -> None:
+        """Upload the handed-over mirrors (when the store lacks them) and delete them; never under the budget lock.
+
+        A store that fails is reported and the copy deleted all the same (the mirror is a cache of its upstream);
+        an interrupted upload never commits a manifest, so nothing in the store names a partial artifact.
+        """
+        for number, handover in enumerate(handed):
+            try:
+                if self._cold is not None:
+                    self._cold.offload(handover.row, handover.path)
+            except BaseException:
+                for rest in handed[number:]:
+                    self._delete(rest)
+                raise
+            self._delete(handover)
+
+    def _delete(self, handover: Handover) -> None:
+        remove(handover.path)
+        if handover.reservation is not None:
+            self._context.index.unreserve(handover.reservation)
+        locks.discard(handover.owner)
 
     def empty_trash(self) -> None:
-        """Finish deleting what evictions of dead processes left in trash/ (live evictions hold the key's lock)."""
-        layout = self._context.layout
-        for entry in listing(layout.trash):
-            hold = layout.try_exclusive(key_of(entry.name))
-            if hold is not None:
-                with hold:
-                    remove(layout.trash / entry.name)
+        """Finish deleting what evictions of dead processes left in trash/ (live evictions hold their locks)."""
+        dead_trash(self._context.layout, repair=True)
+
+
+def _owner_file(trash: Path) -> Path:
+    """The lock file held by the owner of a handed-over copy at ``trash``."""
+    return trash.with_name(trash.name + ".lock")
+
+
+def dead_trash(layout: Layout, *, repair: bool) -> list[Path]:
+    """What evictions of dead processes left in ``trash/``; with ``repair``, deleted.
+
+    A plain eviction's copy belongs to the holder of its key's exclusive lock; a handed-over copy (one being
+    uploaded outside the budget lock) to the holder of its own ``<name>.lock`` file. Either is debris only while
+    that lock is free. A lock file whose copy is gone is debris too (its owner died between the two deletions).
+    """
+    found: list[Path] = []
+    names = [entry.name for entry in listing(layout.trash)]
+    owned = {name.removesuffix(".lock") for name in names if name.endswith(".lock")}
+    for name in sorted({name.removesuffix(".lock") for name in names}):
+        path = layout.trash / name
+        if name in owned:
+            try:
+                handle = locks.acquire(_owner_file(path), shared=False, timeout=0, create=False)
+            except FileNotFoundError:
+                continue  # its owner finished just now
+            except RepoCacheError:
+                continue  # not a lock file this module made (UnsafeFileError): left for a person to look at
+            if handle is None:
+                continue  # its owner is alive: an upload in progress
+            found.append(path if os.path.lexists(path) else _owner_file(path))
+            if repair:
+                remove(path)
+                locks.discard(handle)
+            else:
+                handle.release()
+            continue
+        hold = layout.try_exclusive(key_of(name))
+        if hold is None:
+            continue
+        with hold:
+            if not os.path.lexists(path):
+                continue
+            found.append(path)
+            if repair:
+                remove(path)
+    return found
 
 
 class RoomWait:

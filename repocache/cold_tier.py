@@ -46,7 +46,7 @@ from repocache.keys import RepoURL
 from repocache.layout import ExclusiveHold, remove
 from repocache.models import Progress
 
-__all__ = ["LEASE_TTL", "Claim", "ColdTier"]
+__all__ = ["LEASE_TTL", "LOOKUP_AGAIN_FIRST", "LOOKUP_AGAIN_MAX", "Claim", "ColdTier", "Lookup"]
 
 _PRUNE_EVERY = 3600.0  # seconds between automatic prunes (per process) when cold_retention is set
 LEASE_TTL = 60.0
@@ -54,6 +54,10 @@ LEASE_TTL = 60.0
 host that died while cloning."""
 _POLL_FIRST = 0.05  # seconds between a waiter's looks at the store, growing to _POLL_MAX
 _POLL_MAX = 0.5
+LOOKUP_AGAIN_FIRST = 1.0
+"""Seconds a miss waiting for room keeps what it learnt from the store before it looks again (doubling each time)."""
+LOOKUP_AGAIN_MAX = 30.0
+"""The most seconds a miss waiting for room goes between two looks at the store."""
 
 
 class Claim:
@@ -92,6 +96,50 @@ class Claim:
             self._store.release_lease(self.lease)
         except ColdStoreError as exc:
             self._context.events.cold_problem("release the clone lease of", self._url, exc)
+
+
+class Lookup:
+    """What one miss learnt from the store (the manifest, the clone lease it holds), kept across the rounds of its
+    wait for room so that a round costs no store request.
+
+    The first round looks the repository up (and takes the fleet's clone lease when no artifact is found); later
+    rounds reuse that answer, looking again only once :data:`LOOKUP_AGAIN_FIRST` seconds have passed, then after
+    twice as long each time up to :data:`LOOKUP_AGAIN_MAX`. A held lease is kept (renewed by its :class:`Claim`
+    every third of ``cold_lease_ttl``) until the miss clones, gives up or finds an artifact.
+
+    Attributes:
+        manifest: the artifact found (None: none, or not looked up yet).
+        claim: the clone lease held, if any.
+    """
+
+    def __init__(self) -> None:
+        self.manifest: Manifest | None = None
+        self.claim: Claim | None = None
+        self._looked: float | None = None
+        self._again = LOOKUP_AGAIN_FIRST
+
+    def due(self, now: float) -> bool:
+        """Whether the store should be asked again at ``now`` (monotonic seconds); True for the first round."""
+        return self._looked is None or now - self._looked >= self._again
+
+    def looked(self, now: float, manifest: Manifest | None, claim: Claim | None) -> None:
+        """Remember the store's answer of ``now``; the next look is due twice as late as the last one."""
+        if self._looked is not None:
+            self._again = min(self._again * 2, LOOKUP_AGAIN_MAX)
+        self._looked = now
+        self.manifest, self.claim = manifest, claim
+
+    def hand_on(self) -> Claim | None:
+        """The held lease, no longer this lookup's to release (the miss that used it releases it after publishing)."""
+        claim, self.claim = self.claim, None
+        return claim
+
+    def release(self) -> None:
+        """Give the held lease up (idempotent); what was learnt is forgotten."""
+        claim, self.claim = self.claim, None
+        self.manifest, self._looked = None, None
+        if claim is not None:
+            claim.release()
 
 
 def _disk_full(exc: BaseException) -> OSError | None:
@@ -211,12 +259,13 @@ class ColdTier:
             progress(Progress(parsed.url, "restore", "done", 0, 0, manifest.size_bytes))
         return True
 
-    def offload(self, hold: ExclusiveHold, row: Row) -> None:
-        """Upload the mirror before it is deleted; failures are reported, never fatal.
+    def offload(self, row: Row, mirror: Path) -> None:
+        """Upload an evicted mirror before it is deleted; failures are reported, never fatal.
 
-        Skipped when the store holds an artifact this root published or restored after the mirror's last fetch
-        (it has every object and ref). The artifact streams into the store; only a store that is not a
-        :class:`FleetStore` gets a temporary file packed first.
+        ``mirror`` is the evicted copy, handed over by the budget (renamed into ``trash/``, owned by the caller,
+        never changed meanwhile); this runs outside the budget lock. Skipped when the store holds an artifact this
+        root published or restored after the mirror's last fetch (it has every object and ref). The artifact
+        streams into the store; only a store that is not a :class:`FleetStore` gets a temporary file packed first.
         """
         context = self._context
         if row.size_bytes < context.settings.cold_min_bytes:
@@ -225,8 +274,7 @@ class ColdTier:
             if self._current_artifact(row) is not None:
                 return
             started = time.perf_counter()
-            mirror = context.layout.mirror(hold.key)
-            stored = self._upload(row.url, hold.key, mirror, row.size_bytes, time.time(), row.last_fetched)
+            stored = self._upload(row.url, row.key, mirror, row.size_bytes, time.time(), row.last_fetched)
             if stored is not None:
                 context.events.published(row.url, row.key, time.perf_counter() - started, stored.size_bytes, "evict")
         except (ColdStoreError, OSError, ValueError) as exc:
@@ -292,6 +340,27 @@ class ColdTier:
             with contextlib.suppress(FileNotFoundError):
                 upload.unlink()
         return self.store.get_manifest(key)
+
+    def look_up(self, parsed: RepoURL, lookup: Lookup) -> tuple[Manifest | None, Claim | None]:
+        """The manifest (or the clone lease) for a miss of ``parsed``, reusing what ``lookup`` learnt while it is
+        fresh: the first round of a wait for room asks the store, later ones only when :meth:`Lookup.due`.
+
+        A miss that holds the lease looks only for an artifact (published meanwhile by a host that did not ask
+        for the lease): found, the lease is given up and the artifact restored.
+        """
+        now = time.monotonic()
+        if not lookup.due(now):
+            return lookup.manifest, lookup.claim
+        claim = lookup.claim
+        manifest = self.manifest(parsed)
+        if manifest is not None and claim is not None:
+            lookup.hand_on()
+            claim.release()
+            claim = None
+        elif manifest is None and claim is None:
+            manifest, claim = self.claim(parsed)  # one clone for the fleet: clone (holding the lease) or restore
+        lookup.looked(now, manifest, claim)
+        return manifest, claim
 
     # -- publishing for a fleet ---------------------------------------------------------------------------------
 

@@ -866,6 +866,29 @@ class Index:
                 _bump(db, counter)
 
     @_recovering
+    def hand_over(self, key: str, size_bytes: int, *, counter: str | None = "evictions") -> int | None:
+        """Drop ``key``'s row as :meth:`remove` does and, in the same transaction, reserve ``size_bytes`` for this
+        process: an evicted mirror still on disk while it is uploaded. Returns the reservation (None for 0 bytes)."""
+        with self._transaction() as db:
+            found = db.execute("SELECT url, size_bytes FROM entries WHERE key = ?", (key,)).fetchone()
+            if found is not None:
+                db.execute(
+                    "INSERT INTO history (key, url, last_size) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                    "url = excluded.url, last_size = excluded.last_size",
+                    (key, found[0], found[1]),
+                )
+                db.execute("DELETE FROM entries WHERE key = ?", (key,))
+                if counter:
+                    _bump(db, counter)
+            if size_bytes <= 0:
+                return None
+            cursor = db.execute(
+                "INSERT INTO reservations (key, size_bytes, pid, pid_started) VALUES (?, ?, ?, ?)",
+                (key, size_bytes, os.getpid(), _process_started(os.getpid())),
+            )
+            return int(cursor.lastrowid or 0)
+
+    @_recovering
     def remember_size(self, key: str, url: str, size_bytes: int) -> None:
         """Remember the size of a repository that is not on disk, so a later clone can make room first."""
         with self._transaction() as db:

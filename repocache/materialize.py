@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from repocache import gitops
-from repocache.budget import Budget
+from repocache.budget import Budget, RoomShortfall
 from repocache.cold.manifest import Manifest
-from repocache.cold_tier import ColdTier
+from repocache.cold_tier import ColdTier, Lookup
 from repocache.consequences import Consequences
 from repocache.context import Context
 from repocache.counters import Counter
@@ -43,12 +43,14 @@ def materialize(
     *,
     started: float,
     in_use: Sequence[Use] = (),
+    lookup: Lookup | None = None,
 ) -> Source:
     """Restore or clone the held repository into place; returns where it came from.
 
     What follows is recorded by :meth:`Consequences.materialized` before the hold is released. ``started`` is when
     the request began (a clone is as fresh as that); ``in_use`` is what the caller is using under this root (it
-    decides whether it may wait for held room).
+    decides whether it may wait for held room). ``lookup`` keeps what the store said (the manifest, the clone
+    lease) across the rounds of a wait for room; its owner releases it when the wait ends.
 
     Raises:
         BudgetError: it cannot fit (before any download when its size is known, else after the clone).
@@ -58,16 +60,18 @@ def materialize(
     """
     parsed = hold.url
     sweep_staging(context, hold)
-    manifest = cold.manifest(parsed) if cold is not None else None
-    claim = None
-    if cold is not None and manifest is None:
-        manifest, claim = cold.claim(parsed)  # one clone for the fleet: clone (holding the lease) or restore
+    kept = lookup if lookup is not None else Lookup()
+    manifest, claim = cold.look_up(parsed, kept) if cold is not None else (None, None)
     try:
         source = _fill(context, budget, cold, hold, parsed, progress, manifest, in_use)
+    except RoomShortfall:
+        if lookup is None:
+            kept.release()
+        raise  # the caller's lookup keeps the manifest and the lease for the next round
     except BaseException:
-        if claim is not None:
-            claim.release()
+        kept.release()
         raise
+    kept.hand_on()  # the lease is released once the clone is published
     consequences.materialized(hold, parsed, source, started=started, manifest=manifest, claim=claim)
     return source
 

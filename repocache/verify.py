@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from repocache import gitops, locks
-from repocache.budget import Budget
+from repocache.budget import Budget, dead_trash
 from repocache.context import Context
 from repocache.errors import ConfigError, InvalidURLError, UnsafeFileError
 from repocache.index import Row
@@ -139,17 +139,20 @@ def mirror_url(layout: Layout, mirror: Path) -> str | None:
 def _verify_staged(layout: Layout, repair: bool) -> list[Problem]:
     """Staging and trash entries whose owner is dead; one whose owner holds its lock is skipped."""
     problems: list[Problem] = []
-    for directory in (layout.staging, layout.trash):
-        for entry in listing(directory):
-            # Staging and trash entries belong to the clone, restore, upload or eviction holding the key's
-            # exclusive lock: they are debris only if that lock is free.
-            hold = layout.try_exclusive(key_of(entry.name))
-            if hold is None:
-                continue
-            with hold:
-                problem = _staged_leftover(hold, Path(entry.path), repair)
-            if problem is not None:
-                problems.append(problem)
+    for entry in listing(layout.staging):
+        # Staging entries belong to the clone, restore or upload holding the key's lock: they are debris only if
+        # that lock is free.
+        hold = layout.try_exclusive(key_of(entry.name))
+        if hold is None:
+            continue
+        with hold:
+            problem = _staged_leftover(hold, Path(entry.path), repair)
+        if problem is not None:
+            problems.append(problem)
+    # Trash entries belong to an eviction holding the key's lock, or to an upload of an evicted mirror holding
+    # the entry's own lock file.
+    for path in dead_trash(layout, repair=repair):
+        problems.append(Problem("leftover", path.name, path, "debris of an interrupted operation", repair))
     return problems
 
 

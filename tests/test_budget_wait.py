@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from repocache import AsyncRepoCache, BudgetError, Progress, RepoCache, normalize_url
+from repocache.cold import FsspecStore, LocalDirStore
 from repocache.events import BudgetWaitEvent, Event
 from repocache.testing import Upstream, UpstreamFactory
 from tests.helpers import Worker, assert_consistent, learn_sizes, wait_for_file
@@ -338,3 +339,72 @@ def test_a_pool_of_processes_under_a_tight_budget_completes_every_checkout(
         assert stats.bytes_used <= budget, json.dumps(stats.__dict__, default=str)
         assert stats.hits + stats.misses == 48
         assert_consistent(cache)
+
+
+_STORE_CALLS = (
+    "_entries",
+    "_all_entries",
+    "_read",
+    "_open",
+    "_size",
+    "_upload",
+    "_publish",
+    "_remove",
+    "try_lease",
+    "renew_lease",
+    "release_lease",
+)
+"""The calls of a built-in store that reach it (each one request or more)."""
+
+
+def _count_store_calls(store: object) -> list[tuple[float, str]]:
+    """Record every call of ``store`` that reaches the store (monotonic time, name) in the list returned."""
+    calls: list[tuple[float, str]] = []
+    for name in _STORE_CALLS:
+        original = getattr(store, name)
+
+        def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            calls.append((time.monotonic(), _name))
+            return _original(*args, **kwargs)
+
+        setattr(store, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_wait_for_room_keeps_its_manifest_and_lease_and_asks_the_store_less_and_less(
+    cache_root: Path, four: list[Upstream], tmp_path: Path, request: pytest.FixtureRequest, kind: str
+) -> None:
+    alpha, beta = four[0], four[1]
+    sizes = learn_sizes(cache_root, [alpha, beta])
+    budget = max(sizes) * 3 // 2
+    store: LocalDirStore | FsspecStore
+    if kind == "local":
+        (tmp_path / "store").mkdir()
+        store = LocalDirStore(tmp_path / "store")
+    else:
+        endpoint, bucket = request.getfixturevalue("s3_endpoint")
+        store = FsspecStore(
+            f"s3://{bucket}/{request.node.name}".replace("[", "-").replace("]", ""),
+            client_kwargs={"endpoint_url": endpoint},
+        )
+    calls = _count_store_calls(store)
+    holder = _holder(cache_root, alpha.url, tmp_path, "alpha", max_bytes=budget)
+    try:
+        with RepoCache(cache_root, max_bytes=budget, cold_store=store, cold_publish="clone", lock_timeout=6) as cache:
+            with pytest.raises(BudgetError) as caught:
+                cache.ensure(beta.url)  # no artifact: it takes the fleet's clone lease, then waits for room
+            ended = time.monotonic()
+    finally:
+        (tmp_path / "alpha.release").write_text("")
+        holder.result()
+    assert caught.value.reason == "timeout" and caught.value.waited >= 4.5
+    names = [name for _when, name in calls]
+    # One lease for the whole wait: taken in the first round, given up when the wait ended.
+    assert names.count("try_lease") == 1 and names.count("release_lease") == 1, names
+    # Later rounds look again after 1 s, then 2 s more (then 4, 8, ... up to 30): nothing after about 3.6 s.
+    started = calls[0][0]
+    late = [name for when, name in calls if started + 4.0 < when < ended and name != "release_lease"]
+    assert late == [], (late, len(names))
+    print(f"{kind}: {len(names)} store calls in a {caught.value.waited:.1f} s wait: {names}")
+    assert len(names) <= 12, names  # each 0.25 s round used to make a lookup and a lease round trip
