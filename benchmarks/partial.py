@@ -399,9 +399,12 @@ def replay_table(result: dict[str, Any]) -> str:
 # -- the command ----------------------------------------------------------------------------------------------
 
 
-def _upstreams(args: argparse.Namespace, env: dict[str, str]) -> list[tuple[str, Path]]:
+def _upstreams(args: argparse.Namespace, env: dict[str, str], base: Path) -> list[tuple[str, Path]]:
     if args.upstream is not None:
-        return [(args.upstream.name, args.upstream)]
+        own = base / "own.git"  # a packed bare copy: the repository given is never modified
+        subprocess.run(["git", "clone", "-q", "--mirror", "--", str(args.upstream), str(own)], check=True, env=env)
+        subprocess.run(["git", "-C", str(own), "repack", "-a", "-d", "-q", "--write-bitmap-index"], check=True, env=env)
+        return [(args.upstream.resolve().name, own)]
     chosen = []
     for name in args.sizes.split(","):
         if name == "source":
@@ -458,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
             "fills": [],
         }
         if not args.replay_only:
-            for label, upstream in _upstreams(args, env):
+            for label, upstream in _upstreams(args, env, base):
                 reps = args.reps_large if label == "large" and args.reps_large else args.reps
                 _log(f"{label}: {reps} repetitions, sides {', '.join(sides)}, load {_load()}")
                 report["fills"].append(measure(label, upstream, reps, sides, base))
