@@ -98,3 +98,46 @@ def test_serve_benchmark_quick_prints_every_case(tmp_path: Path) -> None:
     assert "upstream upload-packs per repetition [1];" in table, table
     samples = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {row["case"] for row in samples} >= {"warm clone", "4 concurrent cold clones"}
+
+
+def test_partial_benchmark_quick_prints_every_table(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("GIT_", "REPOCACHE_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.partial", "--quick", "--output", str(tmp_path / "partial.json")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = result.stdout
+    assert "| upstream | side | mirror | fill | vs full | size on disk | vs full | objects | walk | vs full |" in table
+    for upstream in ("tiny", "source"):
+        for side in ("repocache", "git"):
+            for mirror in ("full", "blob:none", "tree:0"):
+                assert f"| {upstream} | {side} | {mirror} |" in table, f"{upstream} {side} {mirror} missing:\n{table}"
+    assert "| upstream | blob:none bytes <= 40% |" in table, table
+    assert "| mirror | resident at the end | vs full | clones | vs full | bytes used | replay time |" in table, table
+    report = json.loads((tmp_path / "partial.json").read_text())
+    assert [fill["upstream"] for fill in report["fills"]] == ["tiny", "source"]
+    # Every filter walked the same commits as the full mirror: the partial mirrors hold every commit.
+    for fill in report["fills"]:
+        walked = {tuple(row["commits"]) for row in fill["samples"].values()}
+        assert len(walked) == 1, fill["samples"]
+    assert [row["filter"] for row in report["replay"]["rows"]] == [None, "blob:none", "tree:0"]
+    assert all(row["clones"] >= row["resident"] > 0 for row in report["replay"]["rows"]), report["replay"]
+
+
+def test_partial_benchmark_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.partial", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--reps-large" in result.stdout and "--budget-share" in result.stdout
