@@ -7,6 +7,7 @@ missing package or program skips only outside CI; under CI (``CI=true``, where `
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,21 +26,21 @@ from repocache.testing.emulators import (
 __all__ = ["azurite", "fake_gcs", "gcs_core", "ignoring_gcs"]
 
 
-@pytest.fixture(scope="session")
+@contextlib.contextmanager
 def gcs_core() -> Iterator[None]:
-    """gcsfs's plain filesystem for ``gs://`` in this process (its experimental one asks every bucket's type over
-    gRPC, which no emulator serves, and waits 60 s before falling back)."""
+    """While it lasts: gcsfs's plain filesystem for ``gs://`` in this process (its experimental one asks every
+    bucket's type over gRPC, which no emulator serves, and waits 60 s before falling back)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
         patch.setenv("NO_GCE_CHECK", "true")
         try:
-            import fsspec.registry
-            import gcsfs.core
+            registry: Any = importlib.import_module("fsspec.registry")
+            core: Any = importlib.import_module("gcsfs.core")
         except ImportError:
             yield
             return
         for name in ("gs", "gcs"):
-            patch.setitem(fsspec.registry._registry, name, gcsfs.core.GCSFileSystem)
+            patch.setitem(registry._registry, name, core.GCSFileSystem)
         yield
 
 
@@ -55,15 +56,17 @@ def _emulated(factory: Callable[[Path], contextlib.AbstractContextManager[Emulat
 
 
 @pytest.fixture(scope="session")
-def fake_gcs(tmp_path_factory: pytest.TempPathFactory, gcs_core: None) -> Iterator[Emulated]:
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulated]:
     """fake-gcs-server on 127.0.0.1: GCS that enforces generation preconditions."""
-    yield from _emulated(fake_gcs_endpoint, tmp_path_factory.mktemp("fake-gcs") / "server.log")
+    with gcs_core():
+        yield from _emulated(fake_gcs_endpoint, tmp_path_factory.mktemp("fake-gcs") / "server.log")
 
 
 @pytest.fixture(scope="session")
-def ignoring_gcs(tmp_path_factory: pytest.TempPathFactory, gcs_core: None) -> Iterator[Emulated]:
+def ignoring_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulated]:
     """gcp-storage-emulator on 127.0.0.1: GCS that ignores generation preconditions."""
-    yield from _emulated(gcp_storage_emulator_endpoint, tmp_path_factory.mktemp("gcs-emulator") / "server.log")
+    with gcs_core():
+        yield from _emulated(gcp_storage_emulator_endpoint, tmp_path_factory.mktemp("gcs-emulator") / "server.log")
 
 
 @pytest.fixture(scope="session")
