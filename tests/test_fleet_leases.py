@@ -48,7 +48,7 @@ def enforcing(request: pytest.FixtureRequest) -> tuple[str, Emulated]:
 
 
 def _prefix(request: pytest.FixtureRequest) -> str:
-    return request.node.name.replace("[", "-").replace("]", "")
+    return str(request.node.name).replace("[", "-").replace("]", "")
 
 
 def _store(enforcing: tuple[str, Emulated], prefix: str) -> FsspecStore:
