@@ -44,6 +44,8 @@ _READ_BLOCK = 8 << 20
 _CHUNK = 256 * 1024
 _S3_PROTOCOLS = ("s3", "s3a")
 _S3_HINT = "pip install 'git-repocache[s3]'"
+_HINTS = {"gs": "pip install 'git-repocache[gcs]'", "gcs": "pip install 'git-repocache[gcs]'"}
+_HINTS.update(dict.fromkeys(("az", "abfs", "abfss"), "pip install 'git-repocache[azure]'"))
 _OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "tos"})
 ACCEPTED_PROTOCOLS = _OBJECT_STORE_PROTOCOLS | {"file", "local", "memory", "sftp", "hdfs", "webhdfs"}
 """The fsspec schemes a cold store may use: object stores, shared filesystems, and ``memory://`` for tests."""
@@ -84,11 +86,12 @@ class FsspecStore(GenerationStore):
             fsspec = importlib.import_module("fsspec")
         except ImportError as exc:
             hint = _S3_HINT if protocol in _S3_PROTOCOLS else f"pip install fsspec and its {protocol} filesystem"
+            hint = _HINTS.get(protocol, hint)
             raise ConfigError(f"cold_store {self.url!r} needs fsspec, which is not installed: {hint}") from exc
         try:
             fs, root = fsspec.core.url_to_fs(url, **storage_options)
         except ImportError as exc:
-            hint = _S3_HINT if protocol in _S3_PROTOCOLS else str(exc)
+            hint = _S3_HINT if protocol in _S3_PROTOCOLS else _HINTS.get(protocol, str(exc))
             raise ConfigError(
                 f"cold_store {self.url!r} needs the fsspec filesystem for {protocol!r}, which is not installed: {hint}"
             ) from exc
