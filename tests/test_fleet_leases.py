@@ -232,6 +232,8 @@ def test_hosts_on_a_store_that_ignores_conditions_each_clone_and_warn_once(
     assert "clone" in {source for source, _ in replies}
     for _source, err in replies:
         assert err.count(_NOT_ENFORCED) == 1, err[-2000:]
+    store = FsspecStore(store_url(ignoring_gcs, "gs", _prefix(request)), **ignoring_gcs.storage_options)
+    assert store._fs.find(f"{store._root}/.leases") == []  # no host ever wrote a lease (nor left a probe)
 
 
 _DYING_HOLDER = textwrap.dedent(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -38,7 +37,6 @@ __all__ = [
     "Emulated",
     "Unavailable",
     "azurite_endpoint",
-    "environment_with",
     "fake_gcs_endpoint",
     "gcp_storage_emulator_endpoint",
 ]
@@ -216,10 +214,3 @@ def azurite_endpoint(log: Path, container: str = "repocache-cold") -> Iterator[E
             "no_proxy": "127.0.0.1,localhost",
         }
         yield Emulated(url, container, env, {"connection_string": connection})
-
-
-def environment_with(emulated: Emulated) -> dict[str, str]:
-    """This process's environment plus what reaches ``emulated`` (for a child process)."""
-    env = dict(os.environ)
-    env.update(emulated.env)
-    return env
