@@ -287,3 +287,30 @@ def test_a_lease_holder_killed_on_gcs_or_azure_delays_the_fleet_at_most_its_leas
         cache._cold.wait()  # type: ignore[union-attr]
     assert 0.5 <= waited < 2.0 + 0.5 + 10, waited  # what was left of the lease (renewed every 2/3 s), a poll, the clone
     assert store.get_manifest(key_of(url)) is not None
+
+
+class _FailingOnceS3(S3ConditionalWrites):
+    """A store double: S3 whose first write fails as an unreachable store's would."""
+
+    failed = False
+
+    def create(self, path: str, data: bytes) -> str | None:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("connection refused")
+        return super().create(path, data)
+
+
+@pytest.mark.timeout(60)
+def test_a_store_failing_during_the_check_takes_no_lease_that_time_and_is_checked_again(
+    s3_endpoint: tuple[str, str], request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    endpoint, bucket = s3_endpoint
+    store = FsspecStore(f"s3://{bucket}/{_prefix(request)}", endpoint_url=endpoint)
+    store._writes = _FailingOnceS3(store._fs)
+    with caplog.at_level(logging.WARNING, logger="repocache.cold"):
+        assert not store.supports_leases
+        assert "connection refused" in caplog.text and "cloning independently" in caplog.text
+        assert store.supports_leases  # the failure was not kept: checked again, and it enforces
+    assert _NOT_ENFORCED not in caplog.text
+    assert store.try_lease("k", "host-a", 30) is not None
