@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
+from repocache.cold.conditional import ConditionalWrites, conditional_writes_for
+from repocache.cold.enforcement import enforces_conditions
 from repocache.cold.generations import (
     LEASES,
     GenerationStore,
@@ -42,6 +44,8 @@ _READ_BLOCK = 8 << 20
 _CHUNK = 256 * 1024
 _S3_PROTOCOLS = ("s3", "s3a")
 _S3_HINT = "pip install 'git-repocache[s3]'"
+_HINTS = {"gs": "pip install 'git-repocache[gcs]'", "gcs": "pip install 'git-repocache[gcs]'"}
+_HINTS.update(dict.fromkeys(("az", "abfs", "abfss"), "pip install 'git-repocache[azure]'"))
 _OBJECT_STORE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "r2", "tos"})
 ACCEPTED_PROTOCOLS = _OBJECT_STORE_PROTOCOLS | {"file", "local", "memory", "sftp", "hdfs", "webhdfs"}
 """The fsspec schemes a cold store may use: object stores, shared filesystems, and ``memory://`` for tests."""
@@ -82,11 +86,12 @@ class FsspecStore(GenerationStore):
             fsspec = importlib.import_module("fsspec")
         except ImportError as exc:
             hint = _S3_HINT if protocol in _S3_PROTOCOLS else f"pip install fsspec and its {protocol} filesystem"
+            hint = _HINTS.get(protocol, hint)
             raise ConfigError(f"cold_store {self.url!r} needs fsspec, which is not installed: {hint}") from exc
         try:
             fs, root = fsspec.core.url_to_fs(url, **storage_options)
         except ImportError as exc:
-            hint = _S3_HINT if protocol in _S3_PROTOCOLS else str(exc)
+            hint = _S3_HINT if protocol in _S3_PROTOCOLS else _HINTS.get(protocol, str(exc))
             raise ConfigError(
                 f"cold_store {self.url!r} needs the fsspec filesystem for {protocol!r}, which is not installed: {hint}"
             ) from exc
@@ -101,7 +106,7 @@ class FsspecStore(GenerationStore):
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
         # Object stores have no directories to make, and s3fs's makedirs would create a missing bucket.
         self._object_store = bool(_OBJECT_STORE_PROTOCOLS.intersection(protocols))
-        self._s3 = bool(set(_S3_PROTOCOLS).intersection(protocols))
+        self._writes: ConditionalWrites | None = conditional_writes_for(fs, protocols)
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"
@@ -223,45 +228,60 @@ class FsspecStore(GenerationStore):
             self._fs.invalidate_cache(self._path(key))
             return int(self._fs.size(self._path(key, name)))
 
-    # -- leases (S3 conditional writes) ------------------------------------------------------------------------
+    # -- leases (conditional writes: S3, GCS, Azure) ----------------------------------------------------------
 
     @property
     def supports_leases(self) -> bool:
-        """True on S3, whose conditional writes (``If-None-Match``, ``If-Match``) make a lease atomic."""
-        return bool(self._s3)
+        """True on a store whose conditional writes make a lease atomic, once it was seen to enforce them.
+
+        S3 (``If-None-Match: *``, ``If-Match``), GCS (``ifGenerationMatch``) and Azure Blob Storage
+        (``If-None-Match: *``, ``If-Match``) offer them. The first time this is asked in a process, the store is
+        probed (:mod:`repocache.cold.enforcement`): one that ignores the conditions is used without leases, with
+        one warning. A store that fails during the probe reads as without leases this time (the miss clones
+        independently) and is probed again next time.
+        """
+        if self._writes is None:
+            return False
+        try:
+            return self._enforced()
+        except ColdStoreError as exc:
+            logger.warning("%s; cloning independently", exc)
+            return False
+
+    def _enforced(self) -> bool:
+        """Whether the store enforces its conditional writes (probed once per process; see enforcement)."""
+        assert self._writes is not None
+        writes = self._writes
+        identity = (type(self._fs).__qualname__, getattr(self._fs, "_fs_token", None) or id(self._fs), self._root)
+        with self._translated("check the conditional writes of", LEASES):
+            return enforces_conditions(identity, self.url, writes, f"{self._root}/{LEASES}", self._fs.rm_file)
 
     def _lease_path(self, key: str) -> str:
         return f"{self._root}/{LEASES}/{check_key(key)}.json"
 
-    def _conditional_put(self, key: str, data: bytes, **condition: str) -> str | None:
-        """PUT ``data`` as the lease of ``key`` under ``condition``; its new ETag, or None if the condition failed."""
+    def _conditional_put(self, key: str, data: bytes, token: str | None) -> str | None:
+        """Write ``data`` as the lease of ``key``: create-only without ``token``, else only over that version.
+        Its new token, or None if the condition did not hold."""
+        assert self._writes is not None
         path = self._lease_path(key)
         try:
-            with self._translated("write the lease of", key, missing_ok=True):
-                reply = self._fs.pipe_file(path, data, **condition)
-        except FileNotFoundError:
-            return None  # If-Match on a lease deleted meanwhile: another holder's doing
-        except ColdStoreError as exc:
-            if _precondition_failed(exc):
-                return None
-            raise
+            with self._translated("write the lease of", key):
+                if token is None:
+                    return self._writes.create(path, data)
+                return self._writes.replace(path, data, token)
         finally:
             self._fs.invalidate_cache(f"{self._root}/{LEASES}")
-        etag = reply.get("ETag") if isinstance(reply, dict) else None
-        if not etag:
-            with self._translated("stat the lease of", key):
-                etag = self._fs.info(path).get("ETag")
-        return str(etag)
 
     def _read_lease(self, key: str) -> tuple[tuple[str, float, str], str] | None:
-        """((holder, expires, token), ETag) of the lease of ``key``, or None. The ETag is read first, so a change
-        in between makes a conditional write with it fail instead of acting on a lease that was replaced."""
+        """((holder, expires, token), version token) of the lease of ``key``, or None. The version is read first,
+        so a change in between makes a conditional write with it fail instead of acting on a lease replaced."""
+        assert self._writes is not None
         path = self._lease_path(key)
         self._fs.invalidate_cache(f"{self._root}/{LEASES}")
         try:
             with self._translated("read the lease of", key, missing_ok=True):
                 info = self._fs.info(path)
-                etag = str(info.get("ETag"))
+                etag = str(self._writes.token(info))
             _refuse_special(path, info)
             size = info.get("size")
             if isinstance(size, int) and size > MANIFEST_MAX_BYTES:
@@ -282,14 +302,21 @@ class FsspecStore(GenerationStore):
         return parse_lease(data), etag
 
     def _require_leases(self) -> None:
-        if not self._s3:
-            raise ColdStoreError(f"cold store {self.url}: leases need conditional writes, which only S3 offers here")
+        if self._writes is None:
+            raise ColdStoreError(
+                f"cold store {self.url}: leases need conditional writes, which only S3, GCS and Azure offer here"
+            )
+        if not self._enforced():
+            raise ColdStoreError(
+                f"cold store {self.url}: the store does not enforce conditional writes, so it takes no leases"
+            )
 
     def try_lease(self, key: str, holder: str, ttl: float) -> Lease | None:
         """Take the lease of ``key`` with a conditional write (see :meth:`FleetStore.try_lease`).
 
-        A missing lease is created with ``If-None-Match: *``; an expired one (or our own) is replaced with
-        ``If-Match`` on the ETag it was read with, so of two hosts taking over the same expired lease one wins.
+        A missing lease is created create-only (``If-None-Match: *``, ``ifGenerationMatch=0``); an expired one (or
+        our own) is replaced only over the version it was read with (its ETag or generation), so of two hosts
+        taking over the same expired lease one wins.
         """
         self._require_leases()
         ttl = check_ttl(ttl)
@@ -297,26 +324,26 @@ class FsspecStore(GenerationStore):
         now = time.time()
         expires = now + ttl
         if current is None:
-            etag = self._conditional_put(key, lease_document(holder, expires), IfNoneMatch="*")
+            etag = self._conditional_put(key, lease_document(holder, expires), None)
         else:
             (owner, until, _token), seen = current
             if until > now and owner != holder:
                 return None
-            etag = self._conditional_put(key, lease_document(holder, expires), IfMatch=seen)
+            etag = self._conditional_put(key, lease_document(holder, expires), seen)
         return None if etag is None else Lease(key, holder, expires, etag)
 
     def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
-        """Extend a held lease, if its ETag is still ours (see :meth:`FleetStore.renew_lease`)."""
+        """Extend a held lease, if its version is still ours (see :meth:`FleetStore.renew_lease`)."""
         self._require_leases()
         expires = time.time() + check_ttl(ttl)
-        etag = self._conditional_put(lease.key, lease_document(lease.holder, expires), IfMatch=lease.token)
+        etag = self._conditional_put(lease.key, lease_document(lease.holder, expires), lease.token)
         return None if etag is None else Lease(lease.key, lease.holder, expires, etag)
 
     def release_lease(self, lease: Lease) -> None:
-        """Overwrite a held lease with an expired one, if its ETag is still ours (see
+        """Overwrite a held lease with an expired one, if its version is still ours (see
         :meth:`FleetStore.release_lease`); a lease taken over meanwhile is left alone."""
         self._require_leases()
-        self._conditional_put(lease.key, lease_document("", 0.0), IfMatch=lease.token)
+        self._conditional_put(lease.key, lease_document("", 0.0), lease.token)
 
     def _remove(self, key: str, names: Iterable[str]) -> None:
         for name in names:
@@ -360,25 +387,6 @@ def _refuse_special(where: str, info: dict[str, Any]) -> None:
     if kind not in (None, "file"):
         what = "a directory" if kind == "directory" else "not a regular file (a FIFO, a device or a socket)"
         raise UnsafeFileError(where, f"it is {what}; expected a regular file")
-
-
-def _precondition_failed(exc: BaseException) -> bool:
-    """Whether a backend error says a conditional write's precondition did not hold (HTTP 412, or 409 when S3
-    reports a concurrent conditional write)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, FileExistsError):
-            return True
-        response = getattr(seen, "response", None)
-        if isinstance(response, dict):
-            code = str(response.get("Error", {}).get("Code", ""))
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
-                return True
-        if "pre-condition" in str(seen) or "precondition" in str(seen).lower():
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class _TranslatingWriter(io.RawIOBase):
