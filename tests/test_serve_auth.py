@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +24,18 @@ from repocache.events import Event, ServeEvent
 from repocache.serve import GitServer, ServeOptions, Upstreams
 from repocache.serve.auth import AuthChecker, AuthOptions, parse_credentials
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
-from tests._serve import PREFIX, ThreadServer, auth_checks, clone, git_env, health, is_auth_check, request
-from tests.helpers import assert_consistent, refs
+from tests._serve import (
+    PREFIX,
+    ThreadServer,
+    auth_checks,
+    clone,
+    git_env,
+    health,
+    is_auth_check,
+    request,
+    serve_process,
+)
+from tests.helpers import PROJECT, assert_consistent, refs
 
 ALICE = ("alice", "alice-pw-7f3a91")
 """May read ``org/repo`` only."""
@@ -401,3 +413,52 @@ def test_trusted_clients_of_an_http_upstream_are_not_checked(
             done = clone(server.url("org/repo.git"), tmp_path / "clone", env=env)
             assert done.returncode == 0, done.stderr
     assert auth_checks(private_http) == 0
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_repocache_serve_refuses_to_start_for_an_untrusted_git_daemon_prefix(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "repocache",
+            "--root",
+            str(tmp_path / "cache"),
+            "serve",
+            "--allow",
+            "d.example=git://d/",
+        ],
+        cwd=PROJECT,
+        env=dict(os.environ, PYTHONPATH=str(PROJECT)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "'d.example' cannot check clients' credentials" in done.stderr and "--trust d.example" in done.stderr
+    assert "serving" not in done.stderr  # refused before it listened
+
+
+@pytest.mark.timeout(180)
+def test_repocache_serve_with_its_own_credential_file_serves_a_private_repository_to_its_reader(
+    tmp_path: Path, upstream: Upstream, private_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    secret = tmp_path / "own-credential"
+    secret.write_text(f"{CACHE[0]}:{CACHE[1]}\n")
+    args = ("--upstream-credential-file", f"{PREFIX}={secret}", "--auth-ttl", "30")
+    with serve_process(tmp_path / "cache", base_of(private_http), *args) as server:
+        done = clone(with_credentials(server.url("org/repo.git"), ALICE), tmp_path / "clone", "--mirror", env=env)
+        assert done.returncode == 0, done.stderr + server.log
+        refused = clone(with_credentials(server.url("org/repo.git"), BOB), tmp_path / "bob", env=env)
+        assert refused.returncode != 0 and "Authentication failed" in refused.stderr
+        checks = server.health()["auth_checks"]
+        assert checks["allowed"] >= 2 and checks["refused"] >= 1
+        log = server.log
+    assert refs(tmp_path / "clone") == upstream.refs()
+    assert "auth allowed" in log and "unauthorized 401" in log
+    for value in SECRETS:
+        assert value not in log

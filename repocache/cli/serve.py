@@ -36,7 +36,7 @@ def serve(context: Context) -> int:
     """``serve --allow PREFIX=URL... [--listen HOST:PORT] [...]``."""
     from repocache.cache import RepoCache
     from repocache.serve import GitServer, ServeOptions, Upstreams, parse_allow
-    from repocache.serve.auth import AuthOptions, parse_credentials, parse_trust
+    from repocache.serve.auth import AuthChecker, AuthOptions, parse_credentials, parse_trust
     from repocache.serve.runner import bind, make_server, parse_listen
 
     args = context.args
@@ -56,6 +56,7 @@ def serve(context: Context) -> int:
             upstream_credentials=parse_credentials(args.upstream_credential_file or []),
         ),
     )
+    AuthChecker(upstreams, serve_options.auth).close()  # a prefix that cannot be served is refused before binding
     options = cache_options(args)
     root = options.pop("root")
     if args.auto_ttl:
