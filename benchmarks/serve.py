@@ -69,7 +69,8 @@ class Row:
 
 
 class Server:
-    """``python -m repocache --root ROOT --fetch-ttl 3600 serve --listen 127.0.0.1:0 --allow bench=UPSTREAM``."""
+    """``python -m repocache --root ROOT --fetch-ttl 3600 serve --listen 127.0.0.1:0 --allow bench=UPSTREAM
+    --trust-clients``."""
 
     def __init__(self, root: Path, upstream_base: str, max_packs: int) -> None:
         command = [
@@ -87,6 +88,8 @@ class Server:
             f"{PREFIX}={upstream_base}",
             "--max-packs",
             str(max_packs),
+            # The upstream is git daemon, which carries no client credential: its clients must be trusted.
+            "--trust-clients",
         ]
         env = dict(os.environ, PYTHONPATH=str(PROJECT))
         self.process = subprocess.Popen(command, cwd=PROJECT, stderr=subprocess.PIPE, text=True, env=env)

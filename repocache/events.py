@@ -201,13 +201,18 @@ class ServeEvent(Event):
         service: ``info/refs`` or ``git-upload-pack`` (or what was refused).
         outcome: ``served``, ``stale`` (served from a copy whose fetch failed), ``refused`` (the path or the
             request), ``busy`` (503, no slot or queue place), ``upstream`` (the clone or fetch failed), ``failed``
-            (upload-pack failed before answering, or an internal error), ``gone`` (the client left).
+            (upload-pack failed before answering, or an internal error), ``gone`` (the client left),
+            ``unauthorized`` (upstream refused the client's credentials: 401).
         status: the HTTP status answered.
         bytes_sent: body bytes sent.
         seconds: from the request to its end.
         shared: the answer was a pack generation another request started.
         queued_seconds: how long its pack generation waited for a slot.
         queue_length: pack generations waiting for a slot when it ended.
+        auth: what the check of the client's credentials against upstream came to: ``allowed``, ``refused``
+            (answered 401), ``error`` (upstream gave no usable answer, 502), ``trusted`` (the prefix's clients
+            are not checked) or ``""`` (refused before the check). Never the credential.
+        auth_cached: the check's answer was reused from the server's short-lived table (no upstream contact).
     """
 
     kind: ClassVar[str] = "serve"
@@ -219,6 +224,8 @@ class ServeEvent(Event):
     shared: bool = False
     queued_seconds: float = 0.0
     queue_length: int = 0
+    auth: str = ""
+    auth_cached: bool = False
 
 
 EventHook = Callable[[Event], None]

@@ -160,6 +160,13 @@ class Metrics:
             "Pack generations waiting for a slot, as of the last answer (this process)",
             registry=registry,
         )
+        self.serve_auth_checks = prometheus_client.Counter(
+            "repocache_serve_auth_checks",
+            "Clients' credentials checked against upstream by the git server, by outcome (allowed, refused, error) "
+            "and whether the answer was reused (cached: true, no upstream contact) (this process)",
+            ["outcome", "cached"],
+            registry=registry,
+        )
         self.unsubscribe = cache.subscribe(self.observe)
 
     def observe(self, event: Event) -> None:
@@ -190,6 +197,8 @@ class Metrics:
             if event.service == "git-upload-pack" and event.outcome in ("served", "stale"):
                 self.serve_queue_seconds.observe(event.queued_seconds)
             self.serve_queue_length.set(event.queue_length)
+            if event.auth in ("allowed", "refused", "error"):
+                self.serve_auth_checks.labels(event.auth, "true" if event.auth_cached else "false").inc()
 
 
 def instrument(cache: RepoCache, registry: CollectorRegistry | None = None) -> Metrics:

@@ -20,9 +20,21 @@ from typing import Any
 
 from repocache import RepoCache
 from repocache.serve import GitServer, ServeOptions
+from repocache.serve.auth import CHECK_USER_AGENT
 from repocache.serve.runner import Listen, bind, make_server
-from repocache.testing import isolated_git_env
+from repocache.testing import RecordedRequest, SmartHTTPServer, isolated_git_env
 from tests.helpers import PROJECT
+
+
+def is_auth_check(request: RecordedRequest) -> bool:
+    """Whether ``request`` is the server's check of a client's credentials (not a clone or fetch of the cache)."""
+    return any(name.lower() == "user-agent" and value == CHECK_USER_AGENT for name, value in request.headers.items())
+
+
+def auth_checks(server: SmartHTTPServer) -> int:
+    """How many checks of clients' credentials reached ``server``."""
+    return sum(1 for request in server.received if is_auth_check(request))
+
 
 PREFIX = "up.test"
 """The allowed prefix the tests serve their upstream under."""

@@ -265,6 +265,50 @@ COMMANDS: tuple[Command, ...] = (
                 help="background: a due repository is served at once while it is fetched (default: foreground)",
             ),
             argument(
+                "--trust-clients",
+                action="store_true",
+                help="serve every client without checking its credentials against upstream (only behind a network "
+                "boundary: anyone who reaches the port reads what the cache can fetch; default: check)",
+            ),
+            argument(
+                "--trust",
+                metavar="PREFIX",
+                action="append",
+                default=None,
+                help="serve the clients of this allowed PREFIX without checking their credentials (repeatable; "
+                "required for git:// and ssh upstreams, which carry no client credential)",
+            ),
+            argument(
+                "--auth-ttl",
+                metavar="SECONDS",
+                type=seconds,
+                default=60.0,
+                help="how long upstream's yes to a client's credentials is reused, in memory (default: 60; 0: ask "
+                "upstream on every request)",
+            ),
+            argument(
+                "--auth-refused-ttl",
+                metavar="SECONDS",
+                type=seconds,
+                default=5.0,
+                help="how long upstream's refusal of a client's credentials is reused (default: 5; 0: never)",
+            ),
+            argument(
+                "--auth-timeout",
+                metavar="SECONDS",
+                type=seconds,
+                default=10.0,
+                help="how long a check of a client's credentials may take before it is answered 502 (default: 10)",
+            ),
+            argument(
+                "--upstream-credential-file",
+                metavar="PREFIX=FILE",
+                action="append",
+                default=None,
+                help="the cache's own clones and fetches of an http(s) PREFIX authenticate as the USER:PASSWORD in "
+                "FILE (repeatable; never a client's credential; default: anonymous)",
+            ),
+            argument(
                 "--webhook-secret-file",
                 metavar="FILE",
                 default=None,

@@ -36,6 +36,7 @@ def serve(context: Context) -> int:
     """``serve --allow PREFIX=URL... [--listen HOST:PORT] [...]``."""
     from repocache.cache import RepoCache
     from repocache.serve import GitServer, ServeOptions, Upstreams, parse_allow
+    from repocache.serve.auth import AuthChecker, AuthOptions, parse_credentials, parse_trust
     from repocache.serve.runner import bind, make_server, parse_listen
 
     args = context.args
@@ -47,7 +48,15 @@ def serve(context: Context) -> int:
         retry_after=max(1, round(args.retry_after)),
         body_timeout=args.body_timeout,
         webhook_secret=secret,
+        auth=AuthOptions(
+            trust=parse_trust(args.trust_clients, args.trust or []),
+            ttl=args.auth_ttl,
+            refused_ttl=args.auth_refused_ttl,
+            timeout=args.auth_timeout,
+            upstream_credentials=parse_credentials(args.upstream_credential_file or []),
+        ),
     )
+    AuthChecker(upstreams, serve_options.auth).close()  # a prefix that cannot be served is refused before binding
     options = cache_options(args)
     root = options.pop("root")
     if args.auto_ttl:

@@ -52,6 +52,7 @@ from repocache.events import ServeEvent
 from repocache.gitops.upload_pack import GIT_PROTOCOL_PATTERN, upload_pack_command
 from repocache.keys import normalize_url
 from repocache.refresh import USE_TTL, MaxAge
+from repocache.serve.auth import AuthChecker, AuthOptions, Unauthorized
 from repocache.serve.mapping import Refused, Route, Upstreams
 from repocache.serve.packs import Body, Busy, Generation, Generations
 from repocache.serve.pktline import service_announcement
@@ -96,6 +97,7 @@ class ServeOptions:
         spool_dir: where pack answers and large bodies are spooled (unlinked files; default: the system's).
         max_header_bytes: the largest request head (path, query and headers) answered; larger is 431. (uvicorn's
             h11 bounds only a head that arrives in pieces; one that arrives whole in one read is checked here.)
+        auth: how clients' credentials are checked against upstream (:mod:`repocache.serve.auth`).
     """
 
     max_packs: int = 4
@@ -107,6 +109,7 @@ class ServeOptions:
     webhook_secret: str | None = None
     spool_dir: str | None = None
     max_header_bytes: int = 16 * 1024
+    auth: AuthOptions = field(default_factory=AuthOptions)
 
     def __post_init__(self) -> None:
         for name in ("max_packs", "retry_after", "max_body_bytes", "max_header_bytes"):
@@ -135,6 +138,8 @@ class _Answer:
     bytes_sent: int = 0
     shared: bool = False
     queued_seconds: float = 0.0
+    auth: str = ""
+    auth_cached: bool = False
     responded: bool = False
     started: float = field(default_factory=time.perf_counter)
 
@@ -202,9 +207,11 @@ class GitServer:
         )
         self.counts: Counter[str] = Counter()
         self.bytes_sent = 0
+        self.auth = AuthChecker(self.upstreams, self.options.auth)
 
     async def aclose(self) -> None:
         """Close the cache (waiting for its calls in flight); closing twice is a no-op."""
+        self.auth.close()
         await self.cache.close()
 
     # -- ASGI -------------------------------------------------------------------------------------------------
@@ -239,8 +246,9 @@ class GitServer:
             if answer.outcome == "served":
                 answer.outcome = "refused"
             retry = refused.retry_after if isinstance(refused, _Retry) else None
+            challenge = refused.challenge if isinstance(refused, Unauthorized) else None
             if not answer.responded:
-                await self._text(send, answer, refused.status, refused.reason, retry)
+                await self._text(send, answer, refused.status, refused.reason, retry, challenge)
         except _Gone:
             answer.outcome = "gone"
         except Exception:
@@ -282,6 +290,7 @@ class GitServer:
                 raise Refused(
                     403, "only git's smart HTTP is served: ask for info/refs?service=git-upload-pack (git does)"
                 )
+            await self._authorize(scope, route, answer)
             await self._advertise(scope, receive, send, route, protocol, answer)
             return
         if method != "POST":
@@ -289,11 +298,26 @@ class GitServer:
         content_type = _header(scope, b"content-type")
         if content_type != _REQUEST:
             raise Refused(415, f"git-upload-pack takes a body of type {_REQUEST}, not {content_type or 'none'}")
+        await self._authorize(scope, route, answer)
         body, digest = await self._read_body(scope, receive)
         try:
             await self._upload_pack(scope, receive, send, route, protocol, body, digest, answer)
         finally:
             body.close()
+
+    async def _authorize(self, scope: Scope, route: Route, answer: _Answer) -> None:
+        """The client's credentials checked against upstream before anything is done for it (no lock, clone,
+        fetch, advertisement or pack): a refusal is 401 with ``WWW-Authenticate``, no answer from upstream 502."""
+        given = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(given) > 1:
+            raise Refused(400, "the request has more than one Authorization header; send one")
+        authorization = given[0].decode("latin-1").strip() if given else ""
+        decision = await self.auth.decide(route, authorization)
+        answer.auth, answer.auth_cached = decision.outcome, decision.cached
+        refusal = self.auth.refusal(route, decision, given=bool(authorization))
+        if refusal is not None:
+            answer.outcome = "unauthorized" if decision.outcome == "refused" else "upstream"
+            raise refusal
 
     async def _advertise(
         self, scope: Scope, receive: Receive, send: Send, route: Route, protocol: str, answer: _Answer
@@ -348,7 +372,7 @@ class GitServer:
     async def _held(self, route: Route, max_age: MaxAge, answer: _Answer) -> Any:
         """The mirror of ``route`` held as a reader for the block; cache errors become answers git shows."""
         try:
-            manager = self.cache.checkout(route.upstream, max_age=max_age)
+            manager = self.cache.checkout(self.auth.fetch_url(route), max_age=max_age)
             checkout = await manager.__aenter__()
         except CloneError as exc:
             answer.outcome = "upstream"
@@ -524,6 +548,8 @@ class GitServer:
             "pack_shares": self.generations.shared,
             "requests": dict(self.counts),
             "bytes_sent": self.bytes_sent,
+            "auth_checks": dict(self.auth.counts),
+            "auth_upstream_checks": self.auth.upstream_checks,
         }
         await _json(send, 200, value)
 
@@ -562,7 +588,15 @@ class GitServer:
             send, 200, {"provider": event.provider, "event": event.event, "urls": list(event.urls), "marked": marked}
         )
 
-    async def _text(self, send: Send, answer: _Answer, status: int, reason: str, retry_after: int | None) -> None:
+    async def _text(
+        self,
+        send: Send,
+        answer: _Answer,
+        status: int,
+        reason: str,
+        retry_after: int | None,
+        challenge: str | None = None,
+    ) -> None:
         """A refusal git shows its user: each line of a text/plain body becomes ``remote: ...``."""
         answer.status = status
         answer.responded = True
@@ -570,6 +604,8 @@ class GitServer:
         headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(data)).encode())]
         if retry_after is not None:
             headers.append((b"retry-after", str(retry_after).encode()))
+        if challenge is not None:
+            headers.append((b"www-authenticate", challenge.encode("ascii")))
         headers += _NO_CACHE
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": data, "more_body": False})
@@ -589,15 +625,18 @@ class GitServer:
             shared=answer.shared,
             queued_seconds=answer.queued_seconds,
             queue_length=self.generations.queued,
+            auth=answer.auth,
+            auth_cached=answer.auth_cached,
         )
         logger.info(
-            "git server: %s %s %s %d (%d bytes%s)",
+            "git server: %s %s %s %d (%d bytes%s%s)",
             answer.service,
             answer.url or "-",
             answer.outcome,
             answer.status,
             answer.bytes_sent,
             ", shared" if answer.shared else "",
+            f", auth {answer.auth}{' (cached)' if answer.auth_cached else ''}" if answer.auth else "",
         )
         self.cache.cache.report(event)
 

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -355,7 +355,7 @@ class _GitHTTPHandler(BaseHTTPRequestHandler):
         if owner.delay > 0 and owner.stopping.wait(owner.delay):
             self.close_connection = True
             return
-        user = owner._check_authorization(authorization)
+        user = owner._check_authorization(authorization, unquote(path))
         if user is None:
             self._refuse()
             return
@@ -520,23 +520,38 @@ class SmartHTTPServer(_Server):
     Attributes:
         base_path: the directory whose repositories are served.
         auth: ``(user, password)`` that every request must carry as basic auth, or ``None`` for no auth.
+        access: per repository (its URL path below the server, ``org/repo.git``), the ``(user, password)`` pairs
+            that may read it; a repository not named is read without credentials (unless ``auth`` is set). Change
+            it while the server runs with :meth:`grant` and :meth:`revoke`.
         delay: seconds to wait before answering each request (to simulate a slow or hanging host).
         requests: ``(method, path)`` of every request received, in order; ``path`` excludes the query string.
         requests_with_authorization: how many requests carried an ``Authorization`` header.
         received: every request in full, as :class:`RecordedRequest` (with ``Authorization`` redacted).
     """
 
-    def __init__(self, base_path: Path, *, auth: tuple[str, str] | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        base_path: Path,
+        *,
+        auth: tuple[str, str] | None = None,
+        access: Mapping[str, Iterable[tuple[str, str]]] | None = None,
+        delay: float = 0.0,
+    ) -> None:
         """Prepare a server; nothing listens until :meth:`start`.
 
         Args:
             base_path: the directory to serve.
             auth: require this basic-auth user and password; others get ``401`` with ``WWW-Authenticate``.
+            access: per repository path (``org/repo.git``), the basic-auth pairs that may read it; others get
+                ``401`` with ``WWW-Authenticate`` for it.
             delay: seconds to sleep before answering each request; :meth:`stop` cuts the sleep short.
         """
         super().__init__()
         self.base_path = Path(base_path)
         self.auth = auth
+        self.access: dict[str, set[tuple[str, str]]] = {
+            path.strip("/"): set(pairs) for path, pairs in (access or {}).items()
+        }
         self.delay = delay
         self.requests: list[tuple[str, str]] = []
         self.requests_with_authorization = 0
@@ -636,10 +651,32 @@ class SmartHTTPServer(_Server):
             if any(name.lower() == "authorization" for name in redacted):
                 self.requests_with_authorization += 1
 
-    def _check_authorization(self, header: str | None) -> str | None:
+    def grant(self, repository: str, user: str, password: str) -> None:
+        """Let ``user:password`` read ``repository`` (``org/repo.git``), which from now on needs credentials."""
+        with self._lock:
+            self.access.setdefault(repository.strip("/"), set()).add((user, password))
+
+    def revoke(self, repository: str, user: str, password: str) -> None:
+        """Refuse ``user:password`` for ``repository`` from the next request on (the repository stays private)."""
+        with self._lock:
+            self.access.setdefault(repository.strip("/"), set()).discard((user, password))
+
+    def _check_authorization(self, header: str | None, path: str = "") -> str | None:
         """The authenticated user (``""`` when no auth is required), or ``None`` to refuse the request."""
-        if self.auth is None:
-            return ""
+        with self._lock:
+            repository = path.strip("/")
+            pairs = next(
+                (
+                    set(allowed)
+                    for name, allowed in self.access.items()
+                    if repository == name or repository.startswith(name + "/")
+                ),
+                None,
+            )
+        if pairs is None:
+            if self.auth is None:
+                return ""
+            pairs = {self.auth}
         scheme, _, encoded = (header or "").partition(" ")
         if scheme.lower() != "basic":
             return None
@@ -647,8 +684,10 @@ class SmartHTTPServer(_Server):
             given = base64.b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):
             return None
-        expected = f"{self.auth[0]}:{self.auth[1]}".encode()
-        return self.auth[0] if hmac.compare_digest(given, expected) else None
+        for user, password in sorted(pairs):
+            if hmac.compare_digest(given, f"{user}:{password}".encode()):
+                return user
+        return None
 
     def _track(self, process: subprocess.Popen[bytes]) -> None:
         with self._lock:
