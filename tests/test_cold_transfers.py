@@ -8,6 +8,7 @@ Against a real ``moto_server`` on 127.0.0.1 whose request log is read to count t
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import signal
 import subprocess
@@ -52,8 +53,7 @@ class LoggedS3:
         return [line for line in text.splitlines() if '"GET ' in line and path_part in line]
 
     def client(self) -> Any:
-        import boto3
-
+        boto3: Any = importlib.import_module("boto3")  # untyped
         return boto3.session.Session().client("s3", endpoint_url=self.endpoint.url)
 
     def multipart_uploads(self, prefix: str) -> list[dict[str, Any]]:
