@@ -9,6 +9,10 @@
   ``git clone --mirror``.
 * ``restore``: a restore from a ``file://`` cold store against the clone it replaces, and where an in-process
   restore spends its time (cProfile).
+* ``fresh``: a fresh host's first checkout (an empty cache root, nothing but the store shared) restored from a
+  directory store and from S3 (``moto_server`` on 127.0.0.1), against the same host's ``RepoCache`` clone from
+  the upstream over ``git://`` and against ``git clone --mirror``; everything ``checkout()`` does before it hands
+  out the mirror is timed. Also the time ``git commit-graph write --reachable`` takes on the restored mirror.
 
 Each run serves a generated upstream (``benchmarks.datagen``) with ``git daemon`` on loopback and measures the
 library through the benchmark's worker processes; nothing is patched.
@@ -205,6 +209,74 @@ def profile_restore(size: str, reps: int) -> None:
         print(_top(profile))
 
 
+def _fresh_restores(url: str, run: Path, store: str, reps: int, env: dict[str, str] | None) -> tuple[list[float], Path]:
+    """Publish ``url`` into ``store`` from one host, then time the first checkout of ``reps`` fresh hosts."""
+    publisher = Worker("ours", run / "publisher", options={"cold_store": store}, env=env).start()
+    publisher.wait_ready()
+    publisher.call("clone", url=url)
+    publisher.call("publish", url=url)
+    publisher.close()
+    seconds: list[float] = []
+    last = run
+    for rep in range(reps):
+        root = run / f"fresh-{rep}"
+        worker = Worker("ours", root, options={"cold_store": store}, env=env).start()
+        worker.wait_ready()
+        os.sync()
+        reply = worker.call("clone", url=url)
+        worker.close()
+        if reply["source"] != "restore":
+            raise SystemExit(f"not a restore from {store}: {reply}")
+        seconds.append(reply["seconds"])
+        if last != run:
+            shutil.rmtree(last, ignore_errors=True)
+        last = root
+    return seconds, last
+
+
+def profile_fresh(size: str, reps: int) -> None:
+    from repocache.testing.s3 import Unavailable, moto_endpoint
+
+    with _served(size) as (url, run):
+        clones: list[float] = []
+        gits: list[float] = []
+        for rep in range(reps):
+            worker = _worker(run / f"clone-{rep}")
+            os.sync()
+            clones.append(worker.call("clone", url=url)["seconds"])
+            worker.close()
+            shutil.rmtree(run / f"clone-{rep}", ignore_errors=True)
+            os.sync()
+            gits.append(timed_run(["git", "clone", "--quiet", "--mirror", url, str(run / f"git-{rep}.git")]))
+            shutil.rmtree(run / f"git-{rep}.git", ignore_errors=True)
+        directory = run / "store"
+        directory.mkdir()
+        dir_restores, restored_root = _fresh_restores(url, run / "dir", directory.as_uri(), reps, None)
+        mirrors = [p.parent for p in restored_root.rglob("HEAD") if (p.parent / "objects" / "pack").is_dir()]
+        graph = timed_run(["git", "-C", str(mirrors[0]), "commit-graph", "write", "--reachable"]) if mirrors else None
+        s3_restores: list[float] = []
+        try:
+            with moto_endpoint(run / "moto.log") as endpoint:
+                s3_restores, _ = _fresh_restores(
+                    url, run / "s3", f"s3://{endpoint.bucket}/{size}", reps, endpoint.environment()
+                )
+        except Unavailable as exc:
+            print(f"S3 not measured: {exc}")
+        print(f"a fresh host's first checkout of the {size} upstream, medians of {reps} (load: {os.getloadavg()}):")
+        print(f"  {'RepoCache clone (git://)':32} {_ms(clones):>10}")
+        print(f"  {'git clone --mirror (git://)':32} {_ms(gits):>10}")
+        for name, values in (("restore, directory store", dir_restores), ("restore, S3 (moto)", s3_restores)):
+            if values:
+                print(
+                    f"  {name:32} {_ms(values):>10}  {median(clones) / median(values):.1f}x faster than the "
+                    f"RepoCache clone, {median(gits) / median(values):.1f}x than git clone --mirror"
+                )
+        if graph is not None:
+            print(
+                f"  {'commit-graph write (restored)':32} {graph * 1e3:.1f} ms (not part of the restore on this commit)"
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.profiles",
@@ -213,19 +285,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="""what:
   miss     a miss against git clone --mirror; the time to start git; cProfile of misses
   swarm    16 processes missing one repository at once, against one git clone --mirror
-  restore  a restore from a file:// cold store against the clone; cProfile of restores""",
+  restore  a restore from a file:// cold store against the clone; cProfile of restores
+  fresh    a fresh host's first checkout restored from a directory store and from S3, against a clone""",
     )
-    parser.add_argument("what", choices=("miss", "swarm", "restore"), help="what to profile (see below)")
+    parser.add_argument("what", choices=("miss", "swarm", "restore", "fresh"), help="what to profile (see below)")
     parser.add_argument(
         "--size",
         choices=tuple(datagen.SPECS),
         default=None,
-        help="the generated upstream (default: small; medium for restore)",
+        help="the generated upstream (default: small; medium for restore, large for fresh)",
     )
     parser.add_argument("--reps", metavar="N", type=int, default=7, help="repetitions (default: 7)")
     args = parser.parse_args(argv)
-    size = args.size or ("medium" if args.what == "restore" else "small")
-    {"miss": profile_miss, "swarm": profile_swarm, "restore": profile_restore}[args.what](size, args.reps)
+    size = args.size or {"restore": "medium", "fresh": "large"}.get(args.what, "small")
+    profiles = {"miss": profile_miss, "swarm": profile_swarm, "restore": profile_restore, "fresh": profile_fresh}
+    profiles[args.what](size, args.reps)
     return 0
 
 

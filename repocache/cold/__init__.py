@@ -7,7 +7,7 @@ the two stores (``local``, ``fsspec_store``). The cache's use of a store is :mod
 
 from repocache.cold.artifact import ColdStoreSpec, open_cold_store, pack_mirror, unpack_artifact
 from repocache.cold.fsspec_store import FsspecStore
-from repocache.cold.generations import FUTURE_BOUND
+from repocache.cold.generations import FUTURE_BOUND, STALE_UPLOAD_AGE
 from repocache.cold.local import LocalDirStore
 from repocache.cold.manifest import COMPRESSIONS, FORMAT_VERSION, Manifest, checked_manifest
 from repocache.cold.prune import prune_store
@@ -17,6 +17,7 @@ __all__ = [
     "COMPRESSIONS",
     "FORMAT_VERSION",
     "FUTURE_BOUND",
+    "STALE_UPLOAD_AGE",
     "ColdStore",
     "ColdStoreSpec",
     "FleetStore",

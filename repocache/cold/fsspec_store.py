@@ -11,8 +11,11 @@ import datetime
 import importlib
 import io
 import logging
+import queue
+import re
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any, BinaryIO, cast
 
 from repocache.cold.conditional import ConditionalWrites, conditional_writes_for
@@ -30,7 +33,7 @@ from repocache.cold.store import Lease
 from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
 from repocache.keys import scrub
 
-__all__ = ["ACCEPTED_PROTOCOLS", "FsspecStore"]
+__all__ = ["ACCEPTED_PROTOCOLS", "STREAM_MEMORY_BOUND", "FsspecStore"]
 
 logger = logging.getLogger("repocache.cold")
 
@@ -41,7 +44,18 @@ _BLOCK = 5 << 20  # upload part size: memory per upload stays near this, whateve
 # stores answer a GET after tens of milliseconds, so a window much smaller than this spends more time waiting
 # than transferring.
 _READ_BLOCK = 8 << 20
+# S3 downloads: one streamed GET read _STREAM_CHUNK at a time by a helper thread, at most _STREAM_DEPTH chunks
+# queued ahead of the unpacking. Memory per download is therefore bounded by STREAM_MEMORY_BOUND (the queue, the
+# chunk being read and the chunk being unpacked), whatever the artifact's size.
+_STREAM_CHUNK = 1 << 20
+_STREAM_DEPTH = 8
+STREAM_MEMORY_BOUND = (_STREAM_DEPTH + 2) * _STREAM_CHUNK
+"""Bytes of an artifact held in memory at most by one download from S3 (10 MiB): 8 MiB read ahead, plus the MiB
+being received and the MiB being unpacked; botocore's socket buffer comes on top (tens of KiB)."""
+_STREAM_RETRIES = 3  # a broken stream is resumed with a ranged GET from where it broke, this many times
+_PUT_TIMEOUT = 0.1  # seconds between checks that the reader still wants the helper's next chunk
 _CHUNK = 256 * 1024
+_JOIN_TIMEOUT = 5.0  # seconds a closed download waits for its helper thread (a stalled socket: it is a daemon)
 _S3_PROTOCOLS = ("s3", "s3a")
 _S3_HINT = "pip install 'git-repocache[s3]'"
 _HINTS = {"gs": "pip install 'git-repocache[gcs]'", "gcs": "pip install 'git-repocache[gcs]'"}
@@ -178,9 +192,13 @@ class FsspecStore(GenerationStore):
         except BaseException:
             _abandon(out)
             raise
-        with self._translated("write", key, name):
-            out.close()  # completes the upload: only now does the object appear
-            self._fs.invalidate_cache(self._path(key))
+        try:
+            with self._translated("write", key, name):
+                out.close()  # completes the upload: only now does the object appear
+        except BaseException:
+            _abandon(out)  # a failed completion leaves the multipart upload open: abort it
+            raise
+        self._fs.invalidate_cache(self._path(key))
 
     def _read(self, key: str, name: str, limit: int) -> bytes:
         self._check_regular(key, name)
@@ -203,9 +221,23 @@ class FsspecStore(GenerationStore):
             raise ColdStoreError(f"cold store: cannot open {self._describe(key, name)}: {exc.reason}") from exc
         with self._translated("open", key, name, missing_ok=True):
             self._fs.invalidate_cache(self._path(key))
+            if self._s3:
+                # One streamed GET for the whole artifact (resumed from where it broke, at most _STREAM_RETRIES
+                # times): ranged GETs one after another cost a round trip each, and a server that reads the whole
+                # object per range (moto) made a 323 MiB restore 12 times slower than one GET.
+                info = self._fs.info(path)  # FileNotFoundError before any thread starts
+                bucket, object_key, _ = self._fs.split_path(path)
+                chunks = _s3_stream(self._fs, bucket, object_key, str(info.get("ETag") or ""))
+                return io.BufferedReader(
+                    _PrefetchingReader(chunks, self, key, name, depth=_STREAM_DEPTH, chunk=_STREAM_CHUNK), _CHUNK
+                )
             # No fsspec cache: its read-ahead cache kept the window, a copy of it and a joined result alive at once
-            # (72 MB for a 50 MB artifact); _TranslatingReader keeps exactly one window instead.
+            # (72 MB for a 50 MB artifact); the readers below keep one window at a time instead.
             inner = self._fs.open(path, "rb", block_size=_READ_BLOCK, cache_type="none")
+        if self._object_store:
+            # Other object stores: the next window is fetched while this one is unpacked.
+            windows = _windows(inner, _READ_BLOCK)
+            return io.BufferedReader(_PrefetchingReader(windows, self, key, name, depth=1, chunk=_READ_BLOCK), _CHUNK)
         return io.BufferedReader(_TranslatingReader(inner, self, key, name, window=_READ_BLOCK), _CHUNK)
 
     def _check_regular(self, key: str, name: str) -> None:
@@ -345,6 +377,52 @@ class FsspecStore(GenerationStore):
         self._require_leases()
         self._conditional_put(lease.key, lease_document("", 0.0), lease.token)
 
+    def _sweep_stale_uploads(self, older_than: float) -> int:
+        """On S3: abort the incomplete multipart uploads under the store's prefix that neither started nor got a
+        part in the last ``older_than`` seconds (a killed host's; a live upload adds a part every few seconds)."""
+        if not self._s3:
+            return 0  # other filesystems write objects in place: a dead upload is an artifact without a manifest
+        bucket, prefix, _ = self._fs.split_path(self._root)
+        prefix = f"{prefix}/" if prefix else ""
+        cutoff = time.time() - older_than
+        aborted = 0
+        with self._translated("list the multipart uploads of", ""):
+            request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+            while True:
+                reply = self._fs.call_s3("list_multipart_uploads", **request)
+                for upload in reply.get("Uploads", []) or []:
+                    if self._abort_if_stale(bucket, upload, cutoff):
+                        aborted += 1
+                if not reply.get("IsTruncated"):
+                    break
+                request["KeyMarker"] = reply.get("NextKeyMarker", "")
+                request["UploadIdMarker"] = reply.get("NextUploadIdMarker", "")
+        return aborted
+
+    def _abort_if_stale(self, bucket: str, upload: dict[str, Any], cutoff: float) -> bool:
+        """Abort one listed multipart upload if nothing was written to it since ``cutoff``; whether it was."""
+        key, upload_id = str(upload.get("Key", "")), str(upload.get("UploadId", ""))
+        last = _epoch(upload.get("Initiated"))
+        # The generation in the object's name is when its writer started (moto reports a fixed Initiated).
+        named = re.match(r"^(\d{20})-", key.rsplit("/", 1)[-1])
+        if named is not None:
+            last = max(last or 0.0, int(named[1]) / 1e9)
+        if not key or not upload_id or last is None or last >= cutoff:
+            return False
+        parts = self._fs.call_s3("list_parts", Bucket=bucket, Key=key, UploadId=upload_id, MaxParts=1000)
+        for part in parts.get("Parts", []) or []:
+            written = _epoch(part.get("LastModified"))
+            if written is not None and written >= cutoff:
+                return False  # still receiving parts: a live upload
+        try:
+            self._fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        except FileNotFoundError:
+            return False  # completed or aborted meanwhile
+        logger.info(
+            "cold store: aborted the incomplete multipart upload of s3://%s/%s (started %.0f)", bucket, key, last
+        )
+        return True
+
     def _remove(self, key: str, names: Iterable[str]) -> None:
         for name in names:
             try:
@@ -353,6 +431,15 @@ class FsspecStore(GenerationStore):
             except FileNotFoundError:
                 continue
         self._fs.invalidate_cache(self._path(key))
+
+
+def _epoch(value: Any) -> float | None:
+    """Epoch seconds of a datetime from an S3 reply (naive ones are UTC), or None."""
+    if not isinstance(value, datetime.datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return float(value.timestamp())
 
 
 def _stored_object(info: Any) -> StoredObject:
@@ -465,3 +552,166 @@ class _TranslatingReader(io.RawIOBase):
                     self._inner.close()
             finally:
                 super().close()
+
+
+def _windows(inner: Any, size: int) -> Generator[bytes, None, None]:
+    """The bytes of a backend file, ``size`` at a time (one ranged GET each); the file is closed at the end."""
+    try:
+        while True:
+            data: bytes = inner.read(size)
+            if not data:
+                return
+            yield data
+    finally:
+        with contextlib.suppress(Exception):
+            inner.close()
+
+
+def _s3_stream(fs: Any, bucket: str, object_key: str, etag: str) -> Generator[bytes, None, None]:
+    """The bytes of an S3 object from one streamed GET, in chunks of at most ``_STREAM_CHUNK``.
+
+    A stream that breaks is resumed from where it broke with a ranged GET (``If-Match`` the ETag first seen, so a
+    replaced object is never spliced onto the old one's bytes), at most ``_STREAM_RETRIES`` times.
+    """
+    from fsspec.asyn import sync  # fsspec is imported by then: only FsspecStore calls this
+
+    offset = 0
+    retries = 0
+    broken = _stream_errors()
+    while True:
+        request: dict[str, Any] = {"Bucket": bucket, "Key": object_key}
+        if etag:
+            request["IfMatch"] = etag
+        if offset:
+            request["Range"] = f"bytes={offset}-"
+        reply = fs.call_s3("get_object", **request)
+        etag = etag or str(reply.get("ETag") or "")
+        body = reply["Body"]
+        try:
+            while True:
+                try:
+                    data: bytes = sync(fs.loop, _read_chunk, body, _STREAM_CHUNK)
+                except broken as exc:
+                    if retries >= _STREAM_RETRIES:
+                        raise
+                    retries += 1
+                    logger.info(
+                        "cold store: the download of %s broke at byte %d (%s); resuming", object_key, offset, exc
+                    )
+                    break
+                if not data:
+                    return
+                offset += len(data)
+                yield data
+        finally:
+            with contextlib.suppress(Exception):
+                body.close()
+
+
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a broken or stalled HTTP stream raises under s3fs (aiohttp's, botocore's, a timeout)."""
+    import asyncio
+
+    found: list[type[BaseException]] = [OSError, asyncio.TimeoutError]
+    for module, name in (("aiohttp", "ClientError"), ("botocore.exceptions", "HTTPClientError")):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(getattr(importlib.import_module(module), name))
+    return tuple(found)
+
+
+async def _read_chunk(body: Any, size: int) -> bytes:
+    """Up to ``size`` bytes of a streaming body (fewer only at its end), read on fsspec's event loop."""
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        data: bytes = await body.read(size - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class _End:
+    """The helper thread's last item: the stream ended cleanly."""
+
+
+class _PrefetchingReader(io.RawIOBase):
+    """A read-only stream fed by a helper thread that runs ``chunks`` ahead of the reader.
+
+    At most ``depth`` chunks wait in the queue, so at most ``(depth + 2) * chunk`` bytes are held: the queue, the
+    chunk the helper is receiving, and the one being read. A failure in the helper surfaces, as ColdStoreError, at
+    the read that reaches it; closing the reader stops the helper (and closes its connection).
+    """
+
+    def __init__(
+        self, chunks: Generator[bytes, None, None], store: FsspecStore, key: str, name: str, *, depth: int, chunk: int
+    ) -> None:
+        super().__init__()
+        self._store = store
+        self._key = key
+        self._name = name
+        self._chunks = chunks
+        self._queue: queue.Queue[bytes | BaseException | _End] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._window = memoryview(b"")
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, name="repocache-download", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        item: bytes | BaseException | _End
+        try:
+            for data in self._chunks:
+                if not self._offer(data):
+                    return
+            item = _End()
+        except BaseException as exc:  # handed to the reader, which raises it
+            item = exc
+        finally:
+            with contextlib.suppress(Exception):
+                self._chunks.close()
+        self._offer(item)
+
+    def _offer(self, item: bytes | BaseException | _End) -> bool:
+        """Queue ``item`` unless the reader closed meanwhile; whether it was queued."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_PUT_TIMEOUT)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if not self._window:
+            if self._ended:
+                return 0
+            self._window = memoryview(b"")  # let the old chunk go before taking the next
+            item = self._queue.get()
+            if isinstance(item, _End):
+                self._ended = True
+                return 0
+            if isinstance(item, BaseException):
+                self._ended = True
+                with self._store._translated("read", self._key, self._name):
+                    raise item
+            self._window = memoryview(item)
+        count = min(len(view), len(self._window))
+        view[:count] = self._window[:count]
+        self._window = self._window[count:]
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            self._window = memoryview(b"")
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._queue.get_nowait()
+            self._thread.join(timeout=_JOIN_TIMEOUT)
+            super().close()

@@ -71,7 +71,16 @@ from repocache.cold.store import ColdStore
 from repocache.cold.streams import CHUNK, CountingWriter, HashingReader
 from repocache.errors import ColdStoreError, ConfigError, UnsafeFileError
 
-__all__ = ["FUTURE_BOUND", "LEASES", "GenerationStore", "StoredObject", "check_ttl", "lease_document", "parse_lease"]
+__all__ = [
+    "FUTURE_BOUND",
+    "LEASES",
+    "STALE_UPLOAD_AGE",
+    "GenerationStore",
+    "StoredObject",
+    "check_ttl",
+    "lease_document",
+    "parse_lease",
+]
 
 logger = logging.getLogger("repocache.cold")
 
@@ -106,6 +115,11 @@ def check_ttl(ttl: float) -> float:
         raise ConfigError(f"invalid lease ttl {ttl!r}: expected a positive number of seconds")
     return float(ttl)
 
+
+STALE_UPLOAD_AGE = 3600.0
+"""Seconds after which an upload that has not written anything is taken for dead (its host was killed): its
+temporary files, its incomplete S3 multipart upload, or an artifact that never got a manifest are deleted by
+:meth:`GenerationStore.prune`. A live upload writes every few seconds, so it is never this old."""
 
 FUTURE_BOUND = 3600.0
 """Seconds a generation's ``created`` may lie after the time the store wrote its manifest, or after this host's
@@ -272,6 +286,11 @@ class GenerationStore(ColdStore):
     def _remove(self, key: str, names: Iterable[str]) -> None:
         """Delete objects in the given order; missing ones are ignored."""
         raise NotImplementedError
+
+    def _sweep_stale_uploads(self, older_than: float) -> int:
+        """Delete what uploads killed more than ``older_than`` seconds ago left behind that the listing does not
+        show (temporary files, incomplete multipart uploads); how many. Backends override this."""
+        return 0
 
     def _forget_key(self, key: str) -> None:
         """Called after :meth:`delete` removed every object of ``key``; backends may drop the directory."""
@@ -554,22 +573,60 @@ class GenerationStore(ColdStore):
             if manifest is not None:
                 yield manifest
 
-    def prune(self, *, older_than: float | None = None, keep_bytes: int | None = None) -> builtins.list[Manifest]:
-        """Delete unusable generations of every key, then apply a retention policy with :func:`prune_store`.
+    def prune(
+        self,
+        *,
+        older_than: float | None = None,
+        keep_bytes: int | None = None,
+        stale_after: float = STALE_UPLOAD_AGE,
+    ) -> builtins.list[Manifest]:
+        """Delete what dead uploads left and unusable generations of every key, then apply a retention policy with
+        :func:`prune_store`.
 
-        Unusable generations (see the module docstring) are deleted whatever the policy, as are generations
-        ranked below a key's current one (leftovers of interrupted clean-ups); they are logged, not returned.
+        First the leftovers of uploads that wrote nothing for ``stale_after`` seconds (their host was killed):
+        temporary files of a directory store, incomplete S3 multipart uploads under the store's prefix, and
+        artifacts that never got a manifest. Then unusable generations (see the module docstring) whatever the
+        policy, and generations ranked below a key's current one (leftovers of interrupted clean-ups). These are
+        logged, not returned.
+
+        Args:
+            older_than: see :func:`prune_store`.
+            keep_bytes: see :func:`prune_store`.
+            stale_after: seconds without a write after which an upload is taken for dead
+                (:data:`STALE_UPLOAD_AGE`, an hour, by default).
 
         Returns:
             The manifests whose keys were deleted by the policy.
+
+        Raises:
+            ConfigError: ``stale_after``, ``older_than`` or ``keep_bytes`` is negative.
+            ColdStoreError: the store failed.
         """
+        if isinstance(stale_after, bool) or not isinstance(stale_after, (int, float)) or not stale_after >= 0:
+            raise ConfigError(f"invalid stale_after {stale_after!r}: expected a non-negative number of seconds")
+        swept = self._sweep_stale_uploads(stale_after)
+        if swept:
+            logger.info("pruned %d leftovers of uploads dead for more than %.0f s from %s", swept, stale_after, self)
+        cutoff = time.time() - stale_after
         for key, entries in self._all_entries():
             if not is_key(key):
                 continue
             scan = self._scan(key, entries)
             removed = self._collect(key, scan)
-            if removed:
-                logger.info("pruned %d unusable or superseded generations of %s", removed, self._describe(key))
+            orphans = [g for g in scan.generations if g.manifest is None and _last_write(g) < cutoff]
+            orphans = [g for g in orphans if scan.current is None or g.name != scan.current.name]
+            if orphans:
+                self._remove(key, sorted(name for g in orphans for name in g.objects))
+                logger.info("pruned %d artifacts of %s that never got a manifest", len(orphans), self._describe(key))
+            if removed or orphans:
+                if removed:
+                    logger.info("pruned %d unusable or superseded generations of %s", removed, self._describe(key))
                 if scan.current is None and not self._entries(key):
                     self._forget_key(key)
         return prune_store(self, older_than=older_than, keep_bytes=keep_bytes)
+
+
+def _last_write(generation: _Generation) -> float:
+    """When the store last wrote an object of ``generation`` (its creation time when the store does not say)."""
+    times = [o.modified for o in generation.objects.values() if o.modified is not None]
+    return max(times) if times else generation.created_ns / _NS

@@ -256,6 +256,26 @@ class LocalDirStore(GenerationStore):
                 except OSError as exc:
                     raise ColdStoreError(f"cold store: cannot release the lease {path}: {exc}") from exc
 
+    def _sweep_stale_uploads(self, older_than: float) -> int:
+        """Delete the temporary files (``<key>/.tmp-*``, ``.leases/.tmp-*``) not written for ``older_than``
+        seconds: a live upload writes its file every few seconds, so only a killed host's are that old."""
+        cutoff = time.time() - older_than
+        swept = 0
+        try:
+            directories = [entry.path for entry in os.scandir(self.root) if entry.is_dir(follow_symlinks=False)]
+        except OSError:
+            return 0  # no store yet, or not listable: the listing that follows says why
+        for directory in directories:
+            with contextlib.suppress(OSError), os.scandir(directory) as entries:
+                for entry in entries:
+                    if not entry.name.startswith(_TEMP_PREFIX):
+                        continue
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
+                            swept += 1
+        return swept
+
     def _forget_key(self, key: str) -> None:
         self._sweep_temporaries(key)
         with contextlib.suppress(OSError):  # not empty: a concurrent upload is writing; leave it be
