@@ -265,6 +265,15 @@ COMMANDS: tuple[Command, ...] = (
                 help="background: a due repository is served at once while it is fetched (default: foreground)",
             ),
             argument(
+                "--mirror-filter",
+                metavar="[PREFIX=]FILTER",
+                action="append",
+                default=None,
+                help="keep partial mirrors (blob:none or tree:0; none: full) for every prefix or for PREFIX; a "
+                "request with the same or a stricter filter is served from them, any other from a full mirror "
+                "(repeatable; default: full mirrors)",
+            ),
+            argument(
                 "--webhook-secret-file",
                 metavar="FILE",
                 default=None,
