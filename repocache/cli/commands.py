@@ -269,8 +269,8 @@ COMMANDS: tuple[Command, ...] = (
                 metavar="[PREFIX=]FILTER",
                 action="append",
                 default=None,
-                help="keep partial mirrors (blob:none or tree:0; none: full) for every prefix or for PREFIX; a "
-                "request with the same or a stricter filter is served from them, any other from a full mirror "
+                help="keep blob-less mirrors (blob:none; none: full) for every prefix or for PREFIX; a request "
+                "filtered blob:none or tree:0 is served from them, any other from a full mirror "
                 "(repeatable; default: full mirrors)",
             ),
             argument(

@@ -104,9 +104,9 @@ class ServeOptions:
         spool_dir: where pack answers and large bodies are spooled (unlinked files; default: the system's).
         max_header_bytes: the largest request head (path, query and headers) answered; larger is 431. (uvicorn's
             h11 bounds only a head that arrives in pieces; one that arrives whole in one read is checked here.)
-        mirror_filter: the filter of the mirrors the server keeps: None (full, the default), ``"blob:none"`` or
-            ``"tree:0"``. A partial mirror serves the ref advertisement and the requests whose filter is the same or
-            stricter; any other request is served from a full mirror (:mod:`repocache.serve.filters`).
+        mirror_filter: the filter of the mirrors the server keeps: None (full, the default) or ``"blob:none"``. A
+            blob-less mirror serves the ref advertisement and the requests filtered ``blob:none`` or ``tree:0``;
+            any other request is served from a full mirror (:mod:`repocache.serve.filters`).
         mirror_filters: per allowed prefix (``{"github.com": "blob:none"}``), a filter overriding ``mirror_filter``
             (None: full mirrors for that prefix).
     """

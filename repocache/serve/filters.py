@@ -1,16 +1,18 @@
 """What a ``git-upload-pack`` request asks for (its command, filter and wants), and which mirror serves it.
 
 The server keeps mirrors with one filter per prefix (``ServeOptions.mirror_filter``, ``mirror_filters``): full by
-default, or blob-less (``blob:none``) or tree-less (``tree:0``). A partial mirror serves only a request whose
-filter is the same or stricter; anything else (no filter, ``blob:limit=N``, ``tree:1``, ``combine:...``, a
-spelling git never sends) is served from a full mirror of the same URL, which the cache clones on demand. Only the
-filters repocache keeps count as stricter:
+default, or blob-less (``blob:none``). A partial mirror serves only a request whose filter is the same or
+stricter; anything else (no filter, ``blob:limit=N``, ``tree:1``, ``combine:...``, a spelling git never sends) is
+served from a full mirror of the same URL, which the cache clones on demand. Only the filters repocache keeps
+count as stricter:
 
 | mirror kept | requests served by it | every other request |
 | --- | --- | --- |
 | full | all | (none) |
 | ``blob:none`` | ``filter blob:none``, ``filter tree:0`` | full mirror |
-| ``tree:0`` | ``filter tree:0`` | full mirror |
+
+A tree-less mirror (``tree:0``) is not offered: git's upload-pack (2.39) reads the root tree of every commit it
+packs, even for a ``tree:0`` request, and dies on a mirror that lacks them.
 
 The request is read as git writes it (``gitprotocol-v2``, ``gitprotocol-pack``): in protocol v2 a ``command=``
 line, capabilities, a delimiter (``0001``) and the command's arguments (``want <oid>``, ``filter <spec>``) up to a
@@ -25,7 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from repocache.errors import ConfigError
-from repocache.keys import FILTERS
 
 __all__ = [
     "MAX_WANTS",
@@ -39,7 +40,7 @@ __all__ = [
 MAX_WANTS = 1_000_000
 """The most ``want`` lines read from one request (a lazy fetch of a large checkout wants one line per blob)."""
 
-_SERVED_BY = {"blob:none": ("blob:none", "tree:0"), "tree:0": ("tree:0",)}  # a mirror's filter -> request filters
+_SERVED_BY = {"blob:none": ("blob:none", "tree:0")}  # a mirror's filter -> request filters
 _OID = re.compile(rb"[0-9a-f]{40}")
 _LENGTH = re.compile(rb"[0-9a-fA-F]{4}")
 
@@ -66,14 +67,19 @@ class UploadRequest:
 
 
 def check_mirror_filter(value: object, *, name: str = "mirror_filter") -> str | None:
-    """Validate the filter of the server's mirrors: None (full), ``"blob:none"`` or ``"tree:0"``.
+    """Validate the filter of the server's mirrors: None (full) or ``"blob:none"``.
 
     Raises:
-        ConfigError: anything else, named, with what is accepted.
+        ConfigError: anything else, named, with what is accepted (``"tree:0"`` with why it is not).
     """
-    if value is None or (isinstance(value, str) and value in FILTERS):
+    if value is None or (isinstance(value, str) and value in _SERVED_BY):
         return value
-    raise ConfigError(f"{name}={value!r} is not accepted; expected None (full mirrors), 'blob:none' or 'tree:0'")
+    if value == "tree:0":
+        raise ConfigError(
+            f"{name}='tree:0' is not accepted: git's upload-pack cannot pack from a tree-less mirror (it reads "
+            "every commit's root tree); use 'blob:none', which also serves tree:0 clones, or None (full mirrors)"
+        )
+    raise ConfigError(f"{name}={value!r} is not accepted; expected None (full mirrors) or 'blob:none'")
 
 
 def serving_filter(request: UploadRequest | None, mirror_filter: str | None) -> str | None:
