@@ -20,7 +20,7 @@ from repocache.serve import GitServer, ServeOptions
 from repocache.serve.filters import UploadRequest, parse_upload_request, serving_filter
 from repocache.serve.pktline import FLUSH, pkt_line
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
-from tests._serve import ThreadServer, clone, git_env, serve_process
+from tests._serve import ThreadServer, clone, git_env, request, serve_process
 from tests.helpers import all_objects, assert_consistent, git, key_of
 
 OID = "0123456789abcdef0123456789abcdef01234567"
@@ -205,6 +205,23 @@ def test_by_default_the_server_keeps_full_mirrors_whatever_the_cache_filter(
     git("fsck", "--strict", cwd=tmp_path / "clone")
 
 
+@pytest.mark.timeout(120)
+def test_a_malformed_request_is_refused_by_upload_pack_from_the_kept_mirror(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer
+) -> None:
+    """A body the filter reader cannot read is no fetch: it never makes a full mirror, and git says what is wrong."""
+    key = key_of(base_of(upstream_http) + "org/repo.git")
+    cache = RepoCache(tmp_path / "cache")
+    with ThreadServer(cache, base_of(upstream_http), ServeOptions(mirror_filter="blob:none")) as server:
+        path = "/up.test/org/repo.git/git-upload-pack"
+        headers = {"Content-Type": "application/x-git-upload-pack-request"}
+        status, _, answer = request(server.port, "POST", path, b"0009want 1\n0000", headers)
+        assert status == 400, answer
+        assert answer.decode().startswith("repocache: git upload-pack refused the request"), answer
+        assert {entry.key for entry in cache.entries()} == {key + "-blobless"}
+    cache.close()
+
+
 # -- the request's filter, and the choice ---------------------------------------------------------------------------
 
 
@@ -272,7 +289,7 @@ def test_the_filter_and_wants_of_a_v0_request_are_read_up_to_the_first_flush() -
         (pkt_line(b"command=fetch\n") + DELIM + pkt_line(b"want " + b"a" * 40), "ends inside"),
     ],
 )
-def test_a_malformed_request_is_refused_saying_where(body: bytes, said: str) -> None:
+def test_a_malformed_request_body_is_reported_saying_where(body: bytes, said: str) -> None:
     with pytest.raises(ValueError, match=said):
         _parse(body)
 

@@ -349,16 +349,18 @@ class GitServer:
         digest: str,
         answer: _Answer,
     ) -> None:
+        request: UploadRequest | None
         try:
             request = await asyncio.to_thread(_parse_body, body)
-        except ValueError as exc:
-            raise Refused(400, f"the git-upload-pack request is malformed: {exc}") from None
+        except ValueError:
+            request = None  # upload-pack itself refuses it, from the mirror the refs came from, saying why
         async with self._held(route, None, answer, self._filter_for(route, request)) as checkout:
             mirror = checkout.path
-            if checkout.filter is not None and request.wants:
+            if checkout.filter is not None and request is not None and request.wants:
                 await self._fetch_missing(route, checkout.filter, mirror, request, answer)
             tips = await asyncio.to_thread(gitops.ref_tips, mirror)
-            served = [str(mirror), checkout.filter, request.filter, protocol, sorted(tips.items())]
+            asked = request.filter if request is not None else None
+            served = [str(mirror), checkout.filter, asked, protocol, sorted(tips.items())]
             state = hashlib.sha256(json.dumps(served).encode()).hexdigest()
             key = f"{state}:{digest}"
             command = self._command(mirror, advertise=False, protocol=protocol)

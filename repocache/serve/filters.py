@@ -41,7 +41,7 @@ MAX_WANTS = 1_000_000
 """The most ``want`` lines read from one request (a lazy fetch of a large checkout wants one line per blob)."""
 
 _SERVED_BY = {"blob:none": ("blob:none", "tree:0")}  # a mirror's filter -> request filters
-_OID = re.compile(rb"[0-9a-f]{40}")
+_OID = re.compile(rb"[0-9a-f]{40}|[0-9a-f]{64}")
 _LENGTH = re.compile(rb"[0-9a-fA-F]{4}")
 
 
@@ -136,12 +136,13 @@ def _arguments(command: str | None, lines: _PktLines, first: bytes | None) -> Up
         if line is _DELIM:
             raise ValueError("the request has a second delimiter packet")
         if line.startswith(b"want "):
-            oid = line[5:45]
-            if not _OID.fullmatch(oid) or line[45:46] not in (b"", b" "):
+            oid = line[5:].split(b" ", 1)[0]
+            if not _OID.fullmatch(oid):
                 raise ValueError(f"a want line names no object id: {line[:80]!r}")
             if len(wants) >= MAX_WANTS:
                 raise ValueError(f"the request has more than {MAX_WANTS} want lines")
-            wants.append(oid.decode("ascii"))
+            if len(oid) == 40:  # a SHA-256 repository's ids are passed to upload-pack, never fetched by id here
+                wants.append(oid.decode("ascii"))
         elif line.startswith(b"filter "):
             spec = line[7:].decode("ascii", "replace").strip()
         line = lines.next()
