@@ -309,6 +309,15 @@ COMMANDS: tuple[Command, ...] = (
                 "FILE (repeatable; never a client's credential; default: anonymous)",
             ),
             argument(
+                "--mirror-filter",
+                metavar="[PREFIX=]FILTER",
+                action="append",
+                default=None,
+                help="keep blob-less mirrors (blob:none; none: full) for every prefix or for PREFIX; a request "
+                "filtered blob:none or tree:0 is served from them, any other from a full mirror "
+                "(repeatable; default: full mirrors)",
+            ),
+            argument(
                 "--webhook-secret-file",
                 metavar="FILE",
                 default=None,

@@ -42,6 +42,7 @@ def serve(context: Context) -> int:
     args = context.args
     upstreams = Upstreams(parse_allow(args.allow or []))
     secret = _webhook_secret(args.webhook_secret_file)
+    kept, per_prefix = mirror_filters(args.mirror_filter or [])
     serve_options = ServeOptions(
         max_packs=args.max_packs,
         max_queue=args.max_queue,
@@ -55,6 +56,8 @@ def serve(context: Context) -> int:
             timeout=args.auth_timeout,
             upstream_credentials=parse_credentials(args.upstream_credential_file or []),
         ),
+        mirror_filter=kept,
+        mirror_filters=per_prefix,
     )
     AuthChecker(upstreams, serve_options.auth).close()  # a prefix that cannot be served is refused before binding
     options = cache_options(args)
@@ -85,6 +88,35 @@ def serve(context: Context) -> int:
         cache.close()
     context.note("stopped")
     return EXIT_OK
+
+
+def mirror_filters(items: list[str]) -> tuple[str | None, dict[str, str | None]]:
+    """``--mirror-filter [PREFIX=]FILTER`` items as ``ServeOptions(mirror_filter=, mirror_filters=)`` (``none``
+    names full mirrors).
+
+    Raises:
+        ConfigError: an item names no filter, or names the global filter or one prefix twice.
+    """
+    kept: str | None = None
+    seen = False
+    per_prefix: dict[str, str | None] = {}
+    for item in items:
+        prefix, sep, value = item.partition("=")  # no filter repocache keeps has a "="
+        if not sep:
+            value = prefix
+        value = value.strip()
+        if not value:
+            raise ConfigError(f"--mirror-filter {item!r} names no filter; expected blob:none, tree:0 or none")
+        spec = None if value == "none" else value
+        if not sep:
+            if seen:
+                raise ConfigError("--mirror-filter without a prefix is given twice")
+            kept, seen = spec, True
+        else:
+            if prefix.strip() in per_prefix:
+                raise ConfigError(f"--mirror-filter names {prefix.strip()!r} twice")
+            per_prefix[prefix.strip()] = spec
+    return kept, per_prefix
 
 
 def _webhook_secret(path: str | None) -> str | None:

@@ -121,6 +121,7 @@ class FsspecStore(GenerationStore):
         # Object stores have no directories to make, and s3fs's makedirs would create a missing bucket.
         self._object_store = bool(_OBJECT_STORE_PROTOCOLS.intersection(protocols))
         self._writes: ConditionalWrites | None = conditional_writes_for(fs, protocols)
+        self._s3 = bool(set(_S3_PROTOCOLS).intersection(protocols))  # multipart uploads to abort, streamed GETs
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"

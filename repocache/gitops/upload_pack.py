@@ -17,9 +17,11 @@ GIT_PROTOCOL_PATTERN = re.compile(r"[A-Za-z0-9=:._-]{0,256}")
 """What a client's ``Git-Protocol`` header may hold to reach upload-pack (``version=2``; ``:``-separated)."""
 
 _SERVE_CONFIG = (
-    # Partial clones (--filter) are served; the mirror is complete, so every filter can be answered.
+    # Partial clones (--filter) are served: a full mirror answers every filter, a partial one only the same or a
+    # stricter filter (the server chooses the mirror: repocache.serve.filters), after fetching the wants it lacks.
     ("uploadpack.allowFilter", "true"),
-    # A want of a commit that a fetch made unreachable between two requests of one clone is still served.
+    # A want of a commit that a fetch made unreachable between two requests of one clone is still served; so is a
+    # protocol v0 partial clone's lazy fetch, whose wants are blobs and trees (reachable, never advertised).
     ("uploadpack.allowReachableSHA1InWant", "true"),
 )
 

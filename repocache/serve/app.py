@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 import uuid
@@ -53,6 +54,13 @@ from repocache.gitops.upload_pack import GIT_PROTOCOL_PATTERN, upload_pack_comma
 from repocache.keys import normalize_url
 from repocache.refresh import USE_TTL, MaxAge
 from repocache.serve.auth import AuthChecker, AuthOptions, Unauthorized
+from repocache.serve.filters import (
+    UploadRequest,
+    check_mirror_filter,
+    mirror_filter_of,
+    parse_upload_request,
+    serving_filter,
+)
 from repocache.serve.mapping import Refused, Route, Upstreams
 from repocache.serve.packs import Body, Busy, Generation, Generations
 from repocache.serve.pktline import service_announcement
@@ -98,6 +106,11 @@ class ServeOptions:
         max_header_bytes: the largest request head (path, query and headers) answered; larger is 431. (uvicorn's
             h11 bounds only a head that arrives in pieces; one that arrives whole in one read is checked here.)
         auth: how clients' credentials are checked against upstream (:mod:`repocache.serve.auth`).
+        mirror_filter: the filter of the mirrors the server keeps: None (full, the default) or ``"blob:none"``. A
+            blob-less mirror serves the ref advertisement and the requests filtered ``blob:none`` or ``tree:0``;
+            any other request is served from a full mirror (:mod:`repocache.serve.filters`).
+        mirror_filters: per allowed prefix (``{"github.com": "blob:none"}``), a filter overriding ``mirror_filter``
+            (None: full mirrors for that prefix).
     """
 
     max_packs: int = 4
@@ -110,6 +123,8 @@ class ServeOptions:
     spool_dir: str | None = None
     max_header_bytes: int = 16 * 1024
     auth: AuthOptions = field(default_factory=AuthOptions)
+    mirror_filter: str | None = None
+    mirror_filters: Mapping[str, str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("max_packs", "retry_after", "max_body_bytes", "max_header_bytes"):
@@ -124,6 +139,17 @@ class ServeOptions:
                 raise ConfigError(f"{name}={value!r} is not accepted; expected finite seconds > 0")
         if self.webhook_secret is not None and not self.webhook_secret:
             raise ConfigError("webhook_secret must not be empty (None turns the webhook route off)")
+        check_mirror_filter(self.mirror_filter)
+        if not isinstance(self.mirror_filters, Mapping):
+            raise ConfigError(
+                f"mirror_filters={self.mirror_filters!r} is not accepted; expected a mapping of prefixes to filters"
+            )
+        prefixes: dict[str, str | None] = {}
+        for prefix, value in self.mirror_filters.items():
+            if not isinstance(prefix, str) or not prefix.strip("/"):
+                raise ConfigError(f"mirror_filters: prefix {prefix!r} is not accepted; expected an allowed prefix")
+            prefixes[prefix.strip("/").lower()] = check_mirror_filter(value, name=f"mirror_filters[{prefix!r}]")
+        object.__setattr__(self, "mirror_filters", prefixes)
 
 
 @dataclass
@@ -196,6 +222,12 @@ class GitServer:
         """
         self.options = options or ServeOptions()
         self.upstreams = upstreams if isinstance(upstreams, Upstreams) else Upstreams(upstreams)
+        unknown = sorted(set(self.options.mirror_filters) - set(self.upstreams.allowed))
+        if unknown:
+            raise ConfigError(
+                f"mirror_filters names {', '.join(map(repr, unknown))}, which the allow-list does not; allowed "
+                "prefixes: " + ", ".join(sorted(self.upstreams.allowed))
+            )
         self.cache = cache if isinstance(cache, AsyncRepoCache) else AsyncRepoCache(cache, max_workers=max_workers)
         git = gitops.find_git()
         if git is None:
@@ -324,8 +356,8 @@ class GitServer:
     ) -> None:
         if self.generations.full():
             raise self._busy(answer)
-        async with self._held(route, USE_TTL, answer) as mirror:
-            command = self._command(mirror, advertise=True, protocol=protocol)
+        async with self._held(route, USE_TTL, answer, self._filter_for(route, None)) as checkout:
+            command = self._command(checkout.path, advertise=True, protocol=protocol)
             prefix = b"" if _is_v2(protocol) else service_announcement("git-upload-pack")
             async with self.generations.joined(uuid.uuid4().hex, command, Body(), limited=False) as (generation, _):
                 await self._stream(receive, send, generation, _ADVERTISEMENT, prefix, answer)
@@ -341,9 +373,19 @@ class GitServer:
         digest: str,
         answer: _Answer,
     ) -> None:
-        async with self._held(route, None, answer) as mirror:
+        request: UploadRequest | None
+        try:
+            request = await asyncio.to_thread(_parse_body, body)
+        except ValueError:
+            request = None  # upload-pack itself refuses it, from the mirror the refs came from, saying why
+        async with self._held(route, None, answer, self._filter_for(route, request)) as checkout:
+            mirror = checkout.path
+            if checkout.filter is not None and request is not None and request.wants:
+                await self._fetch_missing(route, checkout.filter, mirror, request, answer)
             tips = await asyncio.to_thread(gitops.ref_tips, mirror)
-            state = hashlib.sha256(json.dumps([str(mirror), protocol, sorted(tips.items())]).encode()).hexdigest()
+            asked = request.filter if request is not None else None
+            served = [str(mirror), checkout.filter, asked, protocol, sorted(tips.items())]
+            state = hashlib.sha256(json.dumps(served).encode()).hexdigest()
             key = f"{state}:{digest}"
             command = self._command(mirror, advertise=False, protocol=protocol)
             try:
@@ -353,6 +395,30 @@ class GitServer:
                     answer.queued_seconds = generation.queued_seconds
             except Busy:
                 raise self._busy(answer) from None
+
+    def _filter_for(self, route: Route, request: UploadRequest | None) -> str | None:
+        """The filter of the mirror that serves ``request`` (None: the ref advertisement) on ``route``."""
+        kept = mirror_filter_of(route.prefix, self.options.mirror_filter, self.options.mirror_filters)
+        return serving_filter(request, kept)
+
+    async def _fetch_missing(
+        self, route: Route, filter: str, mirror: Any, request: UploadRequest, answer: _Answer
+    ) -> None:
+        """Fetch from upstream the wanted objects a held partial mirror lacks (a client's lazy fetch of blobs or
+        trees its own filter left out), so upload-pack never meets a missing object."""
+        absent = await asyncio.to_thread(gitops.absent_objects, mirror, request.wants)
+        if not absent:
+            return
+        try:
+            await self.cache.fetch_missing(route.upstream, oids=absent, filter=filter)
+        except FetchError as exc:
+            answer.outcome = "upstream"
+            raise Refused(
+                502, f"the cache cannot fetch {len(absent)} missing objects of {route.upstream}: {exc.detail}"
+            ) from None
+        except LockTimeoutError as exc:
+            answer.outcome = "busy"
+            raise _Retry(503, f"the cache is busy with {route.upstream}: {exc}", self.options.retry_after) from None
 
     def _command(
         self, mirror: Any, *, advertise: bool, protocol: str
@@ -369,10 +435,11 @@ class GitServer:
         )
 
     @contextlib.asynccontextmanager
-    async def _held(self, route: Route, max_age: MaxAge, answer: _Answer) -> Any:
-        """The mirror of ``route`` held as a reader for the block; cache errors become answers git shows."""
+    async def _held(self, route: Route, max_age: MaxAge, answer: _Answer, filter: str | None) -> Any:
+        """The mirror of ``route`` for ``filter`` (or one holding more) held as a reader for the block, as its
+        :class:`~repocache.Checkout`; cache errors become answers git shows."""
         try:
-            manager = self.cache.checkout(self.auth.fetch_url(route), max_age=max_age)
+            manager = self.cache.checkout(self.auth.fetch_url(route), max_age=max_age, filter=filter)
             checkout = await manager.__aenter__()
         except CloneError as exc:
             answer.outcome = "upstream"
@@ -396,7 +463,8 @@ class GitServer:
             if checkout.stale:
                 answer.outcome = "stale"
                 logger.warning("git server: serving a stale copy of %s (its fetch failed)", checkout.url)
-            yield checkout.path
+            answer.key = checkout.key
+            yield checkout
         finally:
             await manager.__aexit__(None, None, None)
 
@@ -629,7 +697,7 @@ class GitServer:
             auth_cached=answer.auth_cached,
         )
         logger.info(
-            "git server: %s %s %s %d (%d bytes%s%s)",
+            "git server: %s %s %s %d (%d bytes%s%s; mirror %s)",
             answer.service,
             answer.url or "-",
             answer.outcome,
@@ -637,6 +705,7 @@ class GitServer:
             answer.bytes_sent,
             ", shared" if answer.shared else "",
             f", auth {answer.auth}{' (cached)' if answer.auth_cached else ''}" if answer.auth else "",
+            answer.key or "-",
         )
         self.cache.cache.report(event)
 
@@ -662,6 +731,31 @@ def _query_service(query: str) -> str:
         if key == "service":
             return value
     return ""
+
+
+def _parse_body(body: Body) -> UploadRequest:
+    """The command, filter and wants of a request body (in memory or spooled); the body is not consumed."""
+    if body.file is None:
+        data = body.data
+        offset = 0
+
+        def read_memory(count: int) -> bytes:
+            nonlocal offset
+            chunk = data[offset : offset + count]
+            offset += len(chunk)
+            return chunk
+
+        return parse_upload_request(read_memory)
+    fileno = body.file.fileno()
+    position = 0
+
+    def read_file(count: int) -> bytes:
+        nonlocal position
+        chunk = os.pread(fileno, min(count, 1 << 16), position)
+        position += len(chunk)
+        return chunk
+
+    return parse_upload_request(read_file)
 
 
 def _is_v2(protocol: str) -> bool:
