@@ -704,7 +704,7 @@ class GitServer:
             answer.status,
             answer.bytes_sent,
             ", shared" if answer.shared else "",
-            f", auth {answer.auth}{' (cached)' if answer.auth_cached else ''}" if answer.auth else "",
+            f", auth {answer.auth}{' from memory' if answer.auth_cached else ''}" if answer.auth else "",
             answer.key or "-",
         )
         self.cache.cache.report(event)
