@@ -62,10 +62,29 @@ def repack_geometric(path: Path, options: GitOptions, limits: MaintenanceLimits)
 
     Every object of the packs rolled up (reachable or not) and every loose object goes into the new pack before
     the old ones are deleted, so nothing is ever lost and no unreachable object is pruned.
+
+    A partial mirror (one with promisor packs) is repacked whole instead (:func:`repack_all_keeping`): git 2.39
+    cannot repack geometrically where a promisor remote is configured ("cannot use internal rev list with
+    --stdin-packs"), while ``-a`` repacks the promisor packs' objects into one promisor pack.
     """
+    if has_promisor_packs(path):
+        return repack_all_keeping(path, options, limits)
     return run_maintenance_git(
         path, ["repack", "--geometric=2", "-d", "-q", "--no-write-bitmap-index"], options, limits
     )
+
+
+def has_promisor_packs(path: Path) -> bool:
+    """Whether the mirror at ``path`` is partial: it holds promisor packs (``*.promisor``) or its config names a
+    promisor remote (the line :func:`repocache.gitops.mirror.mirror_config` writes for a partial mirror)."""
+    try:
+        with os.scandir(path / "objects" / "pack") as entries:
+            if any(entry.name.endswith(".promisor") for entry in entries):
+                return True
+        with open(path / "config", "rb") as config:
+            return b"\tpromisor = true\n" in config.read(1 << 16)
+    except OSError:
+        return False
 
 
 def repack_all_keeping(path: Path, options: GitOptions, limits: MaintenanceLimits) -> GitRun:
