@@ -506,27 +506,32 @@ class GitServer:
     async def _send_all(
         self, send: Send, generation: Generation, content_type: bytes, prefix: bytes, answer: _Answer
     ) -> None:
+        deadline = _SendDeadline(send, self.options.send_timeout)
         try:
-            await self._send_each(send, generation, content_type, prefix, answer)
-        except TimeoutError:
+            await self._send_each(deadline, generation, content_type, prefix, answer)
+        except asyncio.CancelledError:
+            if not deadline.expired:
+                raise
+            deadline.uncancel()
             logger.info("git server: a client read nothing for %g s; abandoned", self.options.send_timeout)
             raise _Gone() from None
+        finally:
+            deadline.close()
 
     async def _send_each(
-        self, send: Send, generation: Generation, content_type: bytes, prefix: bytes, answer: _Answer
+        self, deadline: _SendDeadline, generation: Generation, content_type: bytes, prefix: bytes, answer: _Answer
     ) -> None:
-        timeout = self.options.send_timeout
         headers = [(b"content-type", content_type), *_NO_CACHE]
         answer.responded = True
         answer.status = 200
-        await asyncio.wait_for(send({"type": "http.response.start", "status": 200, "headers": headers}), timeout)
+        await deadline.send({"type": "http.response.start", "status": 200, "headers": headers})
         if prefix:
-            await asyncio.wait_for(send({"type": "http.response.body", "body": prefix, "more_body": True}), timeout)
+            await deadline.send({"type": "http.response.body", "body": prefix, "more_body": True})
             self._sent(answer, len(prefix))
         async for data in generation.stream():
-            await asyncio.wait_for(send({"type": "http.response.body", "body": data, "more_body": True}), timeout)
+            await deadline.send({"type": "http.response.body", "body": data, "more_body": True})
             self._sent(answer, len(data))
-        await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}), timeout)
+        await deadline.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _sent(self, answer: _Answer, count: int) -> None:
         answer.bytes_sent += count
@@ -708,6 +713,58 @@ class GitServer:
             answer.key or "-",
         )
         self.cache.cache.report(event)
+
+
+class _SendDeadline:
+    """``send``, bounded: a send still pending ``seconds`` after it began cancels the task sending (``expired``).
+
+    One timer per answer instead of one ``asyncio.wait_for`` (a task and a timer) per send: the timer checks, when
+    it fires, whether a send is pending and since when, and is re-armed for that send's deadline if it is not yet
+    due. Time spent between sends (upload-pack still working) never counts.
+    """
+
+    def __init__(self, send: Send, seconds: float) -> None:
+        self._send = send
+        self.seconds = seconds
+        self.expired = False
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._since: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def send(self, message: Message) -> None:
+        """Hand ``message`` to the ASGI server; the task is cancelled if it takes ``seconds``."""
+        self._since = since = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(since + self.seconds, self._check)
+        try:
+            await self._send(message)
+        finally:
+            self._since = None
+
+    def _check(self) -> None:
+        self._timer = None
+        since = self._since
+        if since is None or self._task is None:
+            return  # no send pending: the next one arms the timer again
+        due = since + self.seconds
+        if self._loop.time() >= due:
+            self.expired = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(due, self._check)
+
+    def uncancel(self) -> None:
+        """Take back the cancellation the deadline made (Python 3.11+ counts them), so the task may end normally."""
+        uncancel = getattr(self._task, "uncancel", None)
+        if uncancel is not None:
+            uncancel()
+
+    def close(self) -> None:
+        """Drop the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _Retry(Refused):

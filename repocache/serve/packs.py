@@ -25,12 +25,17 @@ from typing import IO
 
 from repocache.gitops.run import with_death_signal
 
-__all__ = ["CHUNK", "Body", "Busy", "Generation", "Generations"]
+__all__ = ["CHUNK", "SEND_CHUNK", "Body", "Busy", "Generation", "Generations"]
 
 logger = logging.getLogger("repocache")
 
 CHUNK = 64 * 1024
-"""Bytes read from upload-pack, and sent to a client, at a time."""
+"""Bytes read from upload-pack's pipes, and from a request body, at a time."""
+
+SEND_CHUNK = 1 << 20
+"""Bytes of spooled output read, and handed to a client, at a time: the per-client memory bound of an answer (the
+chunk, and at most as much again buffered by the transport). Sends cost a fixed overhead each (the ASGI server's
+framing, a watchdog check, a task switch), so they are few and large."""
 
 _STDERR_KEPT = 4096
 
@@ -103,14 +108,15 @@ class Generation:
             await self.changed.wait_for(lambda: self.written > offset or self.done)
 
     def read(self, offset: int) -> bytes:
-        """Up to :data:`CHUNK` bytes of spooled output from ``offset`` (a page-cache read)."""
-        return os.pread(self.spool.fileno(), min(CHUNK, self.written - offset), offset)
+        """Up to :data:`SEND_CHUNK` bytes of spooled output from ``offset`` (a page-cache read)."""
+        return os.pread(self.spool.fileno(), min(SEND_CHUNK, self.written - offset), offset)
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The whole output, as it is spooled; ends when the process has ended and everything was read."""
         offset = 0
         while True:
-            await self.wait_past(offset)
+            if offset >= self.written and not self.done:
+                await self.wait_past(offset)  # only when caught up: the condition's lock costs a task switch
             if offset < self.written:
                 data = self.read(offset)
                 offset += len(data)
@@ -239,6 +245,7 @@ class Generations:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                limit=SEND_CHUNK,  # what is buffered from the pipe before reading pauses: big reads, few wake-ups
                 env=env,
                 start_new_session=True,
                 preexec_fn=preexec,
@@ -247,7 +254,7 @@ class Generations:
             feeding = asyncio.create_task(_feed(process.stdin, body))
             errors = asyncio.create_task(_tail(process.stderr))
             try:
-                while data := await process.stdout.read(CHUNK):
+                while data := await process.stdout.read(SEND_CHUNK):
                     generation.spool.write(data)
                     generation.spool.flush()
                     generation.written += len(data)
