@@ -259,6 +259,24 @@ def test_get_prints_the_path_of_a_bare_mirror_with_upstream_refs(
     assert result.stderr == ""
 
 
+def test_get_with_a_filter_makes_a_partial_mirror_and_none_a_full_one(
+    run: Run, upstream: Path, cli_env: dict[str, str]
+) -> None:
+    git("config", "uploadpack.allowFilter", "true", env=cli_env, cwd=upstream)
+    partial = Path(run("get", "--filter", "blob:none", str(upstream), check=0).stdout.strip())
+    assert partial.name.endswith("-blobless")
+    assert git("config", "remote.origin.partialclonefilter", env=cli_env, cwd=partial).strip() == "blob:none"
+    assert refs(partial, cli_env) == refs(upstream, cli_env)
+    full = Path(run("get", "--filter", "none", str(upstream), check=0).stdout.strip())
+    assert full != partial and not full.name.endswith(("-blobless", "-treeless"))
+    assert list(full.glob("objects/pack/*.promisor")) == []
+
+
+def test_get_with_a_filter_that_is_not_accepted_names_it_and_what_is(run: Run, upstream: Path) -> None:
+    result = run("get", "--filter", "blob:limit=1k", str(upstream), check=2)
+    assert "'blob:limit=1k' is not accepted; expected blob:none, tree:0 or none" in result.stderr
+
+
 def test_get_fetches_new_upstream_commits_on_a_hit(
     run: Run, upstream: Path, cli_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -7,7 +7,7 @@ A command is written here once; ``parser.py`` builds the argument parser and ``-
 from __future__ import annotations
 
 from repocache.cli import cold, maintain, repos, serve, worktree
-from repocache.cli.options import max_age, seconds, size
+from repocache.cli.options import filter_choice, max_age, seconds, size
 from repocache.cli.spec import Command, argument
 
 _URLS = argument("urls", metavar="URL", nargs="+", help="repository URL or local path")
@@ -17,6 +17,15 @@ _MAX_AGE = argument(
     type=max_age,
     default=None,
     help="for this command instead of --fetch-ttl: the age a copy may have (0: fetch now; any: never fetch)",
+)
+
+_FILTER = argument(
+    "--filter",
+    metavar="FILTER",
+    type=filter_choice,
+    default=None,
+    help="the mirror's filter for this command: blob:none (blob-less), tree:0 (tree-less) or none (full); "
+    "default: the pins' or the cache's (see Partial mirrors)",
 )
 
 COMMANDS: tuple[Command, ...] = (
@@ -34,6 +43,7 @@ COMMANDS: tuple[Command, ...] = (
                 help="print the cache entry as JSON instead",
             ),
             _MAX_AGE,
+            _FILTER,
         ),
         details='`cd "$(repocache get URL)"` works in scripts: only the path goes to standard output.',
     ),
@@ -102,6 +112,7 @@ COMMANDS: tuple[Command, ...] = (
             argument("url", metavar="URL", help="repository URL or local path"),
             argument("--ref", metavar="REF", default="HEAD", help="branch, tag or commit to check out (default: HEAD)"),
             _MAX_AGE,
+            _FILTER,
             argument(
                 "argv",
                 metavar="COMMAND",

@@ -70,6 +70,29 @@ def max_age(value: str) -> float | str:
         raise argparse.ArgumentTypeError(f"{value!r} is not accepted; expected finite seconds >= 0 or any") from None
 
 
+def filter_choice(value: str) -> str:
+    """A ``--filter`` argument: ``blob:none``, ``tree:0``, or ``none`` (also ``full``) for a full mirror."""
+    from repocache.keys import FILTERS
+
+    chosen = value.strip()
+    if chosen.lower() in ("none", "full"):
+        return "none"
+    if chosen in FILTERS:
+        return chosen
+    raise argparse.ArgumentTypeError(f"{value!r} is not accepted; expected blob:none, tree:0 or none (a full mirror)")
+
+
+def call_filter(args: argparse.Namespace) -> Any:
+    """The ``filter=`` of the command's call: ``--filter`` (``none``: None, a full mirror), else what the pins or
+    the cache configure (:data:`repocache.partial.USE_CONFIGURED`)."""
+    from repocache.partial import USE_CONFIGURED
+
+    value = getattr(args, "filter", None)
+    if value is None:
+        return USE_CONFIGURED
+    return None if value == "none" else value
+
+
 # -- the global options -------------------------------------------------------------------------------------------
 
 GLOBAL_OPTIONS: tuple[Argument, ...] = (

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from repocache.cli.exits import EXIT_NOT_DONE, EXIT_OK, describe, exit_code_for
-from repocache.cli.options import call_max_age, open_cache
+from repocache.cli.options import call_filter, call_max_age, open_cache
 from repocache.cli.output import Context, ago, entry_json, human_bytes, manifest_json, table, yes_no
 from repocache.counters import Counter
 from repocache.errors import ColdStoreError, ConfigError, InvalidURLError, RepoCacheError
@@ -40,7 +40,7 @@ def get(context: Context) -> int:
     with open_cache(context) as cache:
         _refuse_missing_path(cache, context.args.url)
         entry = cache.ensure(
-            context.args.url, max_age=call_max_age(context.args)
+            context.args.url, max_age=call_max_age(context.args), filter=call_filter(context.args)
         )  # never returns an entry whose path is gone
     if context.args.json:
         context.emit_json(entry_json(entry))

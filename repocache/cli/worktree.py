@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from repocache.cli.options import call_max_age, open_cache
+from repocache.cli.options import call_filter, call_max_age, open_cache
 from repocache.cli.output import Context
 from repocache.errors import ConfigError
 from repocache.termination import Terminated
@@ -45,7 +45,9 @@ def run_in_worktree(context: Context) -> int:
         raise ConfigError("run needs a command: repocache run URL [--ref REF] -- COMMAND [ARGS...]")
     with (
         open_cache(context) as cache,
-        cache.worktree(context.args.url, context.args.ref, max_age=call_max_age(context.args)) as tree,
+        cache.worktree(
+            context.args.url, context.args.ref, max_age=call_max_age(context.args), filter=call_filter(context.args)
+        ) as tree,
     ):
         context.clear()  # the clone's progress line, before the command writes
         environment = {**os.environ, WORKTREE_ENV: str(tree.path), COMMIT_ENV: tree.commit}
