@@ -42,7 +42,7 @@ from repocache.counters import Counter
 from repocache.errors import CloneError, ColdStoreError, GitError, LockTimeoutError
 from repocache.events import Source, warn_caller
 from repocache.index import Row
-from repocache.keys import RepoURL
+from repocache.keys import RepoURL, filter_of_key
 from repocache.layout import ExclusiveHold, remove
 from repocache.models import Progress
 
@@ -317,6 +317,7 @@ class ColdTier:
                 compression=compression,
                 fetched=None if fetched is None else min(fetched, created),
                 refs_sha256=refs_sha256,
+                filter=filter_of_key(key),
             )
 
         if self._fleet is not None:

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 from repocache.errors import ConfigError, InvalidURLError
 from repocache.redact import scrub_urls
 
-__all__ = ["FILTERS", "MAX_URL_LENGTH", "RepoURL", "normalize_url", "scrub", "with_filter"]
+__all__ = ["FILTERS", "MAX_URL_LENGTH", "RepoURL", "filter_of_key", "normalize_url", "scrub", "with_filter"]
 
 FILTERS: dict[str, str] = {"blob:none": "blobless", "tree:0": "treeless"}
 """The partial-clone filters a mirror may have, with the word that ends its key (a full mirror has no filter)."""
@@ -99,6 +99,14 @@ class RepoURL:
     def has_credentials(self) -> bool:
         """True when the caller's URL carried HTTP credentials."""
         return self.username is not None or self.password is not None
+
+
+def filter_of_key(key: str) -> str | None:
+    """The partial-clone filter a mirror's key names (its last word: ``-blobless``, ``-treeless``), or None."""
+    for name, word in FILTERS.items():
+        if key.endswith(f"-{word}"):
+            return name
+    return None
 
 
 def with_filter(parsed: RepoURL, filter: str | None) -> RepoURL:

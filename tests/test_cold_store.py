@@ -204,6 +204,9 @@ def test_manifest_json_round_trip_is_exact() -> None:
         {"refs_sha256": "AB" * 32},
         {"refs_sha256": 5},
         {"refs_sha256": ""},
+        {"filter": "blob:limit=1k"},
+        {"filter": "blob:none"},  # the key a-1 is a full mirror's
+        {"filter": 0},
     ],
 )
 def test_manifest_from_json_refuses_invalid_fields(change: dict[str, Any]) -> None:

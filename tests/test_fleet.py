@@ -189,8 +189,9 @@ _HOST = textwrap.dedent(
             time.sleep(0.001)
         started, asked = time.monotonic(), time.time()
         with cache.checkout(url) as co:
-            source, fetched = co.source, co.fetched
+            source, fetched, filter = co.source, co.fetched, co.filter
         reply = {"source": source, "fetched": fetched, "seconds": time.monotonic() - started, "asked": asked}
+        reply["filter"] = filter
         print(json.dumps(reply), flush=True)
     """
 )
@@ -229,6 +230,25 @@ def test_hosts_missing_the_same_repository_at_once_clone_it_once(
     replies = _hosts(tmp_path, store, daemon.url_for(upstream), env, 6)
     sources = sorted(reply["source"] for reply in replies)
     assert sources == ["clone"] + ["restore"] * 5, replies
+
+
+@pytest.mark.timeout(180)
+def test_hosts_missing_the_same_partial_repository_clone_it_once_and_restore_it_partial(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, shared: tuple[str, str, dict[str, str]]
+) -> None:
+    kind, store, env = shared
+    upstream = _served(served, f"partial-stampede-{kind}", size=200_000)
+    subprocess.run(["git", "config", "uploadpack.allowFilter", "true"], cwd=upstream.path, check=True)
+    replies = _hosts(tmp_path, store, daemon.url_for(upstream), env, 4, filter="blob:none")
+    assert sorted(reply["source"] for reply in replies) == ["clone", "restore", "restore", "restore"], replies
+    assert {reply["filter"] for reply in replies} == {"blob:none"}
+    cold = open_cold_store(store)
+    assert cold is not None
+    (manifest,) = cold.list()
+    assert (manifest.filter, manifest.key.endswith("-blobless")) == ("blob:none", True)
+    for host in range(4):
+        (mirror,) = (tmp_path / f"host-{host}" / "repos").iterdir()
+        assert list(mirror.glob("objects/pack/*.promisor")), mirror  # restored as what it is: partial
 
 
 def test_a_dead_hosts_lease_is_taken_over_once_it_expires(

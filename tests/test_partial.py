@@ -498,6 +498,7 @@ def test_a_published_partial_mirror_is_restored_by_another_host_for_the_same_fil
     with RepoCache(tmp_path / "host-a", cold_store=store) as host_a:
         manifest = host_a.publish(local.url, filter="blob:none")
         assert manifest.key == key_of(local.url) + "-blobless"
+        assert manifest.filter == "blob:none"
     with RepoCache(tmp_path / "host-b", cold_store=store) as host_b:
         with host_b.checkout(local.url, filter="blob:none") as co:
             assert (co.source, co.filter) == ("restore", "blob:none")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from repocache.errors import ColdStoreError, ConfigError
+from repocache.keys import FILTERS
 
 if TYPE_CHECKING:
     from repocache.cold.store import ColdStore
@@ -115,6 +116,9 @@ class Manifest:
         refs_sha256: lower-case hex SHA-256 of the mirror's refs when it was packed (see
             :func:`repocache.gitops.refs_digest`: every ref and what it points at), or None (older versions). What
             the fleet can compare without downloading; a restore whose refs differ from it is refused.
+        filter: the mirror's partial-clone filter (``"blob:none"``, ``"tree:0"``), or None: a full mirror, or a
+            manifest of an older version (its key still says). A filter must be the one the key ends with
+            (``-blobless``, ``-treeless``), so an artifact is restored only for the mirror it is.
 
     Raises:
         ValueError: a field has the wrong type or an invalid value.
@@ -133,6 +137,7 @@ class Manifest:
     generation: str = ""
     fetched: float | None = None
     refs_sha256: str | None = None
+    filter: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not self.url:
@@ -161,6 +166,11 @@ class Manifest:
             )
         if not isinstance(self.generation, str) or (self.generation and not _GENERATION.match(self.generation)):
             raise ValueError(f"generation {self.generation!r} is not a valid generation id")
+        if self.filter is not None:
+            if not isinstance(self.filter, str) or self.filter not in FILTERS:
+                raise ValueError(f"filter must be one of {', '.join(FILTERS)} or null, not {self.filter!r}")
+            if not self.key.endswith(f"-{FILTERS[self.filter]}"):
+                raise ValueError(f"filter {self.filter!r} is not the filter of key {self.key!r}")
         if self.refs_sha256 is not None and (
             not isinstance(self.refs_sha256, str) or not _SHA256.match(self.refs_sha256)
         ):
