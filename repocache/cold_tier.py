@@ -42,6 +42,7 @@ from repocache.counters import Counter
 from repocache.errors import CloneError, ColdStoreError, GitError, LockTimeoutError
 from repocache.events import Source, warn_caller
 from repocache.index import Row
+from repocache.jobs import Jobs
 from repocache.keys import RepoURL, filter_of_key
 from repocache.layout import ExclusiveHold, remove
 from repocache.models import Progress
@@ -161,8 +162,7 @@ class ColdTier:
         self._last_prune = 0.0
         self._fleet: FleetStore | None = store if isinstance(store, FleetStore) else None
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._jobs: dict[str, threading.Thread] = {}
-        self._jobs_lock = threading.Lock()
+        self._jobs = Jobs("repocache-publish", daemon=False)  # the interpreter lets an upload finish at exit
 
     @property
     def publishing(self) -> bool:
@@ -429,9 +429,8 @@ class ColdTier:
         recorded = self._context.index.published(parsed.key)
         if recorded is not None and time.time() - recorded[0] < settings.cold_publish_after:
             return
-        with self._jobs_lock:
-            if parsed.key in self._jobs:
-                return
+        if self._jobs.running(parsed.key):
+            return
         claim = None
         fleet = self._fleet
         if fleet is not None and fleet.supports_leases:
@@ -458,27 +457,13 @@ class ColdTier:
             finally:
                 if claim is not None:
                     claim.release()
-                with self._jobs_lock:
-                    self._jobs.pop(parsed.key, None)
 
-        with self._jobs_lock:
-            if parsed.key in self._jobs:
-                if claim is not None:
-                    claim.release()
-                return
-            thread = threading.Thread(target=job, name=f"repocache-publish-{parsed.key[:40]}")
-            self._jobs[parsed.key] = thread
-            thread.start()
+        if not self._jobs.start(parsed.key, job) and claim is not None:
+            claim.release()
 
     def wait(self, key: str | None = None) -> None:
         """Wait for this process's background uploads (of ``key``, or all of them) to finish."""
-        while True:
-            with self._jobs_lock:
-                threads = [t for k, t in self._jobs.items() if key is None or k == key]
-            if not threads:
-                return
-            for thread in threads:
-                thread.join()
+        self._jobs.wait(key)
 
     def publish(
         self, parsed: RepoURL, *, fresh_enough: float | None = None, reason: str = "explicit"

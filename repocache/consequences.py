@@ -16,7 +16,6 @@ new rule added here reaches every path.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from repocache.cold.manifest import Manifest
 from repocache.cold_tier import Claim, ColdTier
 from repocache.context import Context
 from repocache.events import Source
+from repocache.jobs import Jobs
 from repocache.keys import RepoURL
 from repocache.layout import ExclusiveHold, FetchHold
 from repocache.lifecycle import Lifecycle
@@ -53,8 +53,7 @@ class Consequences:
         self._context = context
         self._cold = cold
         self._lifecycle = lifecycle
-        self._checks: dict[str, threading.Thread] = {}
-        self._checks_lock = threading.Lock()
+        self._checks = Jobs("repocache-graph", daemon=True)  # an unfinished check is redone by the next fetch
 
     def fetched(
         self,
@@ -110,26 +109,12 @@ class Consequences:
                 maintenance.verify_restored_graph(self._context, parsed.key, parsed.url)
             except Exception as exc:  # a background job has nobody to raise to: report it
                 self._context.events.cold_problem("verify the commit-graph restored with", parsed.url, exc)
-            finally:
-                with self._checks_lock:
-                    self._checks.pop(parsed.key, None)
 
-        with self._checks_lock:
-            if parsed.key in self._checks:
-                return
-            thread = threading.Thread(target=job, name=f"repocache-graph-{parsed.key[:40]}", daemon=True)
-            self._checks[parsed.key] = thread
-            thread.start()
+        self._checks.start(parsed.key, job)
 
     def close(self) -> None:
         """Wait for the checks of restored commit-graphs running (called when the cache closes)."""
-        while True:
-            with self._checks_lock:
-                threads = list(self._checks.values())
-            if not threads:
-                return
-            for thread in threads:
-                thread.join()
+        self._checks.wait()
 
     def materialized(
         self,

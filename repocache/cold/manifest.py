@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from repocache.errors import ColdStoreError, ConfigError
-from repocache.keys import FILTERS
+from repocache.keys import FILTERS, filter_of_key
 
 if TYPE_CHECKING:
     from repocache.cold.store import ColdStore
@@ -169,7 +169,7 @@ class Manifest:
         if self.filter is not None:
             if not isinstance(self.filter, str) or self.filter not in FILTERS:
                 raise ValueError(f"filter must be one of {', '.join(FILTERS)} or null, not {self.filter!r}")
-            if not self.key.endswith(f"-{FILTERS[self.filter]}"):
+            if filter_of_key(self.key) != self.filter:
                 raise ValueError(f"filter {self.filter!r} is not the filter of key {self.key!r}")
         if self.refs_sha256 is not None and (
             not isinstance(self.refs_sha256, str) or not _SHA256.match(self.refs_sha256)
