@@ -462,3 +462,30 @@ def test_repocache_serve_with_its_own_credential_file_serves_a_private_repositor
     assert "auth allowed" in log and "unauthorized 401" in log
     for value in SECRETS:
         assert value not in log
+
+
+@pytest.mark.timeout(180)
+def test_a_lazy_fetch_from_a_private_partial_mirror_uses_the_caches_own_credential(
+    tmp_path: Path, upstream: Upstream, private_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """The objects a client's lazy fetch wants are fetched into the blob-less mirror with the cache's credential,
+    as its clones and fetches are (never anonymously, never with the client's)."""
+    subprocess.run(["git", "config", "uploadpack.allowFilter", "true"], cwd=upstream.path, check=True)
+    secret = tmp_path / "own-credential"
+    secret.write_text(f"{CACHE[0]}:{CACHE[1]}\n")
+    args = ("--upstream-credential-file", f"{PREFIX}={secret}", "--mirror-filter", "blob:none")
+    dest = tmp_path / "clone"
+    with serve_process(tmp_path / "cache", base_of(private_http), *args) as server:
+        url = with_credentials(server.url("org/repo.git"), ALICE)
+        done = clone(url, dest, "--filter=blob:none", "--no-checkout", env=env)
+        assert done.returncode == 0, done.stderr + server.log
+        checkout = subprocess.run(
+            ["git", "checkout", "-q", "main"], cwd=dest, env=env, capture_output=True, text=True, check=False
+        )
+        assert checkout.returncode == 0, checkout.stderr + server.log
+        log = server.log
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, env=env, capture_output=True, text=True, check=True)
+    assert head.stdout.strip() == upstream.resolve("main")
+    assert subprocess.run(["git", "fsck", "--connectivity-only"], cwd=dest, env=env, check=False).returncode == 0
+    for value in SECRETS:
+        assert value not in log

@@ -410,7 +410,7 @@ class GitServer:
         if not absent:
             return
         try:
-            await self.cache.fetch_missing(route.upstream, oids=absent, filter=filter)
+            await self.cache.fetch_missing(self.auth.fetch_url(route), oids=absent, filter=filter)
         except FetchError as exc:
             answer.outcome = "upstream"
             raise Refused(
