@@ -26,6 +26,11 @@ from repocache.testing import RecordedRequest, SmartHTTPServer, isolated_git_env
 from tests.helpers import PROJECT
 
 
+def base_of(server: SmartHTTPServer) -> str:
+    """The upstream base URL a test server's prefix maps to: the smart HTTP upstream ``server`` on 127.0.0.1."""
+    return f"http://127.0.0.1:{server.port}/"
+
+
 def is_auth_check(request: RecordedRequest) -> bool:
     """Whether ``request`` is the server's check of a client's credentials (not a clone or fetch of the cache)."""
     return any(name.lower() == "user-agent" and value == CHECK_USER_AGENT for name, value in request.headers.items())

@@ -23,6 +23,7 @@ from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFact
 from tests._serve import (
     ThreadServer,
     ThrottlingProxy,
+    base_of,
     clone,
     git_env,
     health,
@@ -67,11 +68,6 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 _UPLOAD = "application/x-git-upload-pack-request"
-
-
-def base_of(server: SmartHTTPServer) -> str:
-    """The upstream base URL the server's prefix maps to."""
-    return f"http://127.0.0.1:{server.port}/"
 
 
 def upstream_contacts(server: SmartHTTPServer) -> int:

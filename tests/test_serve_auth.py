@@ -28,6 +28,7 @@ from tests._serve import (
     PREFIX,
     ThreadServer,
     auth_checks,
+    base_of,
     clone,
     git_env,
     health,
@@ -79,11 +80,6 @@ def private_http(factory: UpstreamFactory, upstream: Upstream) -> Iterator[Smart
 def env(tmp_path: Path) -> dict[str, str]:
     """The git clients' environment (no prompts, no credential helper)."""
     return git_env(tmp_path / "client-home")
-
-
-def base_of(server: SmartHTTPServer) -> str:
-    """The upstream base URL the server's prefix maps to."""
-    return f"http://127.0.0.1:{server.port}/"
 
 
 def own_credential(**options: float) -> ServeOptions:

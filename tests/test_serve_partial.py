@@ -20,7 +20,7 @@ from repocache.serve import GitServer, ServeOptions
 from repocache.serve.filters import UploadRequest, parse_upload_request, serving_filter
 from repocache.serve.pktline import FLUSH, pkt_line
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
-from tests._serve import ThreadServer, clone, git_env, request, serve_process
+from tests._serve import ThreadServer, base_of, clone, git_env, request, serve_process
 from tests.helpers import all_objects, assert_consistent, git, key_of
 
 OID = "0123456789abcdef0123456789abcdef01234567"
@@ -56,11 +56,6 @@ def upstream_http(factory: UpstreamFactory) -> Iterator[SmartHTTPServer]:
 def env(tmp_path: Path) -> dict[str, str]:
     """The git clients' environment."""
     return git_env(tmp_path / "client-home")
-
-
-def base_of(server: SmartHTTPServer) -> str:
-    """The upstream base URL the server's prefix maps to."""
-    return f"http://127.0.0.1:{server.port}/"
 
 
 def served_from(log: str, service: str = "git-upload-pack") -> set[str]:
