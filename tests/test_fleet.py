@@ -25,6 +25,7 @@ from repocache.cold.store import ArtifactWriter
 from repocache.gitops.mirror import check_restored_commit_graph
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
+from tests._fleet import kill_a_lease_holder
 from tests.helpers import (
     POISONS,
     DelegatingStore,
@@ -605,44 +606,13 @@ def test_a_clone_lease_lasts_cold_lease_ttl(tmp_path: Path, upstreams: UpstreamF
                 claim.release()
 
 
-_DYING_HOLDER = textwrap.dedent(
-    """
-    import sys, time
-    from repocache import RepoCache
-    from repocache.keys import normalize_url
-    root, store, url, ttl = sys.argv[1:5]
-    cache = RepoCache(root, cold_store=store, cold_publish="clone", cold_lease_ttl=float(ttl))
-    manifest, claim = cache._cold.claim(normalize_url(url))
-    assert manifest is None and claim is not None
-    print("holding", flush=True)
-    time.sleep(3600)  # "cloning" until killed
-    """
-)
-
-
 @pytest.mark.timeout(60)
 def test_a_host_killed_holding_the_lease_delays_the_fleet_at_most_its_lease_ttl(
     tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
 ) -> None:
     url = daemon.url_for(_served(served, "killed-holder"))
     store = str(tmp_path / "store")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _DYING_HOLDER, str(tmp_path / "dying"), store, url, "2.0"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-        time.sleep(2.5)  # beyond one lease time: only its renewals kept it
-        assert LocalDirStore(Path(store)).try_lease(key_of(url), "a-peer", 60) is None
-        holder.kill()
-        killed = time.monotonic()
-    finally:
-        holder.kill()
-        holder.wait(10)
-        if holder.stdout is not None:
-            holder.stdout.close()
+    killed = kill_a_lease_holder(tmp_path / "dying", store, url, LocalDirStore(Path(store)))
     with RepoCache(tmp_path / "survivor", cold_store=store, cold_publish="clone", lock_timeout=30) as cache:
         with cache.checkout(url) as co:
             assert co.source == "clone"

@@ -25,6 +25,7 @@ from repocache.cold.enforcement import check_enforcement, forget_enforcement
 from repocache.testing import GitDaemon, UpstreamFactory
 from repocache.testing.emulators import Emulated
 from tests._emulators import azurite, fake_gcs, ignoring_gcs, store_url  # noqa: F401
+from tests._fleet import kill_a_lease_holder
 from tests.helpers import key_of, served_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,21 +237,6 @@ def test_hosts_on_a_store_that_ignores_conditions_each_clone_and_warn_once(
     assert store._fs.find(f"{store._root}/.leases") == []  # no host ever wrote a lease (nor left a probe)
 
 
-_DYING_HOLDER = textwrap.dedent(
-    """
-    import sys, time
-    from repocache import RepoCache
-    from repocache.keys import normalize_url
-    root, store, url, ttl = sys.argv[1:5]
-    cache = RepoCache(root, cold_store=store, cold_publish="clone", cold_lease_ttl=float(ttl))
-    manifest, claim = cache._cold.claim(normalize_url(url))
-    assert manifest is None and claim is not None
-    print("holding", flush=True)
-    time.sleep(3600)  # "cloning" until killed
-    """
-)
-
-
 @pytest.mark.timeout(120)
 def test_a_lease_holder_killed_on_gcs_or_azure_delays_the_fleet_at_most_its_lease_ttl(
     tmp_path: Path,
@@ -262,24 +248,8 @@ def test_a_lease_holder_killed_on_gcs_or_azure_delays_the_fleet_at_most_its_leas
     protocol, emulated = enforcing
     url = daemon.url_for(served_upstream(served, f"lease-killed-{protocol}", commits=3, size=50_000))
     spec = store_url(emulated, protocol, _prefix(request))
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _DYING_HOLDER, str(tmp_path / "dying"), spec, url, "2.0"],
-        env=dict(os.environ, PYTHONPATH=str(ROOT), **emulated.env),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     store = FsspecStore(spec, **emulated.storage_options)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-        time.sleep(2.5)  # beyond one lease time: only its renewals kept it
-        assert store.try_lease(key_of(url), "a-peer", 60) is None
-        holder.kill()
-        killed = time.monotonic()
-    finally:
-        holder.kill()
-        holder.wait(10)
-        if holder.stdout is not None:
-            holder.stdout.close()
+    killed = kill_a_lease_holder(tmp_path / "dying", spec, url, store, emulated.env)
     with RepoCache(tmp_path / "survivor", cold_store=store, cold_publish="clone", lock_timeout=30) as cache:
         with cache.checkout(url) as co:
             assert co.source == "clone"

@@ -1,0 +1,52 @@
+"""What the fleet tests share: a process that takes a repository's clone lease and is killed holding it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from repocache.cold import FleetStore
+from tests.helpers import key_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_DYING_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from repocache import RepoCache
+    from repocache.keys import normalize_url
+    root, store, url, ttl = sys.argv[1:5]
+    cache = RepoCache(root, cold_store=store, cold_publish="clone", cold_lease_ttl=float(ttl))
+    manifest, claim = cache._cold.claim(normalize_url(url))
+    assert manifest is None and claim is not None
+    print("holding", flush=True)
+    time.sleep(3600)  # "cloning" until killed
+    """
+)
+
+
+def kill_a_lease_holder(root: Path, spec: str, url: str, peer: FleetStore, env: dict[str, str] | None = None) -> float:
+    """Start a process that takes the clone lease of ``url`` on the store ``spec`` with a 2 s lease, check that it
+    keeps the lease past one lease time (only its renewals can: ``peer``, the same store, cannot take it), SIGKILL
+    it, and return when it was killed (``time.monotonic()``)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _DYING_HOLDER, str(root), spec, url, "2.0"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        time.sleep(2.5)  # beyond one lease time: only its renewals kept it
+        assert peer.try_lease(key_of(url), "a-peer", 60) is None
+        holder.kill()
+        return time.monotonic()
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
