@@ -1,4 +1,5 @@
-"""What the fleet tests share: a process that takes a repository's clone lease and is killed holding it."""
+"""What the fleet tests share: a process that takes a repository's clone lease and is killed holding it, and a
+directory store whose uploads wait for a gate."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from repocache.cold import FleetStore
+from repocache.cold import FleetStore, LocalDirStore, Manifest
+from repocache.cold.store import ArtifactWriter
 from tests.helpers import key_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +54,17 @@ def kill_a_lease_holder(root: Path, spec: str, url: str, peer: FleetStore, env: 
         holder.wait(10)
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+class GatedStore(LocalDirStore):
+    """A directory store whose uploads wait for a gate: an upload that takes as long as the test needs."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.uploading = threading.Event()
+
+    def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
+        self.uploading.set()
+        assert self.gate.wait(60)
+        return super().put_stream(key, write, **options)

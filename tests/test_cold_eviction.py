@@ -20,26 +20,11 @@ import pytest
 
 from repocache import RepoCache, normalize_url
 from repocache.cold import LocalDirStore
-from repocache.cold.manifest import Manifest
-from repocache.cold.store import ArtifactWriter
 from repocache.testing import Upstream, UpstreamFactory
+from tests._fleet import GatedStore
 from tests.helpers import assert_consistent, key_of, learn_sizes, listing, mirror_refs, spawn_worker
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class _GatedStore(LocalDirStore):
-    """A directory store whose uploads wait for a gate: an upload as slow as the test needs."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.gate = threading.Event()
-        self.uploading = threading.Event()
-
-    def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
-        self.uploading.set()
-        assert self.gate.wait(60)
-        return super().put_stream(key, write, **options)
 
 
 @pytest.fixture
@@ -59,7 +44,7 @@ def test_a_miss_of_another_repository_does_not_wait_for_an_eviction_upload(
     evicted, evicting, bystander = three
     sizes = learn_sizes(cache_root, three)
     budget = max(sizes[:2]) * 3 // 2  # one of the first two fits, not both
-    store = _GatedStore(tmp_path / "store")
+    store = GatedStore(tmp_path / "store")
     outcome: dict[str, Any] = {}
     with RepoCache(cache_root, max_bytes=budget, cold_store=store, lock_timeout=60) as cache:
         cache.ensure(evicted.url)

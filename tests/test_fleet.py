@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from repocache.cold.store import ArtifactWriter
 from repocache.gitops.mirror import check_restored_commit_graph
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, SmartHTTPServer, Upstream, UpstreamFactory
-from tests._fleet import kill_a_lease_holder
+from tests._fleet import GatedStore, kill_a_lease_holder
 from tests.helpers import (
     POISONS,
     DelegatingStore,
@@ -299,24 +298,10 @@ def test_a_store_without_leases_or_streaming_still_publishes(
         assert co.source == "restore"
 
 
-class _GatedStore(LocalDirStore):
-    """A directory store whose uploads wait for a gate: an upload that takes as long as the test needs."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.gate = threading.Event()
-        self.uploading = threading.Event()
-
-    def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
-        self.uploading.set()
-        assert self.gate.wait(60)
-        return super().put_stream(key, write, **options)
-
-
 def test_no_miss_or_reader_waits_for_an_upload(tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon) -> None:
     first = daemon.url_for(_served(served, "uploading"))
     second = daemon.url_for(_served(served, "missed-meanwhile"))
-    store = _GatedStore(tmp_path / "store")
+    store = GatedStore(tmp_path / "store")
     root = tmp_path / "host"
     with RepoCache(root, cold_store=store, cold_publish="clone", max_bytes="1GB", lock_timeout=10) as cache:
         try:
