@@ -100,6 +100,20 @@ def restore(store: ColdStore, manifest: Manifest, dest: Path) -> None:
         )
 
 
+SOURCES = ["stream", "file"]
+"""How an artifact reaches unpack_artifact: a stream read once (an object store's body), or a regular local file
+(a directory store's), which is unpacked by copying its members' bytes in the kernel and hashing it beside."""
+
+
+def artifact_source(data: bytes, tmp_path: Path, how: str) -> Any:
+    """``data`` as a stream (``how="stream"``) or as an open regular file (``"file"``); close it when done."""
+    if how == "stream":
+        return io.BytesIO(data)
+    path = tmp_path / f"source-{uuid.uuid4().hex}"
+    path.write_bytes(data)
+    return open(path, "rb")
+
+
 def tree_of(root: Path) -> dict[str, bytes | None]:
     """Every file (with its bytes) and directory (None) under ``root``."""
     found: dict[str, bytes | None] = {}
@@ -329,19 +343,55 @@ def test_damaged_artifact_is_detected_and_nothing_is_left(
     assert not dest.exists()
 
 
+@pytest.mark.parametrize("how", SOURCES)
 @pytest.mark.parametrize("compression", COMPRESSIONS)
-def test_truncation_is_caught_by_the_checksum_alone(tmp_path: Path, compression: str) -> None:
+def test_truncation_is_caught_by_the_checksum_alone(tmp_path: Path, compression: str, how: str) -> None:
     """Cut at a tar block boundary, a plain tar still looks complete: the SHA-256 is what catches it."""
     mirror = tmp_path / "mirror.git"
-    make_mirror(mirror)
+    make_mirror(mirror, blobs=3, blob_size=300_000)
     sha256, size = pack(mirror, tmp_path / "artifact", compression)
     data = (tmp_path / "artifact").read_bytes()
-    for cut in (512, size - 1024, size - 1):
+    for cut in (512, size // 2, size - 1024, size - 1):
         dest = tmp_path / f"restored-{cut}"
         dest.mkdir()
-        with pytest.raises(ColdStoreError, match=r"corrupt|truncated"):
-            unpack_artifact(io.BytesIO(data[:cut]), dest, expected_sha256=sha256, compression=compression)
+        with (
+            artifact_source(data[:cut], tmp_path, how) as source,
+            pytest.raises(ColdStoreError, match=r"corrupt|truncated"),
+        ):
+            unpack_artifact(source, dest, expected_sha256=sha256, compression=compression)
         assert dest.exists() and list(dest.iterdir()) == []  # emptied, but the caller's directory is kept
+
+
+@pytest.mark.parametrize("how", SOURCES)
+def test_both_ways_of_reading_an_artifact_unpack_the_same_mirror(tmp_path: Path, how: str) -> None:
+    mirror = tmp_path / "mirror.git"
+    commit = make_mirror(mirror, blobs=3, blob_size=300_000)
+    subprocess.run(["git", "-C", str(mirror), "repack", "-a", "-d", "-q"], check=True)
+    pygit2.Repository(str(mirror)).create_blob(b"a loose object beside the pack")
+    sha256, size = pack(mirror, tmp_path / "artifact", "none")
+    with artifact_source((tmp_path / "artifact").read_bytes(), tmp_path, how) as source:
+        unpack_artifact(source, tmp_path / "restored", expected_sha256=sha256, expected_size=size)
+    restored = tree_of(tmp_path / "restored")
+    assert {name: data for name, data in tree_of(mirror).items() if name in restored} == restored
+    assert any(name.endswith(".pack") for name in restored)
+    assert any(len(name) == len("objects/00/") + 38 for name in restored)  # and the loose one
+    repo = pygit2.Repository(str(tmp_path / "restored"))
+    assert str(repo.head.target) == commit
+    for path in (tmp_path / "restored").rglob("*"):  # tarfile's data filter: no group/other write, owner rw
+        mode = path.stat().st_mode
+        assert not mode & 0o022, path
+        assert path.is_dir() or mode & 0o600 == 0o600, path
+
+
+def test_a_local_artifact_longer_than_its_manifest_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    mirror = tmp_path / "mirror.git"
+    make_mirror(mirror)
+    sha256, size = pack(mirror, tmp_path / "artifact", "none")
+    with open(tmp_path / "artifact", "ab") as grown:
+        grown.write(b"\0" * 10240)
+    with open(tmp_path / "artifact", "rb") as source, pytest.raises(ColdStoreError, match=f"longer than the {size}"):
+        unpack_artifact(source, tmp_path / "dest", expected_sha256=sha256, expected_size=size)
+    assert not (tmp_path / "dest").exists()
 
 
 def test_unpack_refuses_a_non_empty_destination(tmp_path: Path) -> None:
@@ -409,9 +459,14 @@ def _hostile_tar(members: list[tuple[str, str, str]]) -> bytes:
         "any-hardlink",
     ],
 )
+@pytest.mark.parametrize("how", SOURCES)
 @pytest.mark.parametrize("python_filter", [True, False], ids=["with-data-filter", "library-check-alone"])
 def test_tar_members_that_could_escape_the_destination_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: list[tuple[str, str, str]], python_filter: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    members: list[tuple[str, str, str]],
+    python_filter: bool,
+    how: str,
 ) -> None:
     """The library's own member check refuses these, also where tarfile has no ``data`` filter (3.10 before
     3.10.12, 3.11 before 3.11.4): ``library-check-alone`` removes the filter and extracts fully trusted."""
@@ -425,11 +480,55 @@ def test_tar_members_that_could_escape_the_destination_are_refused(
     resolved = [(kind, name.format(outside=outside), value.format(outside=outside)) for kind, name, value in members]
     data = _hostile_tar(resolved)
     dest = tmp_path / "dest"
-    with pytest.raises(ColdStoreError, match="refused"):
-        unpack_artifact(io.BytesIO(data), dest, expected_sha256=hashlib.sha256(data).hexdigest())
+    with artifact_source(data, tmp_path, how) as source, pytest.raises(ColdStoreError, match="refused"):
+        unpack_artifact(source, dest, expected_sha256=hashlib.sha256(data).hexdigest())
     assert sorted(p.name for p in outside.iterdir()) == ["target"]
     assert (outside / "target").read_text() == "precious"
     assert not dest.exists()
+
+
+def _sparse_tar() -> bytes:
+    """A tar whose one member is a GNU sparse file (tarfile reads them, never writes them)."""
+    info = tarfile.TarInfo("objects/pack/sparse.pack")
+    info.type = tarfile.GNUTYPE_SPARSE
+    info.size = 0
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    header[386 : 386 + 24] = b"0" * 11 + b"\0" + b"0" * 11 + b"\0"  # one sparse map entry: offset 0, 0 bytes
+    header[483 : 483 + 12] = b"00000001000\0"  # real size 512
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + b"\0" * 1024
+
+
+@pytest.mark.parametrize("how", SOURCES)
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("file", "HEAD", "one"), ("file", "HEAD", "two")],
+        [("file", "objects", "x"), ("dir", "objects", "")],
+        [("file", "objects", "x"), ("file", "objects/pack", "y")],
+        [("dir", "refs", ""), ("file", "refs", "x")],
+    ],
+    ids=["file-twice", "file-then-directory", "file-as-parent", "directory-then-file"],
+)
+def test_tar_members_that_would_replace_one_another_leave_nothing(
+    tmp_path: Path, members: list[tuple[str, str, str]], how: str
+) -> None:
+    """A tar stream may name a path twice; an artifact that does is hostile or broken, never half-applied."""
+    data = _hostile_tar(members)
+    dest = tmp_path / "dest"
+    with artifact_source(data, tmp_path, how) as source, pytest.raises(ColdStoreError):
+        unpack_artifact(source, dest, expected_sha256=hashlib.sha256(data).hexdigest())
+    assert not dest.exists()
+
+
+def test_a_sparse_member_of_a_local_artifact_is_refused(tmp_path: Path) -> None:
+    data = _sparse_tar()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.getmembers()[0].issparse()  # the double is what it claims
+    with artifact_source(data, tmp_path, "file") as source, pytest.raises(ColdStoreError, match="sparse"):
+        unpack_artifact(source, tmp_path / "dest", expected_sha256=hashlib.sha256(data).hexdigest())
+    assert not (tmp_path / "dest").exists()
 
 
 # -- newer wins, concurrency -----------------------------------------------------------------------------------------

@@ -8,10 +8,15 @@ memory stays at a few buffers of 1 MiB whatever the size of the repository.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import importlib
+import io
 import os
 import shutil
+import stat
 import tarfile
+import threading
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 from urllib.parse import unquote
@@ -34,6 +39,7 @@ _CHUNK = 256 * 1024
 # copybufsize: tarfile copies a member's data in 16 KiB pieces by default, which made restores 2.2x slower
 # (medium benchmark upstream: 213 ms against 96 ms). A dict because typeshed omits copybufsize for stream modes.
 _TAR_BUFFERS: dict[str, Any] = {"bufsize": _CHUNK, "copybufsize": _CHUNK}
+_HASH_BLOCK = 1 << 20  # bytes hashed (and copied without the kernel's help) at a time
 _ZSTD_LEVEL = 3
 _ZSTD_HINT = "pip install 'git-repocache[zstd]'"
 # What of a mirror is packed: its data, and the config older readers expect. A restore keeps only the data and
@@ -180,45 +186,202 @@ def unpack_artifact(
             raise ColdStoreError(f"cannot unpack into {dest}: the directory is not empty")
     except OSError as exc:
         raise ColdStoreError(f"cannot unpack into {dest}: {exc}") from exc
-    hashing = HashingReader(in_fileobj, limit=expected_size)
     errors: tuple[type[BaseException], ...] = (tarfile.TarError, OSError, EOFError, ValueError)
     if zstandard is not None:
         errors += (zstandard.ZstdError,)
+    local = _local_file(in_fileobj) if zstandard is None else None
     try:
         try:
-            if zstandard is not None:
-                decompressor = zstandard.ZstdDecompressor()
-                with decompressor.stream_reader(hashing, read_size=_CHUNK, closefd=False) as source:
-                    _extract(source, dest, max_bytes)
-                    while source.read(_CHUNK):  # the rest of the frame, so its checksum is verified
-                        pass
+            if local is not None:
+                actual, size = _unpack_local(in_fileobj, local, dest, max_bytes, expected_size)
             else:
-                _extract(hashing, dest, max_bytes)
-            hashing.drain()
+                actual, size = _unpack_stream(in_fileobj, zstandard, dest, max_bytes, expected_size)
         except errors as exc:
             raise ColdStoreError(f"corrupt or unreadable cold store artifact: {type(exc).__name__}: {exc}") from exc
-        actual = hashing.digest.hexdigest()
-        if expected_size is not None and hashing.size != expected_size:
-            raise ColdStoreError(
-                f"truncated or corrupt cold store artifact: {hashing.size} bytes, expected {expected_size}"
-            )
+        if expected_size is not None and size != expected_size:
+            raise ColdStoreError(f"truncated or corrupt cold store artifact: {size} bytes, expected {expected_size}")
         if actual != expected_sha256:
             raise ColdStoreError(
-                f"corrupt cold store artifact: sha256 {actual} ({hashing.size} bytes), expected {expected_sha256}"
+                f"corrupt cold store artifact: sha256 {actual} ({size} bytes), expected {expected_sha256}"
             )
     except BaseException:
         _discard(dest, remove_dir=created)
         raise
 
 
+def _unpack_stream(
+    in_fileobj: BinaryIO, zstandard: Any, dest: Path, max_bytes: int | None, expected_size: int | None
+) -> tuple[str, int]:
+    """Unpack a stream read once, front to back (an object store's body, a compressed artifact): every byte
+    passes through a :class:`HashingReader`. Returns the sha256 and the size of what was read."""
+    hashing = HashingReader(in_fileobj, limit=expected_size)
+    try:
+        if zstandard is not None:
+            decompressor = zstandard.ZstdDecompressor()
+            with decompressor.stream_reader(hashing, read_size=_CHUNK, closefd=False) as source:
+                _extract(source, dest, max_bytes)
+                while source.read(_CHUNK):  # the rest of the frame, so its checksum is verified
+                    pass
+        else:
+            _extract(hashing, dest, max_bytes)
+        hashing.drain()
+        return hashing.digest.hexdigest(), hashing.size
+    finally:
+        hashing.close()
+
+
+def _local_file(fileobj: BinaryIO) -> tuple[int, int] | None:
+    """(descriptor, offset of the artifact's first byte) when ``fileobj`` is a regular file of this host that
+    can be read at any offset (a directory store's artifact), else None."""
+    try:
+        descriptor = fileobj.fileno()
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode) or not fileobj.seekable():
+            return None
+        return descriptor, fileobj.tell()
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _unpack_local(
+    fileobj: BinaryIO, local: tuple[int, int], dest: Path, max_bytes: int | None, expected_size: int | None
+) -> tuple[str, int]:
+    """Unpack a plain tar that is a regular local file without passing its members' data through Python: the
+    data is copied file to file by the kernel (``copy_file_range``; a reflink where the filesystem shares
+    blocks) while a helper thread hashes the file with ``pread``. Copying and hashing overlap, and neither
+    copies the bytes through a tar stream's buffers: on the 570 MB benchmark upstream this is most of a restore.
+
+    The members are checked exactly as a stream's are (:func:`_check_member`), and the tar is read from the
+    same open file the hash covers, so what is unpacked is what was hashed. Returns the sha256 and the size of
+    the file from ``local``'s offset to its end.
+    """
+    descriptor, start = local
+    size = os.fstat(descriptor).st_size - start
+    if expected_size is not None and size > expected_size:
+        raise ColdStoreError(f"the artifact is longer than the {expected_size} bytes its manifest declares")
+    hasher = _FileHasher(descriptor, start)
+    hasher.start()
+    try:
+        _extract_local(fileobj, descriptor, dest, max_bytes)
+    except BaseException:
+        hasher.finish(stop=True)
+        raise
+    hasher.finish()
+    return hasher.hexdigest(), hasher.size
+
+
+class _FileHasher(threading.Thread):
+    """Hashes a file from an offset to its end with ``pread`` (the file's position is left to the tar reader)."""
+
+    def __init__(self, descriptor: int, start: int) -> None:
+        super().__init__(name="repocache-sha256", daemon=True)
+        self._descriptor = descriptor
+        self._offset = start
+        self._digest = hashlib.sha256()
+        self._halt = threading.Event()
+        self._error: OSError | None = None
+        self.size = 0
+
+    def run(self) -> None:
+        buffer = bytearray(_HASH_BLOCK)
+        view = memoryview(buffer)
+        try:
+            while not self._halt.is_set():
+                count = os.preadv(self._descriptor, [buffer], self._offset + self.size)
+                if count == 0:
+                    return
+                self._digest.update(view[:count])
+                self.size += count
+        except OSError as exc:
+            self._error = exc
+
+    def finish(self, *, stop: bool = False) -> None:
+        """Wait for the hash to end; with ``stop``, end it early (the unpack failed: the hash is not wanted)."""
+        if stop:
+            self._halt.set()
+        self.join()
+        if self._error is not None and not stop:
+            raise self._error
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def _extract_local(fileobj: BinaryIO, descriptor: int, dest: Path, max_bytes: int | None) -> None:
+    root = os.path.realpath(dest)
+    total = 0
+    seen: set[tuple[str, ...]] = set()
+    with tarfile.open(fileobj=fileobj, mode="r:") as tar:
+        for member in tar:
+            cancel.check()  # an async caller that gave up stops the restore; the caller discards dest
+            _check_member(member, root)
+            _check_unique(member, seen)
+            target = os.path.join(root, *PurePosixPath(member.name).parts)
+            if member.isdir():
+                try:
+                    os.makedirs(target, exist_ok=True)
+                except FileExistsError:
+                    raise ColdStoreError(
+                        f"cold store artifact member {member.name!r} is both a file and a directory; refused"
+                    ) from None
+                continue
+            if member.issparse():
+                raise ColdStoreError(f"cold store artifact member {member.name!r} is a sparse file; refused")
+            total += member.size
+            if max_bytes is not None and total > max_bytes:
+                raise ColdStoreError(f"cold store artifact unpacks to more than {max_bytes} bytes; refused")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            mode = member.mode & 0o755  # what tarfile's data filter keeps of a regular file's mode
+            if not mode & 0o100:
+                mode &= ~0o111
+            mode |= 0o600
+            try:
+                out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            except FileExistsError:
+                raise ColdStoreError(
+                    f"cold store artifact member {member.name!r} would replace an earlier member; refused"
+                ) from None
+            try:
+                _copy_range(descriptor, out, member.offset_data, member.size, member.name)
+                os.fchmod(out, mode)
+                os.utime(out, (member.mtime, member.mtime))
+            finally:
+                os.close(out)
+
+
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM})
+
+
+def _copy_range(source: int, out: int, offset: int, count: int, name: str) -> None:
+    """Copy ``count`` bytes of ``source`` from ``offset`` to the start of ``out``, in the kernel where it can."""
+    copied = 0
+    kernel = hasattr(os, "copy_file_range")
+    while copied < count:
+        if kernel:
+            try:
+                moved = os.copy_file_range(source, out, count - copied, offset + copied, copied)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                kernel = False
+                continue
+        else:
+            data = os.pread(source, min(count - copied, _HASH_BLOCK), offset + copied)
+            moved = os.pwrite(out, data, copied) if data else 0
+        if moved == 0:
+            raise ColdStoreError(f"truncated cold store artifact: member {name!r} ends early")
+        copied += moved
+
+
 def _extract(source: Any, dest: Path, max_bytes: int | None) -> None:
     root = os.path.realpath(dest)
     total = 0
+    seen: set[tuple[str, ...]] = set()
     data_filter = getattr(tarfile, "data_filter", None)
     with tarfile.open(fileobj=source, mode="r|", **_TAR_BUFFERS) as tar:
         for member in tar:
             cancel.check()  # an async caller that gave up stops the restore; the caller discards dest
             _check_member(member, root)
+            _check_unique(member, seen)
             if member.isreg():
                 total += member.size
                 if max_bytes is not None and total > max_bytes:
@@ -229,6 +392,15 @@ def _extract(source: Any, dest: Path, max_bytes: int | None) -> None:
                 member.mode &= 0o755
                 member.uid = member.gid = 0
                 tar.extract(member, root, numeric_owner=True)
+
+
+def _check_unique(member: tarfile.TarInfo, seen: set[tuple[str, ...]]) -> None:
+    """Refuse a member that names a path an earlier member named: a tar may, an artifact never does, and
+    extracting it would replace (or merge into) what the earlier one wrote."""
+    parts = PurePosixPath(member.name).parts
+    if parts in seen:
+        raise ColdStoreError(f"cold store artifact member {member.name!r} appears twice; refused")
+    seen.add(parts)
 
 
 def _check_member(member: tarfile.TarInfo, root: str) -> None:
