@@ -2,7 +2,8 @@
 
 An artifact is a tar stream of the mirror's directory (members relative to it, regular files and directories
 only, owners cleared), optionally compressed as one zstd frame with a content checksum. Both directions stream:
-memory stays at a few buffers of 1 MiB whatever the size of the repository.
+memory stays at a few buffers of 1 MiB whatever the size of the repository. A plain artifact that is a local
+file (a directory store's) is unpacked without streaming its data through Python (see :func:`_unpack_local`).
 """
 
 from __future__ import annotations
