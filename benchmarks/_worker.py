@@ -6,6 +6,8 @@ the same root: :class:`Floor`; ``hit`` only). The worker imports its library and
 cache at ROOT, answers ``{"ready": true, ...}``, then executes commands and answers each with one JSON line:
 
 * ``{"op": "clone", "url": U}``: a miss; repocache ``checkout(U)``, git-cache-clone ``add(U)`` (mirror mode).
+  With ``"ttl": "long"`` (repocache only) the miss is made by the cache with the long ``fetch_ttl``: a restore
+  whose artifact that TTL covers contacts upstream not at all.
 * ``{"op": "fetch", "url": U}``: a hit that contacts upstream; repocache ``checkout(U)`` with ``fetch_ttl=0``,
   git-cache-clone ``refresh(U)``.
 * ``{"op": "hit", "url": U, "n": N}``: N hits that must not contact upstream; repocache ``checkout(U)`` with a
@@ -66,9 +68,10 @@ class Ours:
 
             metrics.instrument(self.fresh, CollectorRegistry())
 
-    def clone(self, url: str) -> dict[str, Any]:
+    def clone(self, url: str, ttl: str = "zero") -> dict[str, Any]:
+        cache = self.fresh if ttl == "long" else self.fetching
         started = time.perf_counter()
-        with self.fetching.checkout(url) as co:
+        with cache.checkout(url) as co:
             source, fetched = co.source, co.fetched
         return {"seconds": time.perf_counter() - started, "source": source, "fetched": fetched}
 
@@ -273,7 +276,7 @@ def main() -> int:
             break
         try:
             if op == "clone":
-                reply = library.clone(command["url"])
+                reply = library.clone(command["url"], **({"ttl": command["ttl"]} if "ttl" in command else {}))
             elif op == "fetch":
                 reply = library.fetch(command["url"])
             elif op == "hit":
