@@ -383,6 +383,26 @@ def test_both_ways_of_reading_an_artifact_unpack_the_same_mirror(tmp_path: Path,
         assert path.is_dir() or mode & 0o600 == 0o600, path
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a second filesystem (tmpfs at /dev/shm)")
+def test_an_artifact_on_another_filesystem_is_copied_without_the_kernel_copy(tmp_path: Path) -> None:
+    """``copy_file_range`` between filesystems of different types fails with EXDEV (Linux 5.19 and later): a
+    directory store mounted elsewhere (NFS, tmpfs) is unpacked by ``pread``/``pwrite`` instead, byte for byte."""
+    import tempfile
+
+    mirror = tmp_path / "mirror.git"
+    make_mirror(mirror, blobs=3, blob_size=1_500_000)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as elsewhere:
+        if os.stat(elsewhere).st_dev == os.stat(tmp_path).st_dev:
+            pytest.skip("/dev/shm is on the same filesystem as the test's directory")
+        artifact = Path(elsewhere) / "artifact"
+        sha256, size = pack(mirror, artifact, "none")
+        with open(artifact, "rb") as source:
+            unpack_artifact(source, tmp_path / "restored", expected_sha256=sha256, expected_size=size)
+    restored = tree_of(tmp_path / "restored")
+    assert {name: data for name, data in tree_of(mirror).items() if name in restored} == restored
+    assert sum(len(data or b"") for data in restored.values()) > 3_000_000
+
+
 def test_a_local_artifact_longer_than_its_manifest_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     mirror = tmp_path / "mirror.git"
     make_mirror(mirror)
