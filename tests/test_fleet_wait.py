@@ -120,10 +120,8 @@ def test_a_host_waiting_for_another_hosts_clone_asks_the_store_once_a_round_and_
         try:
             holder.ensure(url)  # cloned: its upload waits at the gate, the clone lease held (and renewed)
             assert holder_store.uploading.wait(10)
-            with (
-                RepoCache(tmp_path / "waiter", cold_store=waiter_store, cold_publish="clone", lock_timeout=60) as waiter,
-                ThreadPoolExecutor(1) as pool,
-            ):
+            waiting = RepoCache(tmp_path / "waiter", cold_store=waiter_store, cold_publish="clone", lock_timeout=60)
+            with waiting as waiter, ThreadPoolExecutor(1) as pool:
                 if fleet.s3 is not None:
                     marks.append(fleet.s3.mark())
                 started = time.monotonic()
@@ -208,8 +206,8 @@ def test_a_waiting_host_takes_the_lease_over_within_a_round_of_its_release_or_ex
         claim.release()
     ended = released[0] if released else ends
     assert ended - 0.05 <= took <= ended + LONGEST_ROUND + 0.3, (took - ended, ending)
-    names = [name for _when, name in calls]
+    names = [name for when, name in calls if when <= took]  # not the release below
     assert names.count("try_lease") == 2, names  # the first attempt, and the one that took it
-    # The first round (a lease attempt, a read of the lease), one look a round, and when it ended: the lookup, the
-    # attempt that took it, the lookup made after taking it.
-    assert len(names) <= 5 + rounds_within(took - started), names
+    # The first round (a lease attempt, a read of the lease), one look a round (and one more, shortened to land on
+    # the expiry), and when it ended: the lookup, the attempt that took it, the lookup made after taking it.
+    assert len(names) <= 5 + rounds_within(took - started) + (ending == "expired"), names
