@@ -13,8 +13,9 @@ of the mirror it also holds the fetch lock, so the artifact is one consistent st
 go on. The artifact streams from ``pack_mirror`` straight into the store (:meth:`FleetStore.put_stream`).
 
 One clone for a fleet: when publishing is on and the store offers leases, a miss that finds no artifact takes the
-key's lease before cloning; a host that finds the lease held waits, polling, until the artifact appears (and
-restores it) or the lease is released or expires (and takes it and clones). The holder renews its lease while it
+key's lease before cloning; a host that finds the lease held waits, watching the lease (one request a round, at most
+one a second once grown), until it is released (then it restores the artifact, or takes the lease and clones when
+none was committed) or expires (then it takes it and clones). The holder renews its lease while it
 clones and uploads, and releases it after the upload committed or failed. Every wait is bounded by
 ``lock_timeout``; a store without leases, or one that fails, means independent clones, never a stuck host.
 """

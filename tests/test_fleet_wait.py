@@ -163,8 +163,8 @@ def test_a_host_waiting_for_another_hosts_clone_asks_the_store_once_a_round_and_
         during = fleet.s3.requests(marks[0], marks[2], fleet.prefix)
         last = fleet.s3.requests(marks[1], marks[2], fleet.prefix)
         print(f"s3 requests: {len(during)} in the wait, {len(last)} in its last {opened - grown:.1f} s")
-        # The first round's requests (a LIST, the lease attempt's HEAD and GET, the lease read's HEAD and GET,
-        # the LIST of a missing key's directory), then one HEAD of the lease object a round.
+        # The first round's requests (the lookup: s3fs lists a missing key's directory and its parent; the lease
+        # attempt's HEAD and GET; the lease read's HEAD and GET), then one HEAD of the lease object a round.
         assert len(during) <= 6 + rounds_within(opened - started), during
         assert len(last) <= (opened - grown) / LONGEST_ROUND + 1, last
         assert all('"HEAD ' in line for line in last), last
