@@ -122,3 +122,25 @@ def count_store_calls(store: object) -> list[tuple[float, str]]:
 
         setattr(store, name, counted)
     return calls
+
+
+def assert_current_lease_follows(store: FleetStore, key: str) -> None:
+    """Check what :meth:`FleetStore.current_lease` tells a host watching the lease of ``key`` (not taken yet):
+    nothing before it is taken; its holder and expiry once taken; the known lease itself while unchanged; the
+    renewed one after a renewal; an expired one (or none) after its release, which another host may then take."""
+    assert store.current_lease(key) is None  # never taken
+    held = store.try_lease(key, "host-a", 30)
+    assert held is not None
+    seen = store.current_lease(key)
+    assert seen is not None and (seen.key, seen.holder, seen.expires) == (key, "host-a", held.expires), seen
+    assert store.current_lease(key, known=seen) is seen  # unchanged
+    renewed = store.renew_lease(held, 60)
+    assert renewed is not None
+    after = store.current_lease(key, known=seen)
+    assert after is not None and after is not seen and after.token != seen.token, after
+    assert (after.holder, after.expires) == ("host-a", renewed.expires)
+    assert store.try_lease(key, "host-b", 30) is None  # what it read is still the truth
+    store.release_lease(renewed)
+    released = store.current_lease(key, known=after)
+    assert released is None or (released.expires < time.time() and released is not after), released
+    assert store.try_lease(key, "host-b", 30) is not None
