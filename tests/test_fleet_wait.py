@@ -211,3 +211,42 @@ def test_a_waiting_host_takes_the_lease_over_within_a_round_of_its_release_or_ex
     # The first round (a lease attempt, a read of the lease), one look a round (and one more, shortened to land on
     # the expiry), and when it ended: the lookup, the attempt that took it, the lookup made after taking it.
     assert len(names) <= 5 + rounds_within(took - started) + (ending == "expired"), names
+
+
+@pytest.mark.timeout(90)
+def test_a_waiting_host_finds_an_artifact_published_without_the_lease_when_the_holder_next_renews(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon, fleet: Fleet
+) -> None:
+    url = daemon.url_for(served_upstream(served, f"published-aside-{fleet.kind}", commits=2))
+    parsed = normalize_url(url)
+    ttl = 1.5  # renewed every 0.5 s
+    store = fleet.host()
+    calls = count_store_calls(store)
+    with (
+        RepoCache(tmp_path / "holder", cold_store=fleet.host(), cold_publish="clone", cold_lease_ttl=ttl) as holder,
+        RepoCache(tmp_path / "waiter", cold_store=store, cold_publish="clone", lock_timeout=30) as waiter,
+        RepoCache(tmp_path / "publisher", cold_store=fleet.host()) as publisher,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        assert holder._cold is not None and waiter._cold is not None
+        manifest, claim = holder._cold.claim(parsed)  # a live holder that never publishes (stuck in its clone)
+        assert manifest is None and claim is not None
+        try:
+            started = time.monotonic()
+            future = pool.submit(waiter._cold.claim, parsed)
+            publisher.ensure(url)  # a host that held no lease (publishing off) has the repository...
+            time.sleep(max(0.0, started + 3.0 - time.monotonic()))
+            assert publisher.publish(url) is not None  # ... and uploads it (as an eviction would)
+            published = time.monotonic()
+            found, took_claim = future.result(timeout=30)
+            took = time.monotonic()
+        finally:
+            claim.release()
+    assert took_claim is None and found is not None and found.key == parsed.key
+    # Seen at the holder's next renewal (every ttl/3), looked up within a round of it.
+    assert took - published <= ttl / 3 + LONGEST_ROUND + 0.5, took - published
+    names = [name for when, name in calls if when <= took]
+    renewals = (took - started) / (ttl / 3) + 1
+    assert names.count("current_lease") <= 1 + rounds_within(took - started) + 1, names
+    assert names.count("_entries") <= renewals + 1, names  # a manifest lookup per renewal seen, not per round
+    print(f"{fleet.kind}: found {took - published:.2f} s after the upload; {len(names)} store calls: {names}")
