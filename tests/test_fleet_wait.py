@@ -152,7 +152,7 @@ def test_a_host_waiting_for_another_hosts_clone_asks_the_store_once_a_round_and_
 
     # The waiter looks for the artifact within one round of its commit (the holder gives the lease up just after).
     looked = [when for when, name in calls if when > committed and name == "_entries"]
-    assert looked and looked[0] - committed <= LONGEST_ROUND + 0.5, (looked[:1], committed)
+    assert looked and looked[0] - committed <= LONGEST_ROUND + 1.0, (looked[:1], committed)  # + a loaded machine
     print(
         f"{fleet.kind}: {len(waited)} store calls in a {opened - started:.1f} s wait ({len(late)} in its last "
         f"{opened - grown:.1f} s); artifact looked up {looked[0] - committed:.2f} s after its commit, restored "
@@ -205,7 +205,7 @@ def test_a_waiting_host_takes_the_lease_over_within_a_round_of_its_release_or_ex
         assert manifest is None and claim is not None
         claim.release()
     ended = released[0] if released else ends
-    assert ended - 0.05 <= took <= ended + LONGEST_ROUND + 0.3, (took - ended, ending)
+    assert ended - 0.05 <= took <= ended + LONGEST_ROUND + 0.5, (took - ended, ending)
     names = [name for when, name in calls if when <= took]  # not the release below
     assert names.count("try_lease") == 2, names  # the first attempt, and the one that took it
     # The first round (a lease attempt, a read of the lease), one look a round (and one more, shortened to land on
@@ -244,7 +244,7 @@ def test_a_waiting_host_finds_an_artifact_published_without_the_lease_when_the_h
             claim.release()
     assert took_claim is None and found is not None and found.key == parsed.key
     # Seen at the holder's next renewal (every ttl/3), looked up within a round of it.
-    assert took - published <= ttl / 3 + LONGEST_ROUND + 0.5, took - published
+    assert took - published <= ttl / 3 + LONGEST_ROUND + 1.0, took - published
     names = [name for when, name in calls if when <= took]
     renewals = (took - started) / (ttl / 3) + 1
     assert names.count("current_lease") <= 1 + rounds_within(took - started) + 1, names
