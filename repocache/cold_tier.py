@@ -13,8 +13,9 @@ of the mirror it also holds the fetch lock, so the artifact is one consistent st
 go on. The artifact streams from ``pack_mirror`` straight into the store (:meth:`FleetStore.put_stream`).
 
 One clone for a fleet: when publishing is on and the store offers leases, a miss that finds no artifact takes the
-key's lease before cloning; a host that finds the lease held waits, polling, until the artifact appears (and
-restores it) or the lease is released or expires (and takes it and clones). The holder renews its lease while it
+key's lease before cloning; a host that finds the lease held waits, watching the lease (one request a round, at most
+one a second once grown), until it is released (then it restores the artifact, or takes the lease and clones when
+none was committed) or expires (then it takes it and clones). The holder renews its lease while it
 clones and uploads, and releases it after the upload committed or failed. Every wait is bounded by
 ``lock_timeout``; a store without leases, or one that fails, means independent clones, never a stuck host.
 """
@@ -47,14 +48,29 @@ from repocache.keys import RepoURL, filter_of_key
 from repocache.layout import ExclusiveHold, remove
 from repocache.models import Progress
 
-__all__ = ["LEASE_TTL", "LOOKUP_AGAIN_FIRST", "LOOKUP_AGAIN_MAX", "Claim", "ColdTier", "Lookup"]
+__all__ = [
+    "CLAIM_WAIT_FIRST",
+    "CLAIM_WAIT_LONGEST",
+    "LEASE_TTL",
+    "LOOKUP_AGAIN_FIRST",
+    "LOOKUP_AGAIN_MAX",
+    "Claim",
+    "ColdTier",
+    "Lookup",
+]
 
 _PRUNE_EVERY = 3600.0  # seconds between automatic prunes (per process) when cold_retention is set
 LEASE_TTL = 60.0
 """The default of ``cold_lease_ttl``: seconds a clone lease lasts unless renewed, how long the fleet waits for a
 host that died while cloning."""
-_POLL_FIRST = 0.05  # seconds between a waiter's looks at the store, growing to _POLL_MAX
-_POLL_MAX = 0.5
+CLAIM_WAIT_FIRST = 0.05
+"""Seconds a host waiting for another host's clone sleeps before its first look at the holder's lease; each later
+round is half as long again, up to :data:`CLAIM_WAIT_LONGEST`."""
+CLAIM_WAIT_LONGEST = 1.0
+"""The most seconds between two looks of a host waiting for another's clone: once grown (after 3.5 s), one store
+request a second per waiting miss while the holder's lease is unchanged, and the artifact is restored within about
+this long of its commit."""
+_EXPIRY_MARGIN = 0.01  # seconds past a lease's expiry at which a waiter looks again, to find it expired
 LOOKUP_AGAIN_FIRST = 1.0
 """Seconds a miss waiting for room keeps what it learnt from the store before it looks again (doubling each time)."""
 LOOKUP_AGAIN_MAX = 30.0
@@ -368,6 +384,14 @@ class ColdTier:
     def claim(self, parsed: RepoURL) -> tuple[Manifest | None, Claim | None]:
         """For a miss the store has no artifact of: become the fleet's one cloner, or wait for the one cloning.
 
+        The wait watches the holder's lease, one request a round (:meth:`FleetStore.current_lease`: on an object
+        store a HEAD of the lease object while it is unchanged), rounds growing from :data:`CLAIM_WAIT_FIRST` by
+        half each time up to :data:`CLAIM_WAIT_LONGEST` seconds. Only a change makes it ask more: a renewal (every
+        third of the holder's ``cold_lease_ttl``) costs a read of the lease and a manifest lookup (an artifact
+        published by a host that did not hold the lease); a release (the holder committed its upload, or failed)
+        a manifest lookup, then the artifact is restored or the lease taken. A round never sleeps past the
+        lease's expiry, so a dead holder's lease is taken over as it expires. Every wait ends by ``lock_timeout``.
+
         Returns:
             (manifest, None) when another host published the repository meanwhile: restore it;
             (None, claim) when this host holds the clone lease: clone, then publish (which releases it);
@@ -379,36 +403,70 @@ class ColdTier:
             return None, None
         started = time.monotonic()
         deadline = started + context.settings.lock_timeout
-        delay = _POLL_FIRST
-        waited = False
+        pause = CLAIM_WAIT_FIRST
+        try:
+            lease = fleet.try_lease(parsed.key, self.holder, context.settings.cold_lease_ttl)
+            seen = None if lease is not None else fleet.current_lease(parsed.key)
+        except ColdStoreError as exc:
+            context.events.cold_problem("take the clone lease of", parsed.url, f"{exc}; cloning independently")
+            return None, None
+        if lease is not None:
+            return self._claimed(parsed, lease, waited=None)
         while True:
-            try:
-                lease = fleet.try_lease(parsed.key, self.holder, context.settings.cold_lease_ttl)
-            except ColdStoreError as exc:
-                context.events.cold_problem("take the clone lease of", parsed.url, f"{exc}; cloning independently")
-                return None, None
-            if lease is not None:
-                claim = Claim(fleet, lease, context, parsed.url)
-                manifest = self.manifest(parsed)  # published between our first look and the lease: use it
+            if not self._held_by_another(seen):
+                # Released (after its holder's upload committed, or failed), expired, or gone: restore or take it.
+                manifest = self.manifest(parsed)
                 if manifest is not None:
-                    claim.release()
+                    context.events.fleet_wait(parsed.url, "restoring what it published", time.monotonic() - started)
                     return manifest, None
-                if waited:
-                    context.events.fleet_wait(parsed.url, "the lease came free: cloning", time.monotonic() - started)
-                return None, claim
-            waited = True
-            manifest = self.manifest(parsed)
-            if manifest is not None:
-                context.events.fleet_wait(parsed.url, "restoring what it published", time.monotonic() - started)
-                return manifest, None
+                try:
+                    lease = fleet.try_lease(parsed.key, self.holder, context.settings.cold_lease_ttl)
+                    seen = None if lease is not None else fleet.current_lease(parsed.key)
+                except ColdStoreError as exc:
+                    context.events.cold_problem("take the clone lease of", parsed.url, f"{exc}; cloning independently")
+                    return None, None
+                if lease is not None:
+                    return self._claimed(parsed, lease, waited=time.monotonic() - started)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 context.events.cold_problem(
                     "wait for another host's clone of", parsed.url, "lock_timeout passed; cloning independently"
                 )
                 return None, None
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, _POLL_MAX)
+            wake = min(pause, remaining)
+            if seen is not None and self._held_by_another(seen):
+                wake = min(wake, seen.expires - time.time() + _EXPIRY_MARGIN)  # look again as it expires
+            time.sleep(max(wake, 0.0))
+            pause = min(pause * 1.5, CLAIM_WAIT_LONGEST)
+            try:
+                current = fleet.current_lease(parsed.key, known=seen)
+            except ColdStoreError as exc:
+                context.events.cold_problem("watch the clone lease of", parsed.url, f"{exc}; cloning independently")
+                return None, None
+            changed = current is not None and (seen is None or current.token != seen.token)
+            seen = current
+            if changed and self._held_by_another(current):
+                # Renewed, or taken by another: look for an artifact published by a host that held no lease.
+                manifest = self.manifest(parsed)
+                if manifest is not None:
+                    context.events.fleet_wait(parsed.url, "restoring what it published", time.monotonic() - started)
+                    return manifest, None
+
+    def _held_by_another(self, lease: Lease | None) -> bool:
+        """Whether ``lease`` (as read) is another holder's and has not expired."""
+        return lease is not None and lease.holder not in ("", self.holder) and lease.expires > time.time()
+
+    def _claimed(self, parsed: RepoURL, lease: Lease, *, waited: float | None) -> tuple[Manifest | None, Claim | None]:
+        """The lease was taken: hold it (renewed), unless an artifact was published meanwhile (then restore it)."""
+        assert self._fleet is not None
+        claim = Claim(self._fleet, lease, self._context, parsed.url)
+        manifest = self.manifest(parsed)  # published between our last look and the lease: use it
+        if manifest is not None:
+            claim.release()
+            return manifest, None
+        if waited is not None:
+            self._context.events.fleet_wait(parsed.url, "the lease came free: cloning", waited)
+        return None, claim
 
     def materialized(self, parsed: RepoURL, source: Source, manifest: Manifest | None, claim: Claim | None) -> None:
         """After a miss was published into place: remember a restored artifact, or publish a clone."""

@@ -403,8 +403,8 @@ class ColdOptions:
         _seconds(positive=True),
         "finite seconds > 0",
         "seconds a fleet's clone lease lasts unless renewed; its holder renews it every third of that while it "
-        "clones and uploads, so a host waits at most this long (plus half a second) for a host that died holding "
-        "it, and never longer than `lock_timeout`",
+        "clones and uploads, so a host waits at most this long for a host that died holding it (it looks again as "
+        "the lease expires), and never longer than `lock_timeout`",
     )
 
     def __post_init__(self) -> None:

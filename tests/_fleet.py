@@ -1,5 +1,5 @@
-"""What the fleet tests share: a process that takes a repository's clone lease and is killed holding it, and a
-directory store whose uploads wait for a gate."""
+"""What the fleet tests share: a process that takes a repository's clone lease and is killed holding it, stores
+whose uploads wait for a gate, and a count of the calls that reach a store."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from repocache.cold import FleetStore, LocalDirStore, Manifest
+from repocache.cold import FleetStore, FsspecStore, LocalDirStore, Manifest
 from repocache.cold.store import ArtifactWriter
 from tests.helpers import key_of
 
@@ -63,8 +63,84 @@ class GatedStore(LocalDirStore):
         super().__init__(path)
         self.gate = threading.Event()
         self.uploading = threading.Event()
+        self.committed: float | None = None
 
     def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
         self.uploading.set()
         assert self.gate.wait(60)
-        return super().put_stream(key, write, **options)
+        stored = super().put_stream(key, write, **options)
+        self.committed = time.monotonic()
+        return stored
+
+
+class GatedFsspecStore(FsspecStore):
+    """An fsspec store (S3 on moto) whose uploads wait for a gate, as :class:`GatedStore` does; ``committed`` is
+    when the upload let through committed (``time.monotonic()``)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.gate = threading.Event()
+        self.uploading = threading.Event()
+        self.committed: float | None = None
+
+    def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
+        self.uploading.set()
+        assert self.gate.wait(60)
+        stored = super().put_stream(key, write, **options)
+        self.committed = time.monotonic()
+        return stored
+
+
+STORE_CALLS = (
+    "_entries",
+    "_all_entries",
+    "_read",
+    "_open",
+    "_size",
+    "_upload",
+    "_publish",
+    "_remove",
+    "try_lease",
+    "current_lease",
+    "renew_lease",
+    "release_lease",
+)
+"""The calls of a built-in store that reach it (each one request or more)."""
+
+
+def count_store_calls(store: object) -> list[tuple[float, str]]:
+    """Record every call of ``store`` that reaches the store (monotonic time, name) in the list returned."""
+    calls: list[tuple[float, str]] = []
+    for name in STORE_CALLS:
+        original = getattr(store, name, None)
+        if original is None:
+            continue
+
+        def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
+            calls.append((time.monotonic(), _name))
+            return _original(*args, **kwargs)
+
+        setattr(store, name, counted)
+    return calls
+
+
+def assert_current_lease_follows(store: FleetStore, key: str) -> None:
+    """Check what :meth:`FleetStore.current_lease` tells a host watching the lease of ``key`` (not taken yet):
+    nothing before it is taken; its holder and expiry once taken; the known lease itself while unchanged; the
+    renewed one after a renewal; an expired one (or none) after its release, which another host may then take."""
+    assert store.current_lease(key) is None  # never taken
+    held = store.try_lease(key, "host-a", 30)
+    assert held is not None
+    seen = store.current_lease(key)
+    assert seen is not None and (seen.key, seen.holder, seen.expires) == (key, "host-a", held.expires), seen
+    assert store.current_lease(key, known=seen) is seen  # unchanged
+    renewed = store.renew_lease(held, 60)
+    assert renewed is not None
+    after = store.current_lease(key, known=seen)
+    assert after is not None and after is not seen and after.token != seen.token, after
+    assert (after.holder, after.expires) == ("host-a", renewed.expires)
+    assert store.try_lease(key, "host-b", 30) is None  # what it read is still the truth
+    store.release_lease(renewed)
+    released = store.current_lease(key, known=after)
+    assert released is None or (released.expires < time.time() and released is not after), released
+    assert store.try_lease(key, "host-b", 30) is not None

@@ -22,6 +22,7 @@ from repocache import AsyncRepoCache, BudgetError, Progress, RepoCache, normaliz
 from repocache.cold import FsspecStore, LocalDirStore
 from repocache.events import BudgetWaitEvent, Event
 from repocache.testing import Upstream, UpstreamFactory
+from tests._fleet import count_store_calls
 from tests.helpers import Worker, assert_consistent, learn_sizes, wait_for_file
 
 pytestmark = pytest.mark.timeout(180)
@@ -341,36 +342,6 @@ def test_a_pool_of_processes_under_a_tight_budget_completes_every_checkout(
         assert_consistent(cache)
 
 
-_STORE_CALLS = (
-    "_entries",
-    "_all_entries",
-    "_read",
-    "_open",
-    "_size",
-    "_upload",
-    "_publish",
-    "_remove",
-    "try_lease",
-    "renew_lease",
-    "release_lease",
-)
-"""The calls of a built-in store that reach it (each one request or more)."""
-
-
-def _count_store_calls(store: object) -> list[tuple[float, str]]:
-    """Record every call of ``store`` that reaches the store (monotonic time, name) in the list returned."""
-    calls: list[tuple[float, str]] = []
-    for name in _STORE_CALLS:
-        original = getattr(store, name)
-
-        def counted(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
-            calls.append((time.monotonic(), _name))
-            return _original(*args, **kwargs)
-
-        setattr(store, name, counted)
-    return calls
-
-
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_a_wait_for_room_keeps_its_manifest_and_lease_and_asks_the_store_less_and_less(
     cache_root: Path, four: list[Upstream], tmp_path: Path, request: pytest.FixtureRequest, kind: str
@@ -388,7 +359,7 @@ def test_a_wait_for_room_keeps_its_manifest_and_lease_and_asks_the_store_less_an
             f"s3://{bucket}/{request.node.name}".replace("[", "-").replace("]", ""),
             client_kwargs={"endpoint_url": endpoint},
         )
-    calls = _count_store_calls(store)
+    calls = count_store_calls(store)
     holder = _holder(cache_root, alpha.url, tmp_path, "alpha", max_bytes=budget)
     try:
         with RepoCache(cache_root, max_bytes=budget, cold_store=store, cold_publish="clone", lock_timeout=6) as cache:

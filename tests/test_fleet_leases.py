@@ -25,7 +25,7 @@ from repocache.cold.enforcement import check_enforcement, forget_enforcement
 from repocache.testing import GitDaemon, UpstreamFactory
 from repocache.testing.emulators import Emulated
 from tests._emulators import azurite, fake_gcs, ignoring_gcs, store_url  # noqa: F401
-from tests._fleet import kill_a_lease_holder
+from tests._fleet import assert_current_lease_follows, kill_a_lease_holder
 from tests.helpers import key_of, served_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +96,13 @@ def test_a_lease_on_gcs_or_azure_has_one_holder_until_released_or_expired(
     assert third is not None
     assert store.renew_lease(second, 30) is None  # its holder learns it was lost
     assert store._fs.find(f"{store._root}/.leases") == [f"{store._root}/.leases/k.json"]  # no probe left
+
+
+@pytest.mark.timeout(60)
+def test_a_watched_lease_on_gcs_or_azure_reads_as_taken_unchanged_renewed_and_released(
+    enforcing: tuple[str, Emulated], request: pytest.FixtureRequest
+) -> None:
+    assert_current_lease_follows(_store(enforcing, _prefix(request)), "watched")
 
 
 @pytest.mark.timeout(60)

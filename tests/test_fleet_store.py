@@ -19,6 +19,7 @@ import pytest
 from repocache.cold import FleetStore, FsspecStore, LocalDirStore, Manifest, pack_mirror, unpack_artifact
 from repocache.cold.generations import FUTURE_BOUND
 from repocache.errors import ColdStoreError
+from tests._fleet import assert_current_lease_follows
 from tests._s3 import s3_endpoint  # noqa: F401
 from tests.helpers import POISONS, poison_generation, stored_generations
 from tests.test_cold_store import make_mirror
@@ -136,6 +137,10 @@ def test_a_lease_is_held_by_one_holder_until_released(store: FleetStore) -> None
     store.release_lease(first)
     second = store.try_lease("repo-1", "host-b", 60)
     assert second is not None and second.holder == "host-b"
+
+
+def test_a_watched_lease_reads_as_taken_unchanged_renewed_and_released(store: FleetStore) -> None:
+    assert_current_lease_follows(store, "repo-1")
 
 
 def test_an_expired_lease_is_taken_over_and_the_old_holder_loses_it(store: FleetStore) -> None:

@@ -217,7 +217,9 @@ def test_a_hostile_lease_reads_as_no_lease_and_is_replaced(tmp_path: Path, kind:
     live = b'{"expires": 1e12, "holder": "someone-else", "token": "t"}'
     plant(lease, kind, outside=outside, content=live, oversize=70_000)
     started = time.monotonic()
-    if kind == "directory":
+    watched = store.current_lease("repo-1")  # what a host waiting for a holder sees: expired, never live
+    assert watched is not None and watched.expires < time.time(), watched
+    if kind == "directory":  # then taking it fails, naming it: that host clones independently
         with pytest.raises(ColdStoreError, match=r"repo-1\.json"):
             store.try_lease("repo-1", "host-a", 60)
     else:
@@ -257,10 +259,12 @@ def test_an_oversize_s3_lease_is_not_read_whole_and_reads_as_no_lease(
     store._fs.pipe_file(store._lease_path("repo-1"), b"{" + b" " * size)
     tracemalloc.start()
     try:
+        watched = store.current_lease("repo-1")
         taken = store.try_lease("repo-1", "host-a", 60)
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    assert watched is not None and watched.expires < time.time(), watched
     assert taken is not None and taken.holder == "host-a"
     assert peak < 1 << 20, f"reading the lease allocated {peak} bytes at its peak"
 

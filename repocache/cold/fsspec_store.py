@@ -305,16 +305,30 @@ class FsspecStore(GenerationStore):
         finally:
             self._fs.invalidate_cache(f"{self._root}/{LEASES}")
 
-    def _read_lease(self, key: str) -> tuple[tuple[str, float, str], str] | None:
-        """((holder, expires, token), version token) of the lease of ``key``, or None. The version is read first,
-        so a change in between makes a conditional write with it fail instead of acting on a lease replaced."""
-        assert self._writes is not None
+    def _lease_info(self, key: str) -> dict[str, Any] | None:
+        """The listing entry of the lease object of ``key`` (one metadata request: S3 HEAD, GCS object GET, Azure
+        blob properties), or None when there is none."""
         path = self._lease_path(key)
         self._fs.invalidate_cache(f"{self._root}/{LEASES}")
         try:
             with self._translated("read the lease of", key, missing_ok=True):
-                info = self._fs.info(path)
-                etag = str(self._writes.token(info))
+                info: dict[str, Any] = self._fs.info(path)
+        except FileNotFoundError:
+            return None
+        return info
+
+    def _read_lease(self, key: str, info: dict[str, Any] | None = None) -> tuple[tuple[str, float, str], str] | None:
+        """((holder, expires, token), version token) of the lease of ``key``, or None. The version is read first
+        (or taken from ``info``, its listing entry), so a change in between makes a conditional write with it fail
+        instead of acting on a lease replaced."""
+        assert self._writes is not None
+        path = self._lease_path(key)
+        if info is None:
+            info = self._lease_info(key)
+            if info is None:
+                return None
+        etag = str(self._writes.token(info))
+        try:
             _refuse_special(path, info)
             size = info.get("size")
             if isinstance(size, int) and size > MANIFEST_MAX_BYTES:
@@ -364,6 +378,23 @@ class FsspecStore(GenerationStore):
                 return None
             etag = self._conditional_put(key, lease_document(holder, expires), seen)
         return None if etag is None else Lease(key, holder, expires, etag)
+
+    def current_lease(self, key: str, *, known: Lease | None = None) -> Lease | None:
+        """The lease of ``key`` as stored (see :meth:`FleetStore.current_lease`): one metadata request for its
+        version (ETag, generation), and only when that is not ``known``'s one GET of the object (at most 64 KiB)."""
+        self._require_leases()
+        assert self._writes is not None
+        info = self._lease_info(key)
+        if info is None:
+            return None
+        version = self._writes.token(info)
+        if known is not None and version is not None and version == known.token:
+            return known
+        current = self._read_lease(key, info)
+        if current is None:
+            return None
+        (holder, expires, _token), seen = current
+        return Lease(key, holder, expires, seen)
 
     def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
         """Extend a held lease, if its version is still ours (see :meth:`FleetStore.renew_lease`)."""

@@ -234,6 +234,17 @@ class LocalDirStore(GenerationStore):
             expires = now + ttl
             return Lease(key, holder, expires, self._write_lease(path, holder, expires))
 
+    def current_lease(self, key: str, *, known: Lease | None = None) -> Lease | None:
+        """The lease of ``key`` as stored (see :meth:`FleetStore.current_lease`): one read of the small lease file,
+        without its lock (a lease is replaced by a rename, so a read sees the old or the new one whole)."""
+        current = self._read_lease(self._lease_path(key))
+        if current is None:
+            return None
+        holder, expires, token = current
+        if known is not None and token and token == known.token:
+            return known
+        return Lease(key, holder, expires, token)
+
     def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
         """Extend a held lease (see :meth:`FleetStore.renew_lease`)."""
         ttl = check_ttl(ttl)

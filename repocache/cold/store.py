@@ -148,6 +148,19 @@ class FleetStore(ColdStore, Protocol):
         """
         ...
 
+    def current_lease(self, key: str, *, known: Lease | None = None) -> Lease | None:
+        """The lease of ``key`` as the store holds it now, whoever holds it and whether or not it expired; None
+        when there is none (never taken, or released where a release deletes it).
+
+        This is how a host waiting for another's clone watches the lease: with ``known`` (a lease this returned
+        before), an unchanged lease costs one small request (its version compared, ``known`` itself returned),
+        and only a changed one is read whole. A released lease reads as expired (``expires`` in the past) or None.
+
+        Raises:
+            ColdStoreError: the store failed or offers no atomic primitive for leases.
+        """
+        ...
+
     def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
         """Extend a held lease by ``ttl`` seconds from now; None when it was lost (expired and taken over)."""
         ...
