@@ -405,8 +405,7 @@ class ColdTier:
         deadline = started + context.settings.lock_timeout
         pause = CLAIM_WAIT_FIRST
         try:
-            lease = fleet.try_lease(parsed.key, self.holder, context.settings.cold_lease_ttl)
-            seen = None if lease is not None else fleet.current_lease(parsed.key)
+            lease, seen = self._try_lease(fleet, parsed)
         except ColdStoreError as exc:
             context.events.cold_problem("take the clone lease of", parsed.url, f"{exc}; cloning independently")
             return None, None
@@ -420,8 +419,7 @@ class ColdTier:
                     context.events.fleet_wait(parsed.url, "restoring what it published", time.monotonic() - started)
                     return manifest, None
                 try:
-                    lease = fleet.try_lease(parsed.key, self.holder, context.settings.cold_lease_ttl)
-                    seen = None if lease is not None else fleet.current_lease(parsed.key)
+                    lease, seen = self._try_lease(fleet, parsed)
                 except ColdStoreError as exc:
                     context.events.cold_problem("take the clone lease of", parsed.url, f"{exc}; cloning independently")
                     return None, None
@@ -451,6 +449,11 @@ class ColdTier:
                 if manifest is not None:
                     context.events.fleet_wait(parsed.url, "restoring what it published", time.monotonic() - started)
                     return manifest, None
+
+    def _try_lease(self, fleet: FleetStore, parsed: RepoURL) -> tuple[Lease | None, Lease | None]:
+        """(the lease taken, None), or (None, the lease another holds as read now; None if it just went)."""
+        lease = fleet.try_lease(parsed.key, self.holder, self._context.settings.cold_lease_ttl)
+        return lease, (None if lease is not None else fleet.current_lease(parsed.key))
 
     def _held_by_another(self, lease: Lease | None) -> bool:
         """Whether ``lease`` (as read) is another holder's and has not expired."""

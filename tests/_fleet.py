@@ -56,39 +56,41 @@ def kill_a_lease_holder(root: Path, spec: str, url: str, peer: FleetStore, env: 
             holder.stdout.close()
 
 
-class GatedStore(LocalDirStore):
-    """A directory store whose uploads wait for a gate: an upload that takes as long as the test needs."""
+class _Gated:
+    """Uploads that wait for ``gate``: an upload that takes as long as the test needs. ``uploading`` is set when
+    one starts; ``committed`` is when the upload let through committed (``time.monotonic()``)."""
+
+    gate: threading.Event
+    uploading: threading.Event
+    committed: float | None
+
+    def _gated(self) -> None:
+        self.gate = threading.Event()
+        self.uploading = threading.Event()
+        self.committed = None
+
+    def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
+        self.uploading.set()
+        assert self.gate.wait(60)
+        stored: Manifest | None = super().put_stream(key, write, **options)  # type: ignore[misc]
+        self.committed = time.monotonic()
+        return stored
+
+
+class GatedStore(_Gated, LocalDirStore):
+    """A directory store whose uploads wait for a gate (see :class:`_Gated`)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.gate = threading.Event()
-        self.uploading = threading.Event()
-        self.committed: float | None = None
-
-    def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
-        self.uploading.set()
-        assert self.gate.wait(60)
-        stored = super().put_stream(key, write, **options)
-        self.committed = time.monotonic()
-        return stored
+        self._gated()
 
 
-class GatedFsspecStore(FsspecStore):
-    """An fsspec store (S3 on moto) whose uploads wait for a gate, as :class:`GatedStore` does; ``committed`` is
-    when the upload let through committed (``time.monotonic()``)."""
+class GatedFsspecStore(_Gated, FsspecStore):
+    """An fsspec store (S3 on moto) whose uploads wait for a gate, as :class:`GatedStore` does."""
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self.gate = threading.Event()
-        self.uploading = threading.Event()
-        self.committed: float | None = None
-
-    def put_stream(self, key: str, write: ArtifactWriter, **options: Any) -> Manifest | None:
-        self.uploading.set()
-        assert self.gate.wait(60)
-        stored = super().put_stream(key, write, **options)
-        self.committed = time.monotonic()
-        return stored
+        self._gated()
 
 
 STORE_CALLS = (

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from repocache.testing.s3 import S3_ENV, S3_UNSET, Unavailable, moto_endpoint
+from repocache.testing.s3 import S3_ENV, S3_UNSET, Endpoint, Unavailable, moto_endpoint
 
-__all__ = ["S3_ENV", "s3_endpoint", "s3_environment"]
+__all__ = ["S3_ENV", "logged_moto", "s3_endpoint", "s3_environment"]
 
 
 def s3_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,3 +41,17 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         except Unavailable as exc:  # a missing package; a server that fails to start fails the tests
             pytest.skip(str(exc))
         yield endpoint.url, endpoint.bucket
+
+
+@contextlib.contextmanager
+def logged_moto(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Endpoint, Path]]:
+    """A ``moto_server`` of one test module's own (skipped where moto is missing), so that its request log, the
+    ``Path`` yielded with the endpoint, holds that module's requests only; the environment reaches only it."""
+    log = tmp_path_factory.mktemp(name) / "moto_server.log"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        s3_environment(monkeypatch)
+        try:
+            with moto_endpoint(log) as endpoint:
+                yield endpoint, log
+        except Unavailable as exc:
+            pytest.skip(str(exc))

@@ -27,8 +27,8 @@ import pytest
 from repocache.cold import STALE_UPLOAD_AGE, FsspecStore, LocalDirStore, Manifest
 from repocache.cold.fsspec_store import STREAM_MEMORY_BOUND
 from repocache.errors import ColdStoreError
-from repocache.testing.s3 import Endpoint, Unavailable, moto_endpoint
-from tests._s3 import s3_environment
+from repocache.testing.s3 import Endpoint
+from tests._s3 import logged_moto
 
 ROOT = Path(__file__).resolve().parents[1]
 _MIB = 1 << 20
@@ -69,14 +69,8 @@ class LoggedS3:
 @pytest.fixture(scope="module")
 def logged_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoggedS3]:
     """A moto server of this module's own, so its log counts this module's requests only."""
-    log = tmp_path_factory.mktemp("moto-transfers") / "moto_server.log"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        s3_environment(monkeypatch)
-        try:
-            with moto_endpoint(log) as endpoint:
-                yield LoggedS3(endpoint, log)
-        except Unavailable as exc:
-            pytest.skip(str(exc))
+    with logged_moto(tmp_path_factory, "moto-transfers") as (endpoint, log):
+        yield LoggedS3(endpoint, log)
 
 
 def _put_random_artifact(store: FsspecStore | LocalDirStore, tmp_path: Path, key: str, size: int) -> Manifest:

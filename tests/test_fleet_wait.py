@@ -21,9 +21,9 @@ from repocache import RepoCache
 from repocache.cold import FsspecStore, LocalDirStore
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, UpstreamFactory
-from repocache.testing.s3 import Endpoint, Unavailable, moto_endpoint
+from repocache.testing.s3 import Endpoint
 from tests._fleet import GatedFsspecStore, GatedStore, count_store_calls
-from tests._s3 import s3_environment
+from tests._s3 import logged_moto
 from tests.helpers import served_upstream
 
 # The rounds of a claim wait as docs/cold-storage.md states them: the first after 0.05 s, each 1.5 times the last,
@@ -62,14 +62,8 @@ class LoggedS3:
 @pytest.fixture(scope="module")
 def logged_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoggedS3]:
     """A moto server of this module's own, so its log holds this module's requests only."""
-    log = tmp_path_factory.mktemp("moto-fleet-wait") / "moto_server.log"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        s3_environment(monkeypatch)
-        try:
-            with moto_endpoint(log) as endpoint:
-                yield LoggedS3(endpoint, log)
-        except Unavailable as exc:
-            pytest.skip(str(exc))
+    with logged_moto(tmp_path_factory, "moto-fleet-wait") as (endpoint, log):
+        yield LoggedS3(endpoint, log)
 
 
 @dataclass
