@@ -53,6 +53,7 @@ from repocache.events import ServeEvent
 from repocache.gitops.upload_pack import GIT_PROTOCOL_PATTERN, upload_pack_command
 from repocache.keys import normalize_url
 from repocache.refresh import USE_TTL, MaxAge
+from repocache.serve.answers import Answers
 from repocache.serve.auth import AuthChecker, AuthOptions, Unauthorized
 from repocache.serve.filters import (
     UploadRequest,
@@ -83,6 +84,7 @@ _NO_CACHE = [
     (b"expires", b"Fri, 01 Jan 1980 00:00:00 GMT"),
 ]
 _IN_MEMORY_BODY = 1 << 20
+_PARSED_ON_LOOP = 64 * 1024
 _PUSH_REFUSED = (
     "this is a read-only cache of {upstream}; push to the upstream itself "
     "(git push {upstream}, or set a pushurl: git remote set-url --push origin {upstream})"
@@ -163,6 +165,7 @@ class _Answer:
     status: int = 200
     bytes_sent: int = 0
     shared: bool = False
+    remembered: bool = False
     queued_seconds: float = 0.0
     auth: str = ""
     auth_cached: bool = False
@@ -197,6 +200,7 @@ class GitServer:
         counts: requests answered, by outcome (this process).
         bytes_sent: body bytes sent (this process).
         generations: the pack generations running, shared and queued.
+        answers: the small answers remembered (:mod:`repocache.serve.answers`).
     """
 
     def __init__(
@@ -237,6 +241,7 @@ class GitServer:
         self.generations = Generations(
             max_packs=self.options.max_packs, max_queue=self.options.max_queue, spool_dir=self.options.spool_dir
         )
+        self.answers = Answers(git)
         self.counts: Counter[str] = Counter()
         self.bytes_sent = 0
         self.auth = AuthChecker(self.upstreams, self.options.auth)
@@ -357,10 +362,13 @@ class GitServer:
         if self.generations.full():
             raise self._busy(answer)
         async with self._held(route, USE_TTL, answer, self._filter_for(route, None)) as checkout:
-            command = self._command(checkout.path, advertise=True, protocol=protocol)
-            prefix = b"" if _is_v2(protocol) else service_announcement("git-upload-pack")
-            async with self.generations.joined(uuid.uuid4().hex, command, Body(), limited=False) as (generation, _):
-                await self._stream(receive, send, generation, _ADVERTISEMENT, prefix, answer)
+            v2 = _is_v2(protocol)
+            prefix = b"" if v2 else service_announcement("git-upload-pack")
+            # The v2 capability advertisement lists no refs: its key needs no ref tips.
+            tips = None if v2 else await asyncio.to_thread(gitops.ref_tips, checkout.path)
+            await self._remembered_or_made(
+                receive, send, checkout.path, protocol, tips, "", Body(), _ADVERTISEMENT, prefix, answer, advertise=True
+            )
 
     async def _upload_pack(
         self,
@@ -375,7 +383,8 @@ class GitServer:
     ) -> None:
         request: UploadRequest | None
         try:
-            request = await asyncio.to_thread(_parse_body, body)
+            # A small body (every ls-refs, most fetches) is parsed on the loop: a thread hop costs more.
+            request = _parse_body(body) if body.size <= _PARSED_ON_LOOP else await asyncio.to_thread(_parse_body, body)
         except ValueError:
             request = None  # upload-pack itself refuses it, from the mirror the refs came from, saying why
         async with self._held(route, None, answer, self._filter_for(route, request)) as checkout:
@@ -383,6 +392,11 @@ class GitServer:
             if checkout.filter is not None and request is not None and request.wants:
                 await self._fetch_missing(route, checkout.filter, mirror, request, answer)
             tips = await asyncio.to_thread(gitops.ref_tips, mirror)
+            if request is not None and request.command == "ls-refs":
+                await self._remembered_or_made(
+                    receive, send, mirror, protocol, tips, digest, body, _RESULT, b"", answer, advertise=False
+                )
+                return
             asked = request.filter if request is not None else None
             served = [str(mirror), checkout.filter, asked, protocol, sorted(tips.items())]
             state = hashlib.sha256(json.dumps(served).encode()).hexdigest()
@@ -395,6 +409,62 @@ class GitServer:
                     answer.queued_seconds = generation.queued_seconds
             except Busy:
                 raise self._busy(answer) from None
+
+    async def _remembered_or_made(
+        self,
+        receive: Receive,
+        send: Send,
+        mirror: Any,
+        protocol: str,
+        tips: Mapping[str, str] | None,
+        digest: str,
+        body: Body,
+        content_type: bytes,
+        prefix: bytes,
+        answer: _Answer,
+        *,
+        advertise: bool,
+    ) -> None:
+        """An advertisement or ref listing: from memory when its key's answer is remembered, else made by
+        upload-pack (shared by identical concurrent requests) and remembered (:mod:`repocache.serve.answers`)."""
+        argv, env = upload_pack_command(self._git_options, self._git, mirror, advertise=advertise, protocol=protocol)
+        await self.answers.prepare(env)
+        key = self.answers.key(argv, env, mirror, tips=tips, body=digest)
+        if key is not None:
+            data = self.answers.get(key)
+            if data is not None:
+                answer.remembered = True
+                await self._whole(send, content_type, prefix + data, answer)
+                return
+        shared_key = f"answer:{key}" if key is not None else uuid.uuid4().hex
+        try:
+            async with self.generations.joined(shared_key, lambda: (argv, env), body, limited=not advertise) as (
+                generation,
+                joined,
+            ):
+                answer.shared = joined
+                await self._stream(receive, send, generation, content_type, prefix, answer)
+                answer.queued_seconds = generation.queued_seconds
+                if key is None or joined or generation.returncode != 0 or not generation.done:
+                    return
+                if generation.written > self.answers.max_answer_bytes:
+                    return
+                data = generation.read_whole()
+                # Remembered only if the state read after the answer is the state its key was read from.
+                again = await asyncio.to_thread(gitops.ref_tips, mirror) if tips is not None else None
+                if self.answers.key(argv, env, mirror, tips=again, body=digest) == key:
+                    self.answers.remember(key, data)
+        except Busy:
+            raise self._busy(answer) from None
+
+    async def _whole(self, send: Send, content_type: bytes, data: bytes, answer: _Answer) -> None:
+        """A small answer sent in one piece."""
+        headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *_NO_CACHE]
+        answer.responded = True
+        answer.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+        self._sent(answer, len(data))
 
     def _filter_for(self, route: Route, request: UploadRequest | None) -> str | None:
         """The filter of the mirror that serves ``request`` (None: the ref advertisement) on ``route``."""
@@ -619,6 +689,7 @@ class GitServer:
             "packs_running": self.generations.active,
             "packs_queued": self.generations.queued,
             "pack_shares": self.generations.shared,
+            "answers_remembered": self.answers.hits,
             "requests": dict(self.counts),
             "bytes_sent": self.bytes_sent,
             "auth_checks": dict(self.auth.counts),
@@ -696,6 +767,7 @@ class GitServer:
             bytes_sent=answer.bytes_sent,
             seconds=time.perf_counter() - answer.started,
             shared=answer.shared,
+            remembered=answer.remembered,
             queued_seconds=answer.queued_seconds,
             queue_length=self.generations.queued,
             auth=answer.auth,
@@ -708,7 +780,7 @@ class GitServer:
             answer.outcome,
             answer.status,
             answer.bytes_sent,
-            ", shared" if answer.shared else "",
+            ", shared" if answer.shared else ", remembered" if answer.remembered else "",
             f", auth {answer.auth}{' from memory' if answer.auth_cached else ''}" if answer.auth else "",
             answer.key or "-",
         )
