@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -103,10 +102,18 @@ class Answers:
             binary = os.stat(self._git)
         except OSError:
             return None
-        identity = [binary.st_dev, binary.st_ino, binary.st_size, binary.st_mtime_ns]
-        refs = sorted(tips.items()) if tips is not None else None
-        served = [argv, sorted(env.items()), identity, config, refs, body]
-        return hashlib.sha256(json.dumps(served).encode("utf-8", "surrogateescape")).hexdigest()
+        fields = [
+            *argv,
+            *(f"{name}={value}" for name, value in sorted(env.items())),
+            f"{binary.st_dev}:{binary.st_ino}:{binary.st_size}:{binary.st_mtime_ns}",
+            config,
+            "no refs" if tips is None else "refs",
+            *(f"{name} {target}" for name, target in sorted((tips or {}).items())),
+            body,
+        ]
+        # Every field is written with its length, so no two different inputs give the same text.
+        text = "".join(f"{len(field)}:{field}" for field in fields)
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
     def get(self, key: str) -> bytes | None:
         """The answer remembered under ``key`` (counted as a hit), or None."""
@@ -137,7 +144,7 @@ class Answers:
         digest = hashlib.sha256()
         for path in files:
             try:
-                data: bytes | None = path.read_bytes()
+                data: bytes | None = _read(path)
             except FileNotFoundError:
                 data = None
             except OSError:
@@ -150,25 +157,25 @@ class Answers:
             digest.update(data or b"")
         return digest.hexdigest()
 
-    def _config_files(self, mirror: Path, env: Mapping[str, str]) -> list[Path] | None:
+    def _config_files(self, mirror: Path, env: Mapping[str, str]) -> list[str] | None:
         """Every config file git reads for ``mirror`` under ``env``, present or not; None if one is not known."""
-        files = [mirror / "config"]
+        files = [os.path.join(mirror, "config")]
         if env.get("GIT_CONFIG_GLOBAL"):
-            files.append(Path(env["GIT_CONFIG_GLOBAL"]))
+            files.append(env["GIT_CONFIG_GLOBAL"])
         else:
             home = env.get("HOME")
             xdg = env.get("XDG_CONFIG_HOME") or (f"{home}/.config" if home else "")
             if xdg:
-                files.append(Path(xdg) / "git" / "config")
+                files.append(os.path.join(xdg, "git", "config"))
             if home:
-                files.append(Path(home) / ".gitconfig")
+                files.append(os.path.join(home, ".gitconfig"))
         if env.get("GIT_CONFIG_NOSYSTEM", "").lower() in ("1", "true", "yes", "on"):
             return files
         if env.get("GIT_CONFIG_SYSTEM"):
-            return [*files, Path(env["GIT_CONFIG_SYSTEM"])]
+            return [*files, env["GIT_CONFIG_SYSTEM"]]
         if not isinstance(self._system, Path):
             return None  # unknown: `prepare` not awaited, or git did not name it
-        return [*files, self._system]
+        return [*files, str(self._system)]
 
     def _system_file(self, env: dict[str, str]) -> Path | None:
         """The system config file git reads, from git itself: the origin of its first entry, or the path in its
@@ -195,3 +202,15 @@ class Answers:
             if end > start:
                 return Path(os.fsdecode(said[start:end]))
         return None
+
+
+def _read(path: str) -> bytes:
+    """The whole of a small file (a config file: one read, no buffered file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
