@@ -14,7 +14,7 @@ import pytest
 from repocache import RepoCache
 from repocache.events import Event, ServeEvent
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
-from tests._serve import ThreadServer, base_of, clone, git_env, health, request
+from tests._serve import ThreadServer, base_of, clone, git_env, health, request, wait_until
 from tests.helpers import git
 
 
@@ -115,9 +115,15 @@ def test_a_warm_clone_starts_upload_pack_for_its_pack_only(
     """The first clone's advertisement (v0: refs and capabilities; v2: capabilities, then the ref listing) is made
     by upload-pack and remembered; a second clone of the same mirror state gets them from memory, so the only
     upload-pack it starts is its pack's. Both clones are whole."""
+    from prometheus_client import CollectorRegistry
+
+    from repocache.metrics import instrument
+
     events: list[Event] = []
+    registry = CollectorRegistry()
     with RepoCache(tmp_path / "cache", fetch_ttl=3600) as cache:
         cache.subscribe(events.append)
+        instrument(cache, registry)
         with ThreadServer(cache, base_of(upstream_http)) as server:
             first = clone(server.url("org/repo.git"), tmp_path / "first", env=env, version=version)
             assert first.returncode == 0, first.stderr
@@ -128,9 +134,13 @@ def test_a_warm_clone_starts_upload_pack_for_its_pack_only(
             started = upload_packs.started()
             assert len(started) == 1, started
             assert "--advertise-refs" not in started[0]
+            expected = 1 if version == 0 else 2  # v0: the advertisement; v2: the capabilities and the ref listing
+            requests = 2 if version == 0 else 3
+            wait_until(lambda: sum(isinstance(e, ServeEvent) for e in events) == requests, what="the last event")
             remembered = [e for e in events if isinstance(e, ServeEvent) and e.remembered]
-            assert len(remembered) == (1 if version == 0 else 2)
-            assert health(server.port)["answers_remembered"] >= len(remembered)
+            assert len(remembered) == expected
+            assert health(server.port)["answers_remembered"] == expected
+            assert registry.get_sample_value("repocache_serve_remembered_answers_total") == expected
     for name in ("first", "second"):
         assert git("rev-parse", "HEAD", cwd=tmp_path / name).strip() == upstream.resolve("main")
         assert git("rev-parse", "origin/feature", cwd=tmp_path / name).strip() == upstream.resolve("feature")
