@@ -64,6 +64,7 @@ class Answers:
         self.hits = 0
         self._git = shutil.which(git) or git
         self._system: object = _UNKNOWN  # the system config file: a Path, None (none is read) or not yet known
+        self._learning: asyncio.Future[Path | None] | None = None
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self._size = 0
 
@@ -76,9 +77,16 @@ class Answers:
         return len(self._entries)
 
     async def prepare(self, env: Mapping[str, str]) -> None:
-        """Learn, once per process, which system config file git reads (one ``git config --system`` run)."""
+        """Learn, once per process, which system config file git reads (one ``git config --system`` run, which
+        the requests arriving meanwhile wait for instead of running their own)."""
+        if self._system is not _UNKNOWN:
+            return
+        if self._learning is None:
+            self._learning = asyncio.ensure_future(asyncio.to_thread(self._system_file, dict(env)))
+        learning = self._learning
+        system = await asyncio.shield(learning)
         if self._system is _UNKNOWN:
-            self._system = await asyncio.to_thread(self._system_file, dict(env))
+            self._system = system
 
     def key(
         self, argv: list[str], env: Mapping[str, str], mirror: Path, *, tips: Mapping[str, str] | None, body: str = ""
