@@ -39,6 +39,7 @@ from typing import Any
 from repocache import gitops, webhooks
 from repocache.aio import AsyncRepoCache
 from repocache.cache import RepoCache
+from repocache.checkout import Checkout
 from repocache.errors import (
     BudgetError,
     CloneError,
@@ -361,11 +362,12 @@ class GitServer:
     ) -> None:
         if self.generations.full():
             raise self._busy(answer)
-        async with self._held(route, USE_TTL, answer, self._filter_for(route, None)) as checkout:
-            v2 = _is_v2(protocol)
-            prefix = b"" if v2 else service_announcement("git-upload-pack")
-            # The v2 capability advertisement lists no refs: its key needs no ref tips.
-            tips = None if v2 else await asyncio.to_thread(gitops.ref_tips, checkout.path)
+        v2 = _is_v2(protocol)
+        prefix = b"" if v2 else service_announcement("git-upload-pack")
+        # The v2 capability advertisement lists no refs: its key needs no ref tips (v0's are read in the hold's thread).
+        read = None if v2 else _ref_tips_of
+        async with self._held(route, USE_TTL, answer, self._filter_for(route, None), read=read) as entered:
+            checkout, tips = (entered, None) if v2 else entered
             await self._remembered_or_made(
                 receive, send, checkout.path, protocol, tips, "", Body(), _ADVERTISEMENT, prefix, answer, advertise=True
             )
@@ -387,11 +389,12 @@ class GitServer:
             request = _parse_body(body) if body.size <= _PARSED_ON_LOOP else await asyncio.to_thread(_parse_body, body)
         except ValueError:
             request = None  # upload-pack itself refuses it, from the mirror the refs came from, saying why
-        async with self._held(route, None, answer, self._filter_for(route, request)) as checkout:
+        held = self._held(route, None, answer, self._filter_for(route, request), read=_ref_tips_of)
+        async with held as (checkout, tips):
             mirror = checkout.path
             if checkout.filter is not None and request is not None and request.wants:
                 await self._fetch_missing(route, checkout.filter, mirror, request, answer)
-            tips = await asyncio.to_thread(gitops.ref_tips, mirror)
+                tips = await asyncio.to_thread(gitops.ref_tips, mirror)  # as upload-pack will find them
             if request is not None and request.command == "ls-refs":
                 await self._remembered_or_made(
                     receive, send, mirror, protocol, tips, digest, body, _RESULT, b"", answer, advertise=False
@@ -505,12 +508,25 @@ class GitServer:
         )
 
     @contextlib.asynccontextmanager
-    async def _held(self, route: Route, max_age: MaxAge, answer: _Answer, filter: str | None) -> Any:
+    async def _held(
+        self,
+        route: Route,
+        max_age: MaxAge,
+        answer: _Answer,
+        filter: str | None,
+        read: Callable[[Checkout], Any] | None = None,
+    ) -> Any:
         """The mirror of ``route`` for ``filter`` (or one holding more) held as a reader for the block, as its
-        :class:`~repocache.Checkout`; cache errors become answers git shows."""
+        :class:`~repocache.Checkout` (with ``read``: the checkout and what ``read`` returned, read in the hold's
+        own worker thread); cache errors become answers git shows."""
         try:
-            manager = self.cache.checkout(self.auth.fetch_url(route), max_age=max_age, filter=filter)
-            checkout = await manager.__aenter__()
+            url = self.auth.fetch_url(route)
+            manager: contextlib.AbstractAsyncContextManager[Any]
+            if read is None:
+                manager = self.cache.checkout(url, max_age=max_age, filter=filter)
+            else:
+                manager = self.cache.checkout_and_read(url, read, max_age=max_age, filter=filter)
+            entered: Any = await manager.__aenter__()
         except CloneError as exc:
             answer.outcome = "upstream"
             raise Refused(502, f"the cache cannot clone {route.upstream} from upstream: {exc.detail}") from None
@@ -529,12 +545,13 @@ class GitServer:
         except RepoCacheError as exc:
             answer.outcome = "failed"
             raise Refused(500, f"the cache failed for {route.upstream}: {exc}") from None
+        checkout: Checkout = entered if read is None else entered[0]
         try:
             if checkout.stale:
                 answer.outcome = "stale"
                 logger.warning("git server: serving a stale copy of %s (its fetch failed)", checkout.url)
             answer.key = checkout.key
-            yield checkout
+            yield entered
         finally:
             await manager.__aexit__(None, None, None)
 
@@ -885,6 +902,11 @@ def _parse_body(body: Body) -> UploadRequest:
         return chunk
 
     return parse_upload_request(read_file)
+
+
+def _ref_tips_of(checkout: Checkout) -> dict[str, str]:
+    """The held mirror's ref tips (read in the hold's worker thread)."""
+    return gitops.ref_tips(checkout.path)
 
 
 def _is_v2(protocol: str) -> bool:
