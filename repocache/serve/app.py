@@ -13,10 +13,13 @@ One request, start to end:
    ``git-upload-pack`` requests that follow it in the same clone read the mirror as it is (``max_age=None``),
    so the refs a client was shown are the refs it is served;
 4. git's own ``upload-pack --stateless-rpc`` answers from the bare mirror with the client's ``Git-Protocol``
-   header as ``GIT_PROTOCOL`` (:mod:`repocache.serve.packs`: shared by identical requests, bounded, spooled).
+   header as ``GIT_PROTOCOL`` (:mod:`repocache.serve.packs`: shared by identical requests, bounded, spooled); an
+   advertisement or a v2 ref listing that upload-pack already gave for the same state is sent from memory
+   (:mod:`repocache.serve.answers`).
 
-Blocking work (locks, the index, clones and fetches) runs in the cache's worker threads; upload-pack runs as an
-asyncio subprocess. Nothing here blocks the event loop longer than a page-cache read.
+Blocking work (locks, the index, clones and fetches, the ref tips) runs in the cache's worker threads; upload-pack
+runs as an asyncio subprocess. Nothing here blocks the event loop longer than a page-cache read (a remembered
+answer's key reads the few config files git reads) or the parsing of a request body of at most 64 KiB.
 """
 
 from __future__ import annotations
