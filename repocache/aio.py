@@ -187,6 +187,37 @@ class AsyncRepoCache:
                 held.close()
 
     @contextlib.asynccontextmanager
+    async def checkout_and_read(
+        self,
+        url: str | os.PathLike[str],
+        read: Callable[[Checkout], T],
+        *,
+        progress: ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> AsyncIterator[tuple[Checkout, T]]:
+        """As :meth:`checkout`, with ``read(checkout)`` called in the same worker thread once the mirror is held.
+
+        One thread hop where ``checkout`` followed by ``asyncio.to_thread(read, co)`` takes two (each costs a
+        wake-up of a worker and a handover of the GIL, which a server answering many small requests feels).
+
+        Yields:
+            The :class:`~repocache.Checkout` and what ``read`` returned; no process evicts the mirror until the
+            block exits.
+
+        Raises:
+            RepoCacheError: whatever :meth:`checkout` raises.
+            Exception: what ``read`` raised (the hold is released first).
+        """
+        manager = self.cache.checkout(url, progress=self._on_loop(progress), max_age=max_age, filter=filter)
+        async with self._held(_ReadAfter(manager, read)) as (checkout, value):
+            held = uses.begin(self.cache.root, checkout.key, checkout.url)  # in the awaiting task's context
+            try:
+                yield checkout, value
+            finally:
+                held.close()
+
+    @contextlib.asynccontextmanager
     async def worktree(
         self,
         url: str | os.PathLike[str],
@@ -469,6 +500,27 @@ class AsyncRepoCache:
                     if not released.cancelled() and released.exception() is not None:
                         logger.warning("releasing what a cancelled call left failed: %s", released.exception())
             raise
+
+
+class _ReadAfter(contextlib.AbstractContextManager[tuple[Checkout, T]]):
+    """A checkout's context manager whose ``__enter__`` also reads something from the held mirror."""
+
+    def __init__(self, manager: contextlib.AbstractContextManager[Checkout], read: Callable[[Checkout], T]) -> None:
+        self._manager = manager
+        self._read = read
+
+    def __enter__(self) -> tuple[Checkout, T]:
+        checkout = self._manager.__enter__()
+        try:
+            return checkout, self._read(checkout)
+        except BaseException as exc:
+            self._manager.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._manager.__exit__(exc_type, exc, tb)
 
 
 async def _settle(future: asyncio.Future[Any]) -> bool:

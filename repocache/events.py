@@ -207,6 +207,8 @@ class ServeEvent(Event):
         bytes_sent: body bytes sent.
         seconds: from the request to its end.
         shared: the answer was a pack generation another request started.
+        remembered: the answer (an advertisement or a ref listing) was sent from the server's memory, without
+            running upload-pack (:mod:`repocache.serve.answers`).
         queued_seconds: how long its pack generation waited for a slot.
         queue_length: pack generations waiting for a slot when it ended.
         auth: what the check of the client's credentials against upstream came to: ``allowed``, ``refused``
@@ -222,6 +224,7 @@ class ServeEvent(Event):
     bytes_sent: int
     seconds: float
     shared: bool = False
+    remembered: bool = False
     queued_seconds: float = 0.0
     queue_length: int = 0
     auth: str = ""

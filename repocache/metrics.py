@@ -149,6 +149,12 @@ class Metrics:
             "Answers the git server took from a pack generation another request started (this process)",
             registry=registry,
         )
+        self.serve_remembered = prometheus_client.Counter(
+            "repocache_serve_remembered_answers",
+            "Advertisements and ref listings the git server sent from memory, without running upload-pack "
+            "(this process)",
+            registry=registry,
+        )
         self.serve_queue_seconds = prometheus_client.Histogram(
             "repocache_serve_queue_seconds",
             "Time pack generations waited for a slot (this process)",
@@ -194,6 +200,8 @@ class Metrics:
             self.serve_bytes.inc(event.bytes_sent)
             if event.shared:
                 self.serve_shared.inc()
+            if event.remembered:
+                self.serve_remembered.inc()
             if event.service == "git-upload-pack" and event.outcome in ("served", "stale"):
                 self.serve_queue_seconds.observe(event.queued_seconds)
             self.serve_queue_length.set(event.queue_length)

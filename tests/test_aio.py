@@ -14,7 +14,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from repocache import AsyncRepoCache, ConfigError, Progress, RepoCache, RepoCacheError, normalize_url
+from repocache import AsyncRepoCache, Checkout, ConfigError, Progress, RepoCache, RepoCacheError, normalize_url
 from repocache.index import Index
 from repocache.testing import GitDaemon, SmartHTTPServer, UpstreamFactory
 from tests.helpers import assert_consistent, key_of, upload_packs
@@ -80,6 +80,36 @@ async def test_checkout_clones_then_hits_and_releases_its_hold(
     assert _exclusive_lock_is_free(acache.cache.root / "locks" / f"{co.key}.lock")
     async with acache.checkout(url) as again:
         assert again.source == "hit"
+
+
+async def test_checkout_and_read_reads_the_held_mirror_in_the_worker_and_releases_on_error(
+    acache: AsyncRepoCache, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    """``read`` runs in the hold's worker thread while the mirror is held; its value comes with the checkout; a
+    ``read`` that raises leaves nothing held and its error reaches the caller."""
+    upstream = served.create("aio-read")
+    url = daemon.url_for(upstream)
+    seen: list[tuple[str, bool]] = []
+
+    def read(checkout: Checkout) -> str:
+        lock = acache.cache.root / "locks" / f"{checkout.key}.lock"
+        seen.append((threading.current_thread().name, _exclusive_lock_is_free(lock)))
+        return (checkout.path / "HEAD").read_text().strip()
+
+    async with acache.checkout_and_read(url, read) as (co, head):
+        assert co.source == "clone" and head == "ref: refs/heads/main"
+        assert not _exclusive_lock_is_free(acache.cache.root / "locks" / f"{co.key}.lock")
+    assert seen == [(seen[0][0], False)] and seen[0][0].startswith("repocache") and seen[0][0] != "MainThread"
+    assert _exclusive_lock_is_free(acache.cache.root / "locks" / f"{co.key}.lock")
+
+    def fails(checkout: Checkout) -> None:
+        raise ValueError(f"cannot read {checkout.key}")
+
+    with pytest.raises(ValueError, match="cannot read"):
+        async with acache.checkout_and_read(url, fails):
+            raise AssertionError("the block must not run")
+    assert _exclusive_lock_is_free(acache.cache.root / "locks" / f"{co.key}.lock")
+    assert_consistent(acache.cache)
 
 
 async def test_eight_concurrent_async_misses_make_one_clone(

@@ -98,6 +98,10 @@ def test_serve_benchmark_quick_prints_every_case(tmp_path: Path) -> None:
     assert "upstream upload-packs per repetition [1];" in table, table
     samples = json.loads((tmp_path / "out" / "results.json").read_text())
     assert {row["case"] for row in samples} >= {"warm clone", "4 concurrent cold clones"}
+    # The cold burst is also measured against this machine's floor (one upstream clone + the warm burst direct).
+    assert "against the floor, one upstream clone + 4 warm clones at once" in table, table
+    (cold,) = [row for row in samples if row["case"] == "4 concurrent cold clones"]
+    assert cold["floor_ratio"] > 0
 
 
 def test_partial_benchmark_quick_prints_every_table(tmp_path: Path) -> None:

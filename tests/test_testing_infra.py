@@ -418,3 +418,39 @@ def test_server_lifecycle_errors(base: Path) -> None:
         with pytest.raises(RuntimeError, match="already running"):
             daemon.start()
         assert daemon.url_for(base / "a b.git") == f"git://127.0.0.1:{daemon.port}/a%20b.git"
+
+
+def test_smart_http_answers_keep_alive_requests_as_fast_as_first_ones(
+    factory: UpstreamFactory, http: SmartHTTPServer
+) -> None:
+    """The git server's benchmarks measure against this server: a request on a kept-alive connection is not held
+    back by Nagle's algorithm (40 ms of delayed acknowledgement on Linux), so it costs what a connection's first
+    request costs, one ``git http-backend`` run."""
+    import statistics
+    from http.client import HTTPConnection
+
+    repo = factory.create("org/fast")
+    repo.commits(1)
+    path = "/org/fast.git/info/refs?service=git-upload-pack"
+
+    def timed(connection: HTTPConnection) -> float:
+        started = time.monotonic()
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 200 and response.read()
+        return time.monotonic() - started
+
+    firsts = []
+    for _ in range(7):
+        connection = HTTPConnection("127.0.0.1", http.port, timeout=30)
+        try:
+            firsts.append(timed(connection))
+        finally:
+            connection.close()
+    connection = HTTPConnection("127.0.0.1", http.port, timeout=30)
+    try:
+        timed(connection)
+        kept = [timed(connection) for _ in range(7)]
+    finally:
+        connection.close()
+    assert statistics.median(kept) < 2 * statistics.median(firsts) + 0.01, (kept, firsts)

@@ -13,10 +13,13 @@ One request, start to end:
    ``git-upload-pack`` requests that follow it in the same clone read the mirror as it is (``max_age=None``),
    so the refs a client was shown are the refs it is served;
 4. git's own ``upload-pack --stateless-rpc`` answers from the bare mirror with the client's ``Git-Protocol``
-   header as ``GIT_PROTOCOL`` (:mod:`repocache.serve.packs`: shared by identical requests, bounded, spooled).
+   header as ``GIT_PROTOCOL`` (:mod:`repocache.serve.packs`: shared by identical requests, bounded, spooled); an
+   advertisement or a v2 ref listing that upload-pack already gave for the same state is sent from memory
+   (:mod:`repocache.serve.answers`).
 
-Blocking work (locks, the index, clones and fetches) runs in the cache's worker threads; upload-pack runs as an
-asyncio subprocess. Nothing here blocks the event loop longer than a page-cache read.
+Blocking work (locks, the index, clones and fetches, the ref tips) runs in the cache's worker threads; upload-pack
+runs as an asyncio subprocess. Nothing here blocks the event loop longer than a page-cache read (a remembered
+answer's key reads the few config files git reads) or the parsing of a request body of at most 64 KiB.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 from repocache import gitops, webhooks
 from repocache.aio import AsyncRepoCache
 from repocache.cache import RepoCache
+from repocache.checkout import Checkout
 from repocache.errors import (
     BudgetError,
     CloneError,
@@ -53,6 +57,7 @@ from repocache.events import ServeEvent
 from repocache.gitops.upload_pack import GIT_PROTOCOL_PATTERN, upload_pack_command
 from repocache.keys import normalize_url
 from repocache.refresh import USE_TTL, MaxAge
+from repocache.serve.answers import Answers
 from repocache.serve.auth import AuthChecker, AuthOptions, Unauthorized
 from repocache.serve.filters import (
     UploadRequest,
@@ -83,6 +88,7 @@ _NO_CACHE = [
     (b"expires", b"Fri, 01 Jan 1980 00:00:00 GMT"),
 ]
 _IN_MEMORY_BODY = 1 << 20
+_PARSED_ON_LOOP = 64 * 1024
 _PUSH_REFUSED = (
     "this is a read-only cache of {upstream}; push to the upstream itself "
     "(git push {upstream}, or set a pushurl: git remote set-url --push origin {upstream})"
@@ -163,6 +169,7 @@ class _Answer:
     status: int = 200
     bytes_sent: int = 0
     shared: bool = False
+    remembered: bool = False
     queued_seconds: float = 0.0
     auth: str = ""
     auth_cached: bool = False
@@ -197,6 +204,7 @@ class GitServer:
         counts: requests answered, by outcome (this process).
         bytes_sent: body bytes sent (this process).
         generations: the pack generations running, shared and queued.
+        answers: the small answers remembered (:mod:`repocache.serve.answers`).
     """
 
     def __init__(
@@ -237,6 +245,7 @@ class GitServer:
         self.generations = Generations(
             max_packs=self.options.max_packs, max_queue=self.options.max_queue, spool_dir=self.options.spool_dir
         )
+        self.answers = Answers(git)
         self.counts: Counter[str] = Counter()
         self.bytes_sent = 0
         self.auth = AuthChecker(self.upstreams, self.options.auth)
@@ -356,11 +365,15 @@ class GitServer:
     ) -> None:
         if self.generations.full():
             raise self._busy(answer)
-        async with self._held(route, USE_TTL, answer, self._filter_for(route, None)) as checkout:
-            command = self._command(checkout.path, advertise=True, protocol=protocol)
-            prefix = b"" if _is_v2(protocol) else service_announcement("git-upload-pack")
-            async with self.generations.joined(uuid.uuid4().hex, command, Body(), limited=False) as (generation, _):
-                await self._stream(receive, send, generation, _ADVERTISEMENT, prefix, answer)
+        v2 = _is_v2(protocol)
+        prefix = b"" if v2 else service_announcement("git-upload-pack")
+        # The v2 capability advertisement lists no refs: its key needs no ref tips (v0's are read in the hold's thread).
+        read = None if v2 else _ref_tips_of
+        async with self._held(route, USE_TTL, answer, self._filter_for(route, None), read=read) as entered:
+            checkout, tips = (entered, None) if v2 else entered
+            await self._remembered_or_made(
+                receive, send, checkout.path, protocol, tips, "", Body(), _ADVERTISEMENT, prefix, answer, advertise=True
+            )
 
     async def _upload_pack(
         self,
@@ -375,14 +388,21 @@ class GitServer:
     ) -> None:
         request: UploadRequest | None
         try:
-            request = await asyncio.to_thread(_parse_body, body)
+            # A small body (every ls-refs, most fetches) is parsed on the loop: a thread hop costs more.
+            request = _parse_body(body) if body.size <= _PARSED_ON_LOOP else await asyncio.to_thread(_parse_body, body)
         except ValueError:
             request = None  # upload-pack itself refuses it, from the mirror the refs came from, saying why
-        async with self._held(route, None, answer, self._filter_for(route, request)) as checkout:
+        held = self._held(route, None, answer, self._filter_for(route, request), read=_ref_tips_of)
+        async with held as (checkout, tips):
             mirror = checkout.path
             if checkout.filter is not None and request is not None and request.wants:
                 await self._fetch_missing(route, checkout.filter, mirror, request, answer)
-            tips = await asyncio.to_thread(gitops.ref_tips, mirror)
+                tips = await asyncio.to_thread(gitops.ref_tips, mirror)  # as upload-pack will find them
+            if request is not None and request.command == "ls-refs":
+                await self._remembered_or_made(
+                    receive, send, mirror, protocol, tips, digest, body, _RESULT, b"", answer, advertise=False
+                )
+                return
             asked = request.filter if request is not None else None
             served = [str(mirror), checkout.filter, asked, protocol, sorted(tips.items())]
             state = hashlib.sha256(json.dumps(served).encode()).hexdigest()
@@ -395,6 +415,62 @@ class GitServer:
                     answer.queued_seconds = generation.queued_seconds
             except Busy:
                 raise self._busy(answer) from None
+
+    async def _remembered_or_made(
+        self,
+        receive: Receive,
+        send: Send,
+        mirror: Any,
+        protocol: str,
+        tips: Mapping[str, str] | None,
+        digest: str,
+        body: Body,
+        content_type: bytes,
+        prefix: bytes,
+        answer: _Answer,
+        *,
+        advertise: bool,
+    ) -> None:
+        """An advertisement or ref listing: from memory when its key's answer is remembered, else made by
+        upload-pack (shared by identical concurrent requests) and remembered (:mod:`repocache.serve.answers`)."""
+        argv, env = upload_pack_command(self._git_options, self._git, mirror, advertise=advertise, protocol=protocol)
+        await self.answers.prepare(env)
+        key = self.answers.key(argv, env, mirror, tips=tips, body=digest)
+        if key is not None:
+            data = self.answers.get(key)
+            if data is not None:
+                answer.remembered = True
+                await self._whole(send, content_type, prefix + data, answer)
+                return
+        shared_key = f"answer:{key}" if key is not None else uuid.uuid4().hex
+        try:
+            async with self.generations.joined(shared_key, lambda: (argv, env), body, limited=not advertise) as (
+                generation,
+                joined,
+            ):
+                answer.shared = joined
+                await self._stream(receive, send, generation, content_type, prefix, answer)
+                answer.queued_seconds = generation.queued_seconds
+                if key is None or joined or generation.returncode != 0 or not generation.done:
+                    return
+                if generation.written > self.answers.max_answer_bytes:
+                    return
+                data = generation.read_whole()
+                # Remembered only if the state read after the answer is the state its key was read from.
+                again = await asyncio.to_thread(gitops.ref_tips, mirror) if tips is not None else None
+                if self.answers.key(argv, env, mirror, tips=again, body=digest) == key:
+                    self.answers.remember(key, data)
+        except Busy:
+            raise self._busy(answer) from None
+
+    async def _whole(self, send: Send, content_type: bytes, data: bytes, answer: _Answer) -> None:
+        """A small answer sent in one piece."""
+        headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *_NO_CACHE]
+        answer.responded = True
+        answer.status = 200
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+        self._sent(answer, len(data))
 
     def _filter_for(self, route: Route, request: UploadRequest | None) -> str | None:
         """The filter of the mirror that serves ``request`` (None: the ref advertisement) on ``route``."""
@@ -435,12 +511,25 @@ class GitServer:
         )
 
     @contextlib.asynccontextmanager
-    async def _held(self, route: Route, max_age: MaxAge, answer: _Answer, filter: str | None) -> Any:
+    async def _held(
+        self,
+        route: Route,
+        max_age: MaxAge,
+        answer: _Answer,
+        filter: str | None,
+        read: Callable[[Checkout], Any] | None = None,
+    ) -> Any:
         """The mirror of ``route`` for ``filter`` (or one holding more) held as a reader for the block, as its
-        :class:`~repocache.Checkout`; cache errors become answers git shows."""
+        :class:`~repocache.Checkout` (with ``read``: the checkout and what ``read`` returned, read in the hold's
+        own worker thread); cache errors become answers git shows."""
         try:
-            manager = self.cache.checkout(self.auth.fetch_url(route), max_age=max_age, filter=filter)
-            checkout = await manager.__aenter__()
+            url = self.auth.fetch_url(route)
+            manager: contextlib.AbstractAsyncContextManager[Any]
+            if read is None:
+                manager = self.cache.checkout(url, max_age=max_age, filter=filter)
+            else:
+                manager = self.cache.checkout_and_read(url, read, max_age=max_age, filter=filter)
+            entered: Any = await manager.__aenter__()
         except CloneError as exc:
             answer.outcome = "upstream"
             raise Refused(502, f"the cache cannot clone {route.upstream} from upstream: {exc.detail}") from None
@@ -459,12 +548,13 @@ class GitServer:
         except RepoCacheError as exc:
             answer.outcome = "failed"
             raise Refused(500, f"the cache failed for {route.upstream}: {exc}") from None
+        checkout: Checkout = entered if read is None else entered[0]
         try:
             if checkout.stale:
                 answer.outcome = "stale"
                 logger.warning("git server: serving a stale copy of %s (its fetch failed)", checkout.url)
             answer.key = checkout.key
-            yield checkout
+            yield entered
         finally:
             await manager.__aexit__(None, None, None)
 
@@ -619,6 +709,7 @@ class GitServer:
             "packs_running": self.generations.active,
             "packs_queued": self.generations.queued,
             "pack_shares": self.generations.shared,
+            "answers_remembered": self.answers.hits,
             "requests": dict(self.counts),
             "bytes_sent": self.bytes_sent,
             "auth_checks": dict(self.auth.counts),
@@ -696,6 +787,7 @@ class GitServer:
             bytes_sent=answer.bytes_sent,
             seconds=time.perf_counter() - answer.started,
             shared=answer.shared,
+            remembered=answer.remembered,
             queued_seconds=answer.queued_seconds,
             queue_length=self.generations.queued,
             auth=answer.auth,
@@ -708,7 +800,7 @@ class GitServer:
             answer.outcome,
             answer.status,
             answer.bytes_sent,
-            ", shared" if answer.shared else "",
+            ", shared" if answer.shared else ", remembered" if answer.remembered else "",
             f", auth {answer.auth}{' from memory' if answer.auth_cached else ''}" if answer.auth else "",
             answer.key or "-",
         )
@@ -813,6 +905,11 @@ def _parse_body(body: Body) -> UploadRequest:
         return chunk
 
     return parse_upload_request(read_file)
+
+
+def _ref_tips_of(checkout: Checkout) -> dict[str, str]:
+    """The held mirror's ref tips (read in the hold's worker thread)."""
+    return gitops.ref_tips(checkout.path)
 
 
 def _is_v2(protocol: str) -> bool:

@@ -111,6 +111,10 @@ class Generation:
         """Up to :data:`SEND_CHUNK` bytes of spooled output from ``offset`` (a page-cache read)."""
         return os.pread(self.spool.fileno(), min(SEND_CHUNK, self.written - offset), offset)
 
+    def read_whole(self) -> bytes:
+        """Every byte spooled so far, at once (for a small answer)."""
+        return os.pread(self.spool.fileno(), self.written, 0)
+
     async def stream(self) -> AsyncIterator[bytes]:
         """The whole output, as it is spooled; ends when the process has ended and everything was read."""
         offset = 0

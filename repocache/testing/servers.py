@@ -325,6 +325,9 @@ class _GitHTTPHandler(BaseHTTPRequestHandler):
     """Answers one connection's requests by running ``git http-backend`` for each."""
 
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as web servers set it: with Nagle's algorithm a CGI answer's body would wait for the client's
+    # delayed acknowledgement of its head (40 ms on Linux) on every keep-alive request but a connection's first.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def setup(self) -> None:
