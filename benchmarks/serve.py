@@ -497,7 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="repetitions per case (default 5)")
     parser.add_argument("--clients", type=int, default=16, help="clients of the bursts (default 16)")
     parser.add_argument(
-        "--levels", default="1,2,4,8,16", help="concurrency levels of the concurrency case (default 1,2,4,8,16)"
+        "--levels",
+        default="1,2,4,8,16",
+        help="concurrency levels of the concurrency case (default 1,2,4,8,16; 1 is always measured)",
     )
     parser.add_argument("--max-packs", type=int, default=4, help="the server's --max-packs (default 4)")
     parser.add_argument(
@@ -515,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown size {unknown[0]!r}; choose from {', '.join(datagen.SPECS)}")
         sizes = [(name, datagen.SPECS[name]) for name in names]
     try:
-        args.levels = sorted({int(level) for level in args.levels.split(",")})
+        args.levels = sorted({1, *(int(level) for level in args.levels.split(","))})  # 1: what levels compare with
     except ValueError:
         parser.error(f"--levels takes comma-separated client counts such as 1,4,16, not {args.levels!r}")
     if args.reps < 1 or args.clients < 1 or args.levels[0] < 1:
