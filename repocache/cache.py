@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from repocache import gitops, maintenance, partial
 from repocache.assembly import assemble
@@ -40,6 +40,8 @@ from repocache.worktrees import check_ref, worktree_of
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+
+_T = TypeVar("_T")
 
 __all__ = ["RepoCache"]
 
@@ -229,6 +231,30 @@ class RepoCache:
         parsed = self._choose(url, filter, changes="check a repository out (its recency and counters are written)")
         with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
             yield checkout
+
+    @contextlib.contextmanager
+    def checkout_and_read(
+        self,
+        url: str | os.PathLike[str],
+        read: Callable[[Checkout], _T],
+        *,
+        progress: gitops.ProgressCallback | None = None,
+        max_age: MaxAge = USE_TTL,
+        filter: FilterArg = USE_CONFIGURED,
+    ) -> Iterator[tuple[Checkout, _T]]:
+        """As :meth:`checkout`, with ``read(checkout)`` called once the mirror is held: the counterpart of
+        :meth:`AsyncRepoCache.checkout_and_read <repocache.AsyncRepoCache.checkout_and_read>`, where it saves a
+        thread hop; here it is ``checkout`` followed by the call.
+
+        Yields:
+            The :class:`Checkout` and what ``read`` returned; no process evicts the mirror until the block exits.
+
+        Raises:
+            RepoCacheError: whatever :meth:`checkout` raises.
+            Exception: what ``read`` raised (the hold is released first).
+        """
+        with self.checkout(url, progress=progress, max_age=max_age, filter=filter) as checkout:
+            yield checkout, read(checkout)
 
     @contextlib.contextmanager
     def worktree(

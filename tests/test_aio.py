@@ -112,6 +112,31 @@ async def test_checkout_and_read_reads_the_held_mirror_in_the_worker_and_release
     assert_consistent(acache.cache)
 
 
+async def test_the_sync_checkout_and_read_holds_while_it_reads_and_releases_on_error(
+    acache: AsyncRepoCache, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    """The facades offer the same verbs: ``RepoCache.checkout_and_read`` reads in the caller's thread, held (called
+    from a coroutine here only because this module's tests are coroutines)."""
+    cache = acache.cache
+    url = daemon.url_for(served.create("sync-read"))
+
+    def read(checkout: Checkout) -> tuple[str, bool]:
+        lock = cache.root / "locks" / f"{checkout.key}.lock"
+        return (checkout.path / "HEAD").read_text().strip(), _exclusive_lock_is_free(lock)
+
+    with cache.checkout_and_read(url, read) as (co, (head, free_while_reading)):
+        assert co.source == "clone" and head == "ref: refs/heads/main" and not free_while_reading
+    assert _exclusive_lock_is_free(cache.root / "locks" / f"{co.key}.lock")
+
+    def fails(checkout: Checkout) -> None:
+        raise ValueError(f"cannot read {checkout.key}")
+
+    with pytest.raises(ValueError, match="cannot read"), cache.checkout_and_read(url, fails):
+        raise AssertionError("the block must not run")
+    assert _exclusive_lock_is_free(cache.root / "locks" / f"{co.key}.lock")
+    assert_consistent(cache)
+
+
 async def test_eight_concurrent_async_misses_make_one_clone(
     acache: AsyncRepoCache, served: UpstreamFactory, served_dir: Path
 ) -> None:
