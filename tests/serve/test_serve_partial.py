@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,11 @@ from repocache.serve import GitServer, ServeOptions
 from repocache.serve.filters import UploadRequest, parse_upload_request, serving_filter
 from repocache.serve.pktline import FLUSH, pkt_line
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
-from tests._serve import ThreadServer, base_of, clone, git_env, request, serve_process
+from tests._serve import ThreadServer, base_of, clone, request, serve_process
 from tests.helpers import all_objects, assert_consistent, git, key_of
 
 OID = "0123456789abcdef0123456789abcdef01234567"
 DELIM = b"0001"
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> UpstreamFactory:
-    """Upstreams served by this test's own servers."""
-    return UpstreamFactory(tmp_path / "served")
 
 
 @pytest.fixture
@@ -42,20 +35,6 @@ def upstream(factory: UpstreamFactory) -> Upstream:
     repo.tag("v1", annotated=True)
     git("config", "uploadpack.allowFilter", "true", cwd=repo.path)
     return repo
-
-
-@pytest.fixture
-def upstream_http(factory: UpstreamFactory) -> Iterator[SmartHTTPServer]:
-    """Smart HTTP serving this test's upstreams."""
-    factory.base_dir.mkdir(parents=True, exist_ok=True)
-    with SmartHTTPServer(factory.base_dir) as server:
-        yield server
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """The git clients' environment."""
-    return git_env(tmp_path / "client-home")
 
 
 def served_from(log: str, service: str = "git-upload-pack") -> set[str]:

@@ -50,12 +50,6 @@ _UPLOAD = "application/x-git-upload-pack-request"
 
 
 @pytest.fixture
-def factory(tmp_path: Path) -> UpstreamFactory:
-    """Upstreams served by this test's own servers."""
-    return UpstreamFactory(tmp_path / "served")
-
-
-@pytest.fixture
 def upstream(factory: UpstreamFactory) -> Upstream:
     """``org/repo``, private to alice (and the cache)."""
     repo = factory.create("org/repo")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,8 @@ import pytest
 from repocache import RepoCache
 from repocache.events import Event, ServeEvent
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
-from tests._serve import ThreadServer, base_of, clone, git_env, health, request, wait_until
+from tests._serve import ThreadServer, base_of, clone, health, request, wait_until
 from tests.helpers import git
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> UpstreamFactory:
-    """Upstreams served by this test's own servers."""
-    return UpstreamFactory(tmp_path / "served")
 
 
 @pytest.fixture
@@ -33,20 +26,6 @@ def upstream(factory: UpstreamFactory) -> Upstream:
     repo.commits(1, branch="feature", size=1_000)
     repo.tag("v1", annotated=True)
     return repo
-
-
-@pytest.fixture
-def upstream_http(factory: UpstreamFactory) -> Iterator[SmartHTTPServer]:
-    """Smart HTTP serving this test's upstreams."""
-    factory.base_dir.mkdir(parents=True, exist_ok=True)
-    with SmartHTTPServer(factory.base_dir) as server:
-        yield server
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """The git clients' environment."""
-    return git_env(tmp_path / "client-home")
 
 
 class UploadPacks:

@@ -25,7 +25,6 @@ from tests._serve import (
     ThrottlingProxy,
     base_of,
     clone,
-    git_env,
     health,
     is_auth_check,
     request,
@@ -33,12 +32,6 @@ from tests._serve import (
     wait_until,
 )
 from tests.helpers import assert_consistent, git, refs
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> UpstreamFactory:
-    """Upstreams served by this test's own servers."""
-    return UpstreamFactory(tmp_path / "served")
 
 
 @pytest.fixture
@@ -51,20 +44,6 @@ def upstream(factory: UpstreamFactory) -> Upstream:
     repo.commits(2, branch="feature", size=5_000)
     repo.tag("v1", annotated=True)
     return repo
-
-
-@pytest.fixture
-def upstream_http(factory: UpstreamFactory) -> Iterator[SmartHTTPServer]:
-    """Smart HTTP serving this test's upstreams."""
-    factory.base_dir.mkdir(parents=True, exist_ok=True)
-    with SmartHTTPServer(factory.base_dir) as server:
-        yield server
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """The git clients' environment."""
-    return git_env(tmp_path / "client-home")
 
 
 _UPLOAD = "application/x-git-upload-pack-request"
