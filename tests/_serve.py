@@ -281,3 +281,17 @@ def wait_until(predicate: Any, timeout: float = 30, what: str = "the condition")
     while not predicate():
         assert time.monotonic() < deadline, f"{what} did not happen in {timeout}s"
         time.sleep(0.02)
+
+
+def ls_remote(url: str, env: dict[str, str], version: int = 2) -> dict[str, str]:
+    """``git ls-remote URL`` through the server: ref name -> id (checked)."""
+    done = subprocess.run(
+        ["git", "-c", f"protocol.version={version}", "ls-remote", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return {name: oid for oid, name in (line.split("\t") for line in done.stdout.splitlines())}

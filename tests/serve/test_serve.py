@@ -27,6 +27,7 @@ from tests._serve import (
     clone,
     health,
     is_auth_check,
+    ls_remote,
     request,
     serve_process,
     wait_until,
@@ -459,20 +460,6 @@ def test_fetch_after_a_push_within_and_past_fetch_ttl(
         assert fetched.returncode == 0, fetched.stderr
         assert git("rev-parse", "origin/main", cwd=dest).strip() == new
         assert upstream_contacts(upstream_http) == 2
-
-
-def ls_remote(url: str, env: dict[str, str], version: int = 2) -> dict[str, str]:
-    """``git ls-remote URL`` through the server: ref name -> id (checked)."""
-    done = subprocess.run(
-        ["git", "-c", f"protocol.version={version}", "ls-remote", url],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return {name: oid for oid, name in (line.split("\t") for line in done.stdout.splitlines())}
 
 
 @pytest.mark.timeout(120)

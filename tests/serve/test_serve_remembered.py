@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from repocache import RepoCache
 from repocache.events import Event, ServeEvent
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
-from tests._serve import ThreadServer, base_of, clone, health, request, wait_until
+from tests._serve import ThreadServer, base_of, clone, health, ls_remote, request, wait_until
 from tests.helpers import git
 
 
@@ -66,19 +65,6 @@ def capabilities(port: int) -> bytes:
     )
     assert status == 200, body
     return body
-
-
-def ls_remote(url: str, env: dict[str, str], version: int) -> dict[str, str]:
-    """``git ls-remote URL`` over protocol ``version``: ref name -> object id."""
-    listed = subprocess.run(
-        ["git", "-c", f"protocol.version={version}", "ls-remote", url],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=True,
-    ).stdout
-    return {name: oid for oid, name in (line.split("\t") for line in listed.splitlines())}
 
 
 @pytest.mark.timeout(120)
