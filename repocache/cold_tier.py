@@ -384,12 +384,12 @@ class ColdTier:
     def claim(self, parsed: RepoURL) -> tuple[Manifest | None, Claim | None]:
         """For a miss the store has no artifact of: become the fleet's one cloner, or wait for the one cloning.
 
-        The wait watches the holder's lease, one request a round (:meth:`FleetStore.current_lease`: on an object
-        store a HEAD of the lease object while it is unchanged), rounds growing from :data:`CLAIM_WAIT_FIRST` by
-        half each time up to :data:`CLAIM_WAIT_LONGEST` seconds. Only a change makes it ask more: a renewal (every
-        third of the holder's ``cold_lease_ttl``) costs a read of the lease and a manifest lookup (an artifact
-        published by a host that did not hold the lease); a release (the holder committed its upload, or failed)
-        a manifest lookup, then the artifact is restored or the lease taken. A round never sleeps past the
+        The wait watches the holder's lease, one request a round (the store's ``current_lease``, see
+        :class:`FleetStore`: on an object store a HEAD of the lease object while it is unchanged), rounds growing from
+        :data:`CLAIM_WAIT_FIRST` by half each time up to :data:`CLAIM_WAIT_LONGEST` seconds. Only a change makes it ask
+        more: a renewal (every third of the holder's ``cold_lease_ttl``) costs a read of the lease and a manifest lookup
+        (an artifact published by a host that did not hold the lease); a release (the holder committed its upload, or
+        failed) a manifest lookup, then the artifact is restored or the lease taken. A round never sleeps past the
         lease's expiry, so a dead holder's lease is taken over as it expires. Every wait ends by ``lock_timeout``.
 
         Returns:
@@ -437,7 +437,7 @@ class ColdTier:
             time.sleep(max(wake, 0.0))
             pause = min(pause * 1.5, CLAIM_WAIT_LONGEST)
             try:
-                current = fleet.current_lease(parsed.key, known=seen)
+                current = _current_lease(fleet, parsed.key, seen)
             except ColdStoreError as exc:
                 context.events.cold_problem("watch the clone lease of", parsed.url, f"{exc}; cloning independently")
                 return None, None
@@ -453,7 +453,7 @@ class ColdTier:
     def _try_lease(self, fleet: FleetStore, parsed: RepoURL) -> tuple[Lease | None, Lease | None]:
         """(the lease taken, None), or (None, the lease another holds as read now; None if it just went)."""
         lease = fleet.try_lease(parsed.key, self.holder, self._context.settings.cold_lease_ttl)
-        return lease, (None if lease is not None else fleet.current_lease(parsed.key))
+        return lease, (None if lease is not None else _current_lease(fleet, parsed.key, None))
 
     def _held_by_another(self, lease: Lease | None) -> bool:
         """Whether ``lease`` (as read) is another holder's and has not expired."""
@@ -640,3 +640,13 @@ def _link_tree(source: Path, dest: Path) -> None:
         for name in filenames:
             if not is_leftover(name):
                 os.link(Path(directory) / name, target / name)
+
+
+def _current_lease(fleet: FleetStore, key: str, known: Lease | None) -> Lease | None:
+    """The store's ``current_lease`` of ``key``; None (nothing known: the waiter tries the lease and looks the
+    artifact up each round, as before the method existed) for a store that does not offer it."""
+    watch = getattr(fleet, "current_lease", None)
+    if watch is None:
+        return None
+    lease: Lease | None = watch(key, known=known)
+    return lease

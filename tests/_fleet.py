@@ -126,8 +126,8 @@ def count_store_calls(store: object) -> list[tuple[float, str]]:
     return calls
 
 
-def assert_current_lease_follows(store: FleetStore, key: str) -> None:
-    """Check what :meth:`FleetStore.current_lease` tells a host watching the lease of ``key`` (not taken yet):
+def assert_current_lease_follows(store: LocalDirStore | FsspecStore, key: str) -> None:
+    """Check what a built-in store's ``current_lease`` tells a host watching the lease of ``key`` (not taken yet):
     nothing before it is taken; its holder and expiry once taken; the known lease itself while unchanged; the
     renewed one after a renewal; an expired one (or none) after its release, which another host may then take."""
     assert store.current_lease(key) is None  # never taken

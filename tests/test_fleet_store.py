@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> FleetStore:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> LocalDirStore | FsspecStore:
     """A real directory store, or a fresh prefix in a bucket of a real S3 endpoint (moto_server)."""
     if request.param == "local":
         return LocalDirStore(tmp_path / "cold")
@@ -139,7 +139,7 @@ def test_a_lease_is_held_by_one_holder_until_released(store: FleetStore) -> None
     assert second is not None and second.holder == "host-b"
 
 
-def test_a_watched_lease_reads_as_taken_unchanged_renewed_and_released(store: FleetStore) -> None:
+def test_a_watched_lease_reads_as_taken_unchanged_renewed_and_released(store: LocalDirStore | FsspecStore) -> None:
     assert_current_lease_follows(store, "repo-1")
 
 

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from repocache import RepoCache
-from repocache.cold import FsspecStore, LocalDirStore
+from repocache.cold import FleetStore, FsspecStore, LocalDirStore
 from repocache.keys import normalize_url
 from repocache.testing import GitDaemon, UpstreamFactory
 from repocache.testing.s3 import Endpoint
@@ -244,3 +245,50 @@ def test_a_waiting_host_finds_an_artifact_published_without_the_lease_when_the_h
     assert names.count("current_lease") <= 1 + rounds_within(took - started) + 1, names
     assert names.count("_entries") <= renewals + 1, names  # a manifest lookup per renewal seen, not per round
     print(f"{fleet.kind}: found {took - published:.2f} s after the upload; {len(names)} store calls: {names}")
+
+
+class _StoreOfAnOlderRelease:
+    """A fleet store written before ``current_lease`` existed: every member of the :class:`FleetStore` protocol,
+    handed to a real directory store, and nothing else."""
+
+    def __init__(self, inner: LocalDirStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "current_lease":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    @property
+    def supports_leases(self) -> bool:
+        return self._inner.supports_leases
+
+
+@pytest.mark.timeout(120)
+def test_a_fleet_store_without_current_lease_still_makes_one_clone_for_the_fleet(
+    tmp_path: Path, served: UpstreamFactory, daemon: GitDaemon
+) -> None:
+    """``current_lease`` is optional: a waiting host whose store lacks it tries the lease and looks the artifact
+    up each round instead, and still restores what the holder published rather than cloning."""
+    url = daemon.url_for(served_upstream(served, "older-store", commits=3, size=200_000))
+    holder_store = GatedStore(tmp_path / "store")
+    waiter_store = _StoreOfAnOlderRelease(LocalDirStore(tmp_path / "store"))
+    assert isinstance(waiter_store, FleetStore) and not hasattr(waiter_store, "current_lease")
+    calls = count_store_calls(waiter_store._inner)
+    with RepoCache(tmp_path / "holder", cold_store=holder_store, cold_publish="clone", lock_timeout=60) as holder:
+        try:
+            holder.ensure(url)  # cloned: its upload waits at the gate, the clone lease held
+            assert holder_store.uploading.wait(10)
+            waiting = RepoCache(tmp_path / "waiter", cold_store=waiter_store, cold_publish="clone", lock_timeout=60)
+            with waiting as waiter, ThreadPoolExecutor(1) as pool:
+                future = pool.submit(_source_of_checkout, waiter, url)
+                time.sleep(2.0)
+                tried = [name for _when, name in calls].count("try_lease")
+                holder_store.gate.set()
+                source, _done = future.result(timeout=60)
+        finally:
+            holder_store.gate.set()
+        holder._cold.wait()  # type: ignore[union-attr]
+    assert source == "restore"
+    assert tried >= 3, calls  # it kept trying the lease while the holder held it
+    assert "current_lease" not in [name for _when, name in calls]

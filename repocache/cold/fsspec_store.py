@@ -380,7 +380,7 @@ class FsspecStore(GenerationStore):
         return None if etag is None else Lease(key, holder, expires, etag)
 
     def current_lease(self, key: str, *, known: Lease | None = None) -> Lease | None:
-        """The lease of ``key`` as stored (see :meth:`FleetStore.current_lease`): one metadata request for its
+        """The lease of ``key`` as stored (see :class:`~repocache.cold.FleetStore`): one metadata request for its
         version (ETag, generation), and only when that is not ``known``'s one GET of the object (at most 64 KiB)."""
         self._require_leases()
         assert self._writes is not None

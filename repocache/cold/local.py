@@ -235,7 +235,7 @@ class LocalDirStore(GenerationStore):
             return Lease(key, holder, expires, self._write_lease(path, holder, expires))
 
     def current_lease(self, key: str, *, known: Lease | None = None) -> Lease | None:
-        """The lease of ``key`` as stored (see :meth:`FleetStore.current_lease`): one read of the small lease file,
+        """The lease of ``key`` as stored (see :class:`~repocache.cold.FleetStore`): one read of the small lease file,
         without its lock (a lease is replaced by a rename, so a read sees the old or the new one whole)."""
         current = self._read_lease(self._lease_path(key))
         if current is None:

@@ -99,6 +99,13 @@ class FleetStore(ColdStore, Protocol):
 
     A store that is only a :class:`ColdStore` still works: the cache packs into a temporary file for
     :meth:`ColdStore.put` and every host that misses clones independently.
+
+    A fleet store may also offer ``current_lease(key, *, known=None) -> Lease | None`` (the built-in ones do): the
+    lease of ``key`` as the store holds it now, whoever holds it and whether or not it expired, None when there is
+    none; with ``known`` (a lease it returned before) an unchanged lease costs one small request and ``known``
+    itself is returned. A host waiting for another's clone watches the lease with it, one request a round; without
+    it, the waiting host looks the artifact up and tries the lease each round (two requests a round). It is not part
+    of the protocol's checked members, so a store written before it existed is still a fleet store.
     """
 
     @property
@@ -145,19 +152,6 @@ class FleetStore(ColdStore, Protocol):
 
         Raises:
             ColdStoreError: the store failed or offers no atomic primitive for it.
-        """
-        ...
-
-    def current_lease(self, key: str, *, known: Lease | None = None) -> Lease | None:
-        """The lease of ``key`` as the store holds it now, whoever holds it and whether or not it expired; None
-        when there is none (never taken, or released where a release deletes it).
-
-        This is how a host waiting for another's clone watches the lease: with ``known`` (a lease this returned
-        before), an unchanged lease costs one small request (its version compared, ``known`` itself returned),
-        and only a changed one is read whole. A released lease reads as expired (``expires`` in the past) or None.
-
-        Raises:
-            ColdStoreError: the store failed or offers no atomic primitive for leases.
         """
         ...
 
