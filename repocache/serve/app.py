@@ -368,9 +368,8 @@ class GitServer:
         v2 = _is_v2(protocol)
         prefix = b"" if v2 else service_announcement("git-upload-pack")
         # The v2 capability advertisement lists no refs: its key needs no ref tips (v0's are read in the hold's thread).
-        read = None if v2 else _ref_tips_of
-        async with self._held(route, USE_TTL, answer, self._filter_for(route, None), read=read) as entered:
-            checkout, tips = (entered, None) if v2 else entered
+        read = _no_tips if v2 else _ref_tips_of
+        async with self._held(route, USE_TTL, answer, self._filter_for(route, None), read) as (checkout, tips):
             await self._remembered_or_made(
                 receive, send, checkout.path, protocol, tips, "", Body(), _ADVERTISEMENT, prefix, answer, advertise=True
             )
@@ -392,8 +391,7 @@ class GitServer:
             request = _parse_body(body) if body.size <= _PARSED_ON_LOOP else await asyncio.to_thread(_parse_body, body)
         except ValueError:
             request = None  # upload-pack itself refuses it, from the mirror the refs came from, saying why
-        held = self._held(route, None, answer, self._filter_for(route, request), read=_ref_tips_of)
-        async with held as (checkout, tips):
+        async with self._held(route, None, answer, self._filter_for(route, request), _ref_tips_of) as (checkout, tips):
             mirror = checkout.path
             if checkout.filter is not None and request is not None and request.wants:
                 await self._fetch_missing(route, checkout.filter, mirror, request, answer)
@@ -517,19 +515,14 @@ class GitServer:
         max_age: MaxAge,
         answer: _Answer,
         filter: str | None,
-        read: Callable[[Checkout], Any] | None = None,
+        read: Callable[[Checkout], Any],
     ) -> Any:
-        """The mirror of ``route`` for ``filter`` (or one holding more) held as a reader for the block, as its
-        :class:`~repocache.Checkout` (with ``read``: the checkout and what ``read`` returned, read in the hold's
-        own worker thread); cache errors become answers git shows."""
+        """The mirror of ``route`` for ``filter`` (or one holding more) held as a reader for the block: its
+        :class:`~repocache.Checkout` and what ``read`` returned, read in the hold's own worker thread; cache errors
+        become answers git shows."""
         try:
-            url = self.auth.fetch_url(route)
-            manager: contextlib.AbstractAsyncContextManager[Any]
-            if read is None:
-                manager = self.cache.checkout(url, max_age=max_age, filter=filter)
-            else:
-                manager = self.cache.checkout_and_read(url, read, max_age=max_age, filter=filter)
-            entered: Any = await manager.__aenter__()
+            manager = self.cache.checkout_and_read(self.auth.fetch_url(route), read, max_age=max_age, filter=filter)
+            checkout, value = await manager.__aenter__()
         except CloneError as exc:
             answer.outcome = "upstream"
             raise Refused(502, f"the cache cannot clone {route.upstream} from upstream: {exc.detail}") from None
@@ -548,13 +541,12 @@ class GitServer:
         except RepoCacheError as exc:
             answer.outcome = "failed"
             raise Refused(500, f"the cache failed for {route.upstream}: {exc}") from None
-        checkout: Checkout = entered if read is None else entered[0]
         try:
             if checkout.stale:
                 answer.outcome = "stale"
                 logger.warning("git server: serving a stale copy of %s (its fetch failed)", checkout.url)
             answer.key = checkout.key
-            yield entered
+            yield checkout, value
         finally:
             await manager.__aexit__(None, None, None)
 
@@ -905,6 +897,10 @@ def _parse_body(body: Body) -> UploadRequest:
         return chunk
 
     return parse_upload_request(read_file)
+
+
+def _no_tips(checkout: Checkout) -> None:
+    """Nothing read from the held mirror (an answer that lists no refs)."""
 
 
 def _ref_tips_of(checkout: Checkout) -> dict[str, str]:
