@@ -3,6 +3,7 @@ through it, a throttling TCP proxy (a slow client), and raw HTTP requests."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -63,6 +64,20 @@ def clone(
         timeout=timeout,
         check=False,
     )
+
+
+def clones_at_once(
+    url: str, directory: Path, count: int, *, env: Mapping[str, str], version: int | None = None
+) -> None:
+    """``count`` clones of ``url`` at once into ``directory/c0``, ``c1``, ...; each must succeed. ``version``:
+    the protocol of every clone, or None to alternate v0 and v2."""
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        futures = [
+            pool.submit(clone, url, directory / f"c{n}", env=env, version=n % 2 * 2 if version is None else version)
+            for n in range(count)
+        ]
+        results = [future.result(timeout=150) for future in futures]
+    assert [r.returncode for r in results] == [0] * count, [r.stderr for r in results]
 
 
 class ServeProcess:

@@ -25,6 +25,7 @@ from tests._serve import (
     ThrottlingProxy,
     base_of,
     clone,
+    clones_at_once,
     health,
     is_auth_check,
     ls_remote,
@@ -589,13 +590,7 @@ def test_eight_concurrent_cold_clones_make_one_upstream_clone(
 ) -> None:
     upstream.commits(10, size=200_000)
     with serve_process(tmp_path / "cache", base_of(upstream_http), global_args=("--fetch-ttl", "60")) as server:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            futures = [
-                pool.submit(clone, server.url("org/repo.git"), tmp_path / f"c{n}", env=env, version=n % 2 * 2)
-                for n in range(8)
-            ]
-            results = [future.result(timeout=150) for future in futures]
-        assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+        clones_at_once(server.url("org/repo.git"), tmp_path, 8, env=env)
         assert upstream_contacts(upstream_http) == 1
     head = upstream.resolve("main")
     assert {git("rev-parse", "HEAD", cwd=tmp_path / f"c{n}").strip() for n in range(8)} == {head}
@@ -658,13 +653,7 @@ def test_identical_concurrent_clones_share_one_pack_generation(
             assert clone(server.url("org/repo.git"), tmp_path / "warm", env=env, version=version).returncode == 0
             slow_upload_pack(monkeypatch, 2.5)
             shared_before = server.app.generations.shared
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                futures = [
-                    pool.submit(clone, server.url("org/repo.git"), tmp_path / f"c{n}", env=env, version=version)
-                    for n in range(8)
-                ]
-                results = [future.result(timeout=150) for future in futures]
-            assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+            clones_at_once(server.url("org/repo.git"), tmp_path, 8, env=env, version=version)
             shared = server.app.generations.shared - shared_before
             assert shared >= 4, shared  # of the 8 pack answers (and v2's 8 ref listings), most joined another's
             assert health(server.port)["pack_shares"] == server.app.generations.shared

@@ -3,7 +3,6 @@ remembered answer is never older than the mirror (its refs, its config, git's ow
 
 from __future__ import annotations
 
-import concurrent.futures
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from repocache import RepoCache
 from repocache.events import Event, ServeEvent
 from repocache.testing import SmartHTTPServer, Upstream, UpstreamFactory
-from tests._serve import ThreadServer, base_of, clone, health, ls_remote, request, wait_until
+from tests._serve import ThreadServer, base_of, clone, clones_at_once, health, ls_remote, request, wait_until
 from tests.helpers import git
 
 
@@ -207,13 +206,7 @@ def test_concurrent_warm_clones_start_no_upload_pack_for_advertisements(
         with ThreadServer(cache, base_of(upstream_http)) as server:
             assert clone(server.url("org/repo.git"), tmp_path / "warm", env=env, version=version).returncode == 0
             upload_packs.started()
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                futures = [
-                    pool.submit(clone, server.url("org/repo.git"), tmp_path / f"c{n}", env=env, version=version)
-                    for n in range(8)
-                ]
-                results = [future.result(timeout=150) for future in futures]
-            assert [r.returncode for r in results] == [0] * 8, [r.stderr for r in results]
+            clones_at_once(server.url("org/repo.git"), tmp_path, 8, env=env, version=version)
             started = upload_packs.started()
             assert 1 <= len(started) <= 8, started
             assert not [line for line in started if "--advertise-refs" in line]
