@@ -14,9 +14,9 @@ Cases:
 - ``16 cold clones``: a fresh root and server per repetition, 16 clones at once; the upstream clones (daemon
   upload-packs) and the slowest client against one upstream ``git clone --mirror`` plus one warm clone through the
   server, measured in the same repetition (target 1 upstream clone, at most 1.5x).
-- ``16 warm identical clones``: CPU of the server's process tree (psutil: the server and every child and grandchild,
-  live and reaped: upload-pack, pack-objects) against the same for one clone (target at most 3x); the tree's peak
-  RSS, sampled every 5 ms.
+- ``16 warm identical clones``: CPU of the server's process and of its reaped children (upload-pack, pack-objects),
+  as the server counts them (``cpu_seconds`` of ``/-/health``: getrusage, to the microsecond), against the same for
+  one clone (target at most 3x); the tree's peak RSS (psutil), sampled every 5 ms.
 - ``concurrency``: the slowest of N simultaneous warm clones, N = 1, 2, 4, 8, 16, through the server and direct.
 
 ``--quick`` runs the tiny upstream with one repetition, 4 clients and levels 1 and 4 (the smoke test's mode).
@@ -52,8 +52,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 PREFIX = "bench"
 NAME = "repo.git"
 ONE_CLONE_RUNS = 4
-"""Sequential clones whose server CPU is averaged for "one clone's" (psutil reads CPU in 10 ms ticks, about
-one small clone's whole cost, so a single clone's figure would be off by up to half)."""
+"""Sequential clones whose server CPU is averaged for "one clone's" (each reading is also a health request, whose
+own cost is spread over them)."""
 
 
 @dataclass
@@ -129,15 +129,10 @@ class Server:
         return own + children
 
     def cpu_split(self) -> tuple[float, float]:
-        """CPU seconds of the server's Python process, and of its git children (reaped and live)."""
-        root = psutil.Process(self.process.pid)
-        times = root.cpu_times()
-        children = times.children_user + times.children_system
-        for child in root.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                t = child.cpu_times()
-                children += t.user + t.system
-        return times.user + times.system, children
+        """CPU seconds of the server's Python process, and of its git children that have ended: the server's own
+        count (``cpu_seconds`` of ``/-/health``, getrusage to the microsecond, where psutil reads 10 ms ticks)."""
+        cpu = self.health()["cpu_seconds"]
+        return float(cpu["process"]), float(cpu["children"])
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it does not stop in time."""

@@ -1015,6 +1015,23 @@ def test_sigkill_mid_pack_leaves_the_mirror_valid(
     assert git("rev-parse", "HEAD", cwd=tmp_path / "again").strip() == big_upstream.resolve("main")
 
 
+@pytest.mark.timeout(120)
+def test_health_counts_the_cpu_of_the_server_and_of_the_upload_packs_it_ran(
+    tmp_path: Path, upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """``cpu_seconds`` in the health answer: the server process's own, and its ended children's (every
+    upload-pack a clone made), each growing as it serves."""
+    upstream.commits(3)
+    with serve_process(tmp_path / "cache", base_of(upstream_http)) as server:
+        assert clone(server.url("org/repo.git"), tmp_path / "first", env=env).returncode == 0
+        before = server.health()["cpu_seconds"]
+        for n in range(3):
+            assert clone(server.url("org/repo.git"), tmp_path / f"c{n}", env=env).returncode == 0
+        after = server.health()["cpu_seconds"]
+    assert after["process"] > before["process"] > 0, (before, after)
+    assert after["children"] > before["children"], (before, after)  # the 3 clones' upload-packs, reaped
+
+
 @pytest.mark.timeout(60)
 def test_serve_options_are_checked() -> None:
     from repocache.errors import ConfigError
