@@ -10,9 +10,13 @@
    other workers releases the lock and waits for them holding nothing (:class:`~repocache.budget.RoomWait`);
 3. come round to 1; an eviction can slip in between, hence a bounded count of materializations.
 
-Every wait of one call is bounded by one deadline, ``lock_timeout`` from its start. :meth:`Acquirer.release`
+Every wait of one call is bounded by one deadline, ``lock_timeout`` from its start. :meth:`Acquirer.try_hit` is
+step 1 for a hit that needs no wait and no work, made of tries (an event loop calls it; None sends the caller to
+:meth:`Acquirer.acquire`). :meth:`Acquirer.release`
 lets the repository go and settles what follows (:meth:`~repocache.consequences.Consequences.settle`: republish,
-automatic maintenance), then brings the cache back within its budget.
+automatic maintenance), then brings the cache back within its budget; its halves :meth:`Acquirer.let_go` (the
+unlock) and :meth:`Acquirer.settle` (the rest, skipped when :meth:`Acquirer.settled_at_once`) let an event loop do
+the first itself.
 """
 
 from __future__ import annotations

@@ -182,7 +182,8 @@ class RepoCache:
     ) -> tuple[Acquirer, RepoURL, MaxAge]:
         """What :class:`~repocache.AsyncRepoCache` needs to hold ``url`` as :meth:`checkout` does, itself (a hit
         on its event loop, else in a thread): the acquire room, the mirror's parsed URL, the validated ``max_age``."""
-        parsed = self._choose(url, filter, changes=_CHECKOUT_CHANGES)
+        # On the loop: a reload of the pin file under way in another thread is not waited for.
+        parsed = partial.choose(self._context, self._parse(url, changes=_CHECKOUT_CHANGES), filter, wait=False)
         return self._acquirer, parsed, parse_max_age(max_age)
 
     def subscribe(self, hook: EventHook) -> Callable[[], None]:

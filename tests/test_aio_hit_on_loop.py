@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from repocache import AsyncRepoCache, Checkout, RepoCache, normalize_url, uses
 from repocache.events import Event, HitEvent
+from repocache.pins import Pins
 from repocache.testing import GitDaemon, UpstreamFactory
 from tests.helpers import assert_consistent, key_of
 
@@ -242,3 +243,15 @@ async def test_leaving_a_hit_over_the_budget_enforces_it_in_a_release_thread(
         assert pools.used() == (0, 1)
         assert [entry.url for entry in await asyncio.to_thread(acache.cache.entries)] == [co.url]
         assert_consistent(acache.cache)
+
+
+async def test_the_loop_does_not_wait_for_a_reload_of_the_pin_file_in_another_thread(tmp_path: Path) -> None:
+    """A reload under way elsewhere (its lock held) is not waited for: the pins as last read answer."""
+    path = tmp_path / "pins.yaml"
+    path.write_text('never_evict:\n  - {url: "https://example.com/a/b", filter: "blob:none"}\n')
+    pins = Pins(path)
+    with pins._lock:  # another thread reading the file
+        started = time.monotonic()
+        assert pins.filter_for("https://example.com/a/b", wait=False) == (True, "blob:none")
+        assert time.monotonic() - started < 1
+    assert pins.filter_for("https://example.com/a/b") == (True, "blob:none")
