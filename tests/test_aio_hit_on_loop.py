@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import pytest_asyncio
 
 from repocache import AsyncRepoCache, Checkout, RepoCache, normalize_url, uses
 from repocache.events import Event, HitEvent
+from repocache.index import Index
 from repocache.pins import Pins
 from repocache.testing import GitDaemon, UpstreamFactory
 from tests.helpers import assert_consistent, key_of
@@ -255,3 +258,26 @@ async def test_the_loop_does_not_wait_for_a_reload_of_the_pin_file_in_another_th
         assert pins.filter_for("https://example.com/a/b", wait=False) == (True, "blob:none")
         assert time.monotonic() - started < 1
     assert pins.filter_for("https://example.com/a/b") == (True, "blob:none")
+
+
+async def test_the_index_read_for_the_loop_gives_up_instead_of_waiting(tmp_path: Path) -> None:
+    """A busy timeout of 0 and no repair: a write transaction elsewhere does not stop a WAL read, a database file
+    replaced by a FIFO (which SQLite would wait on forever) answers None at once, and the waiting read is intact."""
+    path = tmp_path / "index.sqlite"
+    index = Index(path, timeout=5)
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE counters SET value = value")
+    assert index.get_with_freshness_at_once("absent") == (None, None)
+    writer.execute("ROLLBACK")
+    writer.close()
+    assert index._conn().execute("PRAGMA busy_timeout").fetchone()[0] == 5000  # put back for the waiting calls
+    index.close()
+    path.unlink()
+    os.mkfifo(path)
+    answers: list[object] = []
+    reader = threading.Thread(target=lambda: answers.append(Index.get_with_freshness_at_once(index, "absent")))
+    started = time.monotonic()
+    reader.start()
+    reader.join(10)
+    assert answers == [None] and time.monotonic() - started < 5
