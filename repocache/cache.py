@@ -250,13 +250,15 @@ class RepoCache:
         url: str | os.PathLike[str],
         read: Callable[[Checkout], _T],
         *,
+        read_on_loop: bool = False,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
         filter: FilterArg = USE_CONFIGURED,
     ) -> Iterator[tuple[Checkout, _T]]:
         """As :meth:`checkout`, with ``read(checkout)`` called once the mirror is held: the counterpart of
         :meth:`AsyncRepoCache.checkout_and_read <repocache.AsyncRepoCache.checkout_and_read>`, where it saves a
-        thread hop; here it is ``checkout`` followed by the call.
+        thread hop; here it is ``checkout`` followed by the call, in the caller's thread (``read_on_loop`` is
+        accepted for the two signatures to agree, and changes nothing here).
 
         Yields:
             The :class:`Checkout` and what ``read`` returned; no process evicts the mirror until the block exits.
