@@ -10,9 +10,13 @@
    other workers releases the lock and waits for them holding nothing (:class:`~repocache.budget.RoomWait`);
 3. come round to 1; an eviction can slip in between, hence a bounded count of materializations.
 
-Every wait of one call is bounded by one deadline, ``lock_timeout`` from its start. :meth:`Acquirer.release`
+Every wait of one call is bounded by one deadline, ``lock_timeout`` from its start. :meth:`Acquirer.try_hit` is
+step 1 for a hit that needs no wait and no work, made of tries (an event loop calls it; None sends the caller to
+:meth:`Acquirer.acquire`). :meth:`Acquirer.release`
 lets the repository go and settles what follows (:meth:`~repocache.consequences.Consequences.settle`: republish,
-automatic maintenance), then brings the cache back within its budget.
+automatic maintenance), then brings the cache back within its budget; its halves :meth:`Acquirer.let_go` (the
+unlock) and :meth:`Acquirer.settle` (the rest, skipped when :meth:`Acquirer.settled_at_once`) let an event loop do
+the first itself.
 """
 
 from __future__ import annotations
@@ -120,18 +124,70 @@ class Acquirer:
             lookup.release()  # a lease still held (the wait ended without a clone) is given up
             room.finish()  # a wait for room is reported when the call ends, whatever its outcome
 
+    def try_hit(self, parsed: RepoURL, max_age: MaxAge = USE_TTL) -> Acquired | None:
+        """Hold ``parsed`` as a hit if that takes neither a wait nor any work; else None, holding nothing.
+
+        The hit is what :meth:`acquire` would make of it, recorded the same way (recency, the ``hits`` counter,
+        the hit event): the mirror is on disk, its shared lock is free now (tried once), the index answers at once
+        with its row, and no fetch is due under ``max_age`` (not even one for the background). Anything else (a
+        miss, the lock held exclusively, a busy, damaged or read-only index, a mirror without a row, a fetch due)
+        gives None, and the caller goes through :meth:`acquire`, which may wait. What this does is a few system
+        calls on small local files, one SQLite read that does not wait, and the bookkeeping of a hit (a thread lock
+        held only for a few dictionary updates), so an event loop may call it (:class:`~repocache.AsyncRepoCache`).
+        """
+        clock = time.perf_counter()
+        started = time.time()
+        context = self._context
+        hold = context.layout.hold_shared(parsed, 0)
+        if hold is None:
+            return None
+        try:
+            row, fresh = context.index.get_with_freshness_at_once(hold.key) or (None, None)
+            if row is None or not context.layout.mirror(hold.key).is_dir():
+                hold.release()
+                return None
+            limit = refresh.age_limit(context.settings, row, fresh, max_age)
+            if refresh.needs_fetch(row, fresh, started, limit, time.time()):
+                hold.release()
+                return None
+            self._record(hold, Source.HIT, False, time.perf_counter() - clock)
+            return Acquired(hold, self._checkout(hold, Source.HIT, fetched=False, stale=False), None)
+        except BaseException:
+            hold.release()
+            raise
+
     def release(self, acquired: Acquired) -> MaintenanceReport | None:
         """Let the repository go, settle what followed its fetch, and bring the cache back within its budget.
 
         Returns:
             The report of the automatic maintenance, when it ran.
         """
+        self.let_go(acquired)
+        return self.settle(acquired)
+
+    def let_go(self, acquired: Acquired) -> None:
+        """The first half of :meth:`release`: the checkout closed and the lock released (never waits)."""
         acquired.checkout._close()
         acquired.hold.release()
+
+    def settle(self, acquired: Acquired) -> MaintenanceReport | None:
+        """The second half of :meth:`release`, once :meth:`let_go` ran: what followed the fetch, then the budget
+        (this may run git, evict, and wait for the budget lock).
+
+        Returns:
+            The report of the automatic maintenance, when it ran.
+        """
         report = self._consequences.settle(acquired.fetched)
         if self._lifecycle.is_open:
             self._budget.enforce_if_over()
         return report
+
+    def settled_at_once(self, acquired: Acquired) -> bool:
+        """True when :meth:`settle` would do nothing (no fetch to settle, the budget surely holds), as far as can
+        be told without waiting; the caller may then skip it."""
+        if not self._lifecycle.is_open:
+            return True  # settle does nothing on a closed cache
+        return acquired.fetched is None and self._budget.surely_within()
 
     def _loop(
         self,
@@ -185,16 +241,18 @@ class Acquirer:
             fetched, stale = refresh.refresh(context, self._consequences, hold, request, progress, self._background)
         was_fetched = fetched is not None or source is Source.CLONE
         self._record(hold, source, was_fetched, time.perf_counter() - clock)
-        checkout = Checkout(
-            path=context.layout.mirror(hold.key),
+        return Acquired(hold, self._checkout(hold, source, fetched=was_fetched, stale=stale), fetched)
+
+    def _checkout(self, hold: SharedHold, source: Source, *, fetched: bool, stale: bool) -> Checkout:
+        return Checkout(
+            path=self._context.layout.mirror(hold.key),
             url=hold.url.url,
             key=hold.key,
             source=source,
-            fetched=was_fetched,
+            fetched=fetched,
             stale=stale,
             filter=hold.url.filter,
         )
-        return Acquired(hold, checkout, fetched)
 
     def _record(self, hold: SharedHold, source: Source, fetched: bool, seconds: float) -> None:
         """Count the call once, when its outcome is known: a miss is a call that cloned or restored it."""

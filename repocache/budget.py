@@ -356,6 +356,22 @@ class Budget:
         if self._context.settings.budgeted and self.deficit(0, 0) > 0:
             self.enforce()
 
+    def surely_within(self) -> bool:
+        """True when :meth:`enforce_if_over` would do nothing, as far as can be told without waiting: the cache is
+        unbudgeted, or the index answered at once and the budget holds. False means: call it (it may evict)."""
+        settings = self._context.settings
+        if not settings.budgeted:
+            return True
+        totals = self._context.index.totals_at_once()
+        if totals is None:
+            return False
+        used = totals[0]
+        if settings.max_bytes is not None and used > settings.max_bytes:
+            return False
+        if settings.min_free_bytes:
+            return psutil.disk_usage(str(self._context.layout.root)).free >= settings.min_free_bytes
+        return True
+
     def evict_now(self, parsed: RepoURL, *, force: bool) -> bool:
         """Evict one repository at its caller's request, unless it is pinned (and not ``force``) or held.
 

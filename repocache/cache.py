@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 from repocache import gitops, maintenance, partial
+from repocache.acquire import Acquirer
 from repocache.assembly import assemble
 from repocache.budget import entry_of, entry_of_row
 from repocache.checkout import Checkout, Worktree
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 
 _T = TypeVar("_T")
+
+_CHECKOUT_CHANGES = "check a repository out (its recency and counters are written)"
 
 __all__ = ["RepoCache"]
 
@@ -174,6 +177,15 @@ class RepoCache:
         ``changes``: what the call would change, refused on a read-only root."""
         return partial.choose(self._context, self._parse(url, changes=changes), filter)
 
+    def _reader(
+        self, url: str | os.PathLike[str], filter: FilterArg, max_age: MaxAge
+    ) -> tuple[Acquirer, RepoURL, MaxAge]:
+        """What :class:`~repocache.AsyncRepoCache` needs to hold ``url`` as :meth:`checkout` does, itself (a hit
+        on its event loop, else in a thread): the acquire room, the mirror's parsed URL, the validated ``max_age``."""
+        # On the loop: a reload of the pin file under way in another thread is not waited for.
+        parsed = partial.choose(self._context, self._parse(url, changes=_CHECKOUT_CHANGES), filter, wait=False)
+        return self._acquirer, parsed, parse_max_age(max_age)
+
     def subscribe(self, hook: EventHook) -> Callable[[], None]:
         """Call ``hook`` with every :class:`~repocache.events.Event` of this cache from now on.
 
@@ -228,7 +240,7 @@ class RepoCache:
             LockTimeoutError: another worker held the repository longer than ``lock_timeout``.
             ConfigError: ``filter`` is not accepted, or is partial and no git CLI was found.
         """
-        parsed = self._choose(url, filter, changes="check a repository out (its recency and counters are written)")
+        parsed = self._choose(url, filter, changes=_CHECKOUT_CHANGES)
         with self._acquirer.held(parsed, progress or self.progress, parse_max_age(max_age)) as checkout:
             yield checkout
 
@@ -238,13 +250,15 @@ class RepoCache:
         url: str | os.PathLike[str],
         read: Callable[[Checkout], _T],
         *,
+        read_on_loop: bool = False,
         progress: gitops.ProgressCallback | None = None,
         max_age: MaxAge = USE_TTL,
         filter: FilterArg = USE_CONFIGURED,
     ) -> Iterator[tuple[Checkout, _T]]:
         """As :meth:`checkout`, with ``read(checkout)`` called once the mirror is held: the counterpart of
         :meth:`AsyncRepoCache.checkout_and_read <repocache.AsyncRepoCache.checkout_and_read>`, where it saves a
-        thread hop; here it is ``checkout`` followed by the call.
+        thread hop; here it is ``checkout`` followed by the call, in the caller's thread (``read_on_loop`` is
+        accepted for the two signatures to agree, and changes nothing here).
 
         Yields:
             The :class:`Checkout` and what ``read`` returned; no process evicts the mirror until the block exits.

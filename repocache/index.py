@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import psutil
 
@@ -408,7 +408,9 @@ class Index:
 
     # -- connections -------------------------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, *, wait: bool = True) -> sqlite3.Connection:
+        """This thread's connection, opened when it has none (``wait=False``: opened without waiting for a busy
+        database, the error raised instead)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             now = time.monotonic()
@@ -430,9 +432,12 @@ class Index:
             return conn
         if self._emptied():
             raise _EmptiedIndex(f"the file is shorter than a database header ({_HEADER_BYTES} bytes)")
-        conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+        timeout = self._timeout if wait else 0.0
+        conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
-            _set_wal(conn, self._timeout)
+            _set_wal(conn, timeout)
+            if not wait:  # later users of this thread's connection wait as usual
+                conn.execute(f"PRAGMA busy_timeout = {round(self._timeout * 1000)}")
         except BaseException:
             conn.close()
             raise
@@ -630,6 +635,38 @@ class Index:
         if found is None:
             return None, None
         return self._row(found[:6]), None if found[6] is None else Freshness(*found[6:])
+
+    def get_with_freshness_at_once(self, key: str) -> tuple[Row | None, Freshness | None] | None:
+        """As :meth:`get_with_freshness`, or None where answering would mean a wait: a database busy (a writer
+        checkpointing, another process recovering it), damaged (rebuilt by the next waiting call) or read-only (its
+        connection checks the file first). What an event loop may call (:meth:`Acquirer.try_hit
+        <repocache.acquire.Acquirer.try_hit>`)."""
+        found = self._read_at_once(self._ROW_AND_FRESHNESS_SQL, (key,))
+        if found is None:
+            return None
+        if not found:
+            return None, None
+        return self._row(found[0][:6]), None if found[0][6] is None else Freshness(*found[0][6:])
+
+    def totals_at_once(self) -> tuple[int, int] | None:
+        """As :meth:`totals`, or None where answering would mean a wait (see :meth:`get_with_freshness_at_once`)."""
+        found = self._read_at_once("SELECT bytes, count FROM totals WHERE id = 1", ())
+        return None if not found else (int(found[0][0]), int(found[0][1]))
+
+    def _read_at_once(self, sql: str, parameters: tuple[object, ...]) -> list[Any] | None:
+        """The rows of one read made with a busy timeout of 0, or None when it failed in any way (the waiting path
+        then raises the error or repairs the index)."""
+        if self.read_only:
+            return None
+        try:
+            conn = self._conn(wait=False)
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                return conn.execute(sql, parameters).fetchall()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {round(self._timeout * 1000)}")
+        except Exception:
+            return None
 
     @_recovering
     def rows(self) -> list[Row]:

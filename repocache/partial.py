@@ -46,13 +46,15 @@ def parse_filter(value: object) -> FilterArg:
     raise ConfigError(f"filter={value!r} is not accepted; expected None (a full mirror), 'blob:none' or 'tree:0'")
 
 
-def choose(context: Context, parsed: RepoURL, filter: FilterArg) -> RepoURL:
+def choose(context: Context, parsed: RepoURL, filter: FilterArg, *, wait: bool = True) -> RepoURL:
     """The mirror that serves a request for ``parsed`` with ``filter``: its parsed URL, carrying the filter and key.
+
+    ``wait=False`` (an event loop): a reload of the pin file under way in another thread is not waited for.
 
     Raises:
         ConfigError: the filter is invalid, or it is partial and no git CLI was found.
     """
-    partial = exact(context, parsed, filter)
+    partial = exact(context, parsed, filter, wait=wait)
     wanted = partial.filter
     if wanted is None:
         return partial
@@ -64,15 +66,16 @@ def choose(context: Context, parsed: RepoURL, filter: FilterArg) -> RepoURL:
     return partial
 
 
-def exact(context: Context, parsed: RepoURL, filter: FilterArg) -> RepoURL:
-    """``parsed`` as the mirror with the filter the call, a pin or the cache names, whatever else is on disk.
+def exact(context: Context, parsed: RepoURL, filter: FilterArg, *, wait: bool = True) -> RepoURL:
+    """``parsed`` as the mirror with the filter the call, a pin or the cache names, whatever else is on disk
+    (``wait`` as for :func:`choose`).
 
     Raises:
         ConfigError: the filter is invalid.
     """
     wanted = parse_filter(filter)
     if wanted is USE_CONFIGURED:
-        named, pinned = context.pins.filter_for(parsed.url)
+        named, pinned = context.pins.filter_for(parsed.url, wait=wait)
         wanted = pinned if named else context.settings.filter
     return with_filter(parsed, wanted)
 

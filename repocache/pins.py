@@ -207,11 +207,19 @@ class Pins:
             # One line, no traceback: the message says where the file is wrong, and nothing else failed.
             logger.warning("%s; keeping the previous pins", exc)
 
-    def refresh(self) -> None:
-        """Reload the pin file if it changed since it was last read."""
+    def refresh(self, *, wait: bool = True) -> None:
+        """Reload the pin file if it changed since it was last read.
+
+        With ``wait=False`` (an event loop), a reload under way in another thread is not waited for: the pins as
+        last read answer, as they would for a call made just before that reload.
+        """
         if self.path is not None:
-            with self._lock:
+            if not self._lock.acquire(blocking=wait):
+                return
+            try:
                 self._reload(strict=False)
+            finally:
+                self._lock.release()
 
     def matches(self, url: str) -> bool:
         """True when the normalized ``url`` is pinned (reloading the file first if it changed)."""
@@ -220,10 +228,10 @@ class Pins:
             return True
         return any(fnmatch.fnmatchcase(url, pattern) for pattern in self._globs)
 
-    def filter_for(self, url: str) -> tuple[bool, str | None]:
+    def filter_for(self, url: str, *, wait: bool = True) -> tuple[bool, str | None]:
         """(whether a pin names a filter for the normalized ``url``, that filter): the first matching entry that
-        names one wins (a pin with ``filter: null`` asks for a full mirror)."""
-        self.refresh()
+        names one wins (a pin with ``filter: null`` asks for a full mirror); ``wait`` as for :meth:`refresh`."""
+        self.refresh(wait=wait)
         for pattern, filter in self._filters:
             if url == pattern or (_GLOB_CHARS.search(pattern) and fnmatch.fnmatchcase(url, pattern)):
                 return True, filter

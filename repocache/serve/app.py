@@ -519,10 +519,13 @@ class GitServer:
         read: Callable[[Checkout], Any],
     ) -> Any:
         """The mirror of ``route`` for ``filter`` (or one holding more) held as a reader for the block: its
-        :class:`~repocache.Checkout` and what ``read`` returned, read in the hold's own worker thread; cache errors
-        become answers git shows."""
+        :class:`~repocache.Checkout` and what ``read`` returned, read in the hold's thread (the event loop for a
+        plain hit); cache errors become answers git shows."""
         try:
-            manager = self.cache.checkout_and_read(self.auth.fetch_url(route), read, max_age=max_age, filter=filter)
+            # The reads (the ref tips: small files; or nothing) run on the loop when the hit is held there.
+            manager = self.cache.checkout_and_read(
+                self.auth.fetch_url(route), read, read_on_loop=True, max_age=max_age, filter=filter
+            )
             checkout, value = await manager.__aenter__()
         except CloneError as exc:
             answer.outcome = "upstream"
