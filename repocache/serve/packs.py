@@ -5,10 +5,11 @@ kept in memory) while every client that asked it reads the file at its own pace 
 so a slow client never stalls the process or the other clients, and memory stays one chunk per client.
 
 :class:`Generations` shares them: a request whose key (the mirror, its ref tips, the ``Git-Protocol`` header and
-the request body's hash) matches a generation still running joins it instead of starting another, the way
-Gitaly's pack-objects cache does. At most ``max_packs`` generations run at once (advertisements, which are small,
-are not counted); up to ``max_queue`` more wait for a slot in arrival order; beyond that a request is refused
-with :class:`Busy` before any byte of its answer is sent. A generation whose every client left is stopped.
+the request body's hash) matches a generation still running, or one that ended well while a client still reads its
+spool, joins it instead of starting another, the way Gitaly's pack-objects cache does. At most ``max_packs``
+generations run at once (advertisements, which are small, are not counted); up to ``max_queue`` more wait for a
+slot in arrival order; beyond that a request is refused with :class:`Busy` before any byte of its answer is sent.
+A generation whose every client left is stopped.
 """
 
 from __future__ import annotations
@@ -282,8 +283,11 @@ class Generations:
                 self._active -= 1
                 assert self._slots is not None
                 self._slots.release()
-            if self._running.get(generation.key) is generation:
-                del self._running[generation.key]  # later requests start afresh (the mirror may have moved)
+            # A whole answer stays listed while a client still reads its spool: an identical request arriving
+            # meanwhile reads it too (its key holds the mirror's ref tips, so it is the answer for that state); the
+            # last client to leave unlists it. A failed or cut-short one is unlisted now: the next starts afresh.
+            if generation.returncode != 0 and self._running.get(generation.key) is generation:
+                del self._running[generation.key]
             generation.done = True
             await generation._notify()
             if generation.returncode not in (None, 0):

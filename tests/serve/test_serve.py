@@ -664,6 +664,37 @@ def test_identical_concurrent_clones_share_one_pack_generation(
 
 
 @pytest.mark.timeout(120)
+def test_a_clone_joins_a_finished_pack_while_another_client_still_reads_it(
+    tmp_path: Path, big_upstream: Upstream, upstream_http: SmartHTTPServer, env: dict[str, str]
+) -> None:
+    """upload-pack has ended, a slow client is still reading the spooled pack: an identical request arriving now
+    reads the same spool instead of starting upload-pack again; both clones are whole."""
+    with RepoCache(tmp_path / "cache", fetch_ttl=60) as cache:
+        with ThreadServer(cache, base_of(upstream_http)) as server:
+            assert clone(server.url("org/big.git"), tmp_path / "warm", env=env).returncode == 0
+            proxy = ThrottlingProxy(server.port, rate=1 << 20)
+            try:
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    url = f"http://127.0.0.1:{proxy.port}/up.test/org/big.git"
+                    slow = pool.submit(clone, url, tmp_path / "slow", env=env)
+                    wait_until(lambda: proxy.relayed > 256 << 10, what="the pack flowing")
+                    generations = server.app.generations
+                    wait_until(lambda: generations.active == 0, what="upload-pack ending")
+                    assert not slow.done()  # still reading the spool
+                    shared_before = generations.shared
+                    fast = clone(server.url("org/big.git"), tmp_path / "fast", env=env)
+                    assert fast.returncode == 0, fast.stderr
+                    assert generations.shared == shared_before + 1  # it read the slow client's spool
+                    assert slow.result(timeout=90).returncode == 0
+            finally:
+                proxy.close()
+    head = big_upstream.resolve("main")
+    for name in ("slow", "fast"):
+        assert git("rev-parse", "HEAD", cwd=tmp_path / name).strip() == head
+        git("fsck", "--strict", cwd=tmp_path / name)
+
+
+@pytest.mark.timeout(120)
 def test_beyond_the_queue_a_request_gets_503_with_retry_after_before_any_byte(
     tmp_path: Path,
     upstream: Upstream,
