@@ -37,7 +37,7 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from repocache import gitops, webhooks
 from repocache.aio import AsyncRepoCache
@@ -78,6 +78,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+_T = TypeVar("_T")
 
 _ADVERTISEMENT = b"application/x-git-upload-pack-advertisement"
 _RESULT = b"application/x-git-upload-pack-result"
@@ -655,11 +656,15 @@ class GitServer:
             else:
                 memory.extend(data)
 
+        deadline = _Deadline(self.options.body_timeout)  # one timer per body, not one wait_for per chunk
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(receive(), self.options.body_timeout)
-                except TimeoutError:
+                    message = await deadline.wait(receive())
+                except asyncio.CancelledError:
+                    if not deadline.expired:
+                        raise
+                    deadline.uncancel()
                     raise Refused(
                         408, f"the request body stalled for {self.options.body_timeout:g} s; send it whole"
                     ) from None
@@ -687,6 +692,8 @@ class GitServer:
         except BaseException:
             body.close()
             raise
+        finally:
+            deadline.close()
         if body.file is not None:
             body.file.flush()
         else:
@@ -799,16 +806,16 @@ class GitServer:
         self.cache.cache.report(event)
 
 
-class _SendDeadline:
-    """``send``, bounded: a send still pending ``seconds`` after it began cancels the task sending (``expired``).
+class _Deadline:
+    """A bound on each of a task's waits: a wait still pending ``seconds`` after it began cancels the task
+    (``expired``).
 
-    One timer per answer instead of one ``asyncio.wait_for`` (a task and a timer) per send: the timer checks, when
-    it fires, whether a send is pending and since when, and is re-armed for that send's deadline if it is not yet
-    due. Time spent between sends (upload-pack still working) never counts.
+    One timer for all the waits of a request instead of one ``asyncio.wait_for`` (a task and a timer) per wait: the
+    timer checks, when it fires, whether a wait is pending and since when, and is re-armed for that wait's deadline
+    if it is not yet due. Time spent between waits never counts.
     """
 
-    def __init__(self, send: Send, seconds: float) -> None:
-        self._send = send
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
         self._loop = asyncio.get_running_loop()
@@ -816,13 +823,13 @@ class _SendDeadline:
         self._since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    async def send(self, message: Message) -> None:
-        """Hand ``message`` to the ASGI server; the task is cancelled if it takes ``seconds``."""
+    async def wait(self, awaitable: Awaitable[_T]) -> _T:
+        """Await ``awaitable``; the task is cancelled if it takes ``seconds``."""
         self._since = since = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_at(since + self.seconds, self._check)
         try:
-            await self._send(message)
+            return await awaitable
         finally:
             self._since = None
 
@@ -830,7 +837,7 @@ class _SendDeadline:
         self._timer = None
         since = self._since
         if since is None or self._task is None:
-            return  # no send pending: the next one arms the timer again
+            return  # no wait pending: the next one arms the timer again
         due = since + self.seconds
         if self._loop.time() >= due:
             self.expired = True
@@ -849,6 +856,19 @@ class _SendDeadline:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class _SendDeadline(_Deadline):
+    """``send``, bounded: a send still pending ``seconds`` after it began cancels the task sending (``expired``).
+    Time spent between sends (upload-pack still working) never counts."""
+
+    def __init__(self, send: Send, seconds: float) -> None:
+        super().__init__(seconds)
+        self._send = send
+
+    async def send(self, message: Message) -> None:
+        """Hand ``message`` to the ASGI server; the task is cancelled if it takes ``seconds``."""
+        await self.wait(self._send(message))
 
 
 class _Retry(Refused):
