@@ -55,7 +55,7 @@ from repocache.errors import (
 )
 from repocache.events import ServeEvent
 from repocache.gitops.upload_pack import GIT_PROTOCOL_PATTERN, upload_pack_command
-from repocache.keys import normalize_url
+from repocache.keys import RepoURL, normalize_url
 from repocache.refresh import USE_TTL, MaxAge
 from repocache.serve.answers import Answers
 from repocache.serve.auth import AuthChecker, AuthOptions, Unauthorized
@@ -90,6 +90,9 @@ _NO_CACHE = [
 ]
 _IN_MEMORY_BODY = 1 << 20
 _PARSED_ON_LOOP = 64 * 1024
+_KEPT = 4096  # normalized upstream URLs kept (then all forgotten at once)
+_PARSED_KEPT = 256  # parsed request bodies kept, each of at most _PARSED_KEPT_BYTES (a few MiB in all)
+_PARSED_KEPT_BYTES = 16 * 1024
 _PUSH_REFUSED = (
     "this is a read-only cache of {upstream}; push to the upstream itself "
     "(git push {upstream}, or set a pushurl: git remote set-url --push origin {upstream})"
@@ -250,6 +253,8 @@ class GitServer:
         self.counts: Counter[str] = Counter()
         self.bytes_sent = 0
         self.auth = AuthChecker(self.upstreams, self.options.auth)
+        self._requests: dict[str, UploadRequest | None] = {}  # by the body's sha256
+        self._upstream_urls: dict[str, RepoURL] = {}
 
     async def aclose(self) -> None:
         """Close the cache (waiting for its calls in flight); closing twice is a no-op."""
@@ -317,7 +322,12 @@ class GitServer:
     async def _git_request(self, scope: Scope, receive: Receive, send: Send, route: Route, answer: _Answer) -> None:
         method = scope["method"]
         query = scope.get("query_string", b"").decode("latin-1")
-        parsed = normalize_url(route.upstream)
+        parsed = self._upstream_urls.get(route.upstream)
+        if parsed is None:  # a route's upstream is never a local path: its normalized form depends on it alone
+            parsed = normalize_url(route.upstream)
+            if len(self._upstream_urls) >= _KEPT:
+                self._upstream_urls.clear()
+            self._upstream_urls[route.upstream] = parsed
         answer.url, answer.key = parsed.url, parsed.key
         service = _query_service(query) if route.service == "info/refs" else route.service
         if service == "git-receive-pack" or route.service == "git-receive-pack":
@@ -386,12 +396,7 @@ class GitServer:
         digest: str,
         answer: _Answer,
     ) -> None:
-        request: UploadRequest | None
-        try:
-            # A small body (every ls-refs, most fetches) is parsed on the loop: a thread hop costs more.
-            request = _parse_body(body) if body.size <= _PARSED_ON_LOOP else await asyncio.to_thread(_parse_body, body)
-        except ValueError:
-            request = None  # upload-pack itself refuses it, from the mirror the refs came from, saying why
+        request = await self._request_of(body, digest)
         async with self._held(route, None, answer, self._filter_for(route, request), _ref_tips_of) as (checkout, tips):
             mirror = checkout.path
             if checkout.filter is not None and request is not None and request.wants:
@@ -414,6 +419,24 @@ class GitServer:
                     answer.queued_seconds = generation.queued_seconds
             except Busy:
                 raise self._busy(answer) from None
+
+    async def _request_of(self, body: Body, digest: str) -> UploadRequest | None:
+        """What ``body`` (whose sha256 is ``digest``) asks for, or None when it is malformed (upload-pack itself
+        refuses it, from the mirror the refs came from, saying why). Parsed once per distinct body: the clients of
+        a burst of identical clones send identical bodies."""
+        if digest in self._requests:
+            return self._requests[digest]
+        request: UploadRequest | None
+        try:
+            # A small body (every ls-refs, most fetches) is parsed on the loop: a thread hop costs more.
+            request = _parse_body(body) if body.size <= _PARSED_ON_LOOP else await asyncio.to_thread(_parse_body, body)
+        except ValueError:
+            request = None
+        if body.size <= _PARSED_KEPT_BYTES:
+            if len(self._requests) >= _PARSED_KEPT:
+                self._requests.clear()
+            self._requests[digest] = request
+        return request
 
     async def _remembered_or_made(
         self,

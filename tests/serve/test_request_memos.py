@@ -12,6 +12,7 @@ import pytest
 
 from repocache.gitops.run import GitOptions, find_git, git_environment
 from repocache.gitops.upload_pack import upload_pack_command
+from repocache.serve import Refused, Upstreams
 from repocache.serve import answers as answers_module
 from repocache.serve.answers import Answers
 from tests.helpers import git
@@ -119,3 +120,15 @@ def test_config_files_are_read_again_only_when_changed_or_changed_just_now(
     glob.write_text("[core]\n\tbigFileThreshold = 2m\n")
     assert key_of(answers, mirror, git_binary, env) != first
     assert reads == [str(glob)]
+
+
+def test_a_route_kept_is_the_route_made_and_a_refused_path_is_refused_every_time() -> None:
+    upstreams = Upstreams({"up.test": "https://up.test/"})
+    path = b"/up.test/org/repo.git/info/refs"
+    first = upstreams.route(path)
+    assert upstreams.route(path) == first == Upstreams({"up.test": "https://up.test/"}).route(path)
+    assert first.upstream == "https://up.test/org/repo.git" and first.service == "info/refs"
+    for _ in range(2):
+        with pytest.raises(Refused) as refused:
+            upstreams.route(b"/up.test/org/../repo.git/info/refs")
+        assert refused.value.status == 400
