@@ -19,7 +19,8 @@ One request, start to end:
 
 Blocking work (locks, the index, clones and fetches, the ref tips) runs in the cache's worker threads; upload-pack
 runs as an asyncio subprocess. Nothing here blocks the event loop longer than a page-cache read (a remembered
-answer's key reads the few config files git reads) or the parsing of a request body of at most 64 KiB.
+answer's key stats the few config files git reads, and reads one that changed) or the parsing of a request body of
+at most 64 KiB.
 """
 
 from __future__ import annotations
