@@ -6,6 +6,7 @@ what to run, so every git the cache starts is still described by :mod:`repocache
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -41,10 +42,47 @@ def upload_pack_command(
     Raises:
         ValueError: ``protocol`` holds characters a ``Git-Protocol`` header never has.
     """
+    if protocol and not GIT_PROTOCOL_PATTERN.fullmatch(protocol):
+        raise ValueError("the Git-Protocol header may hold only letters, digits and '=:._-' (at most 256)")
+    base = _base_environment(options)
+    memo = (options, git, str(mirror), advertise, protocol or "")
+    made = _commands.get(memo)
+    if made is None or made[0] is not base:
+        if len(_commands) >= _MAX_REMEMBERED_COMMANDS:
+            _commands.clear()
+        made = (base, *_command(base, git, mirror, advertise=advertise, protocol=protocol))
+        _commands[memo] = made
+    # Copies: a caller may change its own (the memo is shared by every request).
+    return list(made[1]), dict(made[2])
+
+
+# A server makes the same few commands for every request (one per mirror, advertisement or not, and protocol), and
+# git_environment walks os.environ each time: both are kept, and made again when os.environ changed.
+_MAX_REMEMBERED_COMMANDS = 4096
+_commands: dict[tuple[GitOptions, str, str, bool, str], tuple[dict[str, str], list[str], dict[str, str]]] = {}
+_environments: dict[GitOptions, tuple[object, dict[str, str]]] = {}
+
+
+def _base_environment(options: GitOptions) -> dict[str, str]:
+    """``git_environment(options)``, made again only when ``os.environ`` changed since it was made (the same
+    object while it has not; never changed by its callers)."""
+    # os.environ's own mapping (bytes on POSIX): comparing it with a copy is one C-level dict comparison, where
+    # reading os.environ decodes every name and value. Without it (another Python), the environment is made afresh.
+    current = getattr(os.environ, "_data", None)
+    kept = _environments.get(options)
+    if current is not None and kept is not None and kept[0] == current:
+        return kept[1]
     env = git_environment(options)
+    if isinstance(current, dict):
+        _environments[options] = (dict(current), env)
+    return env
+
+
+def _command(
+    env: dict[str, str], git: str, mirror: Path, *, advertise: bool, protocol: str | None
+) -> tuple[list[str], dict[str, str]]:
+    env = dict(env)
     if protocol:
-        if not GIT_PROTOCOL_PATTERN.fullmatch(protocol):
-            raise ValueError("the Git-Protocol header may hold only letters, digits and '=:._-' (at most 256)")
         env["GIT_PROTOCOL"] = protocol
     count = int(env["GIT_CONFIG_COUNT"])
     for number, (key, value) in enumerate(_SERVE_CONFIG, start=count):

@@ -11,7 +11,8 @@ What git is given: its argument vector and environment (the mirror's path, ``GIT
 ``GIT_CONFIG_*`` settings), the git binary itself, the config files it reads (the mirror's ``config``, the global
 files under ``$HOME`` and ``$XDG_CONFIG_HOME`` or ``$GIT_CONFIG_GLOBAL``, the system file) and, for the two ref
 answers, the mirror's refs and the request body. The key of an answer is a digest of all of it: the content of every
-config file (never a timestamp), the mirror's ref tips as :func:`repocache.gitops.ref_tips` reads them (every ref
+config file (never a timestamp; a file is read again when its ``stat`` changed, or on every request while it
+changed less than two seconds ago), the mirror's ref tips as :func:`repocache.gitops.ref_tips` reads them (every ref
 and ``HEAD``), and the body's sha256. So a push that a fetch brought in, a changed config or another git makes
 another key, and the next request is answered by upload-pack again, at once; a state seen before (a force-push
 back) finds the answer git gave for exactly that state.
@@ -31,6 +32,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +47,12 @@ MAX_REMEMBERED_BYTES = 32 << 20
 
 _UNCACHEABLE_CONFIG = (b"include", b"worktreeconfig")  # lowercased: the files git would read are not all known
 _UNKNOWN = object()
+_Given = tuple[str, tuple[str, ...] | None]  # the text of argv's and env's fields; the config files (None: unknown)
+_UNCACHEABLE = object()  # a config file naming others: no answer is remembered while it does
+_SETTLED_NS = 2_000_000_000
+"""A config file changed this recently (ns) is read on every request instead of trusting its unchanged ``stat``:
+more than a tick of any filesystem's timestamps (ext4's follow the kernel's tick; FAT's are 2 s apart)."""
+_MAX_KEPT = 4096  # per-mirror memos kept (then all forgotten at once)
 
 
 class Answers:
@@ -67,6 +75,8 @@ class Answers:
         self._learning: asyncio.Future[Path | None] | None = None
         self._entries: OrderedDict[str, bytes] = OrderedDict()
         self._size = 0
+        self._given: dict[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...], object], _Given] = {}
+        self._files: dict[str, tuple[tuple[int, ...], bytes | object]] = {}
 
     @property
     def size_bytes(self) -> int:
@@ -103,7 +113,20 @@ class Answers:
         Returns:
             The key, or None when the answer must not be remembered (see the module's documentation).
         """
-        config = self._config_digest(mirror, env)
+        # What argv and env give (their fields' text, the config files git reads) is the same for every request of
+        # a mirror, advertisement and protocol: made once (the file list also depends on the system file learnt).
+        memo = (str(mirror), tuple(argv), tuple(env.items()), self._system)
+        given = self._given.get(memo)
+        if given is None:
+            files = self._config_files(mirror, env)
+            given = (_text([*argv, *(f"{name}={value}" for name, value in sorted(env.items()))]), files)
+            if len(self._given) >= _MAX_KEPT:
+                self._given.clear()
+            self._given[memo] = given
+        fixed, files = given
+        if files is None:
+            return None
+        config = self._config_digest(files)
         if config is None:
             return None
         try:
@@ -111,17 +134,13 @@ class Answers:
         except OSError:
             return None
         fields = [
-            *argv,
-            *(f"{name}={value}" for name, value in sorted(env.items())),
             f"{binary.st_dev}:{binary.st_ino}:{binary.st_size}:{binary.st_mtime_ns}",
             config,
             "no refs" if tips is None else "refs",
             *(f"{name} {target}" for name, target in sorted((tips or {}).items())),
             body,
         ]
-        # Every field is written with its length, so no two different inputs give the same text.
-        text = "".join(f"{len(field)}:{field}" for field in fields)
-        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+        return hashlib.sha256((fixed + _text(fields)).encode("utf-8", "surrogateescape")).hexdigest()
 
     def get(self, key: str) -> bytes | None:
         """The answer remembered under ``key`` (counted as a hit), or None."""
@@ -145,27 +164,45 @@ class Answers:
             self._size -= len(dropped)
         return True
 
-    def _config_digest(self, mirror: Path, env: Mapping[str, str]) -> str | None:
-        files = self._config_files(mirror, env)
-        if files is None:
-            return None
+    def _config_digest(self, files: tuple[str, ...]) -> str | None:
         digest = hashlib.sha256()
+        now = time.time_ns()
         for path in files:
             try:
-                data: bytes | None = _read(path)
+                data = self._config_file(path, now)
             except FileNotFoundError:
                 data = None
             except OSError:
                 return None
-            if data is not None:
-                lowered = data.lower()
-                if any(word in lowered for word in _UNCACHEABLE_CONFIG):
-                    return None
+            if data is _UNCACHEABLE:
+                return None
+            assert data is None or isinstance(data, bytes)
             digest.update(f"{path}\0{-1 if data is None else len(data)}\0".encode("utf-8", "surrogateescape"))
             digest.update(data or b"")
         return digest.hexdigest()
 
-    def _config_files(self, mirror: Path, env: Mapping[str, str]) -> list[str] | None:
+    def _config_file(self, path: str, now: int) -> bytes | object:
+        """A config file's content (or :data:`_UNCACHEABLE`), read again only when its ``stat`` changed: a change
+        replaces the inode or sets its ctime, which nothing but the kernel sets. A file changed less than
+        :data:`_SETTLED_NS` before ``now`` is read every time, as a second change within one tick of the
+        filesystem's clock could leave every field of its ``stat`` as it was (git's "racily clean" entries)."""
+        status = os.stat(path)
+        signature = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        kept = self._files.get(path)
+        if kept is not None and kept[0] == signature:
+            return kept[1]
+        data: bytes | object = _read(path)
+        assert isinstance(data, bytes)
+        lowered = data.lower()
+        if any(word in lowered for word in _UNCACHEABLE_CONFIG):
+            data = _UNCACHEABLE
+        if max(status.st_mtime_ns, status.st_ctime_ns) < now - _SETTLED_NS:
+            if len(self._files) >= _MAX_KEPT:
+                self._files.clear()
+            self._files[path] = (signature, data)
+        return data
+
+    def _config_files(self, mirror: Path, env: Mapping[str, str]) -> tuple[str, ...] | None:
         """Every config file git reads for ``mirror`` under ``env``, present or not; None if one is not known."""
         files = [os.path.join(mirror, "config")]
         if env.get("GIT_CONFIG_GLOBAL"):
@@ -178,12 +215,12 @@ class Answers:
             if home:
                 files.append(os.path.join(home, ".gitconfig"))
         if env.get("GIT_CONFIG_NOSYSTEM", "").lower() in ("1", "true", "yes", "on"):
-            return files
+            return tuple(files)
         if env.get("GIT_CONFIG_SYSTEM"):
-            return [*files, env["GIT_CONFIG_SYSTEM"]]
+            return (*files, env["GIT_CONFIG_SYSTEM"])
         if not isinstance(self._system, Path):
             return None  # unknown: `prepare` not awaited, or git did not name it
-        return [*files, str(self._system)]
+        return (*files, str(self._system))
 
     def _system_file(self, env: dict[str, str]) -> Path | None:
         """The system config file git reads, from git itself: the origin of its first entry, or the path in its
@@ -210,6 +247,11 @@ class Answers:
             if end > start:
                 return Path(os.fsdecode(said[start:end]))
         return None
+
+
+def _text(fields: list[str]) -> str:
+    """Fields as one text in which each is written with its length, so no two different lists give the same text."""
+    return "".join(f"{len(field)}:{field}" for field in fields)
 
 
 def _read(path: str) -> bytes:

@@ -19,7 +19,8 @@ One request, start to end:
 
 Blocking work (locks, the index, clones and fetches, the ref tips) runs in the cache's worker threads; upload-pack
 runs as an asyncio subprocess. Nothing here blocks the event loop longer than a page-cache read (a remembered
-answer's key reads the few config files git reads) or the parsing of a request body of at most 64 KiB.
+answer's key stats the few config files git reads, and reads one that changed) or the parsing of a request body of
+at most 64 KiB.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from repocache import gitops, webhooks
 from repocache.aio import AsyncRepoCache
@@ -56,7 +57,7 @@ from repocache.errors import (
 )
 from repocache.events import ServeEvent
 from repocache.gitops.upload_pack import GIT_PROTOCOL_PATTERN, upload_pack_command
-from repocache.keys import normalize_url
+from repocache.keys import RepoURL, normalize_url
 from repocache.refresh import USE_TTL, MaxAge
 from repocache.serve.answers import Answers
 from repocache.serve.auth import AuthChecker, AuthOptions, Unauthorized
@@ -79,6 +80,7 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+_T = TypeVar("_T")
 
 _ADVERTISEMENT = b"application/x-git-upload-pack-advertisement"
 _RESULT = b"application/x-git-upload-pack-result"
@@ -90,6 +92,9 @@ _NO_CACHE = [
 ]
 _IN_MEMORY_BODY = 1 << 20
 _PARSED_ON_LOOP = 64 * 1024
+_KEPT = 4096  # normalized upstream URLs kept (then all forgotten at once)
+_PARSED_KEPT = 256  # parsed request bodies kept, each of at most _PARSED_KEPT_BYTES (a few MiB in all)
+_PARSED_KEPT_BYTES = 16 * 1024
 _PUSH_REFUSED = (
     "this is a read-only cache of {upstream}; push to the upstream itself "
     "(git push {upstream}, or set a pushurl: git remote set-url --push origin {upstream})"
@@ -250,6 +255,8 @@ class GitServer:
         self.counts: Counter[str] = Counter()
         self.bytes_sent = 0
         self.auth = AuthChecker(self.upstreams, self.options.auth)
+        self._requests: dict[str, UploadRequest | None] = {}  # by the body's sha256
+        self._upstream_urls: dict[str, RepoURL] = {}
 
     async def aclose(self) -> None:
         """Close the cache (waiting for its calls in flight); closing twice is a no-op."""
@@ -317,7 +324,12 @@ class GitServer:
     async def _git_request(self, scope: Scope, receive: Receive, send: Send, route: Route, answer: _Answer) -> None:
         method = scope["method"]
         query = scope.get("query_string", b"").decode("latin-1")
-        parsed = normalize_url(route.upstream)
+        parsed = self._upstream_urls.get(route.upstream)
+        if parsed is None:  # a route's upstream is never a local path: its normalized form depends on it alone
+            parsed = normalize_url(route.upstream)
+            if len(self._upstream_urls) >= _KEPT:
+                self._upstream_urls.clear()
+            self._upstream_urls[route.upstream] = parsed
         answer.url, answer.key = parsed.url, parsed.key
         service = _query_service(query) if route.service == "info/refs" else route.service
         if service == "git-receive-pack" or route.service == "git-receive-pack":
@@ -386,12 +398,7 @@ class GitServer:
         digest: str,
         answer: _Answer,
     ) -> None:
-        request: UploadRequest | None
-        try:
-            # A small body (every ls-refs, most fetches) is parsed on the loop: a thread hop costs more.
-            request = _parse_body(body) if body.size <= _PARSED_ON_LOOP else await asyncio.to_thread(_parse_body, body)
-        except ValueError:
-            request = None  # upload-pack itself refuses it, from the mirror the refs came from, saying why
+        request = await self._request_of(body, digest)
         async with self._held(route, None, answer, self._filter_for(route, request), _ref_tips_of) as (checkout, tips):
             mirror = checkout.path
             if checkout.filter is not None and request is not None and request.wants:
@@ -414,6 +421,24 @@ class GitServer:
                     answer.queued_seconds = generation.queued_seconds
             except Busy:
                 raise self._busy(answer) from None
+
+    async def _request_of(self, body: Body, digest: str) -> UploadRequest | None:
+        """What ``body`` (whose sha256 is ``digest``) asks for, or None when it is malformed (upload-pack itself
+        refuses it, from the mirror the refs came from, saying why). Parsed once per distinct body: the clients of
+        a burst of identical clones send identical bodies."""
+        if digest in self._requests:
+            return self._requests[digest]
+        request: UploadRequest | None
+        try:
+            # A small body (every ls-refs, most fetches) is parsed on the loop: a thread hop costs more.
+            request = _parse_body(body) if body.size <= _PARSED_ON_LOOP else await asyncio.to_thread(_parse_body, body)
+        except ValueError:
+            request = None
+        if body.size <= _PARSED_KEPT_BYTES:
+            if len(self._requests) >= _PARSED_KEPT:
+                self._requests.clear()
+            self._requests[digest] = request
+        return request
 
     async def _remembered_or_made(
         self,
@@ -659,11 +684,15 @@ class GitServer:
             else:
                 memory.extend(data)
 
+        deadline = _Deadline(self.options.body_timeout)  # one timer per body, not one wait_for per chunk
         try:
             while True:
                 try:
-                    message = await asyncio.wait_for(receive(), self.options.body_timeout)
-                except TimeoutError:
+                    message = await deadline.wait(receive())
+                except asyncio.CancelledError:
+                    if not deadline.expired:
+                        raise
+                    deadline.uncancel()
                     raise Refused(
                         408, f"the request body stalled for {self.options.body_timeout:g} s; send it whole"
                     ) from None
@@ -691,6 +720,8 @@ class GitServer:
         except BaseException:
             body.close()
             raise
+        finally:
+            deadline.close()
         if body.file is not None:
             body.file.flush()
         else:
@@ -804,16 +835,16 @@ class GitServer:
         self.cache.cache.report(event)
 
 
-class _SendDeadline:
-    """``send``, bounded: a send still pending ``seconds`` after it began cancels the task sending (``expired``).
+class _Deadline:
+    """A bound on each of a task's waits: a wait still pending ``seconds`` after it began cancels the task
+    (``expired``).
 
-    One timer per answer instead of one ``asyncio.wait_for`` (a task and a timer) per send: the timer checks, when
-    it fires, whether a send is pending and since when, and is re-armed for that send's deadline if it is not yet
-    due. Time spent between sends (upload-pack still working) never counts.
+    One timer for all the waits of a request instead of one ``asyncio.wait_for`` (a task and a timer) per wait: the
+    timer checks, when it fires, whether a wait is pending and since when, and is re-armed for that wait's deadline
+    if it is not yet due. Time spent between waits never counts.
     """
 
-    def __init__(self, send: Send, seconds: float) -> None:
-        self._send = send
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
         self._loop = asyncio.get_running_loop()
@@ -821,13 +852,13 @@ class _SendDeadline:
         self._since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    async def send(self, message: Message) -> None:
-        """Hand ``message`` to the ASGI server; the task is cancelled if it takes ``seconds``."""
+    async def wait(self, awaitable: Awaitable[_T]) -> _T:
+        """Await ``awaitable``; the task is cancelled if it takes ``seconds``."""
         self._since = since = self._loop.time()
         if self._timer is None:
             self._timer = self._loop.call_at(since + self.seconds, self._check)
         try:
-            await self._send(message)
+            return await awaitable
         finally:
             self._since = None
 
@@ -835,7 +866,7 @@ class _SendDeadline:
         self._timer = None
         since = self._since
         if since is None or self._task is None:
-            return  # no send pending: the next one arms the timer again
+            return  # no wait pending: the next one arms the timer again
         due = since + self.seconds
         if self._loop.time() >= due:
             self.expired = True
@@ -854,6 +885,19 @@ class _SendDeadline:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class _SendDeadline(_Deadline):
+    """``send``, bounded: a send still pending ``seconds`` after it began cancels the task sending (``expired``).
+    Time spent between sends (upload-pack still working) never counts."""
+
+    def __init__(self, send: Send, seconds: float) -> None:
+        super().__init__(seconds)
+        self._send = send
+
+    async def send(self, message: Message) -> None:
+        """Hand ``message`` to the ASGI server; the task is cancelled if it takes ``seconds``."""
+        await self.wait(self._send(message))
 
 
 class _Retry(Refused):

@@ -76,6 +76,9 @@ class Route:
     service: str
 
 
+_MAX_ROUTES_KEPT = 4096  # then all forgotten at once
+
+
 class Upstreams:
     """The allow-list: prefixes of request paths, each mapped to an upstream base URL.
 
@@ -113,6 +116,7 @@ class Upstreams:
                 )
             self._bases[segments] = _check_base(prefix, base)
         self._longest = max(len(segments) for segments in self._bases)
+        self._routes: dict[bytes, Route] = {}
 
     @property
     def allowed(self) -> dict[str, str]:
@@ -126,6 +130,17 @@ class Upstreams:
             Refused: the path is malformed (400), names a prefix that is not allowed (404), or is not a smart
                 HTTP endpoint of a repository (404).
         """
+        # A pure function of the path and the allow-list (fixed at construction): the routes of the paths served
+        # are kept, so the requests of a clone, and clients cloning the same repository, route it once.
+        route = self._routes.get(raw_path)
+        if route is None:
+            route = self._route(raw_path)
+            if len(self._routes) >= _MAX_ROUTES_KEPT:
+                self._routes.clear()
+            self._routes[raw_path] = route
+        return route
+
+    def _route(self, raw_path: bytes) -> Route:
         if len(raw_path) > MAX_PATH_LENGTH:
             raise Refused(
                 400, f"the request path is {len(raw_path)} bytes long; at most {MAX_PATH_LENGTH} are accepted"

@@ -872,6 +872,31 @@ def test_request_bodies_are_bounded_in_size_and_in_pauses(strict_server: ThreadS
 
 
 @pytest.mark.timeout(60)
+def test_a_body_sent_slowly_is_accepted_when_no_single_pause_is_too_long(strict_server: ThreadServer) -> None:
+    # body_timeout bounds each pause between chunks, not the whole body: four chunks 0.6 s apart take 1.8 s > 1 s.
+    path = "/up.test/org/repo.git/git-upload-pack"
+    body = b"0014command=ls-refs\n0000"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {_UPLOAD}\r\nGit-Protocol: version=2\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=20) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head)
+        for start in range(0, len(body), 7):
+            if start:
+                time.sleep(0.6)
+            sock.sendall(body[start : start + 7])
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert time.monotonic() - started > 1.5
+    assert received.startswith(b"HTTP/1.1 200"), received[:300]
+    assert b"refs/heads/" in received, received[:300]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "body, protocol",
     [
